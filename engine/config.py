@@ -1,0 +1,294 @@
+"""Run configuration: typed dataclasses, presets, TOML loading with strict validation.
+
+Layering: dataclass defaults  <-  preset  <-  TOML file  <-  command-line overrides.
+`RunConfig.to_dict()` is what sessions persist; it never contains secrets.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODES = ("baseline", "gpta", "gpta-data")
+TA_BACKENDS = ("local", "openai", "scripted")
+FINETUNE_BACKENDS = ("none", "local", "openai")
+TUNINGS = ("full", "lt-prefix", "lt-prompt")
+METRICS = ("accuracy", "macro_f1")
+SECRET_FIELDS = {"api_key"}
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "twitter-sentiment"
+    task: str = "classification"
+    text_column: str = ""
+    label_column: str = ""
+    label_names: list[str] = field(default_factory=list)
+    train_split: str = ""
+    eval_split: str = ""
+    train_size: int = 2000
+    val_size: int = 100
+    test_size: int = 1000
+    description: str = ""
+    exemplars: int = 3
+
+
+@dataclass
+class StudentConfig:
+    model: str = "all-MiniLM-L6-v2"
+    tuning: str = "full"
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    max_length: int = 96
+    warmup_ratio: float = 0.0
+    grad_clip: float = 1.0
+    metric: str = "accuracy"
+    amp: bool = True
+    checkpoint_every: int = 50
+
+
+@dataclass
+class TAConfig:
+    backend: str = "local"
+    model: str = "gemma-3-270m"
+    base_url: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    api_key: str = field(default="", repr=False)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    max_prefix_words: int = 40
+    max_prefix_chars: int = 240
+    retries: int = 3
+    timeout_s: float = 60.0
+    max_tokens_budget: int = 0
+    max_cost: float = 0.0
+
+
+@dataclass
+class FinetuneConfig:
+    backend: str = "none"
+    model: str = ""
+    max_windows: int = 50
+    epochs: int = 2
+    lr: float = 2e-4
+    batch_size: int = 4
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    suffix: str = "gpta"
+    timeout_s: float = 3600.0
+    poll_interval_s: float = 5.0
+
+
+@dataclass
+class LoopConfig:
+    epochs: int = 3
+    k: int = 20
+    l: int = 5
+    window: int = 5
+    max_requests_per_epoch: int = 0  # 0 = automatic: 3 * ceil(k / l) + 2
+
+
+@dataclass
+class RunConfig:
+    name: str = ""
+    mode: str = "gpta"
+    seed: int = 42
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    ta: TAConfig = field(default_factory=TAConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    # ---- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for persistence and export. Secrets are never included."""
+        out = dataclasses.asdict(self)
+        for section in out.values():
+            if isinstance(section, dict):
+                for key in SECRET_FIELDS:
+                    section.pop(key, None)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
+        cfg = cls()
+        apply_mapping(cfg, data, source)
+        cfg.validate()
+        return cfg
+
+    def copy(self) -> "RunConfig":
+        return copy.deepcopy(self)
+
+    # ---- validation ----------------------------------------------------------------
+    def validate(self) -> "RunConfig":
+        def bad(key: str, value: Any, fix: str) -> ConfigError:
+            return ConfigError(f"invalid value {value!r} for {key}", fix)
+
+        if self.mode not in MODES:
+            raise bad("mode", self.mode, f"use one of {', '.join(MODES)}")
+        if self.ta.backend not in TA_BACKENDS:
+            raise bad("ta.backend", self.ta.backend, f"use one of {', '.join(TA_BACKENDS)}")
+        if self.finetune.backend not in FINETUNE_BACKENDS:
+            raise bad("finetune.backend", self.finetune.backend,
+                      f"use one of {', '.join(FINETUNE_BACKENDS)}")
+        if self.student.tuning not in TUNINGS:
+            raise bad("student.tuning", self.student.tuning, f"use one of {', '.join(TUNINGS)}")
+        if self.student.metric not in METRICS:
+            raise bad("student.metric", self.student.metric, f"use one of {', '.join(METRICS)}")
+        positives = {
+            "data.train_size": self.data.train_size, "data.val_size": self.data.val_size,
+            "data.test_size": self.data.test_size, "loop.epochs": self.loop.epochs,
+            "loop.k": self.loop.k, "loop.l": self.loop.l, "loop.window": self.loop.window,
+            "student.batch_size": self.student.batch_size,
+            "student.eval_batch_size": self.student.eval_batch_size,
+            "student.max_length": self.student.max_length,
+            "student.checkpoint_every": self.student.checkpoint_every,
+            "ta.max_new_tokens": self.ta.max_new_tokens,
+            "ta.max_prefix_words": self.ta.max_prefix_words,
+            "ta.max_prefix_chars": self.ta.max_prefix_chars,
+            "finetune.max_windows": self.finetune.max_windows,
+            "finetune.epochs": self.finetune.epochs, "finetune.batch_size": self.finetune.batch_size,
+            "finetune.lora_r": self.finetune.lora_r,
+        }
+        for key, value in positives.items():
+            if value <= 0:
+                raise bad(key, value, "use a number greater than 0")
+        if self.loop.window >= self.loop.k:
+            raise bad("loop.window", self.loop.window,
+                      f"use a window smaller than loop.k ({self.loop.k}) so that windows exist")
+        if not 0 <= self.ta.temperature <= 2:
+            raise bad("ta.temperature", self.ta.temperature, "use a value between 0 and 2")
+        if self.student.lr <= 0:
+            raise bad("student.lr", self.student.lr, "use a positive learning rate such as 2e-5")
+        if self.ta.retries < 0:
+            raise bad("ta.retries", self.ta.retries, "use 0 or more")
+        if self.data.exemplars < 0:
+            raise bad("data.exemplars", self.data.exemplars, "use 0 or more")
+        if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
+            raise bad("device", self.device, "use auto, cpu, cuda, cuda:N or mps")
+        return self
+
+    @property
+    def max_requests_per_epoch(self) -> int:
+        if self.loop.max_requests_per_epoch > 0:
+            return self.loop.max_requests_per_epoch
+        return 3 * -(-self.loop.k // self.loop.l) + 2
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The whole loop on the real offline defaults in a few minutes on 2 CPU cores.
+    "smoke": {
+        "data": {"train_size": 192, "val_size": 48, "test_size": 96},
+        "student": {"max_length": 64, "batch_size": 16, "checkpoint_every": 4},
+        "ta": {"max_new_tokens": 32},
+        "loop": {"epochs": 1, "k": 8, "l": 4, "window": 3},
+        "finetune": {"epochs": 1, "batch_size": 2},
+    },
+    # CPU-friendly but meaningful: the dataclass defaults.
+    "default": {},
+    # The paper's settings (Liu & Zhang 2024, section 4): low-resource 10k train.
+    "paper": {
+        "data": {"train_size": 10000, "val_size": 100, "test_size": 1000},
+        "student": {"max_length": 128, "batch_size": 16},
+        "loop": {"epochs": 5, "k": 50, "l": 5, "window": 5},
+    },
+}
+
+
+def _section_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _coerce(key: str, value: Any, typ: Any, source: str) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        typ_name = "a list of strings"
+        raise ConfigError(f"{source}: {key} must be {typ_name}, got {value!r}",
+                          f"write {key} = [\"a\", \"b\"]")
+    name = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"{source}: {key} must be of type {name}, got {type(value).__name__} {value!r}",
+                      f"give {key} a {name} value")
+
+
+def apply_mapping(cfg: RunConfig, data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Apply a nested mapping (TOML-shaped) onto cfg, rejecting unknown keys and wrong types."""
+    top_types = _section_types(cfg)
+    for key, value in data.items():
+        if key == "preset":
+            continue
+        if key not in top_types:
+            known = ", ".join(sorted([*top_types, "preset"]))
+            raise ConfigError(f"{source}: unknown key {key!r}", f"use one of: {known}")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key} must be a table",
+                                  f"write it as a [{key}] section")
+            types = _section_types(current)
+            for sub, subval in value.items():
+                if sub not in types:
+                    known = ", ".join(sorted(types))
+                    raise ConfigError(f"{source}: unknown key {key}.{sub!r}",
+                                      f"use one of: {known}")
+                setattr(current, sub, _coerce(f"{key}.{sub}", subval, types[sub], source))
+        else:
+            setattr(cfg, key, _coerce(key, value, top_types[key], source))
+    return cfg
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist", "pass the path of a TOML file")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML ({exc})",
+                          "fix the syntax at the position shown") from None
+
+
+def build_config(preset: str | None = None, file: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults <- preset <- TOML file <- overrides (a nested mapping, e.g. from CLI flags)."""
+    file_data = load_toml(file) if file else {}
+    chosen = preset or file_data.get("preset") or "default"
+    if chosen not in PRESETS:
+        raise ConfigError(f"unknown preset {chosen!r}", f"use one of {', '.join(PRESETS)}")
+    cfg = RunConfig()
+    apply_mapping(cfg, PRESETS[chosen], f"preset {chosen}")
+    if file_data:
+        apply_mapping(cfg, file_data, str(file))
+    if overrides:
+        apply_mapping(cfg, overrides, "command line")
+    return cfg.validate()

@@ -1,0 +1,55 @@
+"""Errors that reach users as one clear line: the problem, then the fix.
+
+`UsageError` (exit 2) is bad input the user can correct before running; `GptaError`
+(exit 1) is a failure at run time. Front ends print `str(err)` and exit with `err.exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class GptaError(Exception):
+    """A failure a user can act on. `str()` is one line: "problem. Fix: fix"."""
+
+    exit_code = 1
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = " ".join(str(problem).split())
+        self.fix = " ".join(fix.split()) if fix else None
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.problem}. Fix: {self.fix}" if self.fix else self.problem
+
+
+class UsageError(GptaError):
+    """Bad input (config, dataset, model path): exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    pass
+
+
+class DataError(UsageError):
+    pass
+
+
+class ModelError(UsageError):
+    pass
+
+
+class TAError(GptaError):
+    """The teaching assistant failed (nothing usable after retries, bad reply, ...)."""
+
+
+class TAUnavailable(TAError):
+    """The TA endpoint cannot be used right now (unreachable, 401, persistent 5xx)."""
+
+
+class BudgetExhausted(TAError):
+    """The session's TA token/cost budget is spent; no further TA calls are made."""
+
+
+class StopRun(Exception):
+    """Raised inside the engine when the user asked to stop; not an error."""

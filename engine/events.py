@@ -1,0 +1,275 @@
+"""Typed events the engine emits. Front ends and the session store only ever see these.
+
+Every event is a frozen dataclass with a stable `kind` string, serialisable with
+`event.to_dict()` and rebuilt with `event_from_dict()`. Listeners are plain callables;
+`EventBus` fans out to them and isolates their failures from the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+log = logging.getLogger("gpta.events")
+
+PHASES = ("setup", "training", "validating", "collecting", "windows", "finetuning", "testing", "done")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = "event"
+    ts: float = field(default_factory=time.time, kw_only=True, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["kind"] = self.kind
+        return d
+
+
+_REGISTRY: dict[str, type[Event]] = {}
+
+
+def _register(cls: type[Event]) -> type[Event]:
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def event_from_dict(d: dict[str, Any]) -> Event:
+    d = dict(d)
+    cls = _REGISTRY[d.pop("kind")]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@_register
+@dataclass(frozen=True)
+class RunStarted(Event):
+    kind: ClassVar[str] = "run_started"
+    name: str
+    mode: str
+    config: dict
+    resumed: bool = False
+    device: str = "cpu"
+    task: str = "classification"
+    metric: str = "accuracy"
+    label_names: list = field(default_factory=list)
+
+
+@_register
+@dataclass(frozen=True)
+class PhaseChanged(Event):
+    kind: ClassVar[str] = "phase"
+    epoch: int
+    phase: str
+    total: int = 0  # units of work in this phase (steps, prefixes, windows), 0 if unknown
+
+
+@_register
+@dataclass(frozen=True)
+class Progress(Event):
+    kind: ClassVar[str] = "progress"
+    epoch: int
+    phase: str
+    done: int
+    total: int
+
+
+@_register
+@dataclass(frozen=True)
+class TrainStep(Event):
+    kind: ClassVar[str] = "train_step"
+    epoch: int
+    step: int          # global optimizer step, 1-based, unique across the run
+    epoch_step: int    # 1-based within the epoch
+    epoch_steps: int
+    loss: float
+    lr: float
+
+
+@_register
+@dataclass(frozen=True)
+class ValidationResult(Event):
+    kind: ClassVar[str] = "validation"
+    epoch: int
+    prefix: str
+    metrics: dict
+    best_epoch: int
+    improved: bool
+
+
+@_register
+@dataclass(frozen=True)
+class TARequest(Event):
+    kind: ClassVar[str] = "ta_request"
+    request_id: int
+    epoch: int
+    backend: str
+    model: str
+    messages: list
+    params: dict
+    description_version: int
+
+
+@_register
+@dataclass(frozen=True)
+class TAResponse(Event):
+    kind: ClassVar[str] = "ta_response"
+    request_id: int
+    epoch: int
+    texts: list
+    prefixes: list
+    rejected: list  # [(text, reason)]
+    usage: dict
+    latency_s: float
+    attempt: int = 1
+
+
+@_register
+@dataclass(frozen=True)
+class PrefixScored(Event):
+    kind: ClassVar[str] = "prefix_scored"
+    epoch: int
+    prefix: str
+    score: float
+    metrics: dict
+    reused: bool
+    request_id: int  # -1: carried over / training prefix
+    beat_shown_best: bool = False
+
+
+@_register
+@dataclass(frozen=True)
+class HistoryUpdated(Event):
+    kind: ClassVar[str] = "history"
+    epoch: int
+    history: list  # [[prefix, score], ...] ascending
+    training_prefix: str
+
+
+@_register
+@dataclass(frozen=True)
+class WindowsBuilt(Event):
+    kind: ClassVar[str] = "windows"
+    epoch: int
+    windows: list  # [{"messages": [...]}], OpenAI chat fine-tuning format
+    path: str
+
+
+@_register
+@dataclass(frozen=True)
+class FinetuneUpdate(Event):
+    kind: ClassVar[str] = "finetune"
+    epoch: int
+    backend: str
+    job_id: str
+    status: str  # submitted|validating_files|queued|running|succeeded|failed|cancelled|timeout|skipped
+    message: str = ""
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    eta_s: float | None = None
+    model: str = ""
+
+
+@_register
+@dataclass(frozen=True)
+class TAModelChanged(Event):
+    kind: ClassVar[str] = "ta_model"
+    epoch: int
+    model: str
+    reason: str
+
+
+@_register
+@dataclass(frozen=True)
+class PrefixFindingAccuracy(Event):
+    kind: ClassVar[str] = "prefix_accuracy"
+    epoch: int
+    accuracy: float
+    generated: int
+    better: int
+
+
+@_register
+@dataclass(frozen=True)
+class DescriptionChanged(Event):
+    kind: ClassVar[str] = "description"
+    version: int
+    text: str
+    applies_from_request: int
+
+
+@_register
+@dataclass(frozen=True)
+class StatusChanged(Event):
+    kind: ClassVar[str] = "status"
+    status: str  # running|paused|stopping|interrupted|failed|finished
+    reason: str = ""
+
+
+@_register
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    kind: ClassVar[str] = "checkpoint"
+    epoch: int
+    phase: str
+    step: int
+    state: dict  # engine RunState.to_dict(): everything needed to resume
+    path: str = ""
+
+
+@_register
+@dataclass(frozen=True)
+class Notice(Event):
+    kind: ClassVar[str] = "notice"
+    level: str  # info|warning|error
+    message: str
+
+
+@_register
+@dataclass(frozen=True)
+class RunFinished(Event):
+    kind: ClassVar[str] = "finished"
+    status: str  # finished|stopped|failed
+    best_epoch: int
+    best_prefix: str
+    val_metrics: dict
+    test_metrics: dict
+    test_metrics_no_prefix: dict
+    summary: dict
+    reason: str = ""
+
+
+Listener = Callable[[Event], None]
+
+
+class EventBus:
+    """Fan-out to listeners. A listener that raises is logged and kept away from the engine."""
+
+    def __init__(self, listeners: list[Listener] | None = None):
+        self._listeners: list[Listener] = list(listeners or [])
+        self._lock = threading.Lock()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a broken listener must not kill training
+                log.exception("event listener %r failed on %s", listener, event.kind)

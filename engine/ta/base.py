@@ -1,0 +1,38 @@
+"""The teaching-assistant (TA) interface: a model that proposes prefixes.
+
+`messages` are OpenAI-style chat messages built by `engine.prompts`. A chat backend sends
+them as they are; a base (non-chat) local model renders them as a plain-text transcript.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TAReply:
+    texts: list[str]  # raw completions; each may hold one or several prefixes
+    usage: dict = field(default_factory=dict)  # prompt_tokens, completion_tokens, total_tokens
+    latency_s: float = 0.0
+    model: str = ""
+
+
+class TeachingAssistant(ABC):
+    backend: str = "base"
+
+    @property
+    @abstractmethod
+    def model_name(self) -> str:
+        """The model currently answering (changes after a successful fine-tune)."""
+
+    @abstractmethod
+    def propose(self, messages: list[dict], n: int, temperature: float, seed: int) -> TAReply:
+        """Ask for `n` new prefixes. `seed` makes local sampling reproducible."""
+
+    @abstractmethod
+    def use_model(self, model_ref: str) -> None:
+        """Switch to a tuned model: an OpenAI model id, or a local adapter directory."""
+
+    def close(self) -> None:
+        """Release resources (HTTP clients, model weights)."""
