@@ -25,6 +25,8 @@ class RunState:
     pending: list = field(default_factory=list)   # TA candidates not yet scored
     history: list = field(default_factory=list)   # [[prefix, score], ...] of the current epoch, insertion order
     request_id: int = 0            # TA requests made so far (ids are 1-based)
+    epoch_requests: int = 0        # TA requests made in the current epoch's collection
+    checkpoint: str = ""           # workdir-relative dir of the student checkpoint this state matches
     generated: int = 0             # new prefixes generated this epoch (prefix-finding accuracy)
     better: int = 0                # ... of which beat the best score shown in their request
     description: str = ""
@@ -36,6 +38,7 @@ class RunState:
     epochs: list = field(default_factory=list)    # one record per finished epoch
     ta_tokens: int = 0             # total TA tokens used (budget)
     ta_cost: float = 0.0           # estimated TA cost (budget)
+    ta_exhausted: str = ""         # why no further TA calls are made (budget), "" while allowed
     status_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
