@@ -75,8 +75,10 @@ class TAConfig:
     max_prefix_chars: int = 240
     retries: int = 3
     timeout_s: float = 60.0
-    max_tokens_budget: int = 0
-    max_cost: float = 0.0
+    max_tokens_budget: int = 0      # 0 = unlimited
+    max_cost: float = 0.0           # 0 = unlimited, in the currency of the prices below
+    price_input_per_1m: float = 0.0   # price per million prompt tokens
+    price_output_per_1m: float = 0.0  # price per million completion tokens
 
 
 @dataclass

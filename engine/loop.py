@@ -1,0 +1,681 @@
+"""The GPTA loop (Liu & Zhang 2024, Algorithm 1), readable in one sitting.
+
+Per epoch:
+  1. training    train the student with the current best prefix
+  2. validating  score the trained student with that prefix on the validation split
+  3. collecting  ask the TA for l prefixes at a time, showing it the history sorted ascending,
+                 until the history holds k (prefix, score) pairs scored by the frozen student
+  4. windows     slide a window of w pairs over the sorted history: dialogue gradients
+  5. finetuning  fine-tune the TA on them; the tuned TA answers next epoch
+After the last epoch the best checkpoint (by validation score) is reloaded and tested.
+
+Everything the engine knows lives in `self.state` (a RunState). Every phase reads and
+writes it, so a run can stop at any step boundary and resume from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from engine import prompts
+from engine.config import RunConfig
+from engine.controls import Controls
+from engine.errors import GptaError, StopRun, TAError, TAUnavailable
+from engine.events import (
+    CheckpointSaved,
+    DescriptionChanged,
+    Event,
+    EventBus,
+    FinetuneUpdate,
+    HistoryUpdated,
+    Notice,
+    PhaseChanged,
+    PrefixFindingAccuracy,
+    PrefixScored,
+    Progress,
+    RunFinished,
+    RunStarted,
+    StatusChanged,
+    TAModelChanged,
+    TARequest,
+    TAResponse,
+    TrainStep,
+    ValidationResult,
+    WindowsBuilt,
+)
+from engine.finetune.base import FinetuneBackend
+from engine.history import History, build_windows, cap_windows, write_jsonl
+from engine.parsing import clean_prefixes, parse_prefixes
+from engine.state import RunState
+from engine.ta.base import TeachingAssistant
+
+log = logging.getLogger("gpta.engine")
+
+Listener = Callable[[Event], None]
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from any parts (independent of PYTHONHASHSEED)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+class Engine:
+    def __init__(self, config: RunConfig, workdir: Path | str, *, controls: Controls | None = None,
+                 listeners: Iterable[Listener] = (), resume: dict | None = None,
+                 student=None, ta: TeachingAssistant | None = None,
+                 finetune: FinetuneBackend | None = None, data=None,
+                 on_ta_unavailable: str = "stop"):
+        self.config = config.copy().validate()
+        self.workdir = Path(workdir)
+        self.controls = controls or Controls()
+        self.bus = EventBus(list(listeners))
+        self.state = RunState.from_dict(resume) if resume else RunState()
+        self.resumed = resume is not None
+        self.student = student
+        self.ta = ta
+        self.finetune = finetune
+        self.data = data
+        self.device = "cpu"
+        self.on_ta_unavailable = on_ta_unavailable  # "stop" (headless) or "pause" (interactive)
+        self.exemplars: list[dict] = []
+
+    # ---- plumbing --------------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        return self.bus.subscribe(listener)
+
+    def emit(self, event: Event) -> None:
+        self.bus.emit(event)
+
+    def notice(self, message: str, level: str = "warning") -> None:
+        log.log(logging.WARNING if level != "info" else logging.INFO, message)
+        self.emit(Notice(level=level, message=message))
+
+    def _on_pause(self, paused: bool) -> None:
+        if paused:
+            self.save_checkpoint()
+            self.emit(StatusChanged(status="paused"))
+        else:
+            self.emit(StatusChanged(status="running"))
+
+    def _boundary(self) -> None:
+        """A step boundary: honour pause/stop, and save if the user asked to."""
+        if self.controls.take_save_request():
+            self.save_checkpoint()
+        self.controls.checkpoint(self._on_pause)
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.config
+
+    @property
+    def metric(self) -> str:
+        return self.config.student.metric
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def save_checkpoint(self, weights: bool = True) -> None:
+        """Write the student's training state (if it changed) and emit the matching RunState.
+
+        The new checkpoint is a fresh directory; the previous one is removed only after the
+        CheckpointSaved listeners (the session store) have recorded the new state, so a crash
+        at any moment leaves the stored state pointing at a complete checkpoint.
+        """
+        previous = self.state.checkpoint
+        if weights and self.student is not None and self.state.phase not in ("setup", "done"):
+            name = f"checkpoints/e{self.state.epoch}-s{self.state.step}-{self.state.phase}"
+            if name != previous:
+                target = self.workdir / name
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                self.student.save(tmp, training_state=True)
+                shutil.rmtree(target, ignore_errors=True)
+                tmp.rename(target)
+                self.state.checkpoint = name
+        self.emit(CheckpointSaved(epoch=self.state.epoch, phase=self.state.phase,
+                                  step=self.state.step, state=self.state.to_dict(),
+                                  path=self.state.checkpoint))
+        if previous and previous != self.state.checkpoint:
+            shutil.rmtree(self.workdir / previous, ignore_errors=True)
+
+    def _save_best(self, epoch: int, score: float, prefix: str, metrics: dict) -> None:
+        previous = self.state.best.get("path")
+        name = f"checkpoints/best-e{epoch}"
+        target = self.workdir / name
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.student.save(tmp, training_state=False)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        self.state.best = {"epoch": epoch, "score": score, "prefix": prefix,
+                           "metrics": metrics, "path": name}
+        self.save_checkpoint(weights=False)
+        if previous and previous != name:
+            shutil.rmtree(self.workdir / previous, ignore_errors=True)
+
+    # ---- setup -----------------------------------------------------------------------
+    def _setup(self) -> None:
+        import torch
+
+        from engine.device import resolve_device
+        from engine.student import build_student
+
+        cfg = self.config
+        self.device = resolve_device(cfg.device)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.emit(PhaseChanged(epoch=self.state.epoch, phase="setup"))
+        if self.data is None:
+            from engine.data import load_task_data
+
+            self.data = load_task_data(cfg.data, cfg.seed)
+        for warning in getattr(self.data, "warnings", []):
+            self.notice(warning)
+        if cfg.mode == "gpta-data":
+            self.exemplars = self.data.exemplars(cfg.data.exemplars, cfg.seed)
+        if self.student is None:
+            torch.manual_seed(derive_seed(cfg.seed, "student-init"))
+            self.student = build_student(cfg, self.data, self.device)
+        if self.resumed and self.state.checkpoint:
+            self.student.load(self.workdir / self.state.checkpoint, training_state=True)
+        if cfg.mode != "baseline":
+            if self.ta is None:
+                from engine.ta import build_ta
+
+                self.ta = build_ta(cfg, self.device, on_status=lambda m: self.notice(m, "info"))
+            if self.finetune is None:
+                from engine.finetune import build_finetune
+
+                self.finetune = build_finetune(cfg, self.device)
+            if self.state.ta_model:
+                self.ta.use_model(self.state.ta_model)
+        if not self.state.description:
+            self.state.description = cfg.data.description or self.data.default_description
+
+    # ---- the run ---------------------------------------------------------------------
+    def run(self) -> RunFinished:
+        try:
+            self._setup()
+            self.emit(RunStarted(name=self.config.name, mode=self.config.mode,
+                                 config=self.config.to_dict(), resumed=self.resumed,
+                                 device=self.device, task=self.data.task, metric=self.metric,
+                                 label_names=list(self.data.label_names)))
+            self.emit(StatusChanged(status="running"))
+            self._loop()
+            return self._finish("finished")
+        except StopRun:
+            self.save_checkpoint()
+            return self._finish("stopped", "stopped by the user; resume to continue")
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, GptaError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, GptaError):
+                log.exception("run failed")
+            if self.student is not None and self.state.phase != "setup":
+                self.save_checkpoint()
+            self.notice(message, "error")
+            self._finish("failed", message)
+            raise
+        finally:
+            for closable in (self.ta, self.finetune):
+                if closable is not None:
+                    try:
+                        closable.close()
+                    except Exception:  # noqa: BLE001
+                        log.exception("closing %r failed", closable)
+
+    def _loop(self) -> None:
+        cfg, st = self.config, self.state
+        if st.phase == "setup":
+            if cfg.mode != "baseline":
+                first = self._initial_prefix()
+                st.training_prefix = first
+            st.phase = "training"
+            self.save_checkpoint()
+        while st.epoch <= cfg.loop.epochs and st.phase not in ("testing", "done"):
+            if st.phase == "training":
+                self._train()
+            if st.phase == "validating":
+                self._validate()
+            if st.phase == "collecting":
+                self._collect()
+            if st.phase == "windows":
+                self._windows()
+            if st.phase == "finetuning":
+                self._finetune_ta()
+            if st.phase == "next":
+                self._next_epoch()
+        if st.phase != "done":
+            st.phase = "testing"
+
+    # ---- 1. training ---------------------------------------------------------------
+    def _train(self) -> None:
+        st = self.state
+        total = self.student.steps_per_epoch()
+        self.emit(PhaseChanged(epoch=st.epoch, phase="training", total=total))
+        every = self.config.student.checkpoint_every
+        for result in self.student.train_epoch(st.training_prefix, st.epoch, start_step=st.epoch_step):
+            st.step += 1
+            st.epoch_step = result.epoch_step
+            self.emit(TrainStep(epoch=st.epoch, step=st.step, epoch_step=result.epoch_step,
+                                epoch_steps=total, loss=result.loss, lr=result.lr))
+            if result.epoch_step % every == 0 and result.epoch_step < total:
+                self.save_checkpoint()
+            self._boundary()
+        st.phase = "validating"
+        self.save_checkpoint()
+
+    # ---- 2. validation ---------------------------------------------------------------
+    def _validate(self) -> None:
+        st = self.state
+        self.emit(PhaseChanged(epoch=st.epoch, phase="validating", total=1))
+        metrics = self.student.evaluate(st.training_prefix, "validation")
+        score = metrics[self.metric]
+        record = {"epoch": st.epoch, "prefix": st.training_prefix, "val_metrics": metrics,
+                  "val_score": score, "steps": st.step}
+        st.epochs = [r for r in st.epochs if r["epoch"] != st.epoch] + [record]
+        if self.config.mode == "baseline":
+            improved = self._consider_best(score, st.training_prefix, metrics)
+            st.phase = "next"
+        else:
+            history = History()
+            history.add(st.training_prefix, score)
+            st.history = history.to_list()
+            st.generated = st.better = st.epoch_requests = 0
+            improved = False
+            st.phase = "collecting"
+        self.emit(ValidationResult(epoch=st.epoch, prefix=st.training_prefix, metrics=metrics,
+                                   best_epoch=int(st.best.get("epoch", st.epoch)),
+                                   improved=improved))
+        self.save_checkpoint(weights=False)
+
+    def _consider_best(self, score: float, prefix: str, metrics: dict) -> bool:
+        best = self.state.best
+        if best and score <= best["score"]:
+            return False
+        self._save_best(self.state.epoch, score, prefix, metrics)
+        return True
+
+    # ---- 3. history collection -----------------------------------------------------
+    def _collect(self) -> None:
+        cfg, st = self.config, self.state
+        history = History.from_list(st.history)
+        k = cfg.loop.k
+        self.emit(PhaseChanged(epoch=st.epoch, phase="collecting", total=k))
+        # Candidates carried into this epoch (the first TA call's extras, last epoch's best)
+        # are re-scored by the new student before any new request.
+        if st.pending:
+            self._score_new(history, list(st.pending), request_id=-1, shown_best=None)
+            st.pending = []
+            st.history = history.to_list()
+            self.save_checkpoint(weights=False)
+        limit = self.config.max_requests_per_epoch
+        while len(history) < k and st.epoch_requests < limit and not st.ta_exhausted:
+            self._boundary()
+            want = min(cfg.loop.l, k - len(history))
+            shown = history.sorted()
+            shown_best = shown[-1][1] if shown else None
+            messages = self._request_messages(shown, want)
+            new = self._ask_ta(messages, want)
+            st.epoch_requests += 1
+            if new is None:
+                continue
+            self._score_new(history, new, request_id=st.request_id, shown_best=shown_best)
+            st.history = history.to_list()
+            self.emit(HistoryUpdated(epoch=st.epoch, history=[list(p) for p in history.sorted()],
+                                     training_prefix=st.training_prefix))
+            self.emit(Progress(epoch=st.epoch, phase="collecting", done=len(history), total=k))
+            self.save_checkpoint(weights=False)
+        if len(history) < k:
+            why = st.ta_exhausted or f"{st.epoch_requests} TA requests (the per-epoch limit)"
+            self.notice(f"epoch {st.epoch}: history holds {len(history)} of k={k} prefixes after {why}")
+        accuracy = st.better / st.generated if st.generated else 0.0
+        self.emit(PrefixFindingAccuracy(epoch=st.epoch, accuracy=accuracy,
+                                        generated=st.generated, better=st.better))
+        best_prefix, best_score = history.best()
+        metrics = {self.metric: best_score}
+        for record in st.epochs:
+            if record["epoch"] == st.epoch:
+                record.update(best_prefix=best_prefix, best_score=best_score,
+                              history_size=len(history), prefix_accuracy=accuracy,
+                              generated=st.generated, better=st.better)
+                if best_prefix == record["prefix"]:
+                    metrics = record["val_metrics"]
+        self.emit(HistoryUpdated(epoch=st.epoch, history=[list(p) for p in history.sorted()],
+                                 training_prefix=st.training_prefix))
+        if best_prefix != st.training_prefix:
+            metrics = self.student.evaluate(best_prefix, "validation")
+        self._consider_best(best_score, best_prefix, metrics)
+        st.phase = "windows"
+        self.save_checkpoint(weights=False)
+
+    def _score_new(self, history: History, prefixes: list[str], request_id: int,
+                   shown_best: float | None) -> list[str]:
+        """Score prefixes not yet in the history (batched); repeats reuse their known score."""
+        st = self.state
+        fresh = [p for p in dict.fromkeys(prefixes) if p not in history]
+        for p in prefixes:
+            if p in history and request_id >= 0:
+                st.generated += 1
+                self.emit(PrefixScored(epoch=st.epoch, prefix=p, score=history.score_of(p),
+                                       metrics={}, reused=True, request_id=request_id))
+        fresh = fresh[: max(0, self.config.loop.k - len(history))]
+        if not fresh:
+            return []
+        results = self.student.score_prefixes(fresh, "validation")
+        for prefix, metrics in zip(fresh, results):
+            score = metrics[self.metric]
+            history.add(prefix, score)
+            beat = shown_best is not None and score > shown_best
+            if request_id >= 0:
+                st.generated += 1
+                st.better += int(beat)
+            self.emit(PrefixScored(epoch=st.epoch, prefix=prefix, score=score, metrics=metrics,
+                                   reused=False, request_id=request_id, beat_shown_best=beat))
+        return fresh
+
+    # ---- talking to the TA -----------------------------------------------------------
+    def _apply_description_update(self) -> None:
+        text = self.controls.take_description()
+        if text is None or text.strip() == self.state.description.strip():
+            return
+        st = self.state
+        st.description = text.strip()
+        st.description_version += 1
+        st.description_from_request = st.request_id + 1
+        self.emit(DescriptionChanged(version=st.description_version, text=st.description,
+                                     applies_from_request=st.description_from_request))
+        self.save_checkpoint(weights=False)
+
+    def _system_prompt(self) -> str:
+        return prompts.system_prompt(self.data.task, self.student.family, self.student.placement,
+                                     list(self.data.label_names))
+
+    def _request_messages(self, shown: list[tuple[str, float]], n: int) -> list[dict]:
+        self._apply_description_update()
+        user = prompts.user_prompt(self.state.description, shown, n,
+                                   exemplars=self.exemplars or None,
+                                   label_names=list(self.data.label_names), metric=self.metric)
+        return prompts.build_messages(self._system_prompt(), user)
+
+    def _ask_ta(self, messages: list[dict], n: int) -> list[str] | None:
+        """One TA request with bounded retries on unusable replies. None if nothing usable."""
+        cfg, st = self.config, self.state
+        if not self._budget_left():
+            return None
+        st.request_id += 1
+        rid = st.request_id
+        attempts = cfg.ta.retries + 1
+        params = {"n": n, "temperature": cfg.ta.temperature, "top_p": cfg.ta.top_p}
+        self.emit(TARequest(request_id=rid, epoch=st.epoch, backend=self.ta.backend,
+                            model=self.ta.model_name, messages=messages, params=params,
+                            description_version=st.description_version))
+        attempt = 0
+        while attempt < attempts:
+            if not self._budget_left():
+                return None
+            attempt += 1
+            seed = derive_seed(cfg.seed, "ta", rid, attempt)
+            started = time.perf_counter()
+            try:
+                reply = self._call_ta(messages, n, seed)
+            except TAUnavailable as exc:
+                self._ta_unavailable(exc)  # raises (headless) or waits for the user (TUI)
+                attempt -= 1  # provider trouble the user fixed does not use up an attempt
+                continue
+            except TAError as exc:
+                self.notice(f"TA request {rid} attempt {attempt}/{attempts} failed: {exc}")
+                self._boundary()
+                continue
+            st.ta_tokens += int(reply.usage.get("total_tokens", 0) or 0)
+            st.ta_cost += self._cost(reply.usage)
+            candidates = [c for text in reply.texts for c in parse_prefixes(text or "")]
+            accepted, rejected = clean_prefixes(
+                candidates, max_words=cfg.ta.max_prefix_words, max_chars=cfg.ta.max_prefix_chars)
+            self.emit(TAResponse(request_id=rid, epoch=st.epoch, texts=list(reply.texts),
+                                 prefixes=accepted, rejected=[list(r) for r in rejected],
+                                 usage=dict(reply.usage),
+                                 latency_s=round(time.perf_counter() - started, 4),
+                                 attempt=attempt))
+            if accepted:
+                return accepted
+            self.notice(f"TA request {rid} attempt {attempt}/{attempts}: no usable prefix in the "
+                        f"reply ({len(rejected)} candidates rejected)")
+            self._boundary()
+        self.notice(f"TA request {rid}: nothing usable after {attempts} attempts", "error")
+        return None
+
+    def _call_ta(self, messages: list[dict], n: int, seed: int):
+        try:
+            return self.ta.propose(messages, n=n, temperature=self.config.ta.temperature, seed=seed)
+        except GptaError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a backend bug must not kill the run
+            raise TAError(f"TA backend error: {type(exc).__name__}: {exc}") from exc
+
+    def _ta_unavailable(self, exc: TAUnavailable) -> None:
+        """Persistent provider trouble: pause (interactive) or stop (headless), resumable."""
+        self.notice(f"{exc} — the session is saved; fix it and resume", "error")
+        if self.on_ta_unavailable == "pause":
+            self.controls.pause()
+            self.state.status_reason = str(exc)
+            self._boundary()
+            self.state.status_reason = ""
+        else:
+            raise exc
+
+    def _cost(self, usage: dict) -> float:
+        """Estimated cost of one reply from the configured prices (per million tokens)."""
+        ta = self.config.ta
+        return (int(usage.get("prompt_tokens", 0) or 0) * ta.price_input_per_1m
+                + int(usage.get("completion_tokens", 0) or 0) * ta.price_output_per_1m) / 1e6
+
+    def _budget_left(self) -> bool:
+        """False once the session's TA token/cost budget is spent (then no more TA calls)."""
+        cfg, st = self.config.ta, self.state
+        if st.ta_exhausted:
+            return False
+        if cfg.max_tokens_budget and st.ta_tokens >= cfg.max_tokens_budget:
+            st.ta_exhausted = f"TA token budget spent ({st.ta_tokens} >= {cfg.max_tokens_budget})"
+        elif cfg.max_cost and st.ta_cost >= cfg.max_cost:
+            st.ta_exhausted = f"TA cost budget spent ({st.ta_cost:.4f} >= {cfg.max_cost})"
+        else:
+            return True
+        self.notice(f"{st.ta_exhausted}: no further TA calls; continuing with the best prefix so far")
+        return False
+
+    def _initial_prefix(self) -> str:
+        """s0: the first prefix of the first TA call (the rest are scored in epoch 1)."""
+        messages = self._request_messages([], self.config.loop.l)
+        prefixes = self._ask_ta(messages, self.config.loop.l)
+        if not prefixes:
+            raise TAError(
+                f"the teaching assistant ({self.ta.backend}: {self.ta.model_name}) returned no usable "
+                f"prefix after {self.config.ta.retries + 1} attempts",
+                "check --ta-model / --ta-base-url, or raise ta.retries")
+        self.state.pending = prefixes[1:]
+        return prefixes[0]
+
+    # ---- 4. dialogue gradients -------------------------------------------------------
+    def _windows(self) -> None:
+        cfg, st = self.config, self.state
+        history = History.from_list(st.history)
+        pairs = history.sorted()
+        windows = cap_windows(build_windows(pairs, cfg.loop.window), cfg.finetune.max_windows)
+        self.emit(PhaseChanged(epoch=st.epoch, phase="windows", total=len(windows)))
+        system = self._system_prompt()
+        examples = [prompts.window_example(system, st.description, window, target,
+                                           exemplars=self.exemplars or None,
+                                           label_names=list(self.data.label_names),
+                                           metric=self.metric)
+                    for window, target in windows]
+        path = self.workdir / "windows" / f"epoch-{st.epoch}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(examples, path)
+        self.emit(WindowsBuilt(epoch=st.epoch, windows=examples, path=str(path)))
+        st.phase = "finetuning"
+        self.save_checkpoint(weights=False)
+
+    # ---- 5. TA optimisation ----------------------------------------------------------
+    def _finetune_ta(self) -> None:
+        cfg, st = self.config, self.state
+        backend = self.finetune
+        record = next((r for r in st.epochs if r["epoch"] == st.epoch), {})
+        path = self.workdir / "windows" / f"epoch-{st.epoch}.jsonl"
+        from engine.history import read_jsonl
+
+        examples = read_jsonl(path) if path.exists() else []
+        skip = ""
+        if backend is None or backend.name == "none":
+            skip = "fine-tune backend 'none': the TA stays frozen"
+        elif st.epoch >= cfg.loop.epochs:
+            skip = "last epoch: no later epoch would use a tuned TA"
+        elif not examples:
+            skip = (f"no dialogue gradients (history of {len(st.history)} < window "
+                    f"{cfg.loop.window} + 1)")
+        if skip:
+            self.emit(FinetuneUpdate(epoch=st.epoch, backend=getattr(backend, "name", "none"),
+                                     job_id="", status="skipped", message=skip))
+            record["finetune"] = {"status": "skipped", "message": skip}
+            st.phase = "next"
+            self.save_checkpoint(weights=False)
+            return
+        self.emit(PhaseChanged(epoch=st.epoch, phase="finetuning", total=len(examples)))
+        job = st.job
+        if job and job.get("epoch") == st.epoch and backend.can_attach(job["job_id"]):
+            job_id = job["job_id"]
+            self.notice(f"re-attached to fine-tune job {job_id}", "info")
+        else:
+            base = cfg.finetune.model or cfg.ta.model
+            if backend.name == "openai" and st.ta_model:
+                base = st.ta_model
+            try:
+                job_id = backend.submit(examples, base, self.workdir, st.epoch)
+            except GptaError as exc:
+                self.emit(FinetuneUpdate(epoch=st.epoch, backend=backend.name, job_id="",
+                                         status="failed", message=f"submit failed: {exc}"))
+                self._job_done(record, "", "failed", f"submit failed: {exc}")
+                return
+            st.job = {"job_id": job_id, "backend": backend.name, "epoch": st.epoch,
+                      "started": time.time()}
+            self.emit(FinetuneUpdate(epoch=st.epoch, backend=backend.name, job_id=job_id,
+                                     status="submitted", message=f"{len(examples)} examples"))
+            self.save_checkpoint(weights=False)
+        started = st.job.get("started", time.time())
+        last_status = ""
+        try:
+            while True:
+                status = self._poll(job_id)
+                for message in status.events:
+                    self.emit(FinetuneUpdate(epoch=st.epoch, backend=backend.name, job_id=job_id,
+                                             status=status.status, message=message,
+                                             step=status.step, total_steps=status.total_steps,
+                                             loss=status.loss, eta_s=status.eta_s))
+                if status.status != last_status:
+                    self.emit(FinetuneUpdate(epoch=st.epoch, backend=backend.name, job_id=job_id,
+                                             status=status.status, message=status.message,
+                                             step=status.step, total_steps=status.total_steps,
+                                             loss=status.loss, eta_s=status.eta_s,
+                                             model=status.model))
+                    last_status = status.status
+                if status.done:
+                    break
+                if time.time() - started > cfg.finetune.timeout_s:
+                    backend.cancel(job_id)
+                    message = f"no result after {cfg.finetune.timeout_s:.0f}s; cancelled"
+                    self.emit(FinetuneUpdate(epoch=st.epoch, backend=backend.name, job_id=job_id,
+                                             status="timeout", message=message))
+                    self._job_done(record, job_id, "timeout", message)
+                    return
+                self.controls.checkpoint(lambda p: self._pause_job(job_id, p))
+                self.controls.sleep(backend.poll_interval_s)
+        except StopRun:
+            backend.cancel(job_id)
+            st.job = None
+            raise
+        if status.status == "succeeded" and status.model:
+            self.ta.use_model(status.model)
+            st.ta_model = status.model
+            self.emit(TAModelChanged(epoch=st.epoch, model=self.ta.model_name,
+                                     reason=f"fine-tune job {job_id} succeeded"))
+        self._job_done(record, job_id, status.status, status.message)
+
+    def _poll(self, job_id: str):
+        try:
+            return self.finetune.poll(job_id)
+        except GptaError as exc:
+            from engine.finetune.base import JobStatus
+
+            return JobStatus(job_id, "failed", message=f"poll failed: {exc}")
+
+    def _pause_job(self, job_id: str, paused: bool) -> None:
+        self.finetune.set_paused(job_id, paused)
+        self._on_pause(paused)
+
+    def _job_done(self, record: dict, job_id: str, status: str, message: str) -> None:
+        st = self.state
+        if status != "succeeded":
+            self.notice(f"epoch {st.epoch}: fine-tune job {job_id or '-'} {status}"
+                        f"{': ' + message if message else ''}; the TA keeps model "
+                        f"{self.ta.model_name}")
+        record["finetune"] = {"status": status, "job_id": job_id, "message": message,
+                              "model": self.ta.model_name}
+        st.job = None
+        st.phase = "next"
+        self.save_checkpoint(weights=False)
+
+    # ---- epoch boundary and the end ----------------------------------------------------
+    def _next_epoch(self) -> None:
+        st = self.state
+        if self.config.mode != "baseline":
+            history = History.from_list(st.history)
+            best = history.best()
+            if best:
+                st.training_prefix = best[0]
+            # Last epoch's top prefixes are re-scored by the next student (no TA call needed).
+            carry = [p for p, _ in history.top(self.config.loop.window) if p != st.training_prefix]
+            st.pending = carry
+        st.history = []
+        st.epoch += 1
+        st.epoch_step = 0
+        st.phase = "training"
+        self.save_checkpoint(weights=False)
+
+    def _finish(self, status: str, reason: str = "") -> RunFinished:
+        st = self.state
+        test_metrics: dict = {}
+        no_prefix: dict = {}
+        if status == "finished":
+            st.phase = "testing"
+            self.emit(PhaseChanged(epoch=min(st.epoch, self.config.loop.epochs), phase="testing", total=2))
+            if st.best.get("path"):
+                self.student.load(self.workdir / st.best["path"], training_state=False)
+            best_prefix = st.best.get("prefix", "")
+            test_metrics = self.student.evaluate(best_prefix, "test")
+            no_prefix = test_metrics if not best_prefix else self.student.evaluate("", "test")
+            st.phase = "done"
+            st.epoch = min(st.epoch, self.config.loop.epochs)
+            self.save_checkpoint(weights=False)
+        summary = {
+            "epochs": st.epochs,
+            "steps": st.step,
+            "ta_requests": st.request_id,
+            "ta_tokens": st.ta_tokens,
+            "ta_cost": round(st.ta_cost, 6),
+            "ta_model": self.ta.model_name if self.ta else "",
+            "ta_exhausted": st.ta_exhausted,
+            "description_version": st.description_version,
+            "device": self.device,
+            "metric": self.metric,
+        }
+        event = RunFinished(status=status, best_epoch=int(st.best.get("epoch", 0)),
+                            best_prefix=st.best.get("prefix", ""),
+                            val_metrics=st.best.get("metrics", {}), test_metrics=test_metrics,
+                            test_metrics_no_prefix=no_prefix, summary=summary, reason=reason)
+        self.emit(StatusChanged(status=status, reason=reason))
+        self.emit(event)
+        return event

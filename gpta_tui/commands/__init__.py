@@ -1,0 +1,1 @@
+"""Subcommands of the headless `gpta` CLI; each module exposes `register(subparsers)`."""

@@ -1,0 +1,138 @@
+"""`gpta run` and `gpta resume`: drive the engine headless, persisted as a session."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+from engine.config import FINETUNE_BACKENDS, MODES, PRESETS, TA_BACKENDS, build_config
+from engine.controls import Controls
+
+# flag -> (section, key, type); section None = top level
+RUN_FLAGS: dict[str, tuple[str | None, str, type]] = {
+    "name": (None, "name", str),
+    "mode": (None, "mode", str),
+    "seed": (None, "seed", int),
+    "device": (None, "device", str),
+    "dataset": ("data", "dataset", str),
+    "text_column": ("data", "text_column", str),
+    "label_column": ("data", "label_column", str),
+    "description": ("data", "description", str),
+    "train_size": ("data", "train_size", int),
+    "val_size": ("data", "val_size", int),
+    "test_size": ("data", "test_size", int),
+    "student_model": ("student", "model", str),
+    "tuning": ("student", "tuning", str),
+    "lr": ("student", "lr", float),
+    "batch_size": ("student", "batch_size", int),
+    "max_length": ("student", "max_length", int),
+    "ta_backend": ("ta", "backend", str),
+    "ta_model": ("ta", "model", str),
+    "ta_base_url": ("ta", "base_url", str),
+    "temperature": ("ta", "temperature", float),
+    "max_ta_tokens": ("ta", "max_tokens_budget", int),
+    "max_ta_cost": ("ta", "max_cost", float),
+    "finetune_backend": ("finetune", "backend", str),
+    "max_windows": ("finetune", "max_windows", int),
+    "epochs": ("loop", "epochs", int),
+    "k": ("loop", "k", int),
+    "l": ("loop", "l", int),
+    "window": ("loop", "window", int),
+}
+
+HELP = {
+    "mode": f"{' | '.join(MODES)} (default gpta)",
+    "dataset": "twitter-sentiment (built-in, offline), a hub name such as yelp_review_full or "
+               "tweet_eval:sentiment, or a CSV/JSON/JSONL/Parquet path",
+    "description": "dataset description d shown to the TA (default: the dataset's own)",
+    "student_model": "encoder by hub name or local path (default all-MiniLM-L6-v2, offline)",
+    "tuning": "full | lt-prefix | lt-prompt",
+    "ta_backend": " | ".join(TA_BACKENDS) + " (default local)",
+    "ta_model": "local: causal LM name/path (default gemma-3-270m, offline); openai: model id",
+    "ta_base_url": "OpenAI-compatible endpoint (default $OPENAI_BASE_URL)",
+    "finetune_backend": " | ".join(FINETUNE_BACKENDS) + " (default none)",
+    "k": "history size per epoch (paper: 50)",
+    "l": "prefixes asked per TA request",
+    "window": "dialogue-gradient window w (paper: 5)",
+    "device": "auto | cpu | cuda | cuda:N | mps",
+    "max_ta_tokens": "stop TA calls after this many tokens (0 = no limit)",
+    "max_ta_cost": "stop TA calls after this estimated cost (0 = no limit)",
+}
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    for flag, (section, key, _typ) in RUN_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if section is None:
+            out[key] = value
+        else:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def register(subparsers) -> None:
+    run = subparsers.add_parser(
+        "run", help="start a new run (a saved, resumable session)",
+        description="Run the GPTA loop headless. Settings: preset <- --config TOML <- flags.")
+    run.add_argument("--config", type=Path, help="TOML file with [data] [student] [ta] "
+                     "[finetune] [loop] sections (see README)")
+    run.add_argument("--preset", choices=sorted(PRESETS), help="smoke (minutes on CPU), "
+                     "default, or paper (the paper's sizes)")
+    for flag, (_section, _key, typ) in RUN_FLAGS.items():
+        run.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None,
+                         help=HELP.get(flag))
+    run.add_argument("--verbose", "-v", action="store_true", help="print every scored prefix")
+    run.set_defaults(handler=cmd_run)
+
+    resume = subparsers.add_parser("resume", help="continue a saved session where it stopped")
+    resume.add_argument("name", help="session name (see `gpta list`)")
+    resume.add_argument("--verbose", "-v", action="store_true")
+    resume.set_defaults(handler=cmd_resume)
+
+
+def _drive(handle, engine, view) -> int:
+    """Run the engine in this thread; Ctrl-C asks it to stop at the next step boundary."""
+    controls: Controls = engine.controls
+
+    def on_sigint(signum, frame):  # first Ctrl-C: graceful stop; second: hard interrupt
+        if controls.stop_requested:
+            raise KeyboardInterrupt
+        view.console.print("[yellow]stopping at the next step boundary "
+                           "(Ctrl-C again to abort)...[/]")
+        controls.stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        finished = engine.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        view.close()
+        handle.close()
+    if finished.status == "stopped":
+        view.console.print(f"session saved; continue with: gpta resume {handle.name}")
+        return 130
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gpta_tui.headless import HeadlessView
+    from sessions.runner import start_session
+
+    config = build_config(args.preset, args.config, overrides_from_args(args))
+    view = HeadlessView(verbose=args.verbose)
+    handle, engine = start_session(config, args.home, listeners=[view], controls=Controls())
+    view.console.print(f"session [bold]{handle.name}[/] in {handle.dir}")
+    return _drive(handle, engine, view)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from gpta_tui.headless import HeadlessView
+    from sessions.runner import resume_session
+
+    view = HeadlessView(verbose=args.verbose)
+    handle, engine = resume_session(args.name, args.home, listeners=[view], controls=Controls())
+    return _drive(handle, engine, view)

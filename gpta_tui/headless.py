@@ -1,0 +1,143 @@
+"""Headless rendering of engine events with rich: progress bars and a final summary.
+
+Used by `gpta run` / `gpta resume`. It is an ordinary event listener: it never touches the
+engine's internals.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from engine import events as ev
+
+
+class HeadlessView:
+    """Listener that shows a run in a terminal (or plain lines when not a TTY)."""
+
+    def __init__(self, console: Console | None = None, verbose: bool = False):
+        self.console = console or Console(stderr=True)
+        self.verbose = verbose
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=self.console, transient=True)
+        self._task = None
+        self._epochs = 0
+        self.finished: ev.RunFinished | None = None
+
+    # listener -------------------------------------------------------------------------
+    def __call__(self, event: ev.Event) -> None:
+        handler = getattr(self, f"on_{event.kind}", None)
+        if handler:
+            handler(event)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+    def _bar(self, description: str, total: int) -> None:
+        if self._task is not None:
+            self.progress.remove_task(self._task)
+        self.progress.start()
+        self._task = self.progress.add_task(description, total=total or None, info="")
+
+    def _say(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    # events ---------------------------------------------------------------------------
+    def on_run_started(self, e: ev.RunStarted) -> None:
+        self._epochs = e.config["loop"]["epochs"]
+        data, student, ta = e.config["data"], e.config["student"], e.config["ta"]
+        verb = "resuming" if e.resumed else "starting"
+        self._say(f"[bold]{verb} {e.name or 'run'}[/]: mode {e.mode}, dataset {data['dataset']} "
+                  f"({data['train_size']} train / {data['val_size']} val / {data['test_size']} test), "
+                  f"student {student['model']}, TA {ta['backend']}:{ta['model']}, device {e.device}")
+
+    def on_phase(self, e: ev.PhaseChanged) -> None:
+        if e.phase in ("training", "collecting", "finetuning", "windows", "testing"):
+            self._bar(f"epoch {e.epoch}/{self._epochs} {e.phase}", e.total)
+
+    def on_train_step(self, e: ev.TrainStep) -> None:
+        if self._task is not None:
+            self.progress.update(self._task, completed=e.epoch_step, total=e.epoch_steps,
+                                 info=f"loss {e.loss:.4f}")
+
+    def on_progress(self, e: ev.Progress) -> None:
+        if self._task is not None:
+            self.progress.update(self._task, completed=e.done, total=e.total)
+
+    def on_validation(self, e: ev.ValidationResult) -> None:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in e.metrics.items())
+        self._say(f"epoch {e.epoch}: validation {metrics} with prefix {e.prefix!r}")
+
+    def on_prefix_scored(self, e: ev.PrefixScored) -> None:
+        if self._task is not None:
+            self.progress.update(self._task, info=f"{e.score:.4f} {e.prefix[:40]!r}")
+        if self.verbose:
+            self._say(f"  {e.score:.4f}  {e.prefix}" + ("  (known)" if e.reused else ""))
+
+    def on_prefix_accuracy(self, e: ev.PrefixFindingAccuracy) -> None:
+        self._say(f"epoch {e.epoch}: TA prefix-finding accuracy {e.accuracy:.2%} "
+                  f"({e.better}/{e.generated} new prefixes beat the best shown)")
+
+    def on_history(self, e: ev.HistoryUpdated) -> None:
+        pass
+
+    def on_windows(self, e: ev.WindowsBuilt) -> None:
+        self._say(f"epoch {e.epoch}: {len(e.windows)} dialogue-gradient windows -> {e.path}")
+
+    def on_finetune(self, e: ev.FinetuneUpdate) -> None:
+        if e.status == "running" and e.total_steps and self._task is not None:
+            self.progress.update(self._task, completed=e.step, total=e.total_steps,
+                                 info=f"loss {e.loss:.4f}" if e.loss is not None else "")
+            return
+        if e.message or e.status in ("succeeded", "failed", "cancelled", "timeout", "skipped"):
+            self._say(f"epoch {e.epoch}: fine-tune [{e.backend}] {e.job_id or '-'} {e.status}"
+                      + (f": {e.message}" if e.message else ""))
+
+    def on_ta_model(self, e: ev.TAModelChanged) -> None:
+        self._say(f"epoch {e.epoch}: TA now answers with {e.model}")
+
+    def on_description(self, e: ev.DescriptionChanged) -> None:
+        self._say(f"description v{e.version} applies from TA request {e.applies_from_request}")
+
+    def on_notice(self, e: ev.Notice) -> None:
+        style = {"error": "red", "warning": "yellow"}.get(e.level, "dim")
+        self._say(f"[{style}]{e.level}: {e.message}[/]")
+
+    def on_finished(self, e: ev.RunFinished) -> None:
+        self.finished = e
+        self.close()
+        self.console.print(summary_table(e))
+
+
+def summary_table(e: ev.RunFinished) -> Table:
+    metric = e.summary.get("metric", "accuracy")
+    table = Table(title=f"Run {e.status}" + (f" — {e.reason}" if e.reason else ""),
+                  show_header=True, header_style="bold")
+    table.add_column("epoch", justify="right")
+    table.add_column("training prefix")
+    table.add_column(f"val {metric}", justify="right")
+    table.add_column("best prefix of epoch")
+    table.add_column("best val", justify="right")
+    table.add_column("TA acc.", justify="right")
+    table.add_column("fine-tune")
+    for r in e.summary.get("epochs", []):
+        table.add_row(str(r["epoch"]), _short(r.get("prefix", "")), f"{r.get('val_score', 0):.4f}",
+                      _short(r.get("best_prefix", "")),
+                      f"{r['best_score']:.4f}" if "best_score" in r else "-",
+                      f"{r['prefix_accuracy']:.0%}" if "prefix_accuracy" in r else "-",
+                      (r.get("finetune") or {}).get("status", "-"))
+    if e.test_metrics:
+        table.caption = (f"best epoch {e.best_epoch}, prefix {e.best_prefix!r}: test "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in e.test_metrics.items())
+                         + " | no prefix: "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in e.test_metrics_no_prefix.items())
+                         + f" | TA requests {e.summary.get('ta_requests', 0)}, "
+                         f"tokens {e.summary.get('ta_tokens', 0)}")
+    return table
+
+
+def _short(text: str, n: int = 48) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
