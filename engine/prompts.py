@@ -1,0 +1,171 @@
+"""Every prompt the teaching assistant (TA) sees, in one place.
+
+The layout follows the GPTA paper (Liu & Zhang 2024, Table 4):
+
+* a **system prompt** naming the task and the student, and how the prefix is placed
+  ("The model is based on BERT, so the prefix will be added as [CLS]prefix + context");
+* a **user prompt** with the dataset description d, optional exemplars E (GPTA-Data mode
+  only), the history H of (prefix, score) pairs in ascending order of score, and a request
+  for n new prefixes returned as JSON ``{"prefixes": [...]}``.
+
+A *dialogue gradient* (`window_example`) is the same conversation with a window of w history
+pairs in the user message and the prefix that came next as the assistant's answer, in the
+OpenAI chat fine-tuning format.
+
+The TA never sees training data except the few exemplars of GPTA-Data mode.
+"""
+
+from __future__ import annotations
+
+import json
+
+#: task id (``data.task``) -> how the task is named to the TA
+TASK_NAMES: dict[str, str] = {
+    "classification": "text classification",
+    "pair_classification": "sentence pair classification",
+    "nli": "natural language inference",
+    "extractive_qa": "extractive question answering",
+    "qa": "extractive question answering",
+    "ner": "named entity recognition",
+}
+
+#: metric id (``student.metric``) -> how the metric is named to the TA
+METRIC_NAMES: dict[str, str] = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro F1",
+    "f1": "F1",
+    "exact_match": "exact match",
+}
+
+#: longest exemplar text shown to the TA, in characters (longer texts are cut with "...")
+MAX_EXEMPLAR_CHARS = 400
+
+SYSTEM_TEMPLATE = (
+    "You are a helpful teaching assistant that writes prefixes for a {task_name} model. "
+    "The model is based on {family}, so the prefix will be added as {placement}. "
+    "A good prefix is one short natural-language sentence that helps the model solve the "
+    "task on texts it has never seen.{labels}"
+)
+
+SYSTEM_LABELS_TEMPLATE = " The possible labels are: {labels}."
+
+DESCRIPTION_TEMPLATE = "Dataset description: {description}"
+
+EXEMPLARS_HEADER = "Examples from the training data:"
+EXEMPLAR_TEMPLATE = "Text: {text}\nLabel: {label}"
+
+HISTORY_HEADER = (
+    "Prefixes tried so far with their validation {metric}, in ascending order of {metric} "
+    "(the last one is the best):"
+)
+HISTORY_ITEM_TEMPLATE = "Prefix: {prefix}\nScore: {score:.4f}"
+HISTORY_EMPTY = "No prefixes have been tried yet."
+
+REQUEST_TEMPLATE = (
+    "Write {count} that {differ} and should get a {level} validation {metric}. "
+    "Each prefix is one short sentence. "
+    'Answer with JSON only, in the form {{"prefixes": [{slots}]}}.'
+)
+
+
+def task_name(task: str) -> str:
+    """Human name of a task id; unknown ids are shown as words ("token_tagging" -> "token tagging")."""
+    return TASK_NAMES.get(task, task.replace("_", " ").replace("-", " ").strip() or "text")
+
+
+def metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric.replace("_", " "))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def system_prompt(task: str, family: str, placement: str, label_names: list[str] | None = None) -> str:
+    """The system message: task, student family and prefix placement, label names if known."""
+    labels = ""
+    if label_names:
+        labels = SYSTEM_LABELS_TEMPLATE.format(labels=", ".join(_one_line(n) for n in label_names))
+    return SYSTEM_TEMPLATE.format(task_name=task_name(task), family=family, placement=placement,
+                                  labels=labels)
+
+
+def _label_text(label: object, label_names: list[str] | None) -> str:
+    if label_names and isinstance(label, int) and not isinstance(label, bool) \
+            and 0 <= label < len(label_names):
+        return _one_line(label_names[label])
+    return _one_line(str(label))
+
+
+def _exemplar_text(text: str) -> str:
+    text = _one_line(text)
+    if len(text) > MAX_EXEMPLAR_CHARS:
+        text = text[: MAX_EXEMPLAR_CHARS - 3].rstrip() + "..."
+    return text
+
+
+def _render_exemplars(exemplars: list[dict], label_names: list[str] | None) -> str:
+    items = [EXEMPLAR_TEMPLATE.format(text=_exemplar_text(row.get("text", "")),
+                                      label=_label_text(row.get("label", ""), label_names))
+             for row in exemplars]
+    return EXEMPLARS_HEADER + "\n" + "\n\n".join(items)
+
+
+def _render_history(history: list[tuple[str, float]], metric: str) -> str:
+    if not history:
+        return HISTORY_EMPTY
+    items = [HISTORY_ITEM_TEMPLATE.format(prefix=_one_line(p), score=float(s)) for p, s in history]
+    return HISTORY_HEADER.format(metric=metric_name(metric)) + "\n" + "\n\n".join(items)
+
+
+def _render_request(n: int, has_history: bool, metric: str) -> str:
+    count = "1 new prefix" if n == 1 else f"{n} new prefixes"
+    if has_history:
+        differ = "differs from the prefixes above" if n == 1 else \
+            "differ from the prefixes above and from each other"
+    else:
+        differ = "fits the task" if n == 1 else "differ from each other"
+    slots = '"..."' if n == 1 else '"...", "..."'
+    return REQUEST_TEMPLATE.format(count=count, differ=differ, level="higher" if has_history else "high",
+                                   metric=metric_name(metric), slots=slots)
+
+
+def user_prompt(description: str, history: list[tuple[str, float]], n: int, *,
+                exemplars: list[dict] | None = None, label_names: list[str] | None = None,
+                metric: str = "accuracy") -> str:
+    """The user message: description d, exemplars E (if given), history H and the request.
+
+    `history` must already be sorted ascending by score (`History.sorted()`); it is shown
+    in the order given. `exemplars` rows are ``{"text": str, "label": int}``; labels are shown
+    by name when `label_names` covers them.
+    """
+    parts = [DESCRIPTION_TEMPLATE.format(description=" ".join(description.split()) or "(none)")]
+    if exemplars:
+        parts.append(_render_exemplars(exemplars, label_names))
+    parts.append(_render_history(history, metric))
+    parts.append(_render_request(max(1, int(n)), bool(history), metric))
+    return "\n\n".join(parts)
+
+
+def build_messages(system: str, user: str) -> list[dict]:
+    """OpenAI-style chat messages for one TA request."""
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def assistant_message(prefixes: list[str]) -> str:
+    """What a perfect TA answers: the JSON object the request asks for."""
+    return json.dumps({"prefixes": list(prefixes)}, ensure_ascii=False)
+
+
+def window_example(system: str, description: str, window: list[tuple[str, float]], next_prefix: str, *,
+                   exemplars: list[dict] | None = None, label_names: list[str] | None = None,
+                   metric: str = "accuracy") -> dict:
+    """One dialogue gradient in OpenAI chat fine-tuning format.
+
+    The user message shows the w pairs of `window` (ascending) and asks for ONE prefix; the
+    assistant answers with `next_prefix`, the prefix that scored just above the window.
+    """
+    user = user_prompt(description, window, 1, exemplars=exemplars, label_names=label_names,
+                       metric=metric)
+    return {"messages": [*build_messages(system, user),
+                         {"role": "assistant", "content": assistant_message([next_prefix])}]}
