@@ -112,6 +112,7 @@ class TARequest(Event):
     messages: list
     params: dict
     description_version: int
+    examples_sent: int = 0  # dataset examples (exemplars) included in this request
 
 
 @_register

@@ -413,7 +413,8 @@ class Engine:
         params = {"n": n, "temperature": cfg.ta.temperature, "top_p": cfg.ta.top_p}
         self.emit(TARequest(request_id=rid, epoch=st.epoch, backend=self.ta.backend,
                             model=self.ta.model_name, messages=messages, params=params,
-                            description_version=st.description_version))
+                            description_version=st.description_version,
+                            examples_sent=len(self.exemplars)))
         attempt = 0
         while attempt < attempts:
             if not self._budget_left():
