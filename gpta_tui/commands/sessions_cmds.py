@@ -1,0 +1,178 @@
+"""`gpta list | show | delete | export | import`: manage saved sessions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import UsageError
+from sessions.store import SessionStore, format_ts
+
+STATUS_STYLE = {"running": "green", "paused": "yellow", "interrupted": "magenta",
+                "failed": "red", "finished": "bold", "unreadable": "red"}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("list", help="list saved sessions")
+    p.set_defaults(handler=cmd_list)
+
+    p = subparsers.add_parser("show", help="show one session: status, config, per-epoch results")
+    p.add_argument("name", help="session name (see `gpta list`)")
+    p.add_argument("--json", action="store_true", help="print the session record as JSON")
+    p.set_defaults(handler=cmd_show)
+
+    p = subparsers.add_parser("delete", help="delete a session and its checkpoints")
+    p.add_argument("name", help="session name (see `gpta list`)")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(handler=cmd_delete)
+
+    p = subparsers.add_parser("export", help="write a session's results and report to a folder")
+    p.add_argument("name", help="session name (see `gpta list`)")
+    p.add_argument("dir", type=Path, help="new or empty folder to write to")
+    p.set_defaults(handler=cmd_export)
+
+    p = subparsers.add_parser("import", help="recreate a session from an export folder")
+    p.add_argument("dir", type=Path, help="folder written by `gpta export`")
+    p.add_argument("--name", help="import under this name instead of the exported one")
+    p.set_defaults(handler=cmd_import)
+
+
+def _store(args: argparse.Namespace) -> SessionStore:
+    return SessionStore(getattr(args, "home", None))
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _metric(value: float | None, name: str) -> str:
+    return "-" if value is None else f"{name} {value:.4f}"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    sessions = store.list()
+    console = _console()
+    if not sessions:
+        console.print(f"No sessions in {store.root}. Start one with `gpta run`.")
+        return 0
+    table = Table(title=f"Sessions in {store.root}", title_justify="left")
+    for column in ("name", "mode", "dataset", "status", "epoch", "best metric", "updated"):
+        table.add_column(column, no_wrap=column in ("name", "status", "updated"))
+    for s in sessions:
+        style = STATUS_STYLE.get(s.status, "")
+        status = f"[{style}]{s.status}[/]" if style else s.status
+        epoch = f"{s.epoch}/{s.epochs}" if s.epochs else "-"
+        table.add_row(s.name, s.mode, s.dataset, status, epoch,
+                      _metric(s.best_metric, s.metric), format_ts(s.updated))
+    console.print(table)
+    for s in sessions:
+        if s.error:
+            console.print(f"[red]{s.name}[/]: {s.error}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    handle = _store(args).open(args.name)
+    rec = handle.record()
+    if args.json:
+        rec.pop("state", None)
+        print(json.dumps(rec, indent=2, ensure_ascii=False, default=str))
+        return 0
+    cfg = rec.get("config", {})
+    metric = cfg.get("student", {}).get("metric", "accuracy")
+    console = _console()
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    reason = f" ({rec['status_reason']})" if rec.get("status_reason") else ""
+    info.add_row("session", f"{handle.name}  [dim]{handle.dir}[/]")
+    info.add_row("status", f"[{STATUS_STYLE.get(rec['status'], '')}]{rec['status']}[/]{reason}")
+    info.add_row("mode", f"{cfg.get('mode')}  seed {cfg.get('seed')}")
+    info.add_row("dataset", str(cfg.get("data", {}).get("dataset")))
+    info.add_row("student", f"{cfg.get('student', {}).get('model')} "
+                            f"({cfg.get('student', {}).get('tuning')})")
+    ta = cfg.get("ta", {})
+    info.add_row("TA", f"{ta.get('backend')} {ta.get('model')}"
+                       + (f" -> {rec['ta_model']}" if rec.get("ta_model") else ""))
+    info.add_row("progress", f"epoch {rec.get('epoch')}/{cfg.get('loop', {}).get('epochs')}, "
+                             f"phase {rec.get('phase')}, step {rec.get('step')}")
+    best = rec.get("best") or {}
+    if best:
+        info.add_row("best", f"epoch {best.get('epoch')}: {_metric(best.get('score'), metric)}  "
+                             f"{best.get('prefix', '')!r}")
+    info.add_row("created", format_ts(rec.get("created")))
+    info.add_row("updated", format_ts(rec.get("updated")))
+    if rec.get("resumes"):
+        info.add_row("resumed", f"{len(rec['resumes'])} time(s)")
+    console.print(info)
+
+    validations = handle.validations()
+    if validations:
+        accuracy = {a["epoch"]: a for a in handle.prefix_accuracy()}
+        table = Table(title="Epochs", title_justify="left")
+        for column in ("epoch", "training prefix", f"val {metric}", "prefix accuracy"):
+            table.add_column(column)
+        for v in validations:
+            acc = accuracy.get(v["epoch"])
+            table.add_row(str(v["epoch"]), v["prefix"] or "(none)",
+                          f"{v['metrics'].get(metric, float('nan')):.4f}",
+                          f"{acc['accuracy']:.2f}" if acc else "-")
+        console.print(table)
+    finished = rec.get("finished") or {}
+    if finished.get("test_metrics"):
+        console.print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in finished["test_metrics"].items())
+                      + ("   without prefix: " + ", ".join(
+                          f"{k} {v:.4f}" for k, v in finished["test_metrics_no_prefix"].items())
+                         if finished.get("test_metrics_no_prefix") else ""))
+    calls = handle.ta_calls()
+    if calls:
+        tokens = sum(int((r.get("usage") or {}).get("total_tokens", 0) or 0)
+                     for c in calls for r in c.get("responses", []))
+        console.print(f"TA: {len(calls)} requests, {tokens} tokens; "
+                      f"fine-tune jobs: {len(handle.jobs())}")
+    problems = [n for n in handle.notices() if n["level"] in ("warning", "error")]
+    for n in problems[-5:]:
+        console.print(f"[{'red' if n['level'] == 'error' else 'yellow'}]{n['level']}[/]: {n['message']}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if not store.session_dir(args.name).is_dir():
+        raise UsageError(f"no session named {args.name!r} in {str(store.root)!r}",
+                         "run `gpta list` to see the saved sessions")
+    if not args.yes:
+        if not sys.stdin or not sys.stdin.isatty():
+            raise UsageError(f"refusing to delete session {args.name!r} without confirmation "
+                             "(no terminal to ask)", "pass --yes to delete it")
+        answer = input(f"Delete session {args.name!r} and everything in "
+                       f"{store.session_dir(args.name)}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing deleted.")
+            return 1
+    store.delete(args.name)
+    print(f"Deleted session {args.name}.")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sessions.export import export_session
+
+    handle = _store(args).open(args.name)
+    out = export_session(handle, args.dir)
+    print(f"Exported session {args.name} to {out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from sessions.export import import_session
+
+    name = import_session(_store(args), args.dir, name=args.name)
+    print(f"Imported session {name}.")
+    return 0

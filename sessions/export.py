@@ -1,0 +1,329 @@
+"""Export a session to plain files (and import it back).
+
+An export folder holds:
+
+    session.json        the complete session database (re-importable), no secrets
+    config.toml         the run's settings: `gpta run --config config.toml` repeats the run
+    history.csv/.json   the sorted history of every epoch
+    scored.csv          every scored prefix, in order
+    metrics.csv         validation metrics per epoch, test metrics with and without prefix
+    loss.csv            the training loss curve
+    windows/epoch-N.jsonl  dialogue gradients (OpenAI chat fine-tuning format)
+    best_prefix.txt     the best prefix found
+    report.md           the final report
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UsageError
+from sessions.storage import DatabaseUnreadable, atomic_write_text, read_json_file
+from sessions.store import (SCHEMA_VERSION, T_SESSION, SessionHandle, SessionStore, _check_schema,
+                            _scrub, format_ts, validate_name)
+
+EXPORT_FORMAT = "gpta-session-export"
+EXPORT_VERSION = 1
+
+
+# ---- small writers -----------------------------------------------------------------
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def config_toml(config: dict) -> str:
+    """A RunConfig dict as TOML that `build_config(file=...)` reads back to the same config."""
+    lines = ["# gpta-tui run configuration (exported session)"]
+    for key, value in config.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in config.items():
+        if isinstance(value, dict):
+            lines.append("")
+            lines.append(f"[{key}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+    return "\n".join(lines) + "\n"
+
+
+def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _jsonl_text(items: list[dict]) -> str:
+    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
+
+
+def _md(text: Any) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None or value == "" else str(value)
+
+
+# ---- export ------------------------------------------------------------------------
+def export_session(handle: SessionHandle, out_dir: Path | str) -> Path:
+    """Write the session's data and final report to `out_dir` (new or empty)."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"export folder {str(out)!r} already exists and is not empty",
+                         "choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    data = _scrub(handle.snapshot())
+    rec = handle.record()
+    config = rec.get("config", {})
+    metric = config.get("student", {}).get("metric", "accuracy")
+
+    payload = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
+               "schema": SCHEMA_VERSION, "exported": time.time(), "name": handle.name,
+               "database": data}
+    atomic_write_text(out / "session.json", json.dumps(payload, ensure_ascii=False, indent=1))
+    atomic_write_text(out / "config.toml", config_toml(config))
+
+    history = handle.history()
+    atomic_write_text(out / "history.csv", _csv_text(
+        ["epoch", "rank", "prefix", "score", "training_prefix"],
+        [[r["epoch"], r["rank"], r["prefix"], r["score"], int(r["training_prefix"])] for r in history]))
+    per_epoch: dict[int, dict] = {}
+    for r in history:
+        entry = per_epoch.setdefault(r["epoch"], {"epoch": r["epoch"], "training_prefix": "",
+                                                  "history": []})
+        entry["history"].append([r["prefix"], r["score"]])
+        if r["training_prefix"]:
+            entry["training_prefix"] = r["prefix"]
+    atomic_write_text(out / "history.json", json.dumps(
+        {"metric": metric, "order": "ascending", "epochs": list(per_epoch.values())},
+        ensure_ascii=False, indent=1))
+
+    atomic_write_text(out / "scored.csv", _csv_text(
+        ["epoch", "request_id", "prefix", "score", "reused", "beat_shown_best"],
+        [[s["epoch"], s["request_id"], s["prefix"], s["score"], int(s["reused"]),
+          int(s.get("beat_shown_best", False))] for s in handle.scored_prefixes()]))
+
+    atomic_write_text(out / "loss.csv", _csv_text(
+        ["step", "epoch", "epoch_step", "loss", "lr"],
+        [[p["step"], p["epoch"], p["epoch_step"], p["loss"], p["lr"]] for p in handle.loss_points()]))
+
+    atomic_write_text(out / "metrics.csv", _metrics_csv(handle, rec))
+
+    windows_dir = out / "windows"
+    by_epoch: dict[int, list[dict]] = {}
+    for w in handle.windows():
+        by_epoch.setdefault(w.pop("epoch"), []).append(w)
+    if by_epoch:
+        windows_dir.mkdir()
+        for epoch, items in by_epoch.items():
+            atomic_write_text(windows_dir / f"epoch-{epoch}.jsonl", _jsonl_text(items))
+
+    best = rec.get("best") or {}
+    atomic_write_text(out / "best_prefix.txt", (best.get("prefix") or "") + "\n")
+    atomic_write_text(out / "report.md", report_markdown(handle))
+    return out
+
+
+def _metrics_csv(handle: SessionHandle, rec: dict) -> str:
+    validations = handle.validations()
+    accuracy = {a["epoch"]: a for a in handle.prefix_accuracy()}
+    finished = rec.get("finished") or {}
+    keys: list[str] = []
+    for metrics in [v["metrics"] for v in validations] + [finished.get("test_metrics") or {},
+                                                            finished.get("test_metrics_no_prefix") or {}]:
+        keys.extend(k for k in metrics if k not in keys)
+    rows = []
+    for v in validations:
+        acc = accuracy.get(v["epoch"], {})
+        rows.append(["validation", v["epoch"], v["prefix"], *[v["metrics"].get(k, "") for k in keys],
+                     acc.get("accuracy", ""), acc.get("generated", ""), acc.get("better", "")])
+    best_epoch = finished.get("best_epoch", "")
+    if finished.get("test_metrics"):
+        rows.append(["test", best_epoch, finished.get("best_prefix", ""),
+                     *[finished["test_metrics"].get(k, "") for k in keys], "", "", ""])
+    if finished.get("test_metrics_no_prefix"):
+        rows.append(["test_no_prefix", best_epoch, "",
+                     *[finished["test_metrics_no_prefix"].get(k, "") for k in keys], "", "", ""])
+    return _csv_text(["split", "epoch", "prefix", *keys, "prefix_accuracy", "generated", "better"],
+                     rows)
+
+
+def report_markdown(handle: SessionHandle) -> str:
+    """The session's final report (also readable for an unfinished session)."""
+    rec = handle.record()
+    cfg = rec.get("config", {})
+    metric = cfg.get("student", {}).get("metric", "accuracy")
+    finished = rec.get("finished") or {}
+    best = rec.get("best") or {}
+    lines = [f"# GPTA session `{handle.name}`", ""]
+    reason = f" ({_md(rec['status_reason'])})" if rec.get("status_reason") else ""
+    lines += [
+        f"- Status: **{rec.get('status')}**{reason}",
+        f"- Mode: {cfg.get('mode', '?')}; dataset: {_md(cfg.get('data', {}).get('dataset', '?'))}; "
+        f"seed {cfg.get('seed', '?')}",
+        f"- Student: {_md(cfg.get('student', {}).get('model', '?'))} "
+        f"({cfg.get('student', {}).get('tuning', '?')} tuning)",
+        f"- Teaching assistant: {cfg.get('ta', {}).get('backend', '?')} "
+        f"{_md(cfg.get('ta', {}).get('model', ''))}; fine-tune backend: "
+        f"{cfg.get('finetune', {}).get('backend', '?')}",
+        f"- Epochs: {rec.get('epoch', 0)} of {cfg.get('loop', {}).get('epochs', '?')}; "
+        f"optimizer steps: {rec.get('step', 0)}",
+        f"- Created {format_ts(rec.get('created'))}, updated {format_ts(rec.get('updated'))}"
+        + (f", resumed {len(rec['resumes'])} time(s)" if rec.get("resumes") else ""),
+        "",
+        "## Result",
+        "",
+    ]
+    if best:
+        lines += [f"- Best epoch: {best.get('epoch', '-')}",
+                  f"- Best prefix: `{_md(best.get('prefix', ''))}`",
+                  f"- Validation {metric}: {_fmt(best.get('score', (best.get('metrics') or {}).get(metric)))}"]
+    else:
+        lines.append("- No result yet.")
+    if finished.get("test_metrics"):
+        keys = list(finished["test_metrics"])
+        lines += ["", "| Test | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|",
+                  "| with best prefix | " + " | ".join(_fmt(finished["test_metrics"].get(k)) for k in keys) + " |"]
+        if finished.get("test_metrics_no_prefix"):
+            lines.append("| without prefix | " + " | ".join(
+                _fmt(finished["test_metrics_no_prefix"].get(k)) for k in keys) + " |")
+
+    validations = handle.validations()
+    if validations:
+        accuracy = {a["epoch"]: a for a in handle.prefix_accuracy()}
+        best_of = {}
+        for row in handle.history():
+            if row["rank"] == 1:
+                best_of[row["epoch"]] = row
+        jobs_by_epoch = {j["epoch"]: j for j in handle.jobs() if not j.get("superseded")}
+        lines += ["", "## Epochs", "",
+                  f"| Epoch | Training prefix | Val {metric} | Best history prefix | Score | "
+                  "Prefix-finding accuracy | Fine-tune |", "|---|---|---|---|---|---|---|"]
+        for v in validations:
+            e = v["epoch"]
+            hb = best_of.get(e, {})
+            acc = accuracy.get(e)
+            acc_text = f"{acc['accuracy']:.2f} ({acc['better']}/{acc['generated']})" if acc else "-"
+            job = jobs_by_epoch.get(e)
+            lines.append(f"| {e} | {_md(v['prefix']) or '(none)'} | {_fmt(v['metrics'].get(metric))} | "
+                         f"{_md(hb.get('prefix', '-'))} | {_fmt(hb.get('score'))} | {acc_text} | "
+                         f"{job['status'] if job else '-'} |")
+
+    calls = handle.ta_calls()
+    if calls:
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        responses = 0
+        for call in calls:
+            for r in call.get("responses", []):
+                responses += 1
+                for k in usage:
+                    usage[k] += int((r.get("usage") or {}).get(k, 0) or 0)
+        superseded = len(handle.ta_calls(include_superseded=True)) - len(calls)
+        models = sorted({c["model"] for c in calls if c.get("model")})
+        lines += ["", "## Teaching assistant", "",
+                  f"- Requests: {len(calls)} ({responses} replies)"
+                  + (f"; {superseded} more were made before an interruption and redone" if superseded else ""),
+                  f"- Tokens: {usage['total_tokens']} (prompt {usage['prompt_tokens']}, "
+                  f"completion {usage['completion_tokens']})",
+                  f"- Models: {', '.join(_md(m) for m in models)}"]
+    jobs = handle.jobs()
+    if jobs:
+        lines += ["", "## Fine-tune jobs", "", "| Epoch | Job | Backend | Status | Model | Message |",
+                  "|---|---|---|---|---|---|"]
+        for j in jobs:
+            status = j["status"] + (" (superseded)" if j.get("superseded") else "")
+            lines.append(f"| {j['epoch']} | {_md(j['job_id']) or '-'} | {j.get('backend', '')} | {status} | "
+                         f"{_md(j.get('model') or '-')} | {_md(j.get('message', ''))} |")
+    descriptions = handle.descriptions()
+    if descriptions:
+        lines += ["", "## Dataset description", ""]
+        for d in descriptions:
+            note = " (set after the last checkpoint; not applied)" if d.get("superseded") else ""
+            lines.append(f"- v{d['version']}, from TA request {d['applies_from_request']}{note}: "
+                         f"{_md(d['text'])}")
+    history = handle.history()
+    if history:
+        last = max(r["epoch"] for r in history)
+        top = sorted((r for r in history if r["epoch"] == last), key=lambda r: r["rank"])[:5]
+        lines += ["", f"## Top prefixes (epoch {last})", "", f"| Rank | Prefix | {metric} |",
+                  "|---|---|---|"]
+        lines += [f"| {r['rank']} | {_md(r['prefix'])} | {_fmt(r['score'])} |" for r in top]
+    problems = [n for n in handle.notices() if n["level"] in ("warning", "error")]
+    if problems:
+        lines += ["", "## Warnings and errors", ""]
+        lines += [f"- {n['level']}: {_md(n['message'])}" for n in problems]
+    return "\n".join(lines) + "\n"
+
+
+# ---- import ------------------------------------------------------------------------
+def import_session(store: SessionStore, src_dir: Path | str, name: str | None = None) -> str:
+    """Recreate a session from an export folder; returns its name.
+
+    The session keeps its exported name unless `name` is given; a clash is an error. An
+    export carries no checkpoints, so an imported unfinished session can be viewed but not
+    resumed.
+    """
+    src = Path(src_dir).expanduser()
+    path = src / "session.json"
+    if not path.is_file():
+        raise UsageError(f"{str(src)!r} is not a gpta session export (no session.json in it)",
+                         "pass the folder written by `gpta export`")
+    try:
+        payload = read_json_file(path)
+    except DatabaseUnreadable as exc:
+        raise UsageError(f"export file {str(path)!r} is unreadable ({exc.reason})",
+                         "export the session again") from None
+    if payload.get("format") != EXPORT_FORMAT or not isinstance(payload.get("database"), dict):
+        raise UsageError(f"{str(path)!r} is not a gpta session export",
+                         "pass the folder written by `gpta export`")
+    if int(payload.get("format_version", 0)) > EXPORT_VERSION:
+        raise UsageError(f"{str(path)!r} was written by a newer gpta-tui",
+                         "upgrade gpta-tui: pip install -U gpta-tui")
+    name = validate_name(name or payload.get("name", ""))
+    data = _check_schema(copy.deepcopy(payload["database"]), name, path)
+    rec = data.get(T_SESSION, {}).get("1")
+    if not isinstance(rec, dict):
+        raise UsageError(f"{str(path)!r} holds no session record", "export the session again")
+    rec["name"] = name
+    rec.setdefault("config", {})["name"] = name
+    rec["imported_from"] = str(src.resolve())
+    rec["imported"] = time.time()
+    if rec.get("status") == "running":
+        rec["status"] = "interrupted"
+        rec["status_reason"] = "exported while running"
+    if store.exists(name) or store.session_dir(name).exists():
+        raise UsageError(f"a session named {name!r} already exists in {str(store.root)!r}",
+                         f"delete it first (`gpta delete {name}`) or import under another name")
+    store.write_imported(name, _scrub(data))
+    windows = src / "windows"
+    if windows.is_dir():
+        target = store.session_dir(name) / "windows"
+        target.mkdir(exist_ok=True)
+        for f in sorted(windows.glob("epoch-*.jsonl")):
+            shutil.copy2(f, target / f.name)
+    return name

@@ -1,0 +1,126 @@
+"""Start and resume engine runs as persisted sessions.
+
+    handle, engine = start_session(config, home, listeners=[view])
+    try:
+        engine.run()            # blocking; run it in a worker thread in a UI
+    finally:
+        handle.close()          # flush and release the session's lock
+
+`resume_session` reopens a saved session for writing and builds the engine from its last
+checkpoint: the run continues in the same phase as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from engine.config import RunConfig, apply_mapping
+from engine.controls import Controls
+from engine.errors import GptaError, UsageError
+from engine.events import Listener, RunFinished
+from sessions.store import SessionHandle, SessionStore
+
+# Settings a resume may change: where and how to reach things, never what is computed.
+RESUME_OVERRIDABLE = {
+    "device", "ta.base_url", "ta.api_key_env", "ta.timeout_s", "ta.retries",
+    "ta.max_tokens_budget", "ta.max_cost", "finetune.timeout_s", "finetune.poll_interval_s",
+    "student.eval_batch_size",
+}
+
+
+def _flat_keys(mapping: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            keys.extend(_flat_keys(value, f"{prefix}{key}."))
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def start_session(config: RunConfig, home: Path | str | None = None, *,
+                  listeners: Iterable[Listener] = (), controls: Controls | None = None,
+                  **engine_kwargs: Any):
+    """Create a session for `config` (locked for writing) and the engine that will run it.
+
+    The session's listener comes first, so every event is persisted before a front end
+    sees it. Returns (handle, engine); the engine has not run yet. Close the handle after
+    the run. `config` may carry an api_key: it reaches the engine but is never stored.
+    """
+    from engine.loop import Engine
+
+    store = SessionStore(home)
+    config = config.copy().validate()
+    handle = store.create(config)
+    try:
+        config.name = handle.name
+        engine = Engine(config, handle.dir, controls=controls,
+                        listeners=[handle.listener, *listeners], **engine_kwargs)
+    except BaseException:
+        handle.close()
+        store.delete(handle.name)
+        raise
+    return handle, engine
+
+
+def resume_session(name: str, home: Path | str | None = None, *,
+                   listeners: Iterable[Listener] = (), controls: Controls | None = None,
+                   api_key: str | None = None, overrides: dict | None = None,
+                   **engine_kwargs: Any):
+    """Reopen session `name` for writing and build an engine that continues it.
+
+    Refuses a finished session, one another process is running, and one whose checkpoint
+    files are gone. `api_key` (memory only) is handed to the TA for this run. `overrides`
+    is a nested mapping of the settings in RESUME_OVERRIDABLE (device, endpoints, timeouts,
+    budgets); anything that would change the results is refused.
+    """
+    from engine.loop import Engine
+
+    store = SessionStore(home)
+    handle = store.open(name, write=True)
+    try:
+        status = handle.status
+        if status == "finished":
+            raise UsageError(f"session {name!r} has already finished",
+                             f"see its results with `gpta show {name}` or export them; "
+                             "start a new run to train again")
+        state = handle.last_state
+        checkpoint = (state or {}).get("checkpoint")
+        if checkpoint and not (handle.dir / checkpoint).exists():
+            imported = handle.record().get("imported_from")
+            raise GptaError(
+                f"session {name!r} cannot be resumed: its checkpoint {str(handle.dir / checkpoint)!r} "
+                "is missing" + (" (sessions imported from an export carry no checkpoints)"
+                                if imported else ""),
+                "view it with `gpta show`, or start a new run with its config")
+        config = handle.config
+        if overrides:
+            refused = sorted(set(_flat_keys(overrides)) - RESUME_OVERRIDABLE)
+            if refused:
+                raise UsageError(f"cannot change {', '.join(refused)} when resuming session {name!r}",
+                                 "start a new session to change settings that affect results")
+            apply_mapping(config, overrides, "resume options")
+            config.validate()
+            handle.update_config(config)
+        if api_key:
+            config.ta.api_key = api_key
+        controls = controls or Controls()
+        handle.begin_resume()
+        pending = handle.pending_description()
+        if pending is not None and state and pending != state.get("description"):
+            controls.set_description(pending)  # a description the user set after the checkpoint
+        engine = Engine(config, handle.dir, controls=controls, resume=state,
+                        listeners=[handle.listener, *listeners], **engine_kwargs)
+    except BaseException:
+        handle.close()
+        raise
+    return handle, engine
+
+
+def run_session(handle: SessionHandle, engine) -> RunFinished:
+    """Run the engine to its end in this thread, then close the session."""
+    try:
+        return engine.run()
+    finally:
+        handle.close()

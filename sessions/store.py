@@ -1,0 +1,825 @@
+"""Sessions: every engine event persisted in TinyDB, one folder per session.
+
+Layout under the data directory (`GPTA_HOME` / `--home`, default `default_home()`):
+
+    <home>/sessions/<name>/session.json   TinyDB database (AtomicJSONStorage)
+    <home>/sessions/<name>/session.lock   held by the one process writing the session
+    <home>/sessions/<name>/checkpoints/   \
+    <home>/sessions/<name>/windows/        > the engine's workdir (`SessionHandle.dir`)
+    <home>/sessions/<name>/ta-adapters/   /
+
+One writer per session (a file lock); readers need no lock because every write replaces
+the database file atomically. The in-memory database is written to disk in batches: loss
+points every `flush_steps` steps or `flush_seconds` seconds, everything else (phase
+boundaries, checkpoints, status changes, TA replies, the end) at once. Anything buffered
+when a process dies lies after the last checkpoint, and the engine replays it on resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import filelock
+from tinydb import TinyDB
+from tinydb.table import Document, Table
+
+from engine.config import SECRET_FIELDS, RunConfig
+from engine.errors import GptaError, UsageError
+from engine.events import (CheckpointSaved, Event, StatusChanged, event_from_dict)
+from sessions.storage import (AtomicJSONStorage, BufferedStorage, DatabaseUnreadable,
+                              read_json_file, stale_temp_files)
+
+SCHEMA_VERSION = 1
+# Raw database upgrades: MIGRATIONS[v] turns the data of schema v into schema v + 1.
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+SESSIONS_DIR = "sessions"
+DB_FILE = "session.json"
+LOCK_FILE = "session.lock"
+STATUSES = ("running", "paused", "interrupted", "failed", "finished")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Engine statuses (StatusChanged / RunFinished) -> session statuses. A stopped run is saved
+# and resumable, which is what "paused" means for a session nobody is running.
+_STATUS_MAP = {"running": "running", "paused": "paused", "stopping": "running",
+               "stopped": "paused", "interrupted": "interrupted", "failed": "failed",
+               "finished": "finished"}
+
+# Tables
+T_META, T_SESSION, T_LOSS, T_VAL, T_ACC = "meta", "session", "loss", "validations", "prefix_accuracy"
+T_SCORED, T_HISTORY, T_WINDOWS, T_JOBS, T_TA = "scored", "history", "windows", "jobs", "ta_calls"
+T_DESC, T_NOTICES, T_MODELS = "descriptions", "notices", "ta_models"
+
+# Kinds written at the next batch boundary rather than at once (all are followed by a
+# checkpoint, which flushes, or replayed after a resume).
+_BUFFERED = {"train_step", "progress", "prefix_scored", "ta_request", "history"}
+_INTERNAL = ("_seq", "kind")
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _scrub(obj: Any) -> Any:
+    """A copy of obj with secret keys (api_key, ...) removed at any depth."""
+    if isinstance(obj, dict):
+        return {k: _scrub(v) for k, v in obj.items() if k not in SECRET_FIELDS}
+    if isinstance(obj, list):
+        return [_scrub(v) for v in obj]
+    return obj
+
+
+def _clean(doc: dict) -> dict:
+    """Plain data for readers: a deep copy without internal bookkeeping keys."""
+    out = {k: copy.deepcopy(v) for k, v in doc.items() if k not in _INTERNAL}
+    for key in ("responses", "updates"):
+        if key in out:
+            out[key] = [{k: v for k, v in item.items() if k not in _INTERNAL} for item in out[key]]
+    return out
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise UsageError(f"invalid session name {name!r}",
+                         "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+def _slug(text: str) -> str:
+    text = Path(text).stem if ("/" in text or "\\" in text or text.endswith(".csv")) else text
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    return slug[:40] or "run"
+
+
+def format_ts(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    name: str
+    mode: str
+    dataset: str
+    status: str          # running|paused|interrupted|failed|finished, or "unreadable"
+    epoch: int
+    epochs: int
+    phase: str
+    best_metric: float | None
+    metric: str
+    updated: float
+    path: Path
+    error: str = ""      # why the session is unreadable
+
+
+class SessionStore:
+    """All sessions under one data directory."""
+
+    def __init__(self, home: Path | str | None = None):
+        if home is None:
+            from engine.resources import default_home
+
+            home = default_home()
+        self.home = Path(home).expanduser()
+        self.root = self.home / SESSIONS_DIR
+
+    # ---- paths and locks --------------------------------------------------------
+    def session_dir(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def _lock(self, name: str) -> filelock.FileLock:
+        return filelock.FileLock(self.session_dir(name) / LOCK_FILE, thread_local=False)
+
+    def _acquire(self, name: str) -> filelock.FileLock:
+        lock = self._lock(name)
+        try:
+            # A short wait rides over another process merely probing the lock.
+            lock.acquire(timeout=0.5)
+        except filelock.Timeout:
+            raise UsageError(f"session {name!r} is in use by another gpta process "
+                             f"(lock {str(lock.lock_file)!r})",
+                             "stop that run or close that window first, or wait for it to finish"
+                             ) from None
+        return lock
+
+    def is_locked(self, name: str) -> bool:
+        """True while some process (this one included) writes the session."""
+        lock = self._lock(name)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return True
+        except OSError:
+            return False  # cannot even create the lock file: nobody can be writing
+        lock.release()
+        return False
+
+    # ---- queries ------------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        return (self.session_dir(name) / DB_FILE).is_file()
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob(f"*/{DB_FILE}")
+                      if NAME_RE.match(p.parent.name))
+
+    def list(self) -> list[SessionSummary]:
+        """Every session, most recently updated first. Damaged ones are listed as unreadable."""
+        out = []
+        for name in self.names():
+            path = self.session_dir(name)
+            try:
+                data = read_json_file(path / DB_FILE)
+                data = _check_schema(data or {}, name, path / DB_FILE)
+            except GptaError as exc:
+                out.append(SessionSummary(name=name, mode="?", dataset="?", status="unreadable",
+                                          epoch=0, epochs=0, phase="", best_metric=None,
+                                          metric="", updated=(path / DB_FILE).stat().st_mtime,
+                                          path=path, error=str(exc)))
+                continue
+            rec = dict(data.get(T_SESSION, {}).get("1", {}))
+            status = self._effective_status(name, rec.get("status", "interrupted"))
+            cfg = rec.get("config", {})
+            best = rec.get("best") or {}
+            out.append(SessionSummary(
+                name=name, mode=rec.get("mode", cfg.get("mode", "?")),
+                dataset=cfg.get("data", {}).get("dataset", "?"), status=status,
+                epoch=int(rec.get("epoch", 0)), epochs=int(cfg.get("loop", {}).get("epochs", 0)),
+                phase=rec.get("phase", ""), best_metric=best.get("score"),
+                metric=cfg.get("student", {}).get("metric", ""),
+                updated=float(rec.get("updated", 0.0)), path=path))
+        out.sort(key=lambda s: s.updated, reverse=True)
+        return out
+
+    def _effective_status(self, name: str, stored: str) -> str:
+        if stored == "running" and not self.is_locked(name):
+            return "interrupted"
+        return stored
+
+    def unique_name(self, base: str) -> str:
+        """`base` made into a valid name that no session uses yet (base, base-2, ...)."""
+        stem = _slug(base)[:58]
+        name, n = stem, 1
+        while self.session_dir(name).exists():
+            n += 1
+            name = f"{stem}-{n}"
+        return name
+
+    # ---- create / open / delete -------------------------------------------------
+    def create(self, config: RunConfig) -> "SessionHandle":
+        """A new session for `config` (named config.name, or a generated unique name),
+        opened for writing. The session record stores `config.to_dict()` (no secrets)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        generated = not config.name
+        while True:
+            name = validate_name(config.name) if not generated else self.unique_name(
+                f"{_slug(config.data.dataset)}-{config.mode}-{time.strftime('%m%d-%H%M')}")
+            folder = self.session_dir(name)
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                if not generated:
+                    raise UsageError(f"a session named {name!r} already exists in {str(self.root)!r}",
+                                     f"resume it with `gpta resume {name}`, choose another name, "
+                                     f"or delete it with `gpta delete {name}`") from None
+        lock = self._acquire(name)
+        try:
+            stored = config.copy()
+            stored.name = name
+            now = _now()
+            record = {
+                "name": name, "created": now, "updated": now, "status": "running",
+                "status_reason": "created", "mode": stored.mode, "config": _scrub(stored.to_dict()),
+                "epoch": 1, "phase": "setup", "step": 0, "best": {}, "state": None,
+                "checkpoint_seq": 0, "seq": 0, "resumes": [], "ta_model": "",
+            }
+            data = {T_META: {"1": _meta()}, T_SESSION: {"1": record}}
+            handle = SessionHandle(self, name, data, lock=lock)
+            handle._storage.write(data)
+            handle.flush()
+        except BaseException:
+            lock.release()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return handle
+
+    def open(self, name: str, write: bool = False) -> "SessionHandle":
+        """Open a session. `write=True` takes the session's lock (UsageError if another
+        process holds it); readers take no lock and see the last flushed state."""
+        if not self.exists(name):
+            raise UsageError(f"no session named {name!r} in {str(self.root)!r}",
+                             "run `gpta list` to see the saved sessions")
+        lock = self._acquire(name) if write else None
+        try:
+            path = self.session_dir(name) / DB_FILE
+            if write:
+                for tmp in stale_temp_files(path):  # left by a writer that was killed
+                    tmp.unlink(missing_ok=True)
+            data, migrated_from = self._load(name, path, write)
+            handle = SessionHandle(self, name, data, lock=lock)
+            if write and migrated_from is not None:
+                backup = path.with_name(f"{DB_FILE}.schema-{migrated_from}")
+                if not backup.exists():
+                    shutil.copy2(path, backup)
+                handle._storage.write(data)
+                handle.flush()
+            if write and handle._rec().get("status") == "running":
+                handle._set_rec(status="interrupted",
+                                status_reason="the process running it ended without saving a status")
+                handle.flush()
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return handle
+
+    def _load(self, name: str, path: Path, write: bool) -> tuple[dict, int | None]:
+        try:
+            data = read_json_file(path)
+            if data is None:
+                raise DatabaseUnreadable(path, "the file disappeared")
+            if not isinstance(data.get(T_META, {}).get("1", {}).get("schema"), int):
+                raise DatabaseUnreadable(path, "no schema version: not a gpta-tui session database")
+        except DatabaseUnreadable as exc:
+            backup = _backup_corrupt(path)
+            raise GptaError(f"session database {str(path)!r} is unreadable ({exc.reason}); "
+                            f"a copy was kept as {str(backup)!r}",
+                            f"restore a good copy over it, or remove the session with "
+                            f"`gpta delete {name}`") from None
+        version = data[T_META]["1"]["schema"]
+        data = _check_schema(data, name, path)
+        return data, (version if version != SCHEMA_VERSION else None)
+
+    def delete(self, name: str) -> None:
+        """Delete a session and its artifacts; refuses while a process writes it."""
+        if not self.session_dir(name).is_dir():
+            raise UsageError(f"no session named {name!r} in {str(self.root)!r}",
+                             "run `gpta list` to see the saved sessions")
+        lock = self._lock(name)
+        try:
+            lock.acquire(timeout=0.5)
+        except filelock.Timeout:
+            raise UsageError(f"session {name!r} is running in another gpta process",
+                             "stop that run first, then delete the session") from None
+        try:
+            shutil.rmtree(self.session_dir(name))
+        finally:
+            lock.release()
+
+    def write_imported(self, name: str, data: dict) -> None:
+        """Create session `name` from complete database data (used by import)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        folder = self.session_dir(name)
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            raise UsageError(f"a session named {name!r} already exists in {str(self.root)!r}",
+                             f"delete it first (`gpta delete {name}`) or import under another name"
+                             ) from None
+        lock = self._acquire(name)
+        try:
+            AtomicJSONStorage(folder / DB_FILE).write(data)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            lock.release()
+
+
+def _app_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gpta-tui")
+    except PackageNotFoundError:  # running from a source checkout
+        return "source"
+
+
+def _meta() -> dict:
+    return {"schema": SCHEMA_VERSION, "app": "gpta-tui", "app_version": _app_version()}
+
+
+def _check_schema(data: dict, name: str, path: Path) -> dict:
+    """Refuse newer schemas, migrate older ones (in memory), pass current ones through."""
+    meta = data.get(T_META, {}).get("1", {})
+    version = meta.get("schema")
+    if not isinstance(version, int):
+        raise GptaError(f"session database {str(path)!r} has no schema version",
+                        "it is not a gpta-tui session database; move it out of the sessions folder")
+    if version > SCHEMA_VERSION:
+        raise UsageError(f"session {name!r} was saved by a newer gpta-tui (database schema "
+                         f"{version}; this version reads up to {SCHEMA_VERSION})",
+                         "upgrade gpta-tui: pip install -U gpta-tui")
+    while version < SCHEMA_VERSION:
+        migrate = MIGRATIONS.get(version)
+        if migrate is None:
+            raise UsageError(f"session {name!r} uses database schema {version}, which this "
+                             f"gpta-tui (schema {SCHEMA_VERSION}) cannot migrate",
+                             "open it with the gpta-tui release that created it and export it")
+        data = migrate(copy.deepcopy(data))
+        version += 1
+        data.setdefault(T_META, {})["1"] = {**data.get(T_META, {}).get("1", {}), "schema": version}
+    return data
+
+
+def _backup_corrupt(path: Path) -> Path:
+    """Copy a damaged database aside (once per distinct content) and return the copy."""
+    raw = path.read_bytes() if path.exists() else b""
+    for existing in sorted(path.parent.glob(f"{path.name}.corrupt-*")):
+        try:
+            if existing.read_bytes() == raw:
+                return existing
+        except OSError:
+            continue
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while backup.exists():
+        n += 1
+        backup = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    backup.write_bytes(raw)
+    return backup
+
+
+class SessionHandle:
+    """One open session. A writer (opened with write=True) holds the session's lock and
+    persists engine events through `listener`; every handle offers the read API.
+
+    All methods are thread-safe: the engine thread writes while a UI thread reads.
+    """
+
+    flush_steps = 25        # loss points buffered at most this many steps ...
+    flush_seconds = 5.0     # ... or this many seconds
+
+    def __init__(self, store: SessionStore, name: str, data: dict, *,
+                 lock: filelock.FileLock | None):
+        self.store = store
+        self.name = name
+        self.dir = store.session_dir(name)
+        self.path = self.dir / DB_FILE
+        self._file_lock = lock
+        self._mutex = threading.RLock()
+        inner = AtomicJSONStorage(self.path, read_only=lock is None)
+        self._storage = BufferedStorage(inner, initial=data)
+        self._db = TinyDB(storage=lambda: self._storage)
+        self._closed = False
+        self._saw_events = False
+        self._resume_prepared = False
+        self._steps_since_flush = 0
+        self._last_flush = time.monotonic()
+        self._seq = int(self._rec().get("seq", 0))
+        self._config: RunConfig | None = None
+        self._ta_index: dict[int, int] = {}
+        self._job_index: dict[tuple[int, str], int] = {}
+        self._reindex()
+
+    # ---- basics ----------------------------------------------------------------------
+    @property
+    def writable(self) -> bool:
+        return self._file_lock is not None and not self._closed
+
+    def _t(self, name: str) -> Table:
+        return self._db.table(name, cache_size=0)
+
+    def _rec(self) -> dict:
+        doc = self._t(T_SESSION).get(doc_id=1)
+        return dict(doc) if doc else {}
+
+    def _set_rec(self, **fields: Any) -> None:
+        self._t(T_SESSION).update(fields, doc_ids=[1])
+
+    def _reindex(self) -> None:
+        self._ta_index = {}
+        for doc in sorted(self._t(T_TA).all(), key=lambda d: d.get("_seq", 0)):
+            if not doc.get("superseded"):
+                self._ta_index[int(doc["request_id"])] = doc.doc_id
+        self._job_index = {(int(d["epoch"]), d["job_id"]): d.doc_id for d in self._t(T_JOBS).all()}
+
+    @property
+    def config(self) -> RunConfig:
+        with self._mutex:
+            if self._config is None:
+                self._config = RunConfig.from_dict(self._rec()["config"], f"session {self.name}")
+            return self._config.copy()
+
+    @property
+    def status(self) -> str:
+        with self._mutex:
+            stored = self._rec().get("status", "interrupted")
+            if self.writable:
+                return stored
+            return self.store._effective_status(self.name, stored)
+
+    @property
+    def last_state(self) -> dict | None:
+        with self._mutex:
+            state = self._rec().get("state")
+            return copy.deepcopy(state) if state else None
+
+    def reload(self) -> None:
+        """Re-read the database file (readers: see what the writer flushed since)."""
+        with self._mutex:
+            if self.writable:
+                return
+            data, _ = self.store._load(self.name, self.path, write=False)
+            self._storage._data = data
+            self._db.clear_cache()
+            self._seq = int(self._rec().get("seq", 0))
+            self._config = None
+            self._reindex()
+
+    def flush(self) -> None:
+        with self._mutex:
+            if self._closed or self._file_lock is None:
+                return
+            self._storage.flush()
+            self._steps_since_flush = 0
+            self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Flush, mark a run that ended without a final status as interrupted, unlock."""
+        with self._mutex:
+            if self._closed:
+                return
+            try:
+                if self._file_lock is not None:
+                    if self._saw_events and self._rec().get("status") == "running":
+                        self._set_rec(status="interrupted",
+                                      status_reason="the run ended without a final status")
+                    self._storage.flush()
+            finally:
+                self._closed = True
+                self._db.close()
+                if self._file_lock is not None:
+                    self._file_lock.release()
+
+    def __enter__(self) -> "SessionHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "writer" if self.writable else "reader"
+        return f"SessionHandle({self.name!r}, {mode}, {str(self.dir)!r})"
+
+    # ---- writing: the engine listener -------------------------------------------------
+    def listener(self, event: Event) -> None:
+        """Persist one engine event. Subscribe it to the engine (thread-safe)."""
+        with self._mutex:
+            if not self.writable:
+                raise GptaError(f"session {self.name!r} is not open for writing",
+                                "open it with write=True to record events")
+            self._seq += 1
+            d = _scrub(event.to_dict())
+            d["_seq"] = self._seq
+            getattr(self, f"_on_{event.kind}", self._on_ignored)(event, d)
+            self._set_rec(updated=_now(), seq=self._seq)
+            self._saw_events = True
+            if event.kind == "train_step":
+                self._steps_since_flush += 1
+            if (event.kind not in _BUFFERED or self._steps_since_flush >= self.flush_steps
+                    or time.monotonic() - self._last_flush >= self.flush_seconds):
+                self.flush()
+
+    def _on_ignored(self, event: Event, d: dict) -> None:
+        pass
+
+    def _on_run_started(self, event: Event, d: dict) -> None:
+        if event.resumed and not self._resume_prepared:
+            self.begin_resume()
+        self._config = None
+        self._set_rec(run_started=d, config=d["config"], mode=event.mode, status="running",
+                      status_reason="", device=event.device, task=event.task,
+                      metric=event.metric, label_names=list(event.label_names))
+
+    def _on_phase(self, event: Event, d: dict) -> None:
+        self._set_rec(phase_event=d, epoch=event.epoch, phase=event.phase)
+
+    def _on_progress(self, event: Event, d: dict) -> None:
+        self._set_rec(progress=d)
+
+    def _on_train_step(self, event: Event, d: dict) -> None:
+        self._t(T_LOSS).upsert(Document(d, doc_id=int(event.step)))
+
+    def _on_validation(self, event: Event, d: dict) -> None:
+        self._t(T_VAL).upsert(Document(d, doc_id=int(event.epoch)))
+
+    def _on_prefix_accuracy(self, event: Event, d: dict) -> None:
+        self._t(T_ACC).upsert(Document(d, doc_id=int(event.epoch)))
+
+    def _on_ta_request(self, event: Event, d: dict) -> None:
+        d.update(responses=[], superseded=False)
+        self._ta_index[int(event.request_id)] = self._t(T_TA).insert(d)
+
+    def _on_ta_response(self, event: Event, d: dict) -> None:
+        table = self._t(T_TA)
+        doc_id = self._ta_index.get(int(event.request_id))
+        if doc_id is None:  # the request was not recorded (listener joined late)
+            doc_id = table.insert({"kind": "ta_request", "request_id": event.request_id,
+                                   "epoch": event.epoch, "backend": "", "model": "",
+                                   "messages": [], "params": {}, "description_version": 0,
+                                   "ts": event.ts, "_seq": d["_seq"], "responses": [],
+                                   "superseded": False})
+            self._ta_index[int(event.request_id)] = doc_id
+        responses = list(table.get(doc_id=doc_id)["responses"]) + [d]
+        table.update({"responses": responses}, doc_ids=[doc_id])
+
+    def _on_prefix_scored(self, event: Event, d: dict) -> None:
+        self._t(T_SCORED).insert(d)
+
+    def _on_history(self, event: Event, d: dict) -> None:
+        self._t(T_HISTORY).upsert(Document(d, doc_id=int(event.epoch)))
+
+    def _on_windows(self, event: Event, d: dict) -> None:
+        self._t(T_WINDOWS).upsert(Document(d, doc_id=int(event.epoch)))
+
+    def _on_finetune(self, event: Event, d: dict) -> None:
+        table = self._t(T_JOBS)
+        key = (int(event.epoch), event.job_id)
+        latest = {k: d[k] for k in ("backend", "status", "message", "step", "total_steps",
+                                    "loss", "eta_s")}
+        if event.model:
+            latest["model"] = event.model
+        doc_id = self._job_index.get(key)
+        if doc_id is None:
+            doc = {"epoch": event.epoch, "job_id": event.job_id, "model": event.model,
+                   "created": event.ts, "_seq": d["_seq"], "superseded": False,
+                   "updates": [d], **latest}
+            self._job_index[key] = table.insert(doc)
+            return
+        updates = list(table.get(doc_id=doc_id)["updates"])
+        last = updates[-1] if updates else {}
+        if any(last.get(k) != d.get(k) for k in ("status", "message", "step", "model")):
+            updates.append(d)
+        table.update({**latest, "updates": updates, "superseded": False}, doc_ids=[doc_id])
+
+    def _on_ta_model(self, event: Event, d: dict) -> None:
+        self._t(T_MODELS).upsert(Document(d, doc_id=int(event.epoch)))
+        self._set_rec(ta_model=event.model)
+
+    def _on_description(self, event: Event, d: dict) -> None:
+        d["superseded"] = False
+        self._t(T_DESC).upsert(Document(d, doc_id=int(event.version)))
+
+    def _on_status(self, event: Event, d: dict) -> None:
+        self._set_rec(status=_STATUS_MAP.get(event.status, event.status),
+                      status_reason=event.reason, engine_status=event.status)
+
+    def _on_checkpoint(self, event: Event, d: dict) -> None:
+        state = d["state"]
+        best = {k: v for k, v in (state.get("best") or {}).items() if k != "path"}
+        self._set_rec(state=state, checkpoint_seq=d["_seq"], checkpoint_ts=event.ts,
+                      checkpoint_path=event.path, epoch=event.epoch, phase=event.phase,
+                      step=event.step, best=best)
+        version = int(state.get("description_version", 1))
+        if state.get("description") and self._t(T_DESC).get(doc_id=version) is None:
+            # The first description is never announced by an event: record it from the state.
+            self._t(T_DESC).insert(Document(
+                {"kind": "description", "version": version, "text": state["description"],
+                 "applies_from_request": int(state.get("description_from_request", 1)),
+                 "ts": event.ts, "_seq": d["_seq"], "superseded": False}, doc_id=version))
+
+    def _on_notice(self, event: Event, d: dict) -> None:
+        self._t(T_NOTICES).insert(d)
+
+    def _on_finished(self, event: Event, d: dict) -> None:
+        fields: dict[str, Any] = {"finished": d, "status": _STATUS_MAP.get(event.status, event.status),
+                                  "status_reason": event.reason}
+        if event.best_epoch:
+            best = dict(self._rec().get("best") or {})
+            best.update(epoch=event.best_epoch, prefix=event.best_prefix,
+                        metrics=event.val_metrics)
+            fields["best"] = best
+        self._set_rec(**fields)
+
+    def begin_resume(self) -> None:
+        """Forget what the engine will replay: call before `Engine(resume=last_state)`.
+
+        The engine continues from the last persisted checkpoint and re-emits what came after
+        it. Loss points after the checkpoint's step and prefixes scored after it are dropped
+        (they come again); TA calls and fine-tune jobs made after it are kept for the record
+        but marked `superseded` (they may have cost money); descriptions the resumed state
+        does not know are marked superseded too.
+        """
+        with self._mutex:
+            if not self.writable:
+                raise GptaError(f"session {self.name!r} is not open for writing",
+                                "open it with write=True to resume it")
+            rec = self._rec()
+            state = rec.get("state") or {}
+            cp_seq = int(rec.get("checkpoint_seq", 0))
+            step = int(state.get("step", 0))
+            loss = self._t(T_LOSS)
+            loss.remove(doc_ids=[d.doc_id for d in loss.all() if d.doc_id > step])
+            self._t(T_SCORED).remove(doc_ids=[d.doc_id for d in self._t(T_SCORED).all()
+                                              if d.get("_seq", 0) > cp_seq])
+            for table in (T_TA, T_JOBS):
+                later = [d.doc_id for d in self._t(table).all()
+                         if d.get("_seq", 0) > cp_seq and not d.get("superseded")]
+                if later:
+                    self._t(table).update({"superseded": True}, doc_ids=later)
+            version = int(state.get("description_version", 1))
+            newer = [d.doc_id for d in self._t(T_DESC).all() if d.doc_id > version]
+            if newer:
+                self._t(T_DESC).update({"superseded": True}, doc_ids=newer)
+            resumes = list(rec.get("resumes", [])) + [{
+                "ts": _now(), "epoch": int(state.get("epoch", 1)),
+                "phase": state.get("phase", "setup"), "step": step,
+                "dropped_after_seq": cp_seq}]
+            self._set_rec(resumes=resumes, epoch=int(state.get("epoch", 1)),
+                          phase=state.get("phase", "setup"), step=step)
+            self._reindex()
+            self._resume_prepared = True
+            self.flush()
+
+    def pending_description(self) -> str | None:
+        """The newest description the user set that the last checkpoint does not hold."""
+        with self._mutex:
+            newer = [d for d in self._t(T_DESC).all() if d.get("superseded")]
+            if not newer:
+                return None
+            return max(newer, key=lambda d: d.doc_id)["text"]
+
+    def update_config(self, config: RunConfig) -> None:
+        """Store a changed config (only fields that cannot change results; see runner)."""
+        with self._mutex:
+            self._set_rec(config=_scrub(config.to_dict()))
+            self._config = None
+            self.flush()
+
+    # ---- reading ------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """A deep copy of the whole database (including what is not flushed yet)."""
+        with self._mutex:
+            return copy.deepcopy(self._storage.read() or {})
+
+    def record(self) -> dict:
+        """The session record: name, created, updated, status, mode, config, epoch, phase,
+        step, best, state (the last checkpoint's RunState dict), resumes, ..."""
+        with self._mutex:
+            rec = _clean(self._rec())
+            rec["status"] = self.status
+            return rec
+
+    def loss_points(self) -> list[dict]:
+        """[{step, epoch, epoch_step, epoch_steps, loss, lr, ts}], ordered by step."""
+        with self._mutex:
+            return [_clean(d) for d in sorted(self._t(T_LOSS).all(), key=lambda d: d.doc_id)]
+
+    def validations(self) -> list[dict]:
+        """Validation results per epoch: [{epoch, prefix, metrics, best_epoch, improved, ts}]."""
+        with self._mutex:
+            return [_clean(d) for d in sorted(self._t(T_VAL).all(), key=lambda d: d.doc_id)]
+
+    def prefix_accuracy(self) -> list[dict]:
+        """Prefix-finding accuracy per epoch: [{epoch, accuracy, generated, better, ts}]."""
+        with self._mutex:
+            return [_clean(d) for d in sorted(self._t(T_ACC).all(), key=lambda d: d.doc_id)]
+
+    def scored_prefixes(self, epoch: int | None = None) -> list[dict]:
+        """Every scored prefix in order: [{epoch, prefix, score, metrics, reused, request_id,
+        beat_shown_best, ts}], optionally for one epoch."""
+        with self._mutex:
+            docs = sorted(self._t(T_SCORED).all(), key=lambda d: d.get("_seq", 0))
+            return [_clean(d) for d in docs if epoch is None or d["epoch"] == epoch]
+
+    def history(self, epoch: int | None = None) -> list[dict]:
+        """The sorted history of each epoch (or one), ascending as the TA sees it:
+        [{epoch, rank, prefix, score, training_prefix}] with rank 1 = the best score."""
+        with self._mutex:
+            rows = []
+            for doc in sorted(self._t(T_HISTORY).all(), key=lambda d: d.doc_id):
+                if epoch is not None and doc.doc_id != epoch:
+                    continue
+                pairs = doc["history"]
+                for i, (prefix, score) in enumerate(pairs):
+                    rows.append({"epoch": doc.doc_id, "rank": len(pairs) - i, "prefix": prefix,
+                                 "score": score, "training_prefix": prefix == doc["training_prefix"]})
+            return rows
+
+    def windows(self, epoch: int | None = None) -> list[dict]:
+        """Dialogue-gradient windows: [{epoch, messages}] (OpenAI chat fine-tuning format
+        plus the epoch), optionally for one epoch."""
+        with self._mutex:
+            rows = []
+            for doc in sorted(self._t(T_WINDOWS).all(), key=lambda d: d.doc_id):
+                if epoch is None or doc.doc_id == epoch:
+                    rows.extend({"epoch": doc.doc_id, **copy.deepcopy(w)} for w in doc["windows"])
+            return rows
+
+    def jobs(self) -> list[dict]:
+        """Fine-tune jobs: [{epoch, job_id, backend, status, message, model, step,
+        total_steps, loss, eta_s, created, superseded, updates: [status history]}]."""
+        with self._mutex:
+            return [_clean(d) for d in sorted(self._t(T_JOBS).all(), key=lambda d: d.get("_seq", 0))]
+
+    def ta_calls(self, include_superseded: bool = False) -> list[dict]:
+        """TA requests with their responses (token usage in each response's `usage`)."""
+        with self._mutex:
+            docs = sorted(self._t(T_TA).all(), key=lambda d: d.get("_seq", 0))
+            return [_clean(d) for d in docs if include_superseded or not d.get("superseded")]
+
+    def ta_models(self) -> list[dict]:
+        """TA model switches after fine-tuning: [{epoch, model, reason, ts}]."""
+        with self._mutex:
+            return [_clean(d) for d in sorted(self._t(T_MODELS).all(), key=lambda d: d.doc_id)]
+
+    def descriptions(self) -> list[dict]:
+        """Each dataset-description version: [{version, text, applies_from_request, ts,
+        superseded}]."""
+        with self._mutex:
+            return [_clean(d) for d in sorted(self._t(T_DESC).all(), key=lambda d: d.doc_id)]
+
+    def notices(self) -> list[dict]:
+        with self._mutex:
+            return [_clean(d) for d in sorted(self._t(T_NOTICES).all(), key=lambda d: d.get("_seq", 0))]
+
+    def events(self) -> list[Event]:
+        """The session replayed as engine events, in their original order, for a UI to
+        rebuild its view: the run start, loss points, scores, TA calls, jobs, ... and finally
+        the current status (and RunFinished if the run ended)."""
+        with self._mutex:
+            rec = self._rec()
+            dicts: list[dict] = []
+            for key in ("run_started", "phase_event"):
+                if rec.get(key):
+                    dicts.append(rec[key])
+            for table in (T_LOSS, T_VAL, T_ACC, T_SCORED, T_HISTORY, T_WINDOWS, T_MODELS,
+                          T_NOTICES):
+                dicts.extend(self._t(table).all())
+            dicts.extend(d for d in self._t(T_DESC).all() if not d.get("superseded"))
+            for call in self._t(T_TA).all():
+                if call.get("superseded"):
+                    continue
+                if call.get("backend"):
+                    dicts.append(call)
+                dicts.extend(call["responses"])
+            for job in self._t(T_JOBS).all():
+                if not job.get("superseded"):
+                    dicts.extend(job["updates"])
+            dicts.sort(key=lambda d: d.get("_seq", 0))
+            events = [event_from_dict(copy.deepcopy(d)) for d in dicts]
+            if rec.get("state"):
+                st = rec["state"]
+                events.append(CheckpointSaved(epoch=rec.get("epoch", st.get("epoch", 1)),
+                                              phase=rec.get("phase", st.get("phase", "")),
+                                              step=int(st.get("step", 0)),
+                                              state=copy.deepcopy(st),
+                                              path=rec.get("checkpoint_path", ""),
+                                              ts=rec.get("checkpoint_ts", rec.get("updated", 0))))
+            events.append(StatusChanged(status=self.status, reason=rec.get("status_reason", ""),
+                                        ts=rec.get("updated", 0.0)))
+            if rec.get("finished"):
+                events.append(event_from_dict(copy.deepcopy(rec["finished"])))
+            return events
