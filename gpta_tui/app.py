@@ -1,0 +1,327 @@
+"""gpta-tui: the Textual dashboard for GPTA runs.
+
+    gpta-tui                       sessions list (or, with none yet, the new-session form)
+    gpta-tui --resume NAME         reopen a session: its past at once, then it continues live
+    gpta-tui --home DIR            keep sessions under DIR (default: $GPTA_HOME or the user data dir)
+    gpta-tui --preset smoke        preset for the new-session form (smoke, default, paper)
+
+One run at a time: the engine runs in a thread worker; its events go through a buffer that the
+app drains five times a second into the dashboard state. Quitting stops the engine at its next
+step boundary (the session is saved and resumable) and waits for the thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from engine.config import PRESETS, RunConfig
+from engine.errors import GptaError
+from gpta_tui import form
+from gpta_tui.dashboard import DashboardState
+from gpta_tui.run_control import RunController, load_past
+from gpta_tui.screens.confirm import ConfirmScreen
+from gpta_tui.screens.help import HelpScreen
+from gpta_tui.screens.new_session import NewSessionScreen
+from gpta_tui.screens.run import RunScreen
+from gpta_tui.screens.sessions import SessionsScreen
+
+DRAIN_INTERVAL_S = 0.2
+
+
+class GptaApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "gpta-tui"
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+    ]
+
+    def __init__(self, home: Path | str | None = None, *, resume: str | None = None,
+                 preset: str | None = None, clock: Callable[[], float] = time.time,
+                 drain_interval: float = DRAIN_INTERVAL_S, start: Screen | None = None) -> None:
+        """`start`: show this screen instead of the sessions flow (demos, snapshots)."""
+        super().__init__()
+        self.start_screen = start
+        self.home = Path(home).expanduser() if home else None
+        self.resume_name = resume
+        self.preset = preset
+        self.clock = clock
+        self.drain_interval = drain_interval
+        self.controller: RunController | None = None
+        self.worker: Worker | None = None
+        self._quitting = False
+
+    # ---- store access (the only place that talks to sessions/) ------------------------
+    def _store(self):
+        from sessions.store import SessionStore
+
+        return SessionStore(self.home)
+
+    @property
+    def home_label(self) -> str:
+        if self.home is not None:
+            return str(self.home)
+        from engine.resources import default_home
+
+        return str(default_home())
+
+    def list_sessions(self) -> list:
+        return list(self._store().list())
+
+    def session_names(self) -> set[str]:
+        try:
+            return {str(getattr(s, "name", None) or s["name"]) for s in self.list_sessions()}
+        except GptaError:
+            return set()
+
+    def delete_session(self, name: str) -> None:
+        if self.controller is not None and self.controller.running and self.controller.name == name:
+            self.notify("That session is running: stop it first.", severity="error")
+            return
+        try:
+            self._store().delete(name)
+        except GptaError as exc:
+            self.notify(str(exc), severity="error")
+        else:
+            self.notify(f"Deleted {name}.")
+
+    def export_session(self, name: str, out_dir: str) -> None:
+        from sessions.export import export_session
+
+        try:
+            handle = self._store().open(name, write=False)
+            try:
+                written = export_session(handle, Path(out_dir).expanduser())
+            finally:
+                handle.close()
+        except GptaError as exc:
+            self.notify(str(exc), severity="error", timeout=6)
+        else:
+            where = written if isinstance(written, (str, Path)) else out_dir
+            self.notify(f"Exported {name} to {where}", timeout=5)
+
+    # ---- screens -------------------------------------------------------------------
+    def on_mount(self) -> None:
+        self.set_interval(self.drain_interval, self.drain)
+        if self.start_screen is not None:
+            self.push_screen(self.start_screen)
+            return
+        self.push_screen(SessionsScreen())
+        if self.resume_name:
+            self.open_session(self.resume_name, resume=True)
+            return
+        try:
+            empty = not self.list_sessions()
+        except GptaError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return
+        if empty:
+            self.new_session(first_launch=True)
+
+    def show_sessions(self) -> None:
+        """Back to the sessions list (the bottom screen)."""
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+        if not isinstance(self.screen, SessionsScreen):
+            self.pop_screen()
+
+    def new_session(self, first_launch: bool = False) -> None:
+        if self._busy():
+            return
+        taken = self.session_names()
+        values = form.default_values(self.preset or "smoke")
+        values["name"] = form.suggest_name(values["dataset"], taken)
+
+        def done(config: RunConfig | None) -> None:
+            if config is not None:
+                self.start_run(config)
+
+        self.push_screen(NewSessionScreen(values, taken, first_launch=first_launch), done)
+
+    def open_session(self, name: str, resume: bool = True) -> None:
+        """Show a session's stored past at once; resume it live when it is not finished."""
+        if self._busy():
+            return
+        try:
+            state = load_past(self.home, name)
+        except GptaError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return
+        if resume and state.status != "finished":
+            controller = RunController(self.home, name=name, resume=True, state=state)
+            self._launch(controller)
+        else:
+            self.push_screen(RunScreen(state, None, clock=self.clock))
+
+    def start_run(self, config: RunConfig) -> None:
+        self._launch(RunController(self.home, name=config.name, config=config))
+
+    def _busy(self) -> bool:
+        if self.controller is not None and self.controller.running:
+            self.notify(f"Session {self.controller.name} is running: one run at a time.",
+                        severity="warning")
+            return True
+        return False
+
+    def _launch(self, controller: RunController) -> None:
+        self.controller = controller
+        controller.mark_launched()
+        self.push_screen(RunScreen(controller.state, controller, clock=self.clock))
+        self.worker = self.run_worker(controller.work, name=f"engine:{controller.name}",
+                                      group=f"session:{controller.name}", thread=True,
+                                      exclusive=True, exit_on_error=False)
+
+    @property
+    def run_screen(self) -> RunScreen | None:
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, RunScreen):
+                return screen
+        return None
+
+    # ---- engine events -> UI ---------------------------------------------------------
+    def drain(self) -> None:
+        """Fold buffered engine events into the state; tell the dashboard what changed."""
+        controller = self.controller
+        if controller is None:
+            return
+        changed = controller.drain()
+        screen = self.run_screen
+        if changed and screen is not None and screen.controller is controller:
+            screen.post_message(RunScreen.StateChanged(changed))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self.worker or self.controller is None:
+            return
+        if event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        self.drain()
+        controller = self.controller
+        if self._quitting:
+            self.exit()
+            return
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            text = str(error) if isinstance(error, GptaError) else f"{type(error).__name__}: {error}"
+            self.notify(f"Run failed: {text}", severity="error", timeout=10)
+            if controller.state.status not in ("failed",):
+                controller.state.status, controller.state.status_reason = "failed", text
+                screen = self.run_screen
+                if screen is not None:
+                    screen.post_message(RunScreen.StateChanged({"header"}))
+        elif controller.result is not None and not self._quitting:
+            status = controller.result.status
+            self.notify(f"Run {status}. Esc: back to the sessions.",
+                        severity="information" if status == "finished" else "warning", timeout=6)
+
+    # ---- actions -------------------------------------------------------------------
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        """Quit; a live run is stopped at its next step boundary (saved, resumable) first."""
+        controller = self.controller
+        if self._quitting:
+            return
+        if controller is None or not controller.running:
+            self.exit()
+            return
+        job = controller.state.active_job
+        if job is not None:
+            question = (f"Fine-tune job {job.job_id} ({job.backend}) is still {job.status}. Quitting "
+                        "cancels it; the session is saved and resumes from this epoch's fine-tune. "
+                        "Quit?")
+            self.push_screen(ConfirmScreen(question, yes="Quit", no="Stay", danger=True),
+                             self._quit_confirmed)
+            return
+        await self._stop_and_exit()
+
+    async def _quit_confirmed(self, yes: bool | None) -> None:
+        if yes:
+            await self._stop_and_exit()
+
+    async def _stop_and_exit(self) -> None:
+        """Ask the engine to stop; the app exits when the worker reports it has finished."""
+        controller = self.controller
+        self._quitting = True
+        if controller is None or not controller.running:
+            self.exit()
+            return
+        controller.stop()
+        screen = self.run_screen
+        if screen is not None:
+            screen.post_message(RunScreen.StateChanged(controller.note(
+                "quitting: saving the session at the next step boundary")))
+        self.notify("Saving the session and stopping the run…", timeout=30)
+        if self.worker is None or self.worker.is_finished:
+            self.exit()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Help", "Keys and what the dashboard shows", self.action_help)
+        if isinstance(screen, RunScreen):
+            yield SystemCommand("Pause / resume run", "Pause at the next step boundary, or continue",
+                                screen.action_toggle_pause)
+            yield SystemCommand("Edit dataset description", "A new version applies from the next "
+                                "TA request", screen.action_edit_description)
+            yield SystemCommand("Save now", "Write a checkpoint at the next step boundary",
+                                screen.action_save)
+            yield SystemCommand("Stop run", "Save and stop; resumable later", screen.action_stop)
+        if isinstance(screen, SessionsScreen):
+            yield SystemCommand("New session", "Open the new-session form", screen.action_new)
+
+    # ---- shutdown --------------------------------------------------------------------
+    def shutdown_engine(self, timeout: float | None = None) -> bool:
+        """Stop a still-running engine and wait for its thread (used after `run()` returns)."""
+        controller = self.controller
+        if controller is None or not controller.running:
+            return True
+        controller.stop()
+        return controller.join(timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpta-tui",
+        description="Textual dashboard for GPTA: train a small NLP student with an LLM teaching "
+                    "assistant, watch the prefix history, dialogue gradients and TA fine-tuning live. "
+                    "Sessions are saved and resumable (also with the headless `gpta` command).")
+    parser.add_argument("--resume", metavar="NAME", help="reopen session NAME and continue it")
+    parser.add_argument("--home", metavar="DIR", type=Path, default=None,
+                        help="data directory for sessions (default: $GPTA_HOME or the user data dir)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="preset for the new-session form (default: smoke, minutes on a CPU)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    if args.resume:
+        try:  # fail before taking over the terminal
+            load_past(args.home, args.resume)
+        except GptaError as exc:
+            print(f"gpta-tui: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+    app = GptaApp(args.home, resume=args.resume, preset=args.preset)
+    try:
+        app.run()
+    finally:
+        if not app.shutdown_engine(timeout=0.5):
+            print("gpta-tui: saving the session before exiting…", file=sys.stderr)
+            app.shutdown_engine()
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

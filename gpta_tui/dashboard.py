@@ -1,0 +1,474 @@
+"""DashboardState: everything the run dashboard shows, rebuilt from engine events.
+
+A pure reducer with no Textual imports: `state.apply(event)` folds one event in and returns
+the names of the sections that changed, so widgets redraw only what moved. The dashboard is
+fed first with a session's stored events (its whole past), then with live events, so a
+resumed session looks exactly like one that never stopped.
+
+Sections: header, chart, history, windows, finetune, log, description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from engine.events import (
+    CheckpointSaved,
+    DescriptionChanged,
+    Event,
+    FinetuneUpdate,
+    HistoryUpdated,
+    Notice,
+    PhaseChanged,
+    PrefixFindingAccuracy,
+    PrefixScored,
+    Progress,
+    RunFinished,
+    RunStarted,
+    StatusChanged,
+    TAModelChanged,
+    TARequest,
+    TAResponse,
+    TrainStep,
+    ValidationResult,
+    WindowsBuilt,
+)
+
+SECTIONS = ("header", "chart", "history", "windows", "finetune", "log", "description")
+MAX_LOG = 2000
+ACTIVE_JOB_STATUSES = {"submitted", "validating_files", "queued", "running"}
+FAILED_JOB_STATUSES = {"failed", "cancelled", "timeout"}
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    ts: float
+    level: str  # info | warning | error
+    text: str
+
+
+@dataclass
+class JobView:
+    """One fine-tune job as the dashboard shows it."""
+
+    job_id: str
+    backend: str
+    epoch: int
+    status: str = ""
+    message: str = ""
+    model: str = ""
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    eta_s: float | None = None
+    history: list[tuple[float, str, str]] = field(default_factory=list)  # (ts, status, message)
+    losses: list[tuple[int, float]] = field(default_factory=list)        # local jobs: (step, loss)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_JOB_STATUSES
+
+
+@dataclass(frozen=True)
+class WindowView:
+    """One dialogue gradient: the user message (w sorted pairs) and the assistant's next prefix."""
+
+    epoch: int
+    index: int  # 1-based within the epoch
+    user: str
+    assistant: str
+    system: str = ""
+
+
+def _window_view(epoch: int, index: int, window: dict) -> WindowView:
+    parts = {"system": [], "user": [], "assistant": []}
+    for message in window.get("messages", []) if isinstance(window, dict) else []:
+        role = message.get("role", "")
+        if role in parts:
+            parts[role].append(str(message.get("content", "")))
+    return WindowView(epoch, index, "\n\n".join(parts["user"]), "\n\n".join(parts["assistant"]),
+                      "\n\n".join(parts["system"]))
+
+
+def _metric_value(metrics: dict, metric: str) -> float | None:
+    value = metrics.get(metric)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    for value in metrics.values():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+class DashboardState:
+    """The dashboard's model. Feed it events with `apply`; read its plain attributes."""
+
+    def __init__(self, name: str = "", config: dict | None = None) -> None:
+        self.name = name
+        self.config: dict = dict(config or {})
+        self.mode = self.config.get("mode", "")
+        self.device = ""
+        self.task = "classification"
+        self.metric = self.config.get("student", {}).get("metric", "accuracy")
+        self.label_names: list = []
+        self.status = "new"
+        self.status_reason = ""
+        self.resumed = False
+
+        # where the run is
+        self.epoch = 0
+        self.phase = "setup"
+        self.progress_done = 0
+        self.progress_total = 0
+        self._phase_t0: float | None = None      # ts when progress started being timed
+        self._phase_done0 = 0                    # done count at that moment
+        self._progress_ts: float | None = None   # ts of the latest progress
+        self.segments: list[list[float]] = []    # [start_ts, last_ts] per run segment
+
+        # student curves
+        self.losses: dict[int, float] = {}       # global step -> loss (upsert)
+        self.step_epoch: dict[int, int] = {}
+        self.val: dict[int, float] = {}          # epoch -> validation metric
+        self.val_step: dict[int, int] = {}       # epoch -> last training step before validation
+        self.best: dict = {}
+
+        # prefix history of the current epoch
+        self.history_epoch = 0
+        self.history: list[tuple[str, float]] = []  # ascending by score
+        self.training_prefix = ""
+        self.new_prefixes: set[str] = set()
+        self.beat_best: set[str] = set()
+        self._latest_request = -1
+
+        # dialogue gradients
+        self.windows: dict[int, list[WindowView]] = {}
+        self.windows_path: dict[int, str] = {}
+
+        # TA and fine-tuning
+        ta = self.config.get("ta", {})
+        self.ta_backend = ta.get("backend", "")
+        self.ta_base_model = ta.get("model", "")
+        self.ta_model = ""
+        self.ta_models: list[tuple[int, str, str]] = []  # (epoch, model, reason)
+        self.ta_requests = 0
+        self.ta_tokens = 0
+        self.ta_rejected = 0
+        self.jobs: dict[str, JobView] = {}
+        self.current_job: str = ""
+        self.prefix_accuracy: dict[int, tuple[float, int, int]] = {}
+
+        # description
+        self.description = self.config.get("data", {}).get("description", "")
+        self.description_version = 1
+        self.description_from_request = 1
+
+        self.log: list[LogEntry] = []
+        self.log_dropped = 0                     # entries trimmed from the front (MAX_LOG)
+        self.saves = 0
+        self.last_save_ts: float | None = None
+        self.finished: RunFinished | None = None
+        self.events_seen = 0
+        self.revisions: dict[str, int] = {s: 0 for s in SECTIONS}
+
+    # ---- derived views ----------------------------------------------------------
+    @property
+    def epochs_total(self) -> int:
+        return int(self.config.get("loop", {}).get("epochs", 0) or 0)
+
+    @property
+    def k(self) -> int:
+        return int(self.config.get("loop", {}).get("k", 0) or 0)
+
+    @property
+    def ta_model_in_use(self) -> str:
+        return self.ta_model or self.ta_base_model
+
+    @property
+    def sorted_history(self) -> list[tuple[str, float]]:
+        """Best first."""
+        return sorted(self.history, key=lambda item: item[1], reverse=True)
+
+    @property
+    def active_job(self) -> JobView | None:
+        job = self.jobs.get(self.current_job)
+        return job if job is not None and job.active else None
+
+    @property
+    def live(self) -> bool:
+        return self.status in ("running", "paused", "stopping")
+
+    def all_windows(self) -> list[WindowView]:
+        return [w for epoch in sorted(self.windows) for w in self.windows[epoch]]
+
+    def eta_s(self) -> float | None:
+        """Seconds left in the current phase, from the pace of the progress seen so far."""
+        if not self.progress_total or self._phase_t0 is None or self._progress_ts is None:
+            return None
+        done = self.progress_done - self._phase_done0
+        if done <= 0 or self.progress_done >= self.progress_total:
+            return None if self.progress_done < self.progress_total else 0.0
+        rate = (self._progress_ts - self._phase_t0) / done
+        return max(0.0, rate * (self.progress_total - self.progress_done))
+
+    def elapsed_s(self, now: float | None = None) -> float:
+        """Run time over all segments; the open segment counts up to `now` while live."""
+        total = 0.0
+        for i, (start, last) in enumerate(self.segments):
+            end = last
+            if now is not None and i == len(self.segments) - 1 and self.status == "running":
+                end = max(last, now)
+            total += max(0.0, end - start)
+        return total
+
+    # ---- the reducer ------------------------------------------------------------
+    def apply_all(self, events: Iterable[Event]) -> set[str]:
+        changed: set[str] = set()
+        for event in events:
+            changed |= self.apply(event)
+        return changed
+
+    def apply(self, event: Event) -> set[str]:
+        """Fold one event in. Returns the sections that changed (and bumps their revisions)."""
+        self.events_seen += 1
+        if self.segments and not isinstance(event, RunStarted):
+            self.segments[-1][1] = max(self.segments[-1][1], event.ts)
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        changed: set[str] = set(handler(event) or ()) if handler else set()
+        for section in changed:
+            self.revisions[section] += 1
+        return changed
+
+    def _log(self, ts: float, level: str, text: str) -> str:
+        self.log.append(LogEntry(ts, level, text))
+        if len(self.log) > MAX_LOG:
+            drop = len(self.log) - MAX_LOG
+            del self.log[:drop]
+            self.log_dropped += drop
+        return "log"
+
+    def _set_phase(self, epoch: int, phase: str, total: int, ts: float) -> None:
+        if (epoch, phase) != (self.epoch, self.phase):
+            self.progress_done = 0
+            self._phase_t0 = ts
+            self._phase_done0 = 0
+            self._progress_ts = None
+        self.epoch, self.phase = epoch, phase
+        if total:
+            self.progress_total = total
+
+    def _set_progress(self, done: int, total: int, ts: float) -> None:
+        if self._phase_t0 is None or done < self._phase_done0:
+            self._phase_t0, self._phase_done0 = ts, done
+        self.progress_done, self.progress_total, self._progress_ts = done, total, ts
+
+    def _on_RunStarted(self, e: RunStarted):
+        self.name = e.name or self.name
+        self.mode = e.mode
+        self.config = dict(e.config or self.config)
+        self.device = e.device
+        self.task = e.task
+        self.metric = e.metric
+        self.label_names = list(e.label_names)
+        self.resumed = e.resumed
+        self.status, self.status_reason = "running", ""
+        self.finished = None
+        ta = self.config.get("ta", {})
+        self.ta_backend = ta.get("backend", self.ta_backend)
+        self.ta_base_model = ta.get("model", self.ta_base_model)
+        if self.events_seen == 1 or not self.description:
+            self.description = self.config.get("data", {}).get("description", self.description)
+        self.segments.append([e.ts, e.ts])
+        # timing restarts with the new process; counts carry on
+        self._phase_t0, self._phase_done0, self._progress_ts = None, self.progress_done, None
+        verb = "resumed" if e.resumed else "started"
+        return {"header", "chart", "finetune", "description",
+                self._log(e.ts, "info", f"run {verb} on {e.device} ({e.mode}, {e.task}, metric {e.metric})")}
+
+    def _on_PhaseChanged(self, e: PhaseChanged):
+        self._set_phase(e.epoch, e.phase, e.total, e.ts)
+        if not e.total:
+            self.progress_total = 0
+        return {"header"}
+
+    def _on_Progress(self, e: Progress):
+        self._set_phase(e.epoch, e.phase, e.total, e.ts)
+        self._set_progress(e.done, e.total, e.ts)
+        return {"header"}
+
+    def _on_TrainStep(self, e: TrainStep):
+        self.losses[e.step] = e.loss
+        self.step_epoch[e.step] = e.epoch
+        self._set_phase(e.epoch, "training", e.epoch_steps, e.ts)
+        self._set_progress(e.epoch_step, e.epoch_steps, e.ts)
+        return {"header", "chart"}
+
+    def _on_ValidationResult(self, e: ValidationResult):
+        value = _metric_value(e.metrics, self.metric)
+        changed = {"chart", "header"}
+        if value is not None:
+            self.val[e.epoch] = value
+            steps = [s for s, ep in self.step_epoch.items() if ep <= e.epoch]
+            self.val_step[e.epoch] = max(steps) if steps else 0
+            best = " (new best)" if e.improved else ""
+            changed.add(self._log(e.ts, "info", f"epoch {e.epoch} validation {self.metric} {value:.4f}{best}"))
+        if e.improved or not self.best:
+            self.best = {"epoch": e.epoch, "score": value, "prefix": e.prefix}
+        return changed
+
+    def _on_TARequest(self, e: TARequest):
+        self.ta_requests = max(self.ta_requests, e.request_id)
+        return {"header"}
+
+    def _on_TAResponse(self, e: TAResponse):
+        self.ta_tokens += int(e.usage.get("total_tokens", 0) or 0) if isinstance(e.usage, dict) else 0
+        changed = {"header"}
+        if e.rejected:
+            self.ta_rejected += len(e.rejected)
+            reasons = sorted({str(r[1]) if isinstance(r, (list, tuple)) and len(r) > 1 else "rejected"
+                              for r in e.rejected})
+            sample = e.rejected[0][0] if isinstance(e.rejected[0], (list, tuple)) else e.rejected[0]
+            sample = " ".join(str(sample).split())[:60]
+            changed.add(self._log(e.ts, "warning",
+                                  f"TA request #{e.request_id}: rejected {len(e.rejected)} "
+                                  f"completion(s) ({', '.join(reasons)}), e.g. {sample!r}"))
+        if e.attempt > 1:
+            changed.add(self._log(e.ts, "warning",
+                                  f"TA request #{e.request_id} answered on attempt {e.attempt}"))
+        return changed
+
+    def _on_PrefixScored(self, e: PrefixScored):
+        if e.epoch != self.history_epoch:
+            self.history_epoch, self.history = e.epoch, []
+            self.new_prefixes, self.beat_best, self._latest_request = set(), set(), -1
+        self.history = [(p, s) for p, s in self.history if p != e.prefix] + [(e.prefix, float(e.score))]
+        self.history.sort(key=lambda item: item[1])
+        if e.request_id >= 0:
+            if e.request_id > self._latest_request:
+                self._latest_request, self.new_prefixes = e.request_id, set()
+            if e.request_id == self._latest_request:
+                self.new_prefixes.add(e.prefix)
+        if e.beat_shown_best:
+            self.beat_best.add(e.prefix)
+        if e.request_id == -1 and not self.training_prefix:
+            self.training_prefix = e.prefix
+        return {"history"}
+
+    def _on_HistoryUpdated(self, e: HistoryUpdated):
+        if e.epoch != self.history_epoch:
+            self.new_prefixes, self.beat_best, self._latest_request = set(), set(), -1
+        self.history_epoch = e.epoch
+        self.history = sorted(((str(p), float(s)) for p, s in e.history), key=lambda item: item[1])
+        self.training_prefix = e.training_prefix
+        return {"history"}
+
+    def _on_WindowsBuilt(self, e: WindowsBuilt):
+        self.windows[e.epoch] = [_window_view(e.epoch, i, w) for i, w in enumerate(e.windows, 1)]
+        self.windows_path[e.epoch] = e.path
+        return {"windows", self._log(e.ts, "info", f"epoch {e.epoch}: {len(e.windows)} dialogue windows built")}
+
+    def _on_FinetuneUpdate(self, e: FinetuneUpdate):
+        job = self.jobs.get(e.job_id)
+        if job is None:
+            job = self.jobs[e.job_id] = JobView(e.job_id, e.backend, e.epoch)
+        self.current_job = e.job_id
+        changed = {"finetune", "header"}
+        if e.status != job.status:
+            job.history.append((e.ts, e.status, e.message))
+            if e.status in FAILED_JOB_STATUSES:
+                changed.add(self._log(e.ts, "error", f"fine-tune job {e.job_id} {e.status}: "
+                                                     f"{e.message or 'no reason given'}"))
+            elif e.status == "succeeded":
+                changed.add(self._log(e.ts, "info", f"fine-tune job {e.job_id} succeeded"
+                                                    + (f": {e.model}" if e.model else "")))
+            elif e.status == "skipped":
+                changed.add(self._log(e.ts, "info", f"fine-tuning skipped: {e.message or e.backend}"))
+            elif e.status == "submitted":
+                changed.add(self._log(e.ts, "info", f"fine-tune job {e.job_id} submitted ({e.backend})"))
+        job.status, job.message = e.status, e.message or job.message
+        job.step, job.total_steps, job.eta_s = e.step, e.total_steps, e.eta_s
+        job.model = e.model or job.model
+        if e.loss is not None:
+            job.loss = e.loss
+            if not job.losses or job.losses[-1][0] != e.step:
+                job.losses.append((e.step, e.loss))
+        return changed
+
+    def _on_TAModelChanged(self, e: TAModelChanged):
+        self.ta_model = e.model
+        self.ta_models.append((e.epoch, e.model, e.reason))
+        return {"finetune", "header",
+                self._log(e.ts, "info", f"TA model now {e.model or self.ta_base_model} ({e.reason})")}
+
+    def _on_PrefixFindingAccuracy(self, e: PrefixFindingAccuracy):
+        self.prefix_accuracy[e.epoch] = (e.accuracy, e.generated, e.better)
+        return {"finetune"}
+
+    def _on_DescriptionChanged(self, e: DescriptionChanged):
+        self.description = e.text
+        self.description_version = e.version
+        self.description_from_request = e.applies_from_request
+        return {"description", "header",
+                self._log(e.ts, "info", f"description v{e.version} saved; applies from TA request "
+                                        f"#{e.applies_from_request}")}
+
+    def _on_StatusChanged(self, e: StatusChanged):
+        previous, self.status, self.status_reason = self.status, e.status, e.reason
+        level = {"failed": "error", "interrupted": "warning"}.get(e.status, "info")
+        changed = {"header"}
+        if e.status != previous:
+            text = f"status {e.status}" + (f": {e.reason}" if e.reason else "")
+            changed.add(self._log(e.ts, level, text))
+        return changed
+
+    def _on_CheckpointSaved(self, e: CheckpointSaved):
+        """The engine's RunState is the source of truth for the best result, the description
+        in use (including a dataset's default one) and the TA model."""
+        self.saves += 1
+        self.last_save_ts = e.ts
+        changed = {"header"}
+        st = e.state if isinstance(e.state, dict) else {}
+        best = st.get("best") or {}
+        if isinstance(best.get("score"), (int, float)):
+            new_best = {"epoch": best.get("epoch", 0), "score": float(best["score"]),
+                        "prefix": best.get("prefix", "")}
+            if new_best != self.best:
+                self.best = new_best
+        version = st.get("description_version")
+        if st.get("description") and isinstance(version, int) and (
+                version > self.description_version or not self.description
+                or (version == self.description_version and st["description"] != self.description)):
+            self.description = st["description"]
+            self.description_version = version
+            self.description_from_request = int(st.get("description_from_request", 1) or 1)
+            changed.add("description")
+        if st.get("ta_model", "") != self.ta_model and "ta_model" in st:
+            self.ta_model = st["ta_model"]
+            changed.add("finetune")
+        return changed
+
+    def _on_Notice(self, e: Notice):
+        level = e.level if e.level in ("info", "warning", "error") else "info"
+        return {self._log(e.ts, level, e.message)}
+
+    def _on_RunFinished(self, e: RunFinished):
+        self.finished = e
+        self.status = e.status
+        self.status_reason = e.reason
+        if e.status == "finished":
+            self.phase = "done"
+        level = "error" if e.status == "failed" else "info"
+        parts = [f"run {e.status}"]
+        if e.reason:
+            parts.append(e.reason)
+        test = _metric_value(e.test_metrics or {}, self.metric)
+        if test is not None:
+            parts.append(f"test {self.metric} {test:.4f} (best epoch {e.best_epoch})")
+        return {"header", "finetune", self._log(e.ts, level, "; ".join(parts))}
+
+
+def build_state(events: Iterable[Event], name: str = "", config: dict | None = None) -> DashboardState:
+    """A state with `events` applied, e.g. a stored session's past."""
+    state = DashboardState(name, config)
+    state.apply_all(events)
+    return state

@@ -1,0 +1,146 @@
+"""The new-session form's model: field values (strings) <-> a validated RunConfig.
+
+Pure Python, no Textual. Every value is validated through `engine.config.build_config`, and a
+`ConfigError` is mapped back to the field it names so the screen can show it in place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.config import FINETUNE_BACKENDS, MODES, PRESETS, TA_BACKENDS, RunConfig, build_config
+from engine.errors import ConfigError
+from engine.resources import looks_like_path
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Field:
+    id: str
+    label: str
+    key: str        # dotted config key ("" for non-config fields)
+    kind: str       # text | int | choice | multiline
+    help: str = ""
+    choices: tuple[str, ...] = ()
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("name", "Session name", "name", "text", "letters, digits, . _ -"),
+    Field("preset", "Preset", "", "choice", "smoke: minutes on CPU · default · paper: the paper's sizes",
+          tuple(PRESETS)),
+    Field("mode", "Mode", "mode", "choice", "baseline: no TA · gpta · gpta-data: TA also sees exemplars",
+          MODES),
+    Field("dataset", "Dataset", "data.dataset", "text",
+          "twitter-sentiment (built-in), a hub name, or a CSV/JSON/JSONL/Parquet path"),
+    Field("description", "Dataset description", "data.description", "multiline",
+          "what the TA is told about the task; empty: the dataset's own description"),
+    Field("student", "Student model", "student.model", "text", "hub name or local path"),
+    Field("ta_backend", "TA backend", "ta.backend", "choice", "local · openai · scripted (offline, fixed)",
+          TA_BACKENDS),
+    Field("ta_model", "TA model", "ta.model", "text", "local: causal LM name/path · openai: model id"),
+    Field("ta_base_url", "TA base URL", "ta.base_url", "text",
+          "OpenAI-compatible endpoint; key from $OPENAI_API_KEY, never stored"),
+    Field("finetune_backend", "Fine-tune backend", "finetune.backend", "choice",
+          "none: frozen TA · local: LoRA · openai: fine-tune jobs", FINETUNE_BACKENDS),
+    Field("train_size", "Train size", "data.train_size", "int"),
+    Field("epochs", "Epochs", "loop.epochs", "int"),
+    Field("k", "k (history)", "loop.k", "int"),
+    Field("l", "l (per request)", "loop.l", "int"),
+    Field("window", "w (window)", "loop.window", "int"),
+    Field("seed", "Seed", "seed", "int"),
+)
+FIELD_BY_ID = {f.id: f for f in FIELDS}
+NUMBER_FIELDS = tuple(f.id for f in FIELDS if f.kind == "int")
+PRESET_FIELDS = ("train_size", "epochs", "k", "l", "window")
+
+
+def _get(cfg: RunConfig, key: str):
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def values_from_config(cfg: RunConfig, preset: str) -> dict[str, str]:
+    """Form values (strings) showing `cfg`."""
+    values = {f.id: str(_get(cfg, f.key)) for f in FIELDS if f.key}
+    values["preset"] = preset
+    return values
+
+
+def default_values(preset: str = "smoke", name: str = "") -> dict[str, str]:
+    """The offline defaults for `preset`: they run with nothing but the installed packages."""
+    values = values_from_config(build_config(preset), preset)
+    values["name"] = name
+    return values
+
+
+def preset_numbers(preset: str) -> dict[str, str]:
+    """The numeric fields a preset sets, to refill the form when the preset changes."""
+    cfg = build_config(preset)
+    return {fid: str(_get(cfg, FIELD_BY_ID[fid].key)) for fid in PRESET_FIELDS}
+
+
+def suggest_name(dataset: str, taken: set[str]) -> str:
+    base = Path(dataset).stem if looks_like_path(dataset) else dataset.split("/")[-1].split(":")[0]
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-._") or "run"
+    for i in range(1, 10_000):
+        name = f"{base[:56]}-{i}"
+        if name not in taken:
+            return name
+    return base
+
+
+def field_for_error(message: str) -> str:
+    """The form field a ConfigError message is about ('' if none matches)."""
+    hits = [(message.find(f.key), f.id) for f in FIELDS if f.key and re.search(
+        rf"(?<![\w.]){re.escape(f.key)}(?![\w])", message)]
+    return min(hits)[1] if hits else ""
+
+
+def validate(values: dict[str, str], taken: set[str] = frozenset()) -> tuple[RunConfig | None, dict[str, str]]:
+    """(config, {}) when the form is valid; (None, {field id: message}) otherwise."""
+    errors: dict[str, str] = {}
+    name = values.get("name", "").strip()
+    if not name:
+        errors["name"] = "give the session a name"
+    elif not NAME_RE.match(name):
+        errors["name"] = "use letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit)"
+    elif name in taken:
+        errors["name"] = f"a session named {name!r} exists; pick another name"
+
+    overrides: dict = {}
+    for f in FIELDS:
+        if not f.key or f.id == "name":
+            continue
+        raw = values.get(f.id, "")
+        if f.kind == "int":
+            text = raw.strip()
+            if not re.fullmatch(r"-?\d+", text):
+                errors[f.id] = "enter a whole number"
+                continue
+            value: object = int(text)
+        elif f.kind == "multiline":
+            value = raw.strip()
+        else:
+            value = raw.strip()
+        if f.kind == "text" and f.id in ("dataset", "student") and not value:
+            errors[f.id] = "required"
+            continue
+        section, _, key = f.key.rpartition(".")
+        (overrides.setdefault(section, {}) if section else overrides)[key] = value
+    overrides["name"] = name
+    dataset = values.get("dataset", "").strip()
+    if dataset and looks_like_path(dataset) and not Path(dataset).expanduser().exists():
+        errors["dataset"] = f"no file at {dataset!r}; give an existing path or a dataset name"
+    if errors:
+        return None, errors
+    preset = values.get("preset") or "default"
+    try:
+        cfg = build_config(preset, None, overrides)
+    except ConfigError as exc:
+        return None, {field_for_error(str(exc)) or "form": str(exc)}
+    return cfg, {}

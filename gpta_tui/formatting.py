@@ -1,0 +1,64 @@
+"""Small text helpers shared by the screens and widgets."""
+
+from __future__ import annotations
+
+import time
+
+STATUS_STYLE = {
+    "new": "dim",
+    "running": "bold green",
+    "paused": "bold yellow",
+    "stopping": "bold yellow",
+    "stopped": "yellow",
+    "interrupted": "yellow",
+    "failed": "bold red",
+    "finished": "bold cyan",
+    "created": "dim",
+}
+STATUS_ICON = {
+    "running": "●", "paused": "⏸", "stopping": "◌", "stopped": "■", "interrupted": "◐",
+    "failed": "✖", "finished": "✔", "new": "○", "created": "○",
+}
+LEVEL_STYLE = {"info": "dim", "warning": "yellow", "error": "bold red"}
+LEVEL_ICON = {"info": "·", "warning": "⚠", "error": "✖"}
+JOB_STYLE = {
+    "submitted": "cyan", "validating_files": "cyan", "queued": "cyan", "running": "bold green",
+    "succeeded": "bold cyan", "failed": "bold red", "cancelled": "red", "timeout": "red",
+    "skipped": "dim",
+}
+
+
+def duration(seconds: float | None) -> str:
+    """'0:07', '12:03', '1:02:03'; '--:--' when unknown."""
+    if seconds is None:
+        return "--:--"
+    seconds = int(round(max(0.0, seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def clock(ts: float | None) -> str:
+    """Local wall-clock time of a timestamp, 'HH:MM:SS'."""
+    if not ts:
+        return "--:--:--"
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def when(ts: float | None, now: float | None = None) -> str:
+    """A compact 'updated' column: time today, else the date."""
+    if not ts:
+        return "-"
+    now = time.time() if now is None else now
+    same_day = time.localtime(ts)[:3] == time.localtime(now)[:3]
+    return time.strftime("%H:%M" if same_day else "%Y-%m-%d", time.localtime(ts))
+
+
+def one_line(text: str, width: int) -> str:
+    """Collapse whitespace and cut to `width` characters with an ellipsis."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: max(1, width - 1)] + "…"
+
+
+def score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,61 @@
+"""HelpScreen: keys and a short explanation of what the dashboard shows."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Label, Static
+
+KEYS = [
+    ("Sessions", [("enter / r", "open or resume the selected session"), ("n", "new session"),
+                  ("d", "delete the selected session (asks first)"), ("x", "export the selected session")]),
+    ("New session", [("enter", "on Start: start the run"), ("ctrl+s", "start the run"),
+                     ("esc", "back to the sessions")]),
+    ("Run dashboard", [("p", "pause / resume (at the next step boundary)"),
+                       ("e", "edit the dataset description (applies from the next TA request)"),
+                       ("s", "save a checkpoint now"), ("x", "stop the run (resumable)"),
+                       ("esc", "back to the sessions once the run is over")]),
+    ("Everywhere", [("q", "quit (the session is saved and resumable)"), ("?", "this help"),
+                    ("ctrl+p", "command palette"), ("tab / shift+tab", "move between panels")]),
+]
+
+ABOUT = (
+    "GPTA trains a small student model with a natural-language prefix in front of every input. "
+    "A teaching-assistant LLM (TA) proposes prefixes from the dataset description only, never the "
+    "data. Each epoch: train the student with the best prefix; collect a history of k prefixes, "
+    "scored on validation, by asking the TA for l at a time; turn the sorted history into "
+    "'dialogue gradients' (w pairs -> the next prefix); fine-tune the TA on them."
+)
+
+
+def keys_table() -> Table:
+    table = Table(box=None, show_header=False, padding=(0, 2))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    for section, rows in KEYS:
+        table.add_row(Text(section, style="bold magenta"), "")
+        for key, what in rows:
+            table.add_row(key, what)
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
+
+    def __init__(self) -> None:
+        super().__init__(classes="dialog-screen")
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide"):
+            yield Label("gpta-tui help", classes="dialog-title")
+            with VerticalScroll():
+                yield Static(Text(ABOUT), classes="help-about")
+                yield Static(keys_table())
+            yield Label("esc to close", classes="dim")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

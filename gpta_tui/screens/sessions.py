@@ -1,0 +1,174 @@
+"""SessionsScreen: the start screen, a table of saved sessions.
+
+Keys: enter/r open or resume, n new, d delete (asks first), x export, q quit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, one_line, score, when
+
+RESUMABLE = {"created", "running", "paused", "stopping", "stopped", "interrupted", "failed", "new"}
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """What the table shows for one saved session."""
+
+    name: str
+    mode: str
+    dataset: str
+    status: str
+    epoch: str
+    best: str
+    updated: float | None
+
+    @property
+    def resumable(self) -> bool:
+        return self.status in RESUMABLE
+
+
+def _pick(item: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        value = item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+        if value not in (None, ""):
+            return value
+    return default
+
+
+def session_row(item: Any) -> SessionRow:
+    """One `SessionStore.list()` entry -> a table row."""
+    config = _pick(item, "config", default={}) or {}
+    if not isinstance(config, dict):
+        config = config.to_dict() if hasattr(config, "to_dict") else {}
+    state = _pick(item, "last_state", "state", default={}) or {}
+    loop = config.get("loop", {})
+    epochs = loop.get("epochs", "")
+    epoch = _pick(item, "epoch", default=state.get("epoch", ""))
+    best = _pick(item, "best_score", "best", default=None)
+    if isinstance(best, dict):
+        best = best.get("score")
+    if best is None:
+        best = (state.get("best") or {}).get("score")
+    updated = _pick(item, "updated", "updated_at", "mtime", default=None)
+    return SessionRow(
+        name=str(_pick(item, "name", default="?")),
+        mode=str(_pick(item, "mode", default=config.get("mode", "-"))),
+        dataset=str(_pick(item, "dataset", default=config.get("data", {}).get("dataset", "-"))),
+        status=str(_pick(item, "status", default="-")),
+        epoch=f"{epoch}/{epochs}" if epoch not in ("", None) else "-",
+        best=score(float(best)) if isinstance(best, (int, float)) else "-",
+        updated=float(updated) if isinstance(updated, (int, float)) else None,
+    )
+
+
+class SessionsScreen(Screen[None]):
+    CSS_PATH = "sessions.tcss"
+    BINDINGS = [
+        Binding("enter,r", "open", "Open/resume"),
+        Binding("n", "new", "New"),
+        Binding("d", "delete", "Delete"),
+        Binding("x", "export", "Export"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[SessionRow] = []
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="sessions-box"):
+            yield Static("Sessions", id="sessions-title")
+            yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="sessions-empty")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for label, key in (("name", "name"), ("mode", "mode"), ("dataset", "dataset"),
+                           ("status", "status"), ("epoch", "epoch"), ("best", "best"),
+                           ("updated", "updated")):
+            table.add_column(label, key=key)
+        self.reload()
+        table.focus()
+
+    def on_screen_resume(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read the store and redraw the table, keeping the cursor on the same session."""
+        table = self.query_one(DataTable)
+        current = self.selected.name if self.selected else None
+        try:
+            self.rows = [session_row(item) for item in self.app.list_sessions()]
+        except Exception as exc:  # noqa: BLE001 - shown, not fatal
+            self.rows = []
+            self.notify(f"Could not list sessions: {exc}", severity="error")
+        self.rows.sort(key=lambda r: r.updated or 0.0, reverse=True)
+        table.clear()
+        for row in self.rows:
+            style = STATUS_STYLE.get(row.status, "")
+            table.add_row(Text(row.name, style="bold"), row.mode, one_line(row.dataset, 40),
+                          Text(f"{STATUS_ICON.get(row.status, '·')} {row.status}", style=style),
+                          row.epoch, Text(row.best, style="green"), when(row.updated), key=row.name)
+        names = [r.name for r in self.rows]
+        if current in names:
+            table.move_cursor(row=names.index(current), animate=False)
+        empty = self.query_one("#sessions-empty", Static)
+        empty.update("" if self.rows else "No sessions yet. Press n to start one.")
+        self.query_one("#sessions-title", Static).update(
+            f"Sessions · {len(self.rows)} saved in {self.app.home_label}")
+
+    @property
+    def selected(self) -> SessionRow | None:
+        table = self.query_one(DataTable)
+        if not self.rows or table.cursor_row < 0 or table.cursor_row >= len(self.rows):
+            return None
+        return self.rows[table.cursor_row]
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    def action_open(self) -> None:
+        row = self.selected
+        if row is not None:
+            self.app.open_session(row.name, resume=row.resumable)
+
+    def action_new(self) -> None:
+        self.app.new_session()
+
+    def action_delete(self) -> None:
+        row = self.selected
+        if row is None:
+            return
+        from gpta_tui.screens.confirm import ConfirmScreen
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.app.delete_session(row.name)
+                self.reload()
+
+        self.app.push_screen(ConfirmScreen(f"Delete session {row.name!r} and all its files? "
+                                           "This cannot be undone.", yes="Delete", no="Keep",
+                                           danger=True), done)
+
+    def action_export(self) -> None:
+        row = self.selected
+        if row is None:
+            return
+        from gpta_tui.screens.export import ExportScreen
+
+        def done(path: str | None) -> None:
+            if path:
+                self.app.export_session(row.name, path)
+
+        self.app.push_screen(ExportScreen(row.name, f"./{row.name}-export"), done)

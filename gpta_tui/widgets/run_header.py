@@ -1,0 +1,83 @@
+"""RunHeader: session, mode, status, phase, epoch x/N, phase progress with ETA, elapsed, device."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from rich.console import Group
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from gpta_tui.dashboard import DashboardState
+from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, duration, score
+
+PHASE_LABEL = {
+    "setup": "setting up", "training": "training student", "validating": "validating",
+    "collecting": "collecting prefixes", "windows": "building windows",
+    "finetuning": "fine-tuning TA", "testing": "testing", "done": "done",
+}
+
+
+class RunHeader(Static):
+    """Two dense lines at the top of the dashboard. Re-rendered on state changes and once a
+    second (elapsed time); cheap: one Rich grid."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._clock = clock
+        self._state: DashboardState | None = None
+
+    def on_mount(self) -> None:
+        self.set_interval(1.0, self._tick)
+
+    def _tick(self) -> None:
+        if self._state is not None and self._state.status == "running":
+            self.update_from(self._state)
+
+    def update_from(self, state: DashboardState) -> None:
+        self._state = state
+        self.update(self.render_state(state, self._clock()))
+
+    @staticmethod
+    def render_state(state: DashboardState, now: float) -> Group:
+        style = STATUS_STYLE.get(state.status, "")
+        title = Text.assemble(
+            ("◆ ", "bold magenta"), (state.name or "new session", "bold"),
+            ("  ", ""), (state.mode or "-", "magenta"),
+            ("  ", ""), (f"{STATUS_ICON.get(state.status, '·')} {state.status}", style),
+        )
+        if state.status_reason and state.status in ("failed", "interrupted", "stopped"):
+            title.append(f"  {state.status_reason}", "dim")
+        clock = Text.assemble(
+            ("elapsed ", "dim"), (duration(state.elapsed_s(now)), "bold"),
+            ("  device ", "dim"), (state.device or "-", "bold"),
+        )
+        top = Table.grid(expand=True)
+        top.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+        top.add_column(justify="right", no_wrap=True)
+        top.add_row(title, clock)
+
+        total = state.epochs_total
+        where = Text.assemble(("epoch ", "dim"), (f"{state.epoch or '-'}/{total or '-'}", "bold"),
+                              ("  ", ""), (PHASE_LABEL.get(state.phase, state.phase), "cyan"))
+        done, all_ = state.progress_done, state.progress_total
+        if all_:
+            bar: ProgressBar | Text = ProgressBar(total=all_, completed=min(done, all_))
+            eta = f"  ETA {duration(state.eta_s())}" if state.status == "running" else ""
+            count = Text(f"{done}/{all_} {100.0 * done / all_:3.0f}%{eta}", style="bold")
+        else:
+            bar, count = Text(""), Text("")
+        best = state.best.get("score") if state.best else None
+        best_text = Text.assemble(("best ", "dim"), (f"{state.metric} {score(best)}", "bold green"))
+        if best is not None:
+            best_text.append(f" (epoch {state.best.get('epoch')})", "dim")
+        bottom = Table.grid(expand=True, padding=(0, 2))
+        bottom.add_column(width=30, no_wrap=True)
+        bottom.add_column(ratio=1)
+        bottom.add_column(no_wrap=True)
+        bottom.add_column(justify="right", no_wrap=True)
+        bottom.add_row(where, bar, count, best_text)
+        return Group(top, bottom)

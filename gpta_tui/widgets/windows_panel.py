@@ -1,0 +1,67 @@
+"""WindowsPanel: the dialogue gradients; selecting one shows its user and assistant messages."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
+
+from gpta_tui.dashboard import DashboardState, WindowView
+from gpta_tui.formatting import one_line
+
+
+def render_window(window: WindowView) -> Group:
+    return Group(
+        Text(f"epoch {window.epoch} · window {window.index}", style="bold magenta"),
+        Text("user (w sorted pairs)", style="bold cyan"),
+        Text(window.user or "(empty)"),
+        Text(""),
+        Text("assistant (next prefix)", style="bold green"),
+        Text(window.assistant or "(empty)", style="green"),
+    )
+
+
+class WindowsPanel(Horizontal):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._rev = -1
+        self._windows: list[WindowView] = []
+
+    def compose(self) -> ComposeResult:
+        yield OptionList(id="window-list")
+        with VerticalScroll(id="window-detail"):
+            yield Static(Text("No dialogue windows yet: they are built after the prefix history "
+                              "of an epoch is complete.", style="dim"), id="window-text")
+
+    def on_mount(self) -> None:
+        self.border_title = "Dialogue gradients"
+
+    @property
+    def windows(self) -> list[WindowView]:
+        return list(self._windows)
+
+    def update_from(self, state: DashboardState) -> None:
+        if state.revisions["windows"] == self._rev:
+            return
+        self._rev = state.revisions["windows"]
+        options = self.query_one("#window-list", OptionList)
+        highlighted = options.highlighted
+        self._windows = state.all_windows()
+        options.clear_options()
+        options.add_options(
+            Option(Text.assemble((f"e{w.epoch}·{w.index:<3}", "dim"), one_line(w.assistant, 21)))
+            for w in self._windows
+        )
+        total = len(self._windows)
+        self.border_title = f"Dialogue gradients · {total}" if total else "Dialogue gradients"
+        if total:
+            options.highlighted = min(highlighted, total - 1) if highlighted is not None else total - 1
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        event.stop()
+        if 0 <= event.option_index < len(self._windows):
+            window = self._windows[event.option_index]
+            self.query_one("#window-text", Static).update(render_window(window))
