@@ -1,0 +1,70 @@
+"""Pick the torch device a run uses: "auto" prefers CUDA, then Apple MPS, then the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.errors import UsageError
+
+_FIX = "set device to auto, cpu, cuda, cuda:N or mps (one that exists on this machine)"
+
+
+def resolve_device(name: str) -> str:
+    """Turn a configured device name into one torch can use, checking that it exists.
+
+    "auto" -> "cuda" if a CUDA GPU is visible, else "mps" if available, else "cpu".
+    "cuda" / "cuda:N" / "mps" / "cpu" are returned as given after checking availability.
+    """
+    value = (name or "auto").strip().lower()
+    if value == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if _mps_available():
+            return "mps"
+        return "cpu"
+    if value == "cpu":
+        return "cpu"
+    if value == "mps":
+        if not _mps_available():
+            raise UsageError("device 'mps' is not available on this machine", _FIX)
+        return "mps"
+    if value == "cuda" or value.startswith("cuda:"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"device {name!r} requested but no CUDA GPU is visible to torch", _FIX)
+        if value == "cuda":
+            return "cuda"
+        index_text = value.split(":", 1)[1]
+        if not index_text.isdigit():
+            raise UsageError(f"device {name!r} is not a valid CUDA device name", _FIX)
+        index = int(index_text)
+        if index >= count:
+            raise UsageError(
+                f"device {name!r} does not exist: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}", _FIX)
+        return f"cuda:{index}"
+    raise UsageError(f"unknown device {name!r}", _FIX)
+
+
+def device_label(device: str) -> str:
+    """A human-readable name for a resolved device, e.g. "cuda:0 (NVIDIA H200)" or "cpu"."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
+def amp_dtype(device: str, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype for mixed precision on `device`, or None for full fp32.
+
+    Only CUDA gets mixed precision: bf16 where the GPU supports it, else fp16 (which needs a
+    GradScaler when training).
+    """
+    if not enabled or not device.startswith("cuda"):
+        return None
+    with torch.cuda.device(torch.device(device)):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
