@@ -109,9 +109,11 @@ class SyntheticRun:
                 yield self.checkpoint()
             if st.phase == "finetuning":
                 job = f"job-{st.epoch}"
-                yield ev.FinetuneUpdate(epoch=st.epoch, backend="fake", job_id=job, status="submitted")
-                st.job = {"job_id": job, "epoch": st.epoch}
-                yield self.checkpoint()
+                if not st.job:  # like the engine: a resumed run re-attaches to its job
+                    yield ev.FinetuneUpdate(epoch=st.epoch, backend="fake", job_id=job,
+                                            status="submitted")
+                    st.job = {"job_id": job, "epoch": st.epoch}
+                    yield self.checkpoint()
                 yield ev.FinetuneUpdate(epoch=st.epoch, backend="fake", job_id=job, status="running",
                                         step=1, total_steps=2)
                 yield ev.FinetuneUpdate(epoch=st.epoch, backend="fake", job_id=job, status="succeeded",

@@ -50,8 +50,11 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
+METRIC_SHORT = {"accuracy": "acc", "macro_f1": "F1"}
+
+
 def _metric(value: float | None, name: str) -> str:
-    return "-" if value is None else f"{name} {value:.4f}"
+    return "-" if value is None else f"{METRIC_SHORT.get(name, name)} {value:.4f}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -63,7 +66,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"Sessions in {store.root}", title_justify="left")
     for column in ("name", "mode", "dataset", "status", "epoch", "best metric", "updated"):
-        table.add_column(column, no_wrap=column in ("name", "status", "updated"))
+        table.add_column(column, no_wrap=column in ("name", "status", "best metric", "updated"))
     for s in sessions:
         style = STATUS_STYLE.get(s.status, "")
         status = f"[{style}]{s.status}[/]" if style else s.status

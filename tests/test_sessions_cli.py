@@ -1,0 +1,77 @@
+"""`gpta list | show | delete | export | import` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from gpta_tui.cli import main
+from sessions.store import SessionStore
+
+from test_sessions_helpers import SyntheticRun, feed, small_config
+
+
+def _session(home, name):
+    store = SessionStore(home)
+    h = store.create(small_config(name))
+    feed(h, SyntheticRun(h.config).events())
+    h.close()
+
+
+def test_list_show_export_import_delete(tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "list"]) == 0
+    assert "No sessions" in capsys.readouterr().out
+    _session(home, "cli-run")
+    assert main(["--home", str(home), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "cli-run" in out and "finished" in out and "2/2" in out and "0.8000" in out
+
+    assert main(["--home", str(home), "show", "cli-run"]) == 0
+    out = capsys.readouterr().out
+    assert "finished" in out and "Epochs" in out and "acc 0.8000" in out and "test: accuracy 0.7000" in out
+    assert main(["--home", str(home), "show", "cli-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "cli-run"
+
+    assert main(["--home", str(home), "export", "cli-run", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "report.md").is_file()
+    capsys.readouterr()
+    assert main(["--home", str(home), "import", str(tmp_path / "exp"), "--name", "cli-copy"]) == 0
+    assert "Imported session cli-copy" in capsys.readouterr().out
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["--home", str(home), "delete", "cli-copy"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to delete session 'cli-copy'" in err and "--yes" in err
+    assert SessionStore(home).exists("cli-copy")
+    assert main(["--home", str(home), "delete", "cli-copy", "--yes"]) == 0
+    assert not SessionStore(home).exists("cli-copy")
+
+
+def test_delete_asks_on_a_terminal(tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    _session(home, "ask")
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stdin", Tty("n\n"))
+    assert main(["--home", str(home), "delete", "ask"]) == 1
+    assert SessionStore(home).exists("ask")
+    monkeypatch.setattr("sys.stdin", Tty("y\n"))
+    assert main(["--home", str(home), "delete", "ask"]) == 0
+    assert not SessionStore(home).exists("ask")
+
+
+def test_errors_are_one_line_with_exit_codes(tmp_path, capsys):
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "show", "missing"]) == 2
+    err = capsys.readouterr().err
+    assert "no session named 'missing'" in err and "Fix:" in err and err.count("\n") == 1
+    _session(home, "x")
+    (home / "sessions" / "x" / "session.json").write_text("{not json")
+    assert main(["--home", str(home), "show", "x"]) == 1
+    assert "unreadable" in capsys.readouterr().err
+    assert main(["--home", str(home), "list"]) == 0
+    assert "unreadable" in capsys.readouterr().out
