@@ -59,6 +59,10 @@ class StudentConfig:
     metric: str = "accuracy"
     amp: bool = True
     checkpoint_every: int = 50
+    # L-Tuning (tuning = lt-prefix | lt-prompt): how a label name becomes the text the frozen
+    # model encodes, and how many wrong labels are sampled per training example
+    verbalizer: str = "The text has {label} sentiment."
+    negatives: int = 1
 
 
 @dataclass
@@ -162,6 +166,7 @@ class RunConfig:
             "student.eval_batch_size": self.student.eval_batch_size,
             "student.max_length": self.student.max_length,
             "student.checkpoint_every": self.student.checkpoint_every,
+            "student.negatives": self.student.negatives,
             "ta.max_new_tokens": self.ta.max_new_tokens,
             "ta.max_prefix_words": self.ta.max_prefix_words,
             "ta.max_prefix_chars": self.ta.max_prefix_chars,
