@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
+from engine.tasks import check_metric, default_metric
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,7 +26,7 @@ MODES = ("baseline", "gpta", "gpta-data")
 TA_BACKENDS = ("local", "openai", "scripted")
 FINETUNE_BACKENDS = ("none", "local", "openai")
 TUNINGS = ("full", "lt-prefix", "lt-prompt")
-METRICS = ("accuracy", "macro_f1")
+METRICS = ("accuracy", "macro_f1", "f1", "exact_match", "rouge1", "rouge2", "rougeL", "neg_loss")
 SECRET_FIELDS = {"api_key"}
 
 
@@ -56,13 +57,16 @@ class StudentConfig:
     max_length: int = 96
     warmup_ratio: float = 0.0
     grad_clip: float = 1.0
-    metric: str = "accuracy"
+    metric: str = "accuracy"  # build_config/from_dict use the task's default when unset
     amp: bool = True
     checkpoint_every: int = 50
     # L-Tuning (tuning = lt-prefix | lt-prompt): how a label name becomes the text the frozen
     # model encodes, and how many wrong labels are sampled per training example
     verbalizer: str = "The text has {label} sentiment."
     negatives: int = 1
+    num_beams: int = 4          # summarization: beam search width
+    gen_max_length: int = 64    # summarization: longest generated / reference summary (tokens)
+    doc_stride: int = 128       # extractive QA: context tokens shared by consecutive windows
 
 
 @dataclass
@@ -136,6 +140,7 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
         cfg = cls()
         apply_mapping(cfg, data, source)
+        _default_metric_unless_given(cfg, data)
         cfg.validate()
         return cfg
 
@@ -158,6 +163,7 @@ class RunConfig:
             raise bad("student.tuning", self.student.tuning, f"use one of {', '.join(TUNINGS)}")
         if self.student.metric not in METRICS:
             raise bad("student.metric", self.student.metric, f"use one of {', '.join(METRICS)}")
+        check_metric(self.data.task, self.student.metric)  # also rejects an unknown data.task
         positives = {
             "data.train_size": self.data.train_size, "data.val_size": self.data.val_size,
             "data.test_size": self.data.test_size, "loop.epochs": self.loop.epochs,
@@ -173,6 +179,8 @@ class RunConfig:
             "finetune.max_windows": self.finetune.max_windows,
             "finetune.epochs": self.finetune.epochs, "finetune.batch_size": self.finetune.batch_size,
             "finetune.lora_r": self.finetune.lora_r,
+            "student.num_beams": self.student.num_beams,
+            "student.gen_max_length": self.student.gen_max_length,
         }
         for key, value in positives.items():
             if value <= 0:
@@ -186,6 +194,8 @@ class RunConfig:
             raise bad("student.lr", self.student.lr, "use a positive learning rate such as 2e-5")
         if self.ta.retries < 0:
             raise bad("ta.retries", self.ta.retries, "use 0 or more")
+        if self.student.doc_stride < 0:
+            raise bad("student.doc_stride", self.student.doc_stride, "use 0 or more")
         if self.data.exemplars < 0:
             raise bad("data.exemplars", self.data.exemplars, "use 0 or more")
         if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
@@ -298,4 +308,13 @@ def build_config(preset: str | None = None, file: str | Path | None = None,
         apply_mapping(cfg, file_data, str(file))
     if overrides:
         apply_mapping(cfg, overrides, "command line")
+    _default_metric_unless_given(cfg, PRESETS[chosen], file_data, overrides or {})
     return cfg.validate()
+
+
+def _default_metric_unless_given(cfg: RunConfig, *layers: dict[str, Any]) -> None:
+    """Rank by the task's default metric (engine.tasks) unless a layer sets student.metric."""
+    given = any(isinstance(layer.get("student"), dict) and "metric" in layer["student"]
+                for layer in layers)
+    if not given:
+        cfg.student.metric = default_metric(cfg.data.task)
