@@ -26,6 +26,8 @@ TASK_NAMES: dict[str, str] = {
     "nli": "natural language inference",
     "extractive_qa": "extractive question answering",
     "qa": "extractive question answering",
+    "multiple_choice": "multiple-choice reading comprehension",
+    "summarization": "abstractive summarization",
     "ner": "named entity recognition",
 }
 
