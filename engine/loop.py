@@ -93,7 +93,7 @@ class Engine:
         self.bus.emit(event)
 
     def notice(self, message: str, level: str = "warning") -> None:
-        log.log(logging.WARNING if level != "info" else logging.INFO, message)
+        log.debug("%s: %s", level, message)
         self.emit(Notice(level=level, message=message))
 
     def _on_pause(self, paused: bool) -> None:
@@ -166,6 +166,11 @@ class Engine:
         from engine.device import resolve_device
         from engine.student import build_student
 
+        from transformers.utils import logging as hf_logging
+
+        # Library progress bars and load reports would scribble over a TUI; events say it all.
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
         cfg = self.config
         self.device = resolve_device(cfg.device)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +222,6 @@ class Engine:
                 log.exception("run failed")
             if self.student is not None and self.state.phase != "setup":
                 self.save_checkpoint()
-            self.notice(message, "error")
             self._finish("failed", message)
             raise
         finally:

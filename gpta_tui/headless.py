@@ -50,9 +50,10 @@ class HeadlessView:
         self._epochs = e.config["loop"]["epochs"]
         data, student, ta = e.config["data"], e.config["student"], e.config["ta"]
         verb = "resuming" if e.resumed else "starting"
+        teacher = "none" if e.mode == "baseline" else f"{ta['backend']}:{ta['model']}"
         self._say(f"[bold]{verb} {e.name or 'run'}[/]: mode {e.mode}, dataset {data['dataset']} "
                   f"({data['train_size']} train / {data['val_size']} val / {data['test_size']} test), "
-                  f"student {student['model']}, TA {ta['backend']}:{ta['model']}, device {e.device}")
+                  f"student {student['model']}, TA {teacher}, device {e.device}")
 
     def on_phase(self, e: ev.PhaseChanged) -> None:
         if e.phase in ("training", "collecting", "finetuning", "windows", "testing"):
@@ -109,7 +110,8 @@ class HeadlessView:
     def on_finished(self, e: ev.RunFinished) -> None:
         self.finished = e
         self.close()
-        self.console.print(summary_table(e))
+        if e.summary.get("epochs") or e.status == "finished":
+            self.console.print(summary_table(e))
 
 
 def summary_table(e: ev.RunFinished) -> Table:

@@ -94,8 +94,12 @@ def register(subparsers) -> None:
     resume.set_defaults(handler=cmd_resume)
 
 
-def _drive(handle, engine, view) -> int:
-    """Run the engine in this thread; Ctrl-C asks it to stop at the next step boundary."""
+def _drive(handle, engine, view, new: bool = False) -> int:
+    """Run the engine in this thread; Ctrl-C asks it to stop at the next step boundary.
+
+    A new session whose run fails before it got past setup (bad dataset, missing model)
+    holds nothing worth keeping: it is deleted, so bad input leaves nothing half-written.
+    """
     controls: Controls = engine.controls
 
     def on_sigint(signum, frame):  # first Ctrl-C: graceful stop; second: hard interrupt
@@ -108,6 +112,11 @@ def _drive(handle, engine, view) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         finished = engine.run()
+    except BaseException:
+        handle.close()
+        if new and engine.state.phase == "setup":
+            handle.store.delete(handle.name)
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
         view.close()
@@ -126,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     view = HeadlessView(verbose=args.verbose)
     handle, engine = start_session(config, args.home, listeners=[view], controls=Controls())
     view.console.print(f"session [bold]{handle.name}[/] in {handle.dir}")
-    return _drive(handle, engine, view)
+    return _drive(handle, engine, view, new=True)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
