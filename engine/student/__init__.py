@@ -6,11 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError
 from engine.student.base import StepResult, Student
+from engine.tasks import TASKS as TASK_SPECS
+from engine.tasks import student_class
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
 
-TASKS = ("classification",)
+TASKS = tuple(TASK_SPECS)
 
 __all__ = ["StepResult", "Student", "TASKS", "build_student"]
 
@@ -22,7 +24,5 @@ def build_student(cfg: "RunConfig", data: Any, device: str) -> Student:
     if cfg.student.tuning != "full":
         raise ConfigError(f"student.tuning {cfg.student.tuning!r} is not available yet",
                           'use tuning = "full"')
-    from engine.student.classification import ClassificationStudent  # imports torch
-
-    return ClassificationStudent(cfg.student, data, epochs=cfg.loop.epochs, seed=cfg.seed,
-                                 device=device)
+    implementation = student_class(data.task)  # imports torch and the student's module
+    return implementation(cfg.student, data, epochs=cfg.loop.epochs, seed=cfg.seed, device=device)
