@@ -13,6 +13,7 @@ step boundary (the session is saved and resumable) and waits for the thread.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -79,10 +80,7 @@ class GptaApp(App[None]):
         return list(self._store().list())
 
     def session_names(self) -> set[str]:
-        try:
-            return {str(getattr(s, "name", None) or s["name"]) for s in self.list_sessions()}
-        except GptaError:
-            return set()
+        return set(self._store().names())
 
     def delete_session(self, name: str) -> None:
         if self.controller is not None and self.controller.running and self.controller.name == name:
@@ -304,9 +302,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _quiet_libraries(home: Path | None) -> None:
+    """Keep library chatter (progress bars, warnings) off the terminal the TUI draws on:
+    Python logging goes to <home>/gpta-tui.log instead."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from engine.resources import default_home
+
+    folder = home.expanduser() if home else default_home()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(folder / "gpta-tui.log", encoding="utf-8")
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.captureWarnings(True)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries(args.home)
     if args.resume:
         try:  # fail before taking over the terminal
             load_past(args.home, args.resume)

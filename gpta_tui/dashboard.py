@@ -10,6 +10,7 @@ Sections: header, chart, history, windows, finetune, log, description.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -81,6 +82,17 @@ class WindowView:
     system: str = ""
 
 
+def target_prefixes(assistant: str) -> list[str]:
+    """The prefixes in an assistant message: a `{"prefixes": [...]}` JSON reply, else the text."""
+    try:
+        data = json.loads(assistant)
+    except ValueError:
+        return [assistant] if assistant.strip() else []
+    if isinstance(data, dict) and isinstance(data.get("prefixes"), list):
+        return [str(p) for p in data["prefixes"]]
+    return [assistant]
+
+
 def _window_view(epoch: int, index: int, window: dict) -> WindowView:
     parts = {"system": [], "user": [], "assistant": []}
     for message in window.get("messages", []) if isinstance(window, dict) else []:
@@ -125,6 +137,7 @@ class DashboardState:
         self._phase_done0 = 0                    # done count at that moment
         self._progress_ts: float | None = None   # ts of the latest progress
         self.segments: list[list[float]] = []    # [start_ts, last_ts] per run segment
+        self._before_start: tuple[float, float] | None = None
 
         # student curves
         self.losses: dict[int, float] = {}       # global step -> loss (upsert)
@@ -154,7 +167,7 @@ class DashboardState:
         self.ta_requests = 0
         self.ta_tokens = 0
         self.ta_rejected = 0
-        self.jobs: dict[str, JobView] = {}
+        self.jobs: dict[str, JobView] = {}       # "epoch/job_id" -> job
         self.current_job: str = ""
         self.prefix_accuracy: dict[int, tuple[float, int, int]] = {}
 
@@ -231,8 +244,15 @@ class DashboardState:
     def apply(self, event: Event) -> set[str]:
         """Fold one event in. Returns the sections that changed (and bumps their revisions)."""
         self.events_seen += 1
-        if self.segments and not isinstance(event, RunStarted):
+        if isinstance(event, RunStarted):
+            pass
+        elif self.segments:
             self.segments[-1][1] = max(self.segments[-1][1], event.ts)
+        elif event.ts:
+            # Replayed sessions keep only their latest RunStarted: time spent before it
+            # (earlier segments) is counted from the events that precede it.
+            lo, hi = self._before_start or (event.ts, event.ts)
+            self._before_start = (min(lo, event.ts), max(hi, event.ts))
         handler = getattr(self, f"_on_{type(event).__name__}", None)
         changed: set[str] = set(handler(event) or ()) if handler else set()
         for section in changed:
@@ -278,6 +298,9 @@ class DashboardState:
         self.ta_base_model = ta.get("model", self.ta_base_model)
         if self.events_seen == 1 or not self.description:
             self.description = self.config.get("data", {}).get("description", self.description)
+        if not self.segments and self._before_start and self._before_start[1] < e.ts - 1.0:
+            self.segments.append(list(self._before_start))  # an earlier, replayed segment
+        self._before_start = None
         self.segments.append([e.ts, e.ts])
         # timing restarts with the new process; counts carry on
         self._phase_t0, self._phase_done0, self._progress_ts = None, self.progress_done, None
@@ -368,16 +391,17 @@ class DashboardState:
         return {"windows", self._log(e.ts, "info", f"epoch {e.epoch}: {len(e.windows)} dialogue windows built")}
 
     def _on_FinetuneUpdate(self, e: FinetuneUpdate):
-        job = self.jobs.get(e.job_id)
+        key = f"{e.epoch}/{e.job_id}"  # skipped/failed-to-submit jobs have no id
+        job = self.jobs.get(key)
         if job is None:
-            job = self.jobs[e.job_id] = JobView(e.job_id, e.backend, e.epoch)
-        self.current_job = e.job_id
+            job = self.jobs[key] = JobView(e.job_id, e.backend, e.epoch)
+        self.current_job = key
         changed = {"finetune", "header"}
         if e.status != job.status:
             job.history.append((e.ts, e.status, e.message))
             if e.status in FAILED_JOB_STATUSES:
-                changed.add(self._log(e.ts, "error", f"fine-tune job {e.job_id} {e.status}: "
-                                                     f"{e.message or 'no reason given'}"))
+                changed.add(self._log(e.ts, "error", f"fine-tune job {e.job_id or '(not submitted)'} "
+                                                     f"{e.status}: {e.message or 'no reason given'}"))
             elif e.status == "succeeded":
                 changed.add(self._log(e.ts, "info", f"fine-tune job {e.job_id} succeeded"
                                                     + (f": {e.model}" if e.model else "")))
@@ -408,8 +432,10 @@ class DashboardState:
         self.description = e.text
         self.description_version = e.version
         self.description_from_request = e.applies_from_request
+        if e.version <= 1:  # the initial description (replayed from a store), not an edit
+            return {"description"}
         return {"description", "header",
-                self._log(e.ts, "info", f"description v{e.version} saved; applies from TA request "
+                self._log(e.ts, "info", f"description v{e.version} in use from TA request "
                                         f"#{e.applies_from_request}")}
 
     def _on_StatusChanged(self, e: StatusChanged):

@@ -136,11 +136,12 @@ def validate(values: dict[str, str], taken: set[str] = frozenset()) -> tuple[Run
     dataset = values.get("dataset", "").strip()
     if dataset and looks_like_path(dataset) and not Path(dataset).expanduser().exists():
         errors["dataset"] = f"no file at {dataset!r}; give an existing path or a dataset name"
-    if errors:
-        return None, errors
+    # Check the fields that parsed against the config's own rules too, so the user sees every
+    # problem at once (build_config reports the first one it meets).
     preset = values.get("preset") or "default"
     try:
         cfg = build_config(preset, None, overrides)
     except ConfigError as exc:
-        return None, {field_for_error(str(exc)) or "form": str(exc)}
-    return cfg, {}
+        errors.setdefault(field_for_error(str(exc)) or "form", str(exc))
+        return None, errors
+    return (None, errors) if errors else (cfg, {})

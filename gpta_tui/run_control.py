@@ -56,11 +56,7 @@ def load_past(home: Path | None, name: str) -> DashboardState:
     handle = SessionStore(home).open(name, write=False)
     try:
         state = DashboardState(handle.name, config_dict(handle.config))
-        state.apply_all(handle.events())
-        stored = getattr(handle, "status", "") or ""
-        if stored and state.status in ("new", "running", "paused", "stopping"):
-            # The stored status knows better than the last event (e.g. a killed process).
-            state.status = stored
+        state.apply_all(handle.events())  # ends with the stored (effective) status
     finally:
         handle.close()
     return state
@@ -97,16 +93,15 @@ class RunController:
         try:
             from sessions.runner import resume_session, start_session
 
+            # Interactive: an unreachable TA pauses the run (the user fixes it and resumes).
+            kwargs = {"listeners": [self.buffer], "controls": self.controls,
+                      "on_ta_unavailable": "pause"}
             if self.resume:
-                handle, engine = resume_session(self.name, self.home, listeners=[self.buffer],
-                                                controls=self.controls)
+                handle, engine = resume_session(self.name, self.home, **kwargs)
             else:
-                handle, engine = start_session(self.config, self.home, listeners=[self.buffer],
-                                               controls=self.controls)
+                handle, engine = start_session(self.config, self.home, **kwargs)
             self.handle, self.engine = handle, engine
             self.name = handle.name
-            if hasattr(engine, "on_ta_unavailable"):
-                engine.on_ta_unavailable = "pause"  # interactive: wait for the user, do not stop
             try:
                 self.result = engine.run()
             finally:

@@ -152,7 +152,7 @@ def test_canned_run_folds_into_every_section():
     assert [w.index for w in state.windows[1]] == [1, 2, 3, 4]
     first = state.windows[1][0]
     assert "prefix:" in first.user and first.assistant and first.system
-    job = state.jobs["lora-e1"]
+    job = state.jobs["1/lora-e1"]
     assert [h[1] for h in job.history] == ["submitted", "running", "succeeded"]
     assert job.losses == [(4, 2.31), (8, 1.87)] and not job.active
     assert state.ta_model_in_use == "ta-adapters/epoch-1"

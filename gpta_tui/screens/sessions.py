@@ -17,7 +17,8 @@ from textual.widgets import DataTable, Footer, Static
 
 from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, one_line, score, when
 
-RESUMABLE = {"created", "running", "paused", "stopping", "stopped", "interrupted", "failed", "new"}
+# Statuses a session can be resumed from ("finished" opens read-only; "unreadable" cannot open).
+RESUMABLE = {"running", "paused", "interrupted", "failed"}
 
 
 @dataclass(frozen=True)
@@ -31,43 +32,28 @@ class SessionRow:
     epoch: str
     best: str
     updated: float | None
+    error: str = ""
 
     @property
     def resumable(self) -> bool:
         return self.status in RESUMABLE
 
 
-def _pick(item: Any, *names: str, default: Any = None) -> Any:
-    for name in names:
-        value = item.get(name) if isinstance(item, dict) else getattr(item, name, None)
-        if value not in (None, ""):
-            return value
-    return default
-
-
 def session_row(item: Any) -> SessionRow:
-    """One `SessionStore.list()` entry -> a table row."""
-    config = _pick(item, "config", default={}) or {}
-    if not isinstance(config, dict):
-        config = config.to_dict() if hasattr(config, "to_dict") else {}
-    state = _pick(item, "last_state", "state", default={}) or {}
-    loop = config.get("loop", {})
-    epochs = loop.get("epochs", "")
-    epoch = _pick(item, "epoch", default=state.get("epoch", ""))
-    best = _pick(item, "best_score", "best", default=None)
-    if isinstance(best, dict):
-        best = best.get("score")
-    if best is None:
-        best = (state.get("best") or {}).get("score")
-    updated = _pick(item, "updated", "updated_at", "mtime", default=None)
+    """One `SessionStore.list()` entry (a SessionSummary) -> a table row."""
+    best = getattr(item, "best_metric", None)
+    metric = getattr(item, "metric", "") or ""
+    epoch, epochs = getattr(item, "epoch", 0), getattr(item, "epochs", 0)
+    status = str(getattr(item, "status", "") or "-")
     return SessionRow(
-        name=str(_pick(item, "name", default="?")),
-        mode=str(_pick(item, "mode", default=config.get("mode", "-"))),
-        dataset=str(_pick(item, "dataset", default=config.get("data", {}).get("dataset", "-"))),
-        status=str(_pick(item, "status", default="-")),
-        epoch=f"{epoch}/{epochs}" if epoch not in ("", None) else "-",
-        best=score(float(best)) if isinstance(best, (int, float)) else "-",
-        updated=float(updated) if isinstance(updated, (int, float)) else None,
+        name=str(item.name),
+        mode=str(getattr(item, "mode", "") or "-"),
+        dataset=str(getattr(item, "dataset", "") or "-"),
+        status=status,
+        epoch=f"{epoch}/{epochs}" if epochs else "-",
+        best=f"{score(float(best))} {metric}".strip() if isinstance(best, (int, float)) else "-",
+        updated=float(getattr(item, "updated", 0.0) or 0.0) or None,
+        error=str(getattr(item, "error", "") or ""),
     )
 
 
@@ -114,11 +100,12 @@ class SessionsScreen(Screen[None]):
             self.notify(f"Could not list sessions: {exc}", severity="error")
         self.rows.sort(key=lambda r: r.updated or 0.0, reverse=True)
         table.clear()
+        now = self.app.clock() if hasattr(self.app, "clock") else None
         for row in self.rows:
             style = STATUS_STYLE.get(row.status, "")
             table.add_row(Text(row.name, style="bold"), row.mode, one_line(row.dataset, 40),
                           Text(f"{STATUS_ICON.get(row.status, '·')} {row.status}", style=style),
-                          row.epoch, Text(row.best, style="green"), when(row.updated), key=row.name)
+                          row.epoch, Text(row.best, style="green"), when(row.updated, now), key=row.name)
         names = [r.name for r in self.rows]
         if current in names:
             table.move_cursor(row=names.index(current), animate=False)
@@ -140,8 +127,12 @@ class SessionsScreen(Screen[None]):
 
     def action_open(self) -> None:
         row = self.selected
-        if row is not None:
-            self.app.open_session(row.name, resume=row.resumable)
+        if row is None:
+            return
+        if row.status == "unreadable":
+            self.notify(row.error or f"Session {row.name} cannot be read.", severity="error", timeout=8)
+            return
+        self.app.open_session(row.name, resume=row.resumable)
 
     def action_new(self) -> None:
         self.app.new_session()

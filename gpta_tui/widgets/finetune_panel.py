@@ -16,7 +16,7 @@ from gpta_tui.formatting import JOB_STYLE, clock, duration, one_line
 
 def render_job(job: JobView) -> Group:
     parts: list = [Text.assemble(
-        ("job ", "dim"), (job.job_id, "bold"), ("  ", ""), (job.backend, "magenta"),
+        ("job ", "dim"), (job.job_id or "–", "bold"), ("  ", ""), (job.backend, "magenta"),
         ("  epoch ", "dim"), (str(job.epoch), "bold"), ("  ", ""),
         (job.status, JOB_STYLE.get(job.status, "")),
     )]
@@ -50,6 +50,9 @@ def render_job(job: JobView) -> Group:
 
 def render_finetune(state: DashboardState) -> Group:
     backend = state.config.get("finetune", {}).get("backend", "none")
+    if state.mode == "baseline":
+        return Group(Text("baseline mode: the student trains without a prefix; no TA, no fine-tuning",
+                          style="dim"))
     parts: list = [Text.assemble(
         ("TA ", "dim"), (state.ta_backend or "-", "magenta"), (" · ", "dim"),
         (one_line(state.ta_model_in_use or "-", 40), "bold"),
@@ -61,11 +64,9 @@ def render_finetune(state: DashboardState) -> Group:
         if len(jobs) > 1:
             older = Text("earlier: ", style="dim")
             for job in jobs[-2::-1][:4]:
-                older.append(f"e{job.epoch} {job.job_id} ", "dim")
+                older.append(f"e{job.epoch} {job.job_id or '–'} ", "dim")
                 older.append(job.status + "  ", JOB_STYLE.get(job.status, ""))
             parts.append(older)
-    elif state.mode == "baseline":
-        parts.append(Text("baseline mode: no TA and no fine-tuning", style="dim"))
     elif backend == "none":
         parts.append(Text("fine-tuning is off (finetune.backend = none): the TA stays the base model",
                           style="dim"))

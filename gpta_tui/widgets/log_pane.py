@@ -36,4 +36,5 @@ class LogPane(RichLog):
             self.errors += entry.level == "error"
         self._written = end
         if start < end:
-            self.border_subtitle = f"{self.warnings} warnings · {self.errors} errors"
+            self.border_subtitle = (f"{self.warnings} warning{'s' * (self.warnings != 1)} · "
+                                    f"{self.errors} error{'s' * (self.errors != 1)}")

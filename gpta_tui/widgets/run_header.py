@@ -14,6 +14,11 @@ from textual.widgets import Static
 from gpta_tui.dashboard import DashboardState
 from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, duration, score
 
+def _metric(metrics: dict, name: str) -> float | None:
+    value = metrics.get(name)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 PHASE_LABEL = {
     "setup": "setting up", "training": "training student", "validating": "validating",
     "collecting": "collecting prefixes", "windows": "building windows",
@@ -64,7 +69,14 @@ class RunHeader(Static):
         where = Text.assemble(("epoch ", "dim"), (f"{state.epoch or '-'}/{total or '-'}", "bold"),
                               ("  ", ""), (PHASE_LABEL.get(state.phase, state.phase), "cyan"))
         done, all_ = state.progress_done, state.progress_total
-        if all_:
+        finished = state.finished
+        if finished is not None and finished.test_metrics:
+            bar = Text.assemble(("test ", "dim"), (f"{state.metric} {score(_metric(finished.test_metrics, state.metric))}",
+                                                   "bold cyan"))
+            if finished.test_metrics_no_prefix and finished.best_prefix:
+                bar.append(f"  (no prefix {score(_metric(finished.test_metrics_no_prefix, state.metric))})", "dim")
+            count = Text("")
+        elif all_ and state.live:
             bar: ProgressBar | Text = ProgressBar(total=all_, completed=min(done, all_))
             eta = f"  ETA {duration(state.eta_s())}" if state.status == "running" else ""
             count = Text(f"{done}/{all_} {100.0 * done / all_:3.0f}%{eta}", style="bold")

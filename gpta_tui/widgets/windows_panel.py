@@ -9,19 +9,23 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from gpta_tui.dashboard import DashboardState, WindowView
+from gpta_tui.dashboard import DashboardState, WindowView, target_prefixes
 from gpta_tui.formatting import one_line
 
 
 def render_window(window: WindowView) -> Group:
-    return Group(
+    """The user message (the w sorted pairs) and the assistant message (the next prefix)."""
+    prefixes = target_prefixes(window.assistant)
+    parts = [
         Text(f"epoch {window.epoch} · window {window.index}", style="bold magenta"),
-        Text("user (w sorted pairs)", style="bold cyan"),
-        Text(window.user or "(empty)"),
-        Text(""),
-        Text("assistant (next prefix)", style="bold green"),
-        Text(window.assistant or "(empty)", style="green"),
-    )
+        Text("assistant: the next prefix", style="bold green"),
+    ]
+    parts += [Text(f"  {p}", style="green") for p in prefixes] or [Text("  (empty)", style="dim")]
+    if prefixes != [window.assistant]:
+        parts.append(Text(f"  raw: {window.assistant}", style="dim"))
+    parts += [Text(""), Text("user: the w sorted (prefix, score) pairs", style="bold cyan"),
+              Text(window.user or "(empty)")]
+    return Group(*parts)
 
 
 class WindowsPanel(Horizontal):
@@ -52,7 +56,8 @@ class WindowsPanel(Horizontal):
         self._windows = state.all_windows()
         options.clear_options()
         options.add_options(
-            Option(Text.assemble((f"e{w.epoch}·{w.index:<3}", "dim"), one_line(w.assistant, 21)))
+            Option(Text.assemble((f"e{w.epoch}·{w.index:<3}", "dim"),
+                                 one_line(" | ".join(target_prefixes(w.assistant)), 21)))
             for w in self._windows
         )
         total = len(self._windows)

@@ -1,0 +1,291 @@
+"""Pilot tests of gpta-tui driving real (tiny) runs: the engine trains a 2-layer BERT on a
+generated CSV with the deterministic offline TA, in the app's worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import Button, Input, Select, TextArea
+
+from engine.config import RunConfig, build_config
+from engine.events import DescriptionChanged, TARequest, TrainStep
+from gpta_tui.app import GptaApp
+from gpta_tui.screens.description import DescriptionScreen
+from gpta_tui.screens.help import HelpScreen
+from gpta_tui.screens.new_session import NewSessionScreen
+from gpta_tui.screens.run import RunScreen
+from gpta_tui.screens.sessions import SessionsScreen
+from gpta_tui.widgets.history_table import HistoryTable
+from gpta_tui.widgets.log_pane import LogPane
+from gpta_tui.widgets.loss_chart import LossChart
+from sessions.store import SessionStore
+from tests.fake_openai import fake_openai  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.anyio  # async tests run on asyncio (anyio's pytest plugin)
+
+SIZE = (130, 40)
+WAIT_S = 240.0  # generous: 2 shared cores
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def tiny_config(tiny_bert_dir: Path, sentiment_csv: Path, name: str, epochs: int = 2,
+                **sections: dict) -> RunConfig:
+    overrides = {
+        "name": name, "mode": "gpta",
+        "data": {"dataset": str(sentiment_csv), "train_size": 48, "val_size": 24, "test_size": 24},
+        "student": {"model": str(tiny_bert_dir), "max_length": 32, "batch_size": 16,
+                    "checkpoint_every": 1},
+        "ta": {"backend": "scripted"},
+        "loop": {"epochs": epochs, "k": 6, "l": 3, "window": 2},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return build_config("smoke", overrides=overrides)
+
+
+async def wait_for(pilot, predicate, what: str, timeout: float = WAIT_S) -> None:
+    """Let the app run until `predicate()` holds (a deadline, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for: {what}")
+        await pilot.pause(0.05)
+
+
+def run_screen(app: GptaApp) -> RunScreen:
+    screen = app.run_screen
+    assert screen is not None, f"no run screen; stack: {app.screen_stack}"
+    return screen
+
+
+def kinds(events) -> list[str]:
+    return [e.kind for e in events]
+
+
+async def test_first_launch_goes_to_the_form_and_one_enter_starts_a_run(gpta_home, tiny_bert_dir,
+                                                                          sentiment_csv):
+    app = GptaApp(gpta_home)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        form = app.screen
+        assert isinstance(form, NewSessionScreen) and form.first_launch
+        assert isinstance(app.focused, Button) and app.focused.id == "start"
+        assert form.query_one("#f-student", Input).value == "all-MiniLM-L6-v2"
+        assert form.query_one("#f-dataset", Input).value == "twitter-sentiment"
+        # Shrink the offline defaults to the test-sized model and data, then press Enter once.
+        for fid, value in {"student": str(tiny_bert_dir), "dataset": str(sentiment_csv),
+                           "train_size": "48", "epochs": "1", "k": "6", "l": "3",
+                           "window": "2"}.items():
+            form.query_one(f"#f-{fid}", Input).value = value
+        form.query_one("#f-ta_backend", Select).value = "scripted"
+        await pilot.pause()
+        assert form.errors == {}
+        name = form.query_one("#f-name", Input).value
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.run_screen is not None, "the dashboard")
+        await wait_for(pilot, lambda: app.controller.result is not None, "the run to finish")
+        await pilot.pause(0.5)
+        state = run_screen(app).state
+        assert state.status == "finished" and state.name == name
+        assert state.losses and state.history and state.val
+        assert run_screen(app).query_one(HistoryTable).row_count == len(state.history)
+        assert run_screen(app).query_one(LossChart).point_count == len(state.losses)
+    summary = {s.name: s for s in SessionStore(gpta_home).list()}
+    assert summary[name].status == "finished"
+
+
+async def test_form_shows_config_errors_and_refuses_to_start(gpta_home):
+    app = GptaApp(gpta_home)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        form = app.screen
+        form.query_one("#f-k", Input).value = "2"  # window 3 >= k 2
+        await pilot.pause()
+        assert "loop.window" in form.errors["window"]
+        assert form.query_one("#start", Button).disabled
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen is form and app.controller is None
+
+
+async def test_pause_and_resume(gpta_home, tiny_bert_dir, sentiment_csv):
+    app = GptaApp(gpta_home)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_run(tiny_config(tiny_bert_dir, sentiment_csv, "pausing"))
+        await wait_for(pilot, lambda: app.run_screen is not None, "the dashboard")
+        screen = run_screen(app)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: screen.state.status == "paused", "the engine to pause")
+        assert app.controller.running
+        seen = screen.state.events_seen
+        for _ in range(10):  # while paused, nothing moves
+            await pilot.pause(0.1)
+        assert screen.state.events_seen == seen and screen.state.status == "paused"
+        await pilot.press("p")
+        await wait_for(pilot, lambda: app.controller.result is not None, "the run to finish")
+        await pilot.pause(0.3)
+        assert screen.state.status == "finished"
+        texts = [e.text for e in screen.state.log]
+        assert "status paused" in texts and any("pause requested" in t for t in texts)
+
+
+async def test_edit_description_mid_run_reaches_the_next_ta_request(gpta_home, tiny_bert_dir,
+                                                                      sentiment_csv):
+    new_text = "Short tweets; the label is the writer's mood: negative, neutral or positive."
+    app = GptaApp(gpta_home)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_run(tiny_config(tiny_bert_dir, sentiment_csv, "describing"))
+        await wait_for(pilot, lambda: app.run_screen is not None, "the dashboard")
+        screen = run_screen(app)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: screen.state.status == "paused", "the engine to pause")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, DescriptionScreen), "the editor")
+        editor = app.screen.query_one(TextArea)
+        assert editor.text == screen.state.description  # the current version is shown
+        editor.load_text(new_text)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen, "the editor to close")
+        await pilot.press("p")
+        await wait_for(pilot, lambda: app.controller.result is not None, "the run to finish")
+        await pilot.pause(0.3)
+        assert screen.state.description == new_text and screen.state.description_version == 2
+        assert any("description v2" in e.text for e in screen.state.log)
+    handle = SessionStore(gpta_home).open("describing")
+    try:
+        events = handle.events()
+    finally:
+        handle.close()
+    changed = [e for e in events if isinstance(e, DescriptionChanged) and e.version == 2]
+    assert changed and changed[0].text == new_text
+    requests = [e for e in events if isinstance(e, TARequest)]
+    after = [r for r in requests if r.request_id >= changed[0].applies_from_request]
+    before = [r for r in requests if r.request_id < changed[0].applies_from_request]
+    assert after and before
+    assert all(r.description_version == 2 and new_text in str(r.messages) for r in after)
+    assert all(new_text not in str(r.messages) for r in before)
+
+
+async def test_quit_saves_and_resume_shows_the_past_then_continues(gpta_home, tiny_bert_dir,
+                                                                    sentiment_csv):
+    app = GptaApp(gpta_home)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_run(tiny_config(tiny_bert_dir, sentiment_csv, "quitter", epochs=3))
+        await wait_for(pilot, lambda: app.run_screen is not None, "the dashboard")
+        state = run_screen(app).state
+        await wait_for(pilot, lambda: state.history_epoch >= 1 and len(state.history) >= 6,
+                       "a full prefix history")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, "the app to exit")
+    assert not app.controller.running  # the engine thread has ended
+    assert app.controller.result is not None and app.controller.result.status == "stopped"
+    stored = {s.name: s for s in SessionStore(gpta_home).list()}
+    assert stored["quitter"].status == "paused"  # stopped by the user: resumable
+
+    again = GptaApp(gpta_home, resume="quitter")
+    async with again.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = run_screen(again)
+        # The past is on screen before the resumed engine says anything.
+        past_steps = len(screen.state.losses)
+        assert past_steps > 0 and screen.state.history
+        assert run_screen(again).query_one(HistoryTable).row_count == len(screen.state.history)
+        assert run_screen(again).query_one(LossChart).point_count == past_steps
+        await wait_for(pilot, lambda: again.controller.result is not None, "the resumed run")
+        await pilot.pause(0.3)
+        assert screen.state.status == "finished" and screen.state.resumed
+        assert len(screen.state.losses) > past_steps
+        assert sorted(screen.state.losses) == list(range(1, len(screen.state.losses) + 1))
+        assert run_screen(again).query_one(LossChart).point_count == len(screen.state.losses)
+
+
+async def test_garbage_from_the_ta_is_logged_and_the_run_goes_on(gpta_home, tiny_bert_dir,
+                                                                sentiment_csv, fake_openai,
+                                                                monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", fake_openai.api_key)
+    # The first request's three choices are unusable (history echoes, a rambling reply);
+    # the retry gets the fake's well-formed default replies.
+    fake_openai.set_chat_replies(["Score: 0.71", "Score: 0.65", "sentiment " * 120])
+    config = tiny_config(tiny_bert_dir, sentiment_csv, "garbage", epochs=1,
+                         ta={"backend": "openai", "model": "gpt-4o-mini",
+                             "base_url": fake_openai.base_url, "retries": 3})
+    app = GptaApp(gpta_home)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_run(config)
+        await wait_for(pilot, lambda: app.controller.result is not None, "the run to finish")
+        await pilot.pause(0.3)
+        state = run_screen(app).state
+        assert state.status == "finished"
+        warnings = [e.text for e in state.log if e.level == "warning"]
+        assert any("no usable prefix" in w or "rejected" in w for w in warnings), warnings
+        assert run_screen(app).query_one(LogPane).warnings == len(warnings)
+        await pilot.press("question_mark")  # still responsive
+        assert isinstance(app.screen, HelpScreen)
+
+
+async def test_unreachable_ta_pauses_with_an_error_and_stop_still_works(gpta_home, tiny_bert_dir,
+                                                                       sentiment_csv,
+                                                                       fake_openai, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key")  # the fake answers 401
+    config = tiny_config(tiny_bert_dir, sentiment_csv, "unreachable", epochs=1,
+                         ta={"backend": "openai", "model": "gpt-4o-mini",
+                             "base_url": fake_openai.base_url, "retries": 0})
+    app = GptaApp(gpta_home)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_run(config)
+        await wait_for(pilot, lambda: app.run_screen is not None, "the dashboard")
+        state = run_screen(app).state
+        await wait_for(pilot, lambda: any(e.level == "error" for e in state.log), "an error")
+        await wait_for(pilot, lambda: state.status == "paused", "the run to pause")
+        assert app.controller.running and app.is_running
+        assert "sk-wrong-key" not in str([e.text for e in state.log])
+        await pilot.press("x")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.controller.result is not None, "the run to stop")
+        assert app.controller.result.status == "stopped"
+
+
+async def test_sessions_screen_open_delete_and_export(gpta_home, tiny_bert_dir, sentiment_csv,
+                                                      tmp_path):
+    from sessions.runner import run_session, start_session
+
+    for name in ("first", "second"):
+        handle, engine = start_session(tiny_config(tiny_bert_dir, sentiment_csv, name, epochs=1),
+                                       gpta_home)
+        await asyncio.to_thread(run_session, handle, engine)
+    app = GptaApp(gpta_home)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, SessionsScreen)
+        assert sorted(r.name for r in screen.rows) == ["first", "second"]
+        assert all(r.status == "finished" for r in screen.rows)
+        # export the selected session
+        target = tmp_path / "export"
+        selected = screen.selected.name
+        await pilot.press("x")
+        app.screen.query_one(Input).value = str(target)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: (target / "report.md").exists(), "the export")
+        # open it: a finished session is shown read-only with its past
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.run_screen is not None, "the dashboard")
+        assert app.controller is None and app.run_screen.state.losses
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, SessionsScreen), "the sessions list")
+        # delete asks first; "n" keeps it, "y" deletes it
+        await pilot.press("d", "n")
+        await pilot.pause()
+        assert len(screen.rows) == 2
+        await pilot.press("d", "y")
+        await pilot.pause()
+        assert [r.name for r in screen.rows] == [n for n in ("first", "second") if n != selected]
+    assert not (gpta_home / "sessions" / selected).exists()

@@ -1,0 +1,107 @@
+"""Snapshot tests (pytest-textual-snapshot) of every screen, with fixed data.
+
+The run dashboard shows the canned run from test_tui_dashboard (fixed timestamps, a fixed
+clock, UTC). Snapshots live in tests/snapshots/; refresh them after an intended change with
+`pytest tests/test_tui_snapshots.py --snapshot-update` and look at the report.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytest_textual_snapshot
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_tui_dashboard import T0, canned_events  # noqa: E402
+
+from gpta_tui import form  # noqa: E402
+from gpta_tui.app import GptaApp  # noqa: E402
+from gpta_tui.dashboard import build_state  # noqa: E402
+from gpta_tui.screens.new_session import NewSessionScreen  # noqa: E402
+from gpta_tui.screens.run import RunScreen  # noqa: E402
+
+SIZE = (140, 42)
+NOW = T0 + 200.0
+
+
+class _SnapshotsDir(pytest_textual_snapshot.SVGImageExtension):
+    """Store snapshots in tests/snapshots/<test module>/ instead of __snapshots__/."""
+
+    @classmethod
+    def dirname(cls, *, test_location) -> str:
+        return str(Path(test_location.filepath).parent / "snapshots" / test_location.basename)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_world(monkeypatch):
+    monkeypatch.setattr(pytest_textual_snapshot, "SVGImageExtension", _SnapshotsDir)
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def run_app(**kwargs) -> GptaApp:
+    state = build_state(canned_events())
+    return GptaApp(start=RunScreen(state, None, clock=lambda: NOW), clock=lambda: NOW, **kwargs)
+
+
+def form_app(values: dict | None = None, first_launch: bool = True) -> GptaApp:
+    base = form.default_values("smoke", name="twitter-sentiment-1")
+    return GptaApp(start=NewSessionScreen({**base, **(values or {})}, {"taken"},
+                                          first_launch=first_launch))
+
+
+def test_run_dashboard(snap_compare):
+    assert snap_compare(run_app(), terminal_size=SIZE)
+
+
+def test_run_dashboard_small_terminal(snap_compare):
+    assert snap_compare(run_app(), terminal_size=(100, 32))
+
+
+def test_run_dashboard_window_selected(snap_compare):
+    """Tab to the windows list and pick the first window: its messages show on the right."""
+    async def pick_first(pilot):
+        pilot.app.screen.query_one("#window-list").focus()
+        await pilot.press("home")
+        await pilot.pause()
+
+    assert snap_compare(run_app(), terminal_size=SIZE, run_before=pick_first)
+
+
+def test_description_editor(snap_compare):
+    assert snap_compare(run_app(), press=["e"], terminal_size=SIZE)
+
+
+def test_help_screen(snap_compare):
+    assert snap_compare(run_app(), press=["question_mark"], terminal_size=SIZE)
+
+
+def test_new_session_first_launch(snap_compare):
+    assert snap_compare(form_app(), terminal_size=(120, 40))
+
+
+def test_new_session_shows_errors_in_place(snap_compare):
+    values = {"name": "taken", "k": "2", "epochs": "x"}
+    assert snap_compare(form_app(values, first_launch=False), terminal_size=(120, 40))
+
+
+def test_sessions_screen(snap_compare, monkeypatch, tmp_path):
+    from sessions.store import SessionStore, SessionSummary
+
+    rows = [
+        SessionSummary("sentiment-gpta", "gpta", "twitter-sentiment", "paused", 2, 3, "collecting",
+                       0.7125, "accuracy", T0 + 100, tmp_path),
+        SessionSummary("yelp-baseline", "baseline", "yelp_review_full", "finished", 3, 3, "done",
+                       0.5810, "accuracy", T0 - 86_400 * 3, tmp_path),
+        SessionSummary("broken", "?", "?", "unreadable", 0, 0, "", None, "", T0 - 86_400 * 9,
+                       tmp_path, error="session database is unreadable"),
+    ]
+    monkeypatch.setattr(SessionStore, "list", lambda self: list(rows))
+    app = GptaApp(Path("/srv/gpta-home"), clock=lambda: NOW)
+    assert snap_compare(app, terminal_size=(120, 24))
