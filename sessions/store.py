@@ -550,7 +550,19 @@ class SessionHandle:
         self._set_rec(progress=d)
 
     def _on_train_step(self, event: Event, d: dict) -> None:
-        self._t(T_LOSS).upsert(Document(d, doc_id=int(event.step)))
+        # One document per epoch holding its points keyed by step: TinyDB rewrites a whole
+        # table on every change, so thousands of one-point documents would cost O(n) each.
+        table, epoch = self._t(T_LOSS), int(event.epoch)
+        point = {k: v for k, v in d.items() if k != "kind"}
+        if table.contains(doc_id=epoch):
+            table.update(lambda doc: doc["points"].__setitem__(str(event.step), point),
+                         doc_ids=[epoch])
+        else:
+            table.insert(Document({"epoch": epoch, "points": {str(event.step): point}}, doc_id=epoch))
+
+    def _points(self) -> list[dict]:
+        points = [p for doc in self._t(T_LOSS).all() for p in doc["points"].values()]
+        return sorted(points, key=lambda p: p["step"])
 
     def _on_validation(self, event: Event, d: dict) -> None:
         self._t(T_VAL).upsert(Document(d, doc_id=int(event.epoch)))
@@ -661,7 +673,13 @@ class SessionHandle:
             cp_seq = int(rec.get("checkpoint_seq", 0))
             step = int(state.get("step", 0))
             loss = self._t(T_LOSS)
-            loss.remove(doc_ids=[d.doc_id for d in loss.all() if d.doc_id > step])
+            for doc in loss.all():
+                later = [k for k in doc["points"] if int(k) > step]
+                if len(later) == len(doc["points"]):
+                    loss.remove(doc_ids=[doc.doc_id])
+                elif later:
+                    loss.update({"points": {k: v for k, v in doc["points"].items() if int(k) <= step}},
+                                doc_ids=[doc.doc_id])
             self._t(T_SCORED).remove(doc_ids=[d.doc_id for d in self._t(T_SCORED).all()
                                               if d.get("_seq", 0) > cp_seq])
             for table in (T_TA, T_JOBS):
@@ -715,7 +733,7 @@ class SessionHandle:
     def loss_points(self) -> list[dict]:
         """[{step, epoch, epoch_step, epoch_steps, loss, lr, ts}], ordered by step."""
         with self._mutex:
-            return [_clean(d) for d in sorted(self._t(T_LOSS).all(), key=lambda d: d.doc_id)]
+            return [_clean(p) for p in self._points()]
 
     def validations(self) -> list[dict]:
         """Validation results per epoch: [{epoch, prefix, metrics, best_epoch, improved, ts}]."""
@@ -795,7 +813,8 @@ class SessionHandle:
             for key in ("run_started", "phase_event"):
                 if rec.get(key):
                     dicts.append(rec[key])
-            for table in (T_LOSS, T_VAL, T_ACC, T_SCORED, T_HISTORY, T_WINDOWS, T_MODELS,
+            dicts.extend({**p, "kind": "train_step"} for p in self._points())
+            for table in (T_VAL, T_ACC, T_SCORED, T_HISTORY, T_WINDOWS, T_MODELS,
                           T_NOTICES):
                 dicts.extend(self._t(table).all())
             dicts.extend(d for d in self._t(T_DESC).all() if not d.get("superseded"))

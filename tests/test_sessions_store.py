@@ -162,7 +162,7 @@ def _index(events, predicate):
     return next(i for i, e in enumerate(events) if predicate(e)) + 1
 
 
-@pytest.mark.parametrize("where", ["training", "collecting", "finetuning", "setup"])
+@pytest.mark.parametrize("where", ["training", "collecting", "finetuning", "second-epoch", "setup"])
 def test_crash_and_resume_gives_the_same_session_as_a_straight_run(gpta_home, where):
     store = SessionStore()
     straight = finished_session(store, "straight")
@@ -172,6 +172,7 @@ def test_crash_and_resume_gives_the_same_session_as_a_straight_run(gpta_home, wh
         "collecting": _index(full, lambda e: isinstance(e, ev.PrefixScored) and e.epoch == 1
                              and e.request_id == 2),
         "finetuning": _index(full, lambda e: isinstance(e, ev.FinetuneUpdate) and e.status == "running"),
+        "second-epoch": _index(full, lambda e: isinstance(e, ev.TrainStep) and e.step == 7),
         "setup": 1,
     }[where]
     _crash_after(store, "crashed", cut)
