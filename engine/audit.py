@@ -117,7 +117,7 @@ class AuditReport:
     examples: int              # dataset examples (texts) indexed
     too_short: int             # examples with fewer than min_verbatim_words words: not audited
     declared: int              # declared exemplar texts
-    declared_unseen: list[str] = field(default_factory=list)  # declared but never found
+    declared_unseen: list[str] = field(default_factory=list)  # declared, auditable, never found
 
     @property
     def ok(self) -> bool:
@@ -342,7 +342,8 @@ def audit_exposure(sent_texts: list[tuple[str, str]], data: TaskData, declared: 
         if also:
             exposure.note = "the shared words also occur in " + ", ".join(also)
         (expected if exposure.expected else unexpected).append(exposure)
-    unseen = [t for t in dict.fromkeys(declared) if normalise(t) not in found_declared]
+    unseen = [t for t in dict.fromkeys(declared) if normalise(t) not in found_declared
+              and len(words(t)) >= index.min_verbatim_words]  # too short ones cannot be seen
     return AuditReport(expected=expected, unexpected=unexpected, min_words=index.n,
                        sent=len(sent_texts), examples=len(index.examples),
                        too_short=index.too_short, declared=len(set(declared_norm)),
