@@ -847,3 +847,8 @@ def load_task_data(cfg: DataConfig, seed: int) -> TaskData:
                     train=splits["train"], validation=splits["validation"], test=splits["test"],
                     default_description=description,
                     warnings=[*source.warnings, *rows.warnings, *sample_warnings])
+
+
+# The row builders of the other task types (extractive QA, multiple choice, summarization)
+# and their Hub datasets register themselves on import.
+from engine import data_tasks  # noqa: E402,F401  (imports this module's names)
