@@ -51,6 +51,7 @@ from engine.events import (
 from engine.finetune.base import FinetuneBackend
 from engine.history import History, build_windows, cap_windows, write_jsonl
 from engine.parsing import clean_prefixes, parse_prefixes
+from engine.pricing import estimate_cost, price_for
 from engine.state import RunState
 from engine.ta.base import TeachingAssistant
 
@@ -188,7 +189,7 @@ class Engine:
             self.student = build_student(cfg, self.data, self.device)
         if self.resumed and self.state.checkpoint:
             self.student.load(self.workdir / self.state.checkpoint, training_state=True)
-        if cfg.mode != "baseline":
+        if cfg.mode != "baseline" and not cfg.loop.fixed_prefix:
             if self.ta is None:
                 from engine.ta import build_ta
 
@@ -235,7 +236,11 @@ class Engine:
     def _loop(self) -> None:
         cfg, st = self.config, self.state
         if st.phase == "setup":
-            if cfg.mode != "baseline":
+            if cfg.loop.seed_prefixes:  # prefix transfer: no s0 TA call
+                st.training_prefix = cfg.loop.seed_prefixes[0]
+                if cfg.mode != "baseline" and not cfg.loop.fixed_prefix:
+                    st.pending = list(cfg.loop.seed_prefixes[1:])
+            elif cfg.mode != "baseline":
                 first = self._initial_prefix()
                 st.training_prefix = first
             st.phase = "training"
@@ -282,7 +287,7 @@ class Engine:
         record = {"epoch": st.epoch, "prefix": st.training_prefix, "val_metrics": metrics,
                   "val_score": score, "steps": st.step}
         st.epochs = [r for r in st.epochs if r["epoch"] != st.epoch] + [record]
-        if self.config.mode == "baseline":
+        if self.config.mode == "baseline" or self.config.loop.fixed_prefix:
             improved = self._consider_best(score, st.training_prefix, metrics)
             st.phase = "next"
         else:
@@ -474,10 +479,8 @@ class Engine:
             raise exc
 
     def _cost(self, usage: dict) -> float:
-        """Estimated cost of one reply from the configured prices (per million tokens)."""
-        ta = self.config.ta
-        return (int(usage.get("prompt_tokens", 0) or 0) * ta.price_input_per_1m
-                + int(usage.get("completion_tokens", 0) or 0) * ta.price_output_per_1m) / 1e6
+        """Estimated cost of one reply: config prices, else the built-in price table."""
+        return estimate_cost(usage, price_for(self.ta.backend, self.ta.model_name, self.config.ta))
 
     def _budget_left(self) -> bool:
         """False once the session's TA token/cost budget is spent (then no more TA calls)."""
@@ -636,7 +639,7 @@ class Engine:
     # ---- epoch boundary and the end ----------------------------------------------------
     def _next_epoch(self) -> None:
         st = self.state
-        if self.config.mode != "baseline":
+        if self.config.mode != "baseline" and not self.config.loop.fixed_prefix:
             history = History.from_list(st.history)
             best = history.best()
             if best:

@@ -11,7 +11,11 @@ from pathlib import Path
 
 from engine.errors import GptaError
 
-COMMAND_MODULES = ["gpta_tui.commands.run", "gpta_tui.commands.sessions_cmds"]
+COMMAND_MODULES = [
+    "gpta_tui.commands.run",
+    "gpta_tui.commands.sessions_cmds",
+    "gpta_tui.commands.audit",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
