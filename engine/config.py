@@ -112,6 +112,11 @@ class LoopConfig:
     l: int = 5
     window: int = 5
     max_requests_per_epoch: int = 0  # 0 = automatic: 3 * ceil(k / l) + 2
+    # Prefix transfer (paper 5.3): prefixes found on another dataset. The first is the initial
+    # training prefix (no s0 TA call), the rest are the first history candidates; with
+    # fixed_prefix every epoch trains with the first one and the TA is never used.
+    seed_prefixes: list[str] = field(default_factory=list)
+    fixed_prefix: bool = False
 
 
 @dataclass
@@ -188,6 +193,12 @@ class RunConfig:
         if self.loop.window >= self.loop.k:
             raise bad("loop.window", self.loop.window,
                       f"use a window smaller than loop.k ({self.loop.k}) so that windows exist")
+        if any(not p.strip() for p in self.loop.seed_prefixes):
+            raise bad("loop.seed_prefixes", self.loop.seed_prefixes,
+                      "remove the empty prefixes from the list")
+        if self.loop.fixed_prefix and not self.loop.seed_prefixes:
+            raise bad("loop.fixed_prefix", True,
+                      "give the prefix to train with in loop.seed_prefixes (gpta run --seed-prefixes FILE)")
         if not 0 <= self.ta.temperature <= 2:
             raise bad("ta.temperature", self.ta.temperature, "use a value between 0 and 2")
         if self.student.lr <= 0:
