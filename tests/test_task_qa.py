@@ -112,6 +112,24 @@ def test_json_list_with_squad_v1_answer_objects(tmp_path):
                for r in d.train)
 
 
+def test_parquet_with_nested_answers_and_configured_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = make_qa_rows(20, seed=4, unanswerable_every=5)
+    table = pa.table({"query": [r["question"] for r in rows],
+                      "passage": [r["context"] for r in rows],
+                      "gold": [r["answers"] for r in rows]})
+    path = tmp_path / "qa.parquet"
+    pq.write_table(table, path)
+    d = load_task_data(qa_cfg(dataset=str(path), label_column="gold", train_size=10, val_size=5,
+                              test_size=5), seed=2)
+    want = {(r["question"], r["context"]): r["answers"] for r in rows}
+    got = d.train + d.validation + d.test
+    assert len(got) == 20 and any(not r["answers"]["text"] for r in got)
+    assert all(r["answers"] == want[r["question"], r["context"]] for r in got)
+
+
 def test_qa_column_errors(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", [{"context": "x", "answers": "x"}] * 3)
     with pytest.raises(DataError, match="no question column"):
