@@ -79,7 +79,8 @@ class Seq2SeqStudent(TaskStudent):
             self._labels[split] = self.label_ids(self.data.split(split))
         return self._labels[split]
 
-    def _token_nll(self, sources: list[list[int]], labels: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _token_nll(self, sources: list[list[int]], labels: list[list[int]]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed NLL per row, target tokens per row) under teacher forcing."""
         ids, mask = pad_batch(sources, self.tokenizer.pad_token_id)
         targets = pad_batch(labels, 0, fill=IGNORE)[0].to(self._device)
