@@ -408,7 +408,8 @@ class Engine:
         self._apply_description_update()
         user = prompts.user_prompt(self.state.description, shown, n,
                                    exemplars=self.exemplars or None,
-                                   label_names=list(self.data.label_names), metric=self.metric)
+                                   label_names=list(self.data.label_names), metric=self.metric,
+                                   task=self.data.task)
         return prompts.build_messages(self._system_prompt(), user)
 
     def _ask_ta(self, messages: list[dict], n: int) -> list[str] | None:
@@ -519,7 +520,7 @@ class Engine:
         examples = [prompts.window_example(system, st.description, window, target,
                                            exemplars=self.exemplars or None,
                                            label_names=list(self.data.label_names),
-                                           metric=self.metric)
+                                           metric=self.metric, task=self.data.task)
                     for window, target in windows]
         path = self.workdir / "windows" / f"epoch-{st.epoch}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,10 @@ METRIC_NAMES: dict[str, str] = {
     "macro_f1": "macro F1",
     "f1": "F1",
     "exact_match": "exact match",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+    "neg_loss": "negative loss (higher is better)",
 }
 
 #: longest exemplar text shown to the TA, in characters (longer texts are cut with "...")
@@ -106,10 +110,17 @@ def _exemplar_text(text: str) -> str:
     return text
 
 
-def _render_exemplars(exemplars: list[dict], label_names: list[str] | None) -> str:
-    items = [EXEMPLAR_TEMPLATE.format(text=_exemplar_text(row.get("text", "")),
-                                      label=_label_text(row.get("label", ""), label_names))
-             for row in exemplars]
+def _render_exemplars(exemplars: list[dict], label_names: list[str] | None,
+                      task: str = "classification") -> str:
+    from engine.tasks import format_exemplar
+
+    items = []
+    for row in exemplars:
+        if task == "classification":
+            text, label = row.get("text", ""), _label_text(row.get("label", ""), label_names)
+        else:
+            text, label = format_exemplar(task, row, label_names)
+        items.append(EXEMPLAR_TEMPLATE.format(text=_exemplar_text(text), label=label))
     return EXEMPLARS_HEADER + "\n" + "\n\n".join(items)
 
 
@@ -134,7 +145,7 @@ def _render_request(n: int, has_history: bool, metric: str) -> str:
 
 def user_prompt(description: str, history: list[tuple[str, float]], n: int, *,
                 exemplars: list[dict] | None = None, label_names: list[str] | None = None,
-                metric: str = "accuracy") -> str:
+                metric: str = "accuracy", task: str = "classification") -> str:
     """The user message: description d, exemplars E (if given), history H and the request.
 
     `history` must already be sorted ascending by score (`History.sorted()`); it is shown
@@ -143,7 +154,7 @@ def user_prompt(description: str, history: list[tuple[str, float]], n: int, *,
     """
     parts = [DESCRIPTION_TEMPLATE.format(description=" ".join(description.split()) or "(none)")]
     if exemplars:
-        parts.append(_render_exemplars(exemplars, label_names))
+        parts.append(_render_exemplars(exemplars, label_names, task))
     parts.append(_render_history(history, metric))
     parts.append(_render_request(max(1, int(n)), bool(history), metric))
     return "\n\n".join(parts)
@@ -161,13 +172,13 @@ def assistant_message(prefixes: list[str]) -> str:
 
 def window_example(system: str, description: str, window: list[tuple[str, float]], next_prefix: str, *,
                    exemplars: list[dict] | None = None, label_names: list[str] | None = None,
-                   metric: str = "accuracy") -> dict:
+                   metric: str = "accuracy", task: str = "classification") -> dict:
     """One dialogue gradient in OpenAI chat fine-tuning format.
 
     The user message shows the w pairs of `window` (ascending) and asks for ONE prefix; the
     assistant answers with `next_prefix`, the prefix that scored just above the window.
     """
     user = user_prompt(description, window, 1, exemplars=exemplars, label_names=label_names,
-                       metric=metric)
+                       metric=metric, task=task)
     return {"messages": [*build_messages(system, user),
                          {"role": "assistant", "content": assistant_message([next_prefix])}]}

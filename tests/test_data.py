@@ -553,7 +553,7 @@ def test_error_bad_jsonl_line(tmp_path):
 
 def test_error_unknown_task_and_empty_name():
     with pytest.raises(DataError) as exc:
-        load_task_data(cfg(task="summarization"), seed=0)
+        load_task_data(cfg(task="no-such-task"), seed=0)
     assert "classification" in message(exc)
     with pytest.raises(DataError) as exc:
         load_task_data(cfg(dataset="  "), seed=0)

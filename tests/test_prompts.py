@@ -127,3 +127,11 @@ def test_window_example_with_exemplars():
     assert "Label: positive" in ex["messages"][1]["content"]
     assert "macro F1" in ex["messages"][1]["content"]
     assert parse_prefixes(ex["messages"][2]["content"]) == ['quote " and ünïcode']
+
+
+def test_exemplars_of_other_tasks_are_rendered_with_their_fields():
+    row = {"id": "1", "question": "Who wrote Hamlet?", "context": "Hamlet is by Shakespeare.",
+           "answers": {"text": ["Shakespeare"], "answer_start": [13]}}
+    text = user_prompt("Questions about plays.", [], 2, exemplars=[row], task="extractive_qa")
+    assert "Who wrote Hamlet?" in text and "Hamlet is by Shakespeare." in text
+    assert "Shakespeare" in text.split("Hamlet is by Shakespeare.")[1]
