@@ -37,6 +37,7 @@ from gpta_tui.screens.run import RunScreen
 from gpta_tui.screens.sessions import SessionsScreen
 
 DRAIN_INTERVAL_S = 0.2
+SWITCH_INTERVAL_S = 0.001
 
 
 class GptaApp(App[None]):
@@ -49,10 +50,13 @@ class GptaApp(App[None]):
 
     def __init__(self, home: Path | str | None = None, *, resume: str | None = None,
                  preset: str | None = None, clock: Callable[[], float] = time.time,
-                 drain_interval: float = DRAIN_INTERVAL_S, start: Screen | None = None) -> None:
-        """`start`: show this screen instead of the sessions flow (demos, snapshots)."""
+                 drain_interval: float = DRAIN_INTERVAL_S, start: Screen | None = None,
+                 run_config: RunConfig | None = None) -> None:
+        """`start`: show this screen instead of the sessions flow (demos, snapshots).
+        `run_config`: start this run at once (scripts, benchmarks)."""
         super().__init__()
         self.start_screen = start
+        self.run_config = run_config
         self.home = Path(home).expanduser() if home else None
         self.resume_name = resume
         self.preset = preset
@@ -115,6 +119,9 @@ class GptaApp(App[None]):
             self.push_screen(self.start_screen)
             return
         self.push_screen(SessionsScreen())
+        if self.run_config is not None:
+            self.start_run(self.run_config)
+            return
         if self.resume_name:
             self.open_session(self.resume_name, resume=True)
             return
@@ -224,7 +231,9 @@ class GptaApp(App[None]):
     # ---- actions -------------------------------------------------------------------
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            if not self.is_screen_installed("help"):
+                self.install_screen(HelpScreen(), "help")  # built once, shown many times
+            self.push_screen("help")
 
     async def action_quit(self) -> None:
         """Quit; a live run is stopped at its next step boundary (saved, resumable) first."""
@@ -324,6 +333,9 @@ def _quiet_libraries(home: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries(args.home)
+    # The engine thread holds the GIL for long stretches of Python (tokenising, optimiser
+    # bookkeeping); a shorter switch interval hands it to the UI thread sooner after a key.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     if args.resume:
         try:  # fail before taking over the terminal
             load_past(args.home, args.resume)

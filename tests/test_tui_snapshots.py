@@ -22,6 +22,7 @@ from gpta_tui.app import GptaApp  # noqa: E402
 from gpta_tui.dashboard import build_state  # noqa: E402
 from gpta_tui.screens.new_session import NewSessionScreen  # noqa: E402
 from gpta_tui.screens.run import RunScreen  # noqa: E402
+from gpta_tui.widgets.loss_chart import LossChart  # noqa: E402
 
 SIZE = (140, 42)
 NOW = T0 + 200.0
@@ -56,30 +57,49 @@ def form_app(values: dict | None = None, first_launch: bool = True) -> GptaApp:
                                           first_launch=first_launch))
 
 
+def run_screen_of(app):
+    return next(s for s in app.screen_stack if isinstance(s, RunScreen))
+
+
+async def then_press(pilot, *keys: str) -> None:
+    chart = run_screen_of(pilot.app).query_one(LossChart)
+    for _ in range(400):
+        if chart.builds and chart._figure_size == tuple(chart.size):
+            break
+        await pilot.pause(0.025)
+    await pilot.press(*keys)
+    await pilot.pause()
+
+
 def test_run_dashboard(snap_compare):
-    assert snap_compare(run_app(), terminal_size=SIZE)
+    assert snap_compare(run_app(), terminal_size=SIZE, run_before=then_press)
 
 
 def test_run_dashboard_small_terminal(snap_compare):
-    assert snap_compare(run_app(), terminal_size=(100, 32))
+    assert snap_compare(run_app(), terminal_size=(100, 32), run_before=then_press)
 
 
 def test_run_dashboard_window_selected(snap_compare):
-    """Tab to the windows list and pick the first window: its messages show on the right."""
+    """Focus the windows list and pick the first window: its messages show on the right."""
     async def pick_first(pilot):
-        pilot.app.screen.query_one("#window-list").focus()
-        await pilot.press("home")
-        await pilot.pause()
+        run_screen_of(pilot.app).query_one("#window-list").focus()
+        await then_press(pilot, "home")
 
     assert snap_compare(run_app(), terminal_size=SIZE, run_before=pick_first)
 
 
 def test_description_editor(snap_compare):
-    assert snap_compare(run_app(), press=["e"], terminal_size=SIZE)
+    async def edit(pilot):
+        await then_press(pilot, "e")
+
+    assert snap_compare(run_app(), terminal_size=SIZE, run_before=edit)
 
 
 def test_help_screen(snap_compare):
-    assert snap_compare(run_app(), press=["question_mark"], terminal_size=SIZE)
+    async def help_(pilot):
+        await then_press(pilot, "question_mark")
+
+    assert snap_compare(run_app(), terminal_size=SIZE, run_before=help_)
 
 
 def test_new_session_first_launch(snap_compare):

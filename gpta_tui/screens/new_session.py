@@ -12,9 +12,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from engine.config import RunConfig
+from gpta_tui.widgets.key_bar import KeyBar
 from gpta_tui import form
 from gpta_tui.form import FIELDS, Field
 
@@ -82,7 +83,7 @@ class NewSessionScreen(Screen[RunConfig | None]):
             with Horizontal(id="form-buttons"):
                 yield Button("Start run", id="start", variant="success")
                 yield Button("Cancel", id="cancel")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self._update_mode_fields()

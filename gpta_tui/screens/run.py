@@ -15,8 +15,8 @@ from textual.binding import Binding
 from textual.containers import Grid
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer
 
+from gpta_tui.widgets.key_bar import KeyBar
 from gpta_tui.dashboard import DashboardState
 from gpta_tui.run_control import RunController
 from gpta_tui.screens.confirm import ConfirmScreen
@@ -67,7 +67,7 @@ class RunScreen(Screen[None]):
             yield WindowsPanel(id="windows")
             yield FinetunePanel(id="finetune")
         yield LogPane(id="log")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.sync(set(self.state.revisions), chart_now=True)

@@ -13,8 +13,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
+from gpta_tui.widgets.key_bar import KeyBar
 from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, one_line, score, when
 
 # Statuses a session can be resumed from ("finished" opens read-only; "unreadable" cannot open).
@@ -75,7 +76,7 @@ class SessionsScreen(Screen[None]):
             yield Static("Sessions", id="sessions-title")
             yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="sessions-empty")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)

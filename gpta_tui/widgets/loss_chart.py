@@ -1,8 +1,22 @@
-"""LossChart: student loss per step (raw + smoothed) and the validation metric per epoch."""
+"""LossChart: student loss per step (raw + smoothed) and the validation metric per epoch.
+
+Building a plotext figure is by far the most expensive drawing on the dashboard (tens of
+milliseconds, more on a busy CPU), so the chart never builds on the UI thread's render path:
+a thread worker builds the figure into a Rich `Text` when the curves changed (at most once
+per `min_period` seconds, and less often if builds are slow), and `render()` returns the last
+finished figure. Screen switches, modals and key presses repaint from that cache for free.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+
+from rich.text import Text
+from textual import work
+from textual.app import RenderResult
 from textual_plotext import PlotextPlot
+from textual_plotext.plot import Plot
 
 from gpta_tui.dashboard import DashboardState
 
@@ -29,26 +43,63 @@ def downsample(xs: list[int], ys: list[float], buckets: int) -> tuple[list[float
     return out_x, out_y
 
 
-class LossChart(PlotextPlot):
-    """Replots at most `max_fps` times a second, and only when the curves changed: building a
-    plotext figure is the most expensive thing on the dashboard."""
+def int_ticks(lo: int, hi: int, width: int) -> list[int]:
+    """About one tick per 12 columns, on whole steps."""
+    if hi <= lo:
+        return [lo]
+    count = max(2, min(hi - lo + 1, (width - 12) // 12))
+    return sorted({round(lo + i * (hi - lo) / (count - 1)) for i in range(count)})
 
-    def __init__(self, max_fps: float = 1.0, **kwargs) -> None:
+
+def draw(plt: Plot, steps: list[int], losses: list[float], val: list[tuple[int, float]],
+         metric: str, width: int, height: int, theme: str) -> Text:
+    """The whole figure as Rich text (pure: no widget state; safe in a worker thread)."""
+    plt.clear_data()
+    plt.clear_figure()
+    plt.plotsize(width, height)
+    plt.theme(theme)
+    plt.xlabel("step")
+    if not steps:
+        plt.title("student loss · waiting for the first training step")
+        return Text.from_ansi(plt.build())
+    buckets = max(8, width - 14)
+    plt.title(f"student loss ({len(steps)} steps) · validation {metric} per epoch")
+    xs, ys = downsample(steps, losses, buckets)
+    plt.plot(xs, ys, marker="braille", color="gray", label="loss")
+    xs_s, ys_s = downsample(steps, smooth(losses), buckets)
+    plt.plot(xs_s, ys_s, marker="braille", color="cyan", label="smoothed")
+    if val:
+        plt.plot([float(x) for x, _ in val], [y for _, y in val], marker="●", color="green",
+                 yside="right", label=f"val {metric}")
+        plt.ylabel(metric, yside="right")
+    plt.ylabel("loss")
+    plt.xticks(int_ticks(steps[0], steps[-1], width))
+    return Text.from_ansi(plt.build())
+
+
+class LossChart(PlotextPlot):
+    def __init__(self, min_period: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._period = 1.0 / max_fps
-        self._dirty = False
+        self._min_period = min_period
+        self._period = min_period
+        self._dirty = True
+        self._building = threading.Lock()
+        self._figure: Text | None = None
+        self._figure_size = (0, 0)
         self._steps: list[int] = []
         self._losses: list[float] = []
         self._val: list[tuple[int, float]] = []
         self._metric = "accuracy"
+        self._last_build = 0.0
+        self.builds = 0
 
     def on_mount(self) -> None:
         super().on_mount()
-        self.set_interval(self._period, self._flush)
-        self._replot()
+        self.set_interval(0.25, self._maybe_build)
 
     @property
     def point_count(self) -> int:
+        """Training steps on the chart."""
         return len(self._steps)
 
     def update_from(self, state: DashboardState, now: bool = False) -> None:
@@ -59,43 +110,47 @@ class LossChart(PlotextPlot):
         self._metric = state.metric
         self._dirty = True
         if now:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._dirty:
-            self._dirty = False
-            self._replot()
+            self._last_build = 0.0
+            self._maybe_build()
 
     def on_resize(self) -> None:
-        self._replot()
+        self._dirty = True
+        self._last_build = 0.0
+        self._maybe_build()
 
-    def _replot(self) -> None:
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
-        plt.xlabel("step")
-        if not self._steps:
-            plt.title("student loss · waiting for the first training step")
-            self.refresh()
+    def _maybe_build(self) -> None:
+        width, height = self.size
+        if not self._dirty or width <= 0 or height <= 0:
             return
-        width = max(10, self.size.width - 12)
-        xs, ys = downsample(self._steps, self._losses, width)
-        plt.title(f"student loss ({len(self._steps)} steps) · validation {self._metric} per epoch")
-        plt.plot(xs, ys, marker="braille", color="gray", label="loss")
-        xs_s, ys_s = downsample(self._steps, smooth(self._losses), width)
-        plt.plot(xs_s, ys_s, marker="braille", color="cyan", label="smoothed")
-        if self._val:
-            vx = [float(x) for x, _ in self._val]
-            vy = [y for _, y in self._val]
-            plt.plot(vx, vy, marker="●", color="green", yside="right", label=f"val {self._metric}")
-            plt.ylabel(self._metric, yside="right")
-        plt.ylabel("loss")
-        plt.xticks(self._int_ticks(self._steps[0], self._steps[-1]))
+        if time.monotonic() - self._last_build < self._period or self._building.locked():
+            return
+        self._dirty = False
+        self._last_build = time.monotonic()
+        theme = self._get_plotext_theme_name(self.app.theme)
+        self._build(list(self._steps), list(self._losses), list(self._val), self._metric,
+                    width, height, theme)
+
+    @work(thread=True, exclusive=True, group="loss-chart", exit_on_error=False)
+    def _build(self, steps, losses, val, metric, width, height, theme) -> None:
+        with self._building:
+            started = time.monotonic()
+            figure = draw(self.plt, steps, losses, val, metric, width, height, theme)
+            took = time.monotonic() - started
+        try:
+            self.app.call_from_thread(self._show, figure, (width, height), took)
+        except RuntimeError:  # the app closed meanwhile
+            pass
+
+    def _show(self, figure: Text, size: tuple[int, int], took: float) -> None:
+        self._figure, self._figure_size = figure, size
+        self.builds += 1
+        # Slow builds (a busy CPU) redraw less often: keep the chart under ~10% of a core.
+        self._period = max(self._min_period, 10 * took)
+        if size != tuple(self.size):
+            self._dirty = True
         self.refresh()
 
-    def _int_ticks(self, lo: int, hi: int) -> list[int]:
-        """About one tick per 12 columns, on whole steps."""
-        count = max(2, min(hi - lo + 1, (self.size.width - 12) // 12))
-        if hi <= lo:
-            return [lo]
-        return sorted({round(lo + i * (hi - lo) / (count - 1)) for i in range(count)})
+    def render(self) -> RenderResult:
+        if self._figure is None:
+            return Text("drawing…", style="dim")
+        return self._figure

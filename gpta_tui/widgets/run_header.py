@@ -44,7 +44,8 @@ class RunHeader(Static):
 
     def update_from(self, state: DashboardState) -> None:
         self._state = state
-        self.update(self.render_state(state, self._clock()))
+        # Fixed height: never worth a layout pass (this runs every second and on every step).
+        self.update(self.render_state(state, self._clock()), layout=False)
 
     @staticmethod
     def render_state(state: DashboardState, now: float) -> Group:
