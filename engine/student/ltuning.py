@@ -1,0 +1,465 @@
+"""L-Tuning students: label-token prefix and prompt tuning for classification.
+
+L-Tuning (Kowsher et al. 2024, "Synchronized Label Tuning for Prompt and Prefix in LLMs",
+arXiv 2402.01643) tunes a classifier parameter-efficiently: instead of free soft tokens, the
+label texts themselves are encoded by the frozen pretrained model and a small trainable map
+turns their hidden states into a prefix (per-layer keys/values) or a prompt (input embeddings).
+
+Framing, as in the paper. Every label name becomes a text through `student.verbalizer`
+("The text has {label} sentiment."), encoded once by the frozen backbone. A (text, label)
+pair is a binary question, "is this the right label": its logit comes from a trainable head on
+the mean of the input's final token states, computed with that label's prefix or prompt. Training pairs each
+example with its true label (target 1) and `student.negatives` wrong labels sampled from
+(seed, epoch, step) (target 0) under binary cross-entropy; prediction scores all K labels and
+takes the best, so `prefix_logits` returns per-label match logits of shape (prefixes, rows, K).
+
+    lt-prefix  label states -> attention pooling (S learned queries) -> MLP -> for every layer
+               S keys and S values, prepended to the attention of that layer
+    lt-prompt  label states -> attention pooling (S learned queries) -> MLP -> S embeddings
+               placed before the input embeddings ([p_1..p_S] [CLS] prefix text [SEP])
+
+Only the pooling queries, the MLP and the head train; the backbone is frozen (no gradients).
+The frozen label states are computed once, in eval mode, and kept as a buffer: the backbone
+never changes, so re-encoding the labels at every step would only add cost and dropout noise.
+GPTA's text prefix is still prepended to the input text, exactly as in the full fine-tuning
+student (`ClassificationStudent`, whose tokenization, fast prefix scoring, data order and
+step-seeding this class reuses), so the GPTA loop runs unchanged on top of the soft prefix.
+
+How the prefix reaches BERT. In transformers 5.x, `BertModel.forward` (and RoBERTa's, ELECTRA's)
+takes a `cache` (the former `past_key_values`): every self-attention layer calls
+`cache.update(key, value, layer)`, which concatenates the cached keys/values in front of the
+current ones, also for encoders (`is_decoder=False`). We build a fresh `DynamicCache` holding
+the label prefix for every forward, pass a 2-D attention mask covering prefix + input (the
+padding mask is built from it), and explicit position ids 0..T-1 so the text keeps the
+positions the model was pretrained with (the prefix has no position: absolute position
+embeddings only enter at the input). This is the same mechanism peft's prefix tuning uses, it
+needs no copy of BERT's layer code, and it keeps gradients flowing into the prefix. Because a
+future release could silently ignore a cache in encoders, the constructor checks that a prefix
+changes the backbone's output and raises ModelError otherwise; tests compare the result against
+a hand-written attention over the prefix. LT-prompt only needs `inputs_embeds`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import StudentConfig
+from engine.errors import ConfigError, DataError, ModelError
+from engine.student.base import StepResult
+from engine.student.classification import (
+    OPTIMIZER_FILE,
+    SCALER_FILE,
+    SCHEDULER_FILE,
+    ClassificationStudent,
+    _reason,
+    derive_seed,
+    join_input,
+)
+
+LT_TUNINGS = ("lt-prefix", "lt-prompt")
+#: virtual tokens (prefix or prompt positions) each label is pooled into
+VIRTUAL_TOKENS = 8
+WEIGHTS_FILE = "ltuning.safetensors"
+META_FILE = "ltuning.json"
+CHECKPOINT_FIX = "resume from a checkpoint this student wrote (same model, tuning and labels)"
+
+
+def verbalize(verbalizer: str, label_names: list[str]) -> list[str]:
+    """The label texts the frozen model encodes, e.g. "The text has negative sentiment."."""
+    fix = 'write a template with one {label} placeholder, e.g. "The text has {label} sentiment."'
+    if "{label}" not in verbalizer:
+        raise ConfigError(f"student.verbalizer {verbalizer!r} has no {{label}} placeholder", fix)
+    try:
+        texts = [verbalizer.format(label=name) for name in label_names]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"student.verbalizer {verbalizer!r} is not a valid template ({exc!r})",
+                          fix + " (write literal braces as {{ and }})") from None
+    if len(set(texts)) < len(texts):
+        raise ConfigError("student.verbalizer gives two labels the same text",
+                          "use label names that differ (data.label_names)")
+    return texts
+
+
+class LabelPooling(nn.Module):
+    """Attention pooling of a label's token states into `slots` vectors, one learned query each."""
+
+    def __init__(self, hidden: int, slots: int):
+        super().__init__()
+        # Unit-variance queries with 1/sqrt(H) scaling give distinct pooling weights per slot.
+        self.queries = nn.Parameter(torch.randn(slots, hidden))
+        self.scale = hidden ** -0.5
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(K, T, H) states and (K, T) mask -> (K, slots, H)."""
+        scores = torch.einsum("sh,kth->kst", self.queries.to(states.dtype), states) * self.scale
+        scores = scores.masked_fill(~mask.bool()[:, None, :], float("-inf"))
+        return torch.softmax(scores, dim=-1) @ states
+
+
+class LTuningModel(nn.Module):
+    """A frozen encoder, the label-to-prefix/prompt map and the match head.
+
+    `forward(input_ids, attention_mask, token_type_ids, label_index)` returns one match logit
+    per row: does row i's text have label `label_index[i]`?
+    """
+
+    def __init__(self, backbone: nn.Module, tuning: str, label_states: torch.Tensor,
+                 label_mask: torch.Tensor, slots: int = VIRTUAL_TOKENS):
+        super().__init__()
+        if tuning not in LT_TUNINGS:
+            raise ConfigError(f"invalid value {tuning!r} for student.tuning",
+                              f"use one of {', '.join(LT_TUNINGS)}")
+        self.backbone = backbone.requires_grad_(False)
+        self.tuning = tuning
+        self.slots = slots
+        config = backbone.config
+        hidden = config.hidden_size
+        self.layers = config.num_hidden_layers
+        self.heads = config.num_attention_heads
+        self.head_dim = hidden // self.heads
+        out = 2 * self.layers * hidden if tuning == "lt-prefix" else hidden
+        dropout = float(getattr(config, "hidden_dropout_prob", 0.1) or 0.0)
+        self.register_buffer("label_states", label_states, persistent=False)
+        self.register_buffer("label_mask", label_mask, persistent=False)
+        self.pool = LabelPooling(hidden, slots)
+        self.proj = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Tanh(),
+                                  nn.Dropout(dropout), nn.Linear(hidden, 1))
+        params = inspect.signature(backbone.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def num_labels(self) -> int:
+        return self.label_states.shape[0]
+
+    def label_prefix(self) -> torch.Tensor:
+        """(K, slots, out): every label's prefix (2·layers·hidden per slot) or prompt (hidden)."""
+        return self.proj(self.pool(self.label_states, self.label_mask))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                label_index: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) match logits. `prefix` is `label_prefix()`, passed in to reuse it across batches."""
+        cls = self.encode(input_ids, attention_mask, label_index, token_type_ids, prefix)
+        return self.head(cls).squeeze(-1)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               label_index: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+               prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, hidden): the mean final state of each row's input tokens under its label."""
+        chosen = (self.label_prefix() if prefix is None else prefix)[label_index]
+        batch, length = input_ids.shape
+        ones = attention_mask.new_ones(batch, self.slots)
+        mask = torch.cat([ones, attention_mask], dim=1)
+        extra: dict[str, Any] = {}
+        if token_type_ids is not None:
+            extra["token_type_ids"] = token_type_ids
+        if self.tuning == "lt-prefix":
+            from transformers import DynamicCache
+
+            kv = chosen.view(batch, self.slots, self.layers, 2, self.heads, self.head_dim)
+            kv = kv.permute(2, 3, 0, 4, 1, 5)  # (layers, 2, batch, heads, slots, head_dim)
+            cache = DynamicCache(config=self.backbone.config)
+            for layer in range(self.layers):
+                cache.update(kv[layer, 0], kv[layer, 1], layer)
+            positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+            out = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                **{self._cache_arg: cache}, **extra).last_hidden_state
+            return self._summary(out, attention_mask, 0)
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        embeds = torch.cat([chosen.to(embeds.dtype), embeds], dim=1)
+        if token_type_ids is not None:
+            extra["token_type_ids"] = torch.cat([token_type_ids.new_zeros(batch, self.slots),
+                                                 token_type_ids], dim=1)
+        out = self.backbone(inputs_embeds=embeds, attention_mask=mask, **extra).last_hidden_state
+        return self._summary(out, attention_mask, self.slots)
+
+    @staticmethod
+    def _summary(states: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+        """Mean of the input's final states (from `start`, skipping prompt positions, padding
+        masked): with a frozen backbone a mean keeps what sentence encoders such as MiniLM were
+        trained to put there, where an untuned [CLS] state carries little."""
+        text = states[:, start:]
+        weights = attention_mask.to(text.dtype).unsqueeze(-1)
+        return (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class LTuningStudent(ClassificationStudent):
+    """A classification student trained with L-Tuning (`cfg.tuning` lt-prefix or lt-prompt).
+
+    Same interface, metrics, data order and checkpoint discipline as `ClassificationStudent`;
+    `prefix_logits` gives per-label match logits (prediction = argmax over labels). Extras:
+    `label_texts`, `parameter_counts()`, `negative_labels(epoch, step, labels)`.
+    """
+
+    def __init__(self, cfg: StudentConfig, data: Any, epochs: int, seed: int, device: str,
+                 virtual_tokens: int = VIRTUAL_TOKENS):
+        if cfg.tuning not in LT_TUNINGS:
+            raise ConfigError(f"invalid value {cfg.tuning!r} for student.tuning",
+                              f"use one of {', '.join(LT_TUNINGS)} (or the full-tuning student)")
+        if cfg.negatives < 1:
+            raise ConfigError(f"invalid value {cfg.negatives!r} for student.negatives",
+                              "use a number greater than 0")
+        if virtual_tokens < 1:
+            raise ConfigError(f"invalid number of virtual tokens {virtual_tokens}", "use 1 or more")
+        self.tuning = cfg.tuning
+        self.virtual_tokens = virtual_tokens
+        self.label_texts = verbalize(cfg.verbalizer, list(data.label_names))
+        super().__init__(cfg, data, epochs, seed, device)
+        self.negatives = min(cfg.negatives, len(self.label_names) - 1)
+
+    # ---- setup ---------------------------------------------------------------------
+    def _load_pretrained(self, name: str):
+        """The frozen encoder (loaded as the full student loads it), the label states and maps."""
+        classifier, tokenizer = super()._load_pretrained(name)
+        backbone = classifier.base_model
+        backbone.requires_grad_(False)
+        config = backbone.config
+        if self.tuning == "lt-prompt":
+            limit = getattr(config, "max_position_embeddings", None)
+            if limit is not None and self.virtual_tokens + self.cfg.max_length > limit:
+                raise ConfigError(
+                    f"student.max_length {self.cfg.max_length} plus {self.virtual_tokens} prompt "
+                    f"tokens exceeds the model's {limit} positions",
+                    f"use a max_length of at most {limit - self.virtual_tokens}")
+        enc = tokenizer(self.label_texts, padding=True, truncation=True,
+                        max_length=self.cfg.max_length, return_tensors="pt")
+        enc = {k: v.to(self._device) for k, v in enc.items()}
+        backbone.eval()
+        with torch.no_grad():
+            states = backbone(**enc).last_hidden_state.float()
+        torch.manual_seed(derive_seed(self.seed, "ltuning-init"))
+        model = LTuningModel(backbone, self.tuning, states, enc["attention_mask"],
+                             slots=self.virtual_tokens).to(self._device)
+        if self.tuning == "lt-prefix":
+            self._check_prefix_support(model, tokenizer, name)
+        return model, tokenizer
+
+    def _check_prefix_support(self, model: LTuningModel, tokenizer, name: str) -> None:
+        """Refuse a backbone that cannot take a key/value prefix (or silently ignores it)."""
+        enc = tokenizer(["a short check"], return_tensors="pt")
+        enc = {k: v.to(self._device) for k, v in enc.items()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                bare = model._summary(model.backbone(**enc).last_hidden_state,
+                                      enc["attention_mask"], 0)
+                generator = torch.Generator().manual_seed(0)
+                prefix = torch.randn(model.proj[-1].out_features, generator=generator)
+                prefix = prefix.expand(model.num_labels, model.slots, -1).to(self._device)
+                with_prefix = model.encode(enc["input_ids"], enc["attention_mask"],
+                                           torch.zeros(1, dtype=torch.long, device=self._device),
+                                           enc.get("token_type_ids"), prefix=prefix)
+        except Exception as exc:  # an architecture without a key/value cache in its encoder
+            raise ModelError(f"student model {name!r} ({model.config.model_type}) cannot take a "
+                             f"key/value prefix ({_reason(exc)})",
+                             'use tuning = "lt-prompt" or "full" for this model') from None
+        if torch.allclose(bare, with_prefix):
+            raise ModelError(f"student model {name!r} ({model.config.model_type}) ignores a "
+                             "key/value prefix", 'use tuning = "lt-prompt" or "full" for this model')
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def parameter_counts(self) -> dict[str, int]:
+        """{"trainable": maps + head, "total": including the frozen backbone}."""
+        return {"trainable": sum(p.numel() for _, p in self.trainable_parameters()),
+                "total": sum(p.numel() for p in self.model.parameters())}
+
+    # ---- training ------------------------------------------------------------------
+    def negative_labels(self, epoch: int, step: int, labels: list[int]) -> list[list[int]]:
+        """The wrong labels paired with each example of a step (depends on seed, epoch, step)."""
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "negatives", epoch, step))
+        k = len(self.label_names)
+        out = []
+        for label in labels:
+            picks = torch.randperm(k - 1, generator=generator)[:self.negatives].tolist()
+            out.append([j + (j >= label) for j in picks])  # skip the true label
+        return out
+
+    def train_epoch(self, prefix: str, epoch: int, start_step: int = 0) -> Iterator[StepResult]:
+        rows = self.data.train
+        if not rows:
+            raise DataError("the training split is empty", "use a dataset with training rows")
+        steps = self.steps_per_epoch()
+        if not 0 <= start_step <= steps:
+            raise ValueError(f"start_step {start_step} outside 0..{steps}")
+        order = self.epoch_order(epoch)
+        size = self.cfg.batch_size
+        for step in range(start_step + 1, steps + 1):
+            batch = [rows[i] for i in order[(step - 1) * size:step * size]]
+            torch.manual_seed(derive_seed(self.seed, "step", epoch, step))
+            self.model.train()
+            labels = [int(r["label"]) for r in batch]
+            pair_rows, pair_labels, targets = [], [], []
+            for i, (label, wrong) in enumerate(zip(labels, self.negative_labels(epoch, step, labels))):
+                pair_rows += [i] * (1 + len(wrong))
+                pair_labels += [label, *wrong]
+                targets += [1.0] + [0.0] * len(wrong)
+            enc = self.tokenizer([join_input(prefix, r["text"]) for r in batch], truncation=True,
+                                 max_length=self.cfg.max_length, padding=True, return_tensors="pt")
+            index = torch.tensor(pair_rows)
+            enc = {k: v[index].to(self._device) for k, v in enc.items()}
+            label_index = torch.tensor(pair_labels, device=self._device)
+            with self._autocast():
+                logits = self.model(enc["input_ids"], enc["attention_mask"], label_index,
+                                    enc.get("token_type_ids"))
+            loss = F.binary_cross_entropy_with_logits(
+                logits.float(), torch.tensor(targets, device=self._device))
+            lr = self.optimizer.param_groups[0]["lr"]
+            self._optimizer_step(loss)
+            yield StepResult(epoch_step=step, loss=float(loss.detach()), lr=float(lr))
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            self._clip()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self._clip()
+            self.optimizer.step()
+        self.scheduler.step()
+
+    def _clip(self) -> None:
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable_parameters()],
+                                           self.cfg.grad_clip)
+
+    # ---- evaluation ----------------------------------------------------------------
+    def prefix_logits(self, prefixes: list[str], split: str = "validation") -> torch.Tensor:
+        """Float32 match logits of shape (len(prefixes), rows, labels) on the CPU (fast path):
+        every (sequence, label) pair is one row of a length-sorted batch."""
+        n_rows = len(self._split(split).texts)
+        k = len(self.label_names)
+        if not prefixes:
+            return torch.empty(0, n_rows, k)
+        unique = list(dict.fromkeys(prefixes))
+        sequences: list[list[int]] = []
+        for prefix in unique:
+            sequences.extend(self.encode_inputs(prefix, split))
+        out = torch.empty(len(sequences) * k, dtype=torch.float32)
+        order = sorted(range(len(out)), key=lambda item: len(sequences[item // k]))
+        pad = self.tokenizer.pad_token_id
+        self.model.eval()
+        with torch.inference_mode(), self._autocast():
+            label_prefix = self.model.label_prefix()
+            for start in range(0, len(order), self.cfg.eval_batch_size):
+                chunk = order[start:start + self.cfg.eval_batch_size]
+                width = max(len(sequences[item // k]) for item in chunk)
+                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, item in enumerate(chunk):
+                    ids = sequences[item // k]
+                    input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                    mask[row, :len(ids)] = 1
+                label_index = torch.tensor([item % k for item in chunk])
+                token_types = torch.zeros_like(input_ids) if self._token_types else None
+                moved = [t.to(self._device, non_blocking=True) if t is not None else None
+                         for t in (input_ids, mask, label_index, token_types)]
+                out[chunk] = self.model(*moved, prefix=label_prefix).float().cpu()
+        by_prefix = out.view(len(unique), n_rows, k)
+        position = {p: i for i, p in enumerate(unique)}
+        return by_prefix[[position[p] for p in prefixes]]
+
+    def prefix_logits_plain(self, prefixes: list[str], split: str = "validation") -> torch.Tensor:
+        """Reference scoring: one prefix and one label at a time, joined strings padded to
+        max_length, the label map recomputed for every batch."""
+        texts = self._split(split).texts
+        results = []
+        self.model.eval()
+        with torch.inference_mode(), self._autocast():
+            for prefix in prefixes:
+                per_label = []
+                for label in range(len(self.label_names)):
+                    parts = []
+                    for start in range(0, len(texts), self.cfg.eval_batch_size):
+                        chunk = [join_input(prefix, t) for t in texts[start:start + self.cfg.eval_batch_size]]
+                        enc = self.tokenizer(chunk, truncation=True, max_length=self.cfg.max_length,
+                                             padding="max_length", return_tensors="pt")
+                        enc = {k: v.to(self._device) for k, v in enc.items()}
+                        index = torch.full((len(chunk),), label, device=self._device)
+                        parts.append(self.model(enc["input_ids"], enc["attention_mask"], index,
+                                                enc.get("token_type_ids")).float().cpu())
+                    per_label.append(torch.cat(parts))
+                results.append(torch.stack(per_label, dim=-1))
+        return torch.stack(results)
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def _meta(self) -> dict[str, Any]:
+        config = self.model.config
+        return {"tuning": self.tuning, "model": self.cfg.model, "label_names": self.label_names,
+                "verbalizer": self.cfg.verbalizer, "virtual_tokens": self.virtual_tokens,
+                "hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers}
+
+    def save(self, directory: Path, training_state: bool = True) -> None:
+        """Only the trainable maps and head (safetensors) plus what identifies them; the frozen
+        backbone is the configured model itself."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({n: p.detach().cpu().contiguous() for n, p in self.trainable_parameters()},
+                  str(directory / WEIGHTS_FILE))
+        (directory / META_FILE).write_text(json.dumps(self._meta(), indent=2), encoding="utf-8")
+        if training_state:
+            torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
+            torch.save(self.scheduler.state_dict(), directory / SCHEDULER_FILE)
+            if self.scaler is not None:
+                torch.save(self.scaler.state_dict(), directory / SCALER_FILE)
+
+    def load(self, directory: Path, training_state: bool = True) -> None:
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelError(f"checkpoint directory {str(directory)!r} does not exist", CHECKPOINT_FIX)
+        missing = [f for f in (META_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
+        if missing:
+            raise ModelError(f"checkpoint {str(directory)!r} lacks {', '.join(missing)} "
+                             f"(not an {self.tuning} checkpoint)", CHECKPOINT_FIX)
+        try:
+            meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+            tensors = load_file(str(directory / WEIGHTS_FILE))
+        except Exception as exc:  # a corrupt file
+            raise ModelError(f"cannot load checkpoint {str(directory)!r} ({_reason(exc)})",
+                             CHECKPOINT_FIX) from None
+        mine = self._meta()
+        for key in ("tuning", "label_names", "verbalizer", "virtual_tokens", "hidden_size",
+                    "num_hidden_layers"):
+            if meta.get(key) != mine[key]:
+                raise ModelError(f"checkpoint {str(directory)!r} was written with {key} "
+                                 f"{meta.get(key)!r}, this student has {mine[key]!r}", CHECKPOINT_FIX)
+        params = dict(self.trainable_parameters())
+        wrong = sorted(set(params) ^ set(tensors)) or sorted(
+            n for n in params if tensors[n].shape != params[n].shape)
+        if wrong:
+            raise ModelError(f"checkpoint {str(directory)!r} does not match this student "
+                             f"(parameter {wrong[0]})", CHECKPOINT_FIX)
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(tensors[name])
+        if not training_state:
+            return
+        needed = [OPTIMIZER_FILE, SCHEDULER_FILE] + ([SCALER_FILE] if self.scaler is not None else [])
+        missing = [name for name in needed if not (directory / name).is_file()]
+        if missing:
+            raise ModelError(f"checkpoint {str(directory)!r} lacks {', '.join(missing)}", CHECKPOINT_FIX)
+        self.optimizer.load_state_dict(self._torch_load(directory / OPTIMIZER_FILE))
+        self.scheduler.load_state_dict(self._torch_load(directory / SCHEDULER_FILE))
+        if self.scaler is not None:
+            self.scaler.load_state_dict(self._torch_load(directory / SCALER_FILE))
