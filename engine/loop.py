@@ -119,24 +119,29 @@ class Engine:
         return self.config.student.metric
 
     # ---- checkpoints -----------------------------------------------------------------
+    def _write_student(self, name: str, training_state: bool) -> None:
+        """Save the student into workdir/name atomically (a sibling dir, then a rename)."""
+        target = self.workdir / name
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.student.save(tmp, training_state=training_state)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+
     def save_checkpoint(self, weights: bool = True) -> None:
         """Write the student's training state (if it changed) and emit the matching RunState.
 
-        The new checkpoint is a fresh directory; the previous one is removed only after the
+        Weights only change in training, so a checkpoint is named by its global step. The new
+        checkpoint is a fresh directory; the previous one is removed only after the
         CheckpointSaved listeners (the session store) have recorded the new state, so a crash
         at any moment leaves the stored state pointing at a complete checkpoint.
         """
         previous = self.state.checkpoint
         if weights and self.student is not None and self.state.phase not in ("setup", "done"):
-            name = f"checkpoints/e{self.state.epoch}-s{self.state.step}-{self.state.phase}"
+            name = f"checkpoints/step-{self.state.step}"
             if name != previous:
-                target = self.workdir / name
-                tmp = target.with_name(target.name + ".tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-                self.student.save(tmp, training_state=True)
-                shutil.rmtree(target, ignore_errors=True)
-                tmp.rename(target)
+                self._write_student(name, training_state=True)
                 self.state.checkpoint = name
         self.emit(CheckpointSaved(epoch=self.state.epoch, phase=self.state.phase,
                                   step=self.state.step, state=self.state.to_dict(),
@@ -147,13 +152,7 @@ class Engine:
     def _save_best(self, epoch: int, score: float, prefix: str, metrics: dict) -> None:
         previous = self.state.best.get("path")
         name = f"checkpoints/best-e{epoch}"
-        target = self.workdir / name
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.student.save(tmp, training_state=False)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        self._write_student(name, training_state=False)
         self.state.best = {"epoch": epoch, "score": score, "prefix": prefix,
                            "metrics": metrics, "path": name}
         self.save_checkpoint(weights=False)
