@@ -266,11 +266,15 @@ class EventBus:
 
         return unsubscribe
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Event) -> bool:
+        """Deliver to every listener; True if none of them raised."""
         with self._lock:
             listeners = list(self._listeners)
+        ok = True
         for listener in listeners:
             try:
                 listener(event)
             except Exception:  # noqa: BLE001 - a broken listener must not kill training
+                ok = False
                 log.exception("event listener %r failed on %s", listener, event.kind)
+        return ok

@@ -90,8 +90,8 @@ class Engine:
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         return self.bus.subscribe(listener)
 
-    def emit(self, event: Event) -> None:
-        self.bus.emit(event)
+    def emit(self, event: Event) -> bool:
+        return self.bus.emit(event)
 
     def notice(self, message: str, level: str = "warning") -> None:
         log.debug("%s: %s", level, message)
@@ -143,10 +143,12 @@ class Engine:
             if name != previous:
                 self._write_student(name, training_state=True)
                 self.state.checkpoint = name
-        self.emit(CheckpointSaved(epoch=self.state.epoch, phase=self.state.phase,
-                                  step=self.state.step, state=self.state.to_dict(),
-                                  path=self.state.checkpoint))
-        if previous and previous != self.state.checkpoint:
+        recorded = self.emit(CheckpointSaved(epoch=self.state.epoch, phase=self.state.phase,
+                                             step=self.state.step, state=self.state.to_dict(),
+                                             path=self.state.checkpoint))
+        # If a listener (the session store) failed to record the new state, its stored state
+        # may still point at the previous checkpoint: keep that one.
+        if recorded and previous and previous != self.state.checkpoint:
             shutil.rmtree(self.workdir / previous, ignore_errors=True)
 
     def _save_best(self, epoch: int, score: float, prefix: str, metrics: dict) -> None:
@@ -155,8 +157,10 @@ class Engine:
         self._write_student(name, training_state=False)
         self.state.best = {"epoch": epoch, "score": score, "prefix": prefix,
                            "metrics": metrics, "path": name}
-        self.save_checkpoint(weights=False)
-        if previous and previous != name:
+        recorded = self.emit(CheckpointSaved(epoch=self.state.epoch, phase=self.state.phase,
+                                             step=self.state.step, state=self.state.to_dict(),
+                                             path=self.state.checkpoint))
+        if recorded and previous and previous != name:
             shutil.rmtree(self.workdir / previous, ignore_errors=True)
 
     # ---- setup -----------------------------------------------------------------------

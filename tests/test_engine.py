@@ -338,3 +338,23 @@ def test_token_budget_stops_ta_calls_gracefully(tiny_bert_dir, sentiment_csv, tm
     assert done.status == "finished"
     assert len(ta.calls) == 1  # s0 only; the budget is spent after it
     assert "budget" in done.summary["ta_exhausted"]
+
+
+def test_failed_checkpoint_listener_keeps_the_previous_checkpoint(tiny_bert_dir, sentiment_csv,
+                                                                   tmp_path):
+    cfg = tiny_config(tiny_bert_dir, sentiment_csv, mode="baseline",
+                      loop={"epochs": 1, "k": 4, "l": 2, "window": 2})
+    failing = {"on": False}
+
+    def store(event):
+        if isinstance(event, ev.CheckpointSaved) and failing["on"]:
+            raise OSError("disk full")
+        if isinstance(event, ev.TrainStep) and event.step == 2:
+            failing["on"] = True
+
+    engine, rec = run_engine(cfg, tmp_path, listeners=[store])
+    assert engine.run().status == "finished"
+    saved = [e.path for e in rec.of(ev.CheckpointSaved)]
+    kept = {p for p in saved if p and (tmp_path / p).is_dir()}
+    # the last checkpoint a listener managed to record still exists on disk
+    assert "checkpoints/step-0" in kept
