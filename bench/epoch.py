@@ -1,0 +1,161 @@
+"""One full GPTA epoch on the smoke preset, broken down by phase.
+
+    python -m bench.epoch                         # scripted TA: student and engine costs only
+    python -m bench.epoch --ta local              # the real Gemma 3 270M TA (offline default)
+    python -m bench.epoch --epochs 2 --finetune local --device cuda
+
+Runs the real engine (MiniLM student, twitter-sentiment, smoke preset) start to finish
+`--repeats` times, each in a fresh work directory, and times every phase from the engine's
+own event timestamps (PhaseChanged ... RunFinished). Inside each phase it also times the TA's
+`propose`, the student's `score_prefixes` / `evaluate` and the checkpoint writes, and counts
+the work done (training steps, prefixes scored, TA requests). Memory: RSS at the end of each
+phase (psutil) and the process peak (getrusage), plus the CUDA allocator peak on a GPU.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from bench.common import (CallTimer, Report, base_parser, gpu_peak_mib, machine_info, median,
+                          peak_rss_mib, prepare, progress, publish, rss_mib, run_main, spread,
+                          ta_for)
+
+PHASE_ORDER = ("startup", "setup", "training", "validating", "collecting", "windows",
+               "finetuning", "testing")
+INNER = ("TA propose", "scoring", "evaluate", "checkpoint saves")
+
+
+class PhaseRecorder:
+    """An engine listener: per-phase wall time from event timestamps, inner call timings
+    (attributed to the phase they ran in), RSS at each phase's end and work counters."""
+
+    def __init__(self, device: str) -> None:
+        self.timer = CallTimer(device)
+        self.timer.phase = "startup"
+        self.engine: Any = None
+        self.events: list = []
+        self.rss: dict[str, float] = {}
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def __call__(self, event) -> None:
+        self.events.append(event)
+        if event.kind == "phase":
+            if self.timer.phase:
+                self.rss[self.timer.phase] = rss_mib()
+            self.timer.phase = event.phase
+        elif event.kind == "run_started":  # after setup: the student and the TA exist now
+            student, ta = self.engine.student, self.engine.ta
+            self.timer.wrap(student, "score_prefixes", "scoring")
+            self.timer.wrap(student, "evaluate", "evaluate")
+            if ta is not None:
+                self.timer.wrap(ta, "propose", "TA propose")
+        elif event.kind == "train_step":
+            self.counts["training steps"] += 1
+        elif event.kind == "prefix_scored" and not event.reused:
+            self.counts["prefixes scored"] += 1
+        elif event.kind == "ta_request":
+            self.counts["TA requests"] += 1
+        elif event.kind == "finished":
+            self.rss[self.timer.phase] = rss_mib()
+
+    def phase_seconds(self, started: float, ended: float) -> dict[str, float]:
+        """Wall seconds per phase: each PhaseChanged lasts until the next one or the end."""
+        marks = [("startup", started)] + [(e.phase, e.ts) for e in self.events if e.kind == "phase"]
+        finish = next((e.ts for e in self.events if e.kind == "finished"), ended)
+        out: dict[str, float] = defaultdict(float)
+        for (phase, ts), (_, nxt) in zip(marks, marks[1:] + [("end", finish)]):
+            out[phase] += nxt - ts
+        return dict(out)
+
+
+def run_once(cfg, ta_kind: str, device: str, workdir: Path) -> dict[str, Any]:
+    """One engine run; phase walls, inner timings, counts and RSS."""
+    from engine.loop import Engine
+
+    ta, _ = ta_for(ta_kind, cfg.seed)
+    recorder = PhaseRecorder(device)
+    started = time.time()
+    engine = Engine(cfg, workdir, listeners=[recorder], ta=ta)
+    recorder.engine = engine
+    recorder.timer.wrap(engine, "save_checkpoint", "checkpoint saves")
+    recorder.timer.wrap(engine, "_save_best", "checkpoint saves")
+    finished = engine.run()
+    ended = time.time()
+    if finished.status != "finished":
+        raise RuntimeError(f"the benchmark run ended {finished.status}: {finished.reason}")
+    return {"phases": recorder.phase_seconds(started, ended), "inner": dict(recorder.timer.seconds),
+            "counts": dict(recorder.counts), "rss": recorder.rss, "total": ended - started,
+            "test": finished.test_metrics}
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--ta", default="scripted", choices=("scripted", "local"))
+    parser.add_argument("--finetune", default="none", choices=("none", "local"),
+                        help="TA fine-tune backend (runs only between epochs, so with --epochs 2+)")
+    parser.add_argument("--epochs", type=int, default=1)
+    args = parser.parse_args()
+    device = prepare(args)
+    machine = machine_info(device)
+
+    from engine.config import build_config
+
+    cfg = build_config("smoke", overrides={"seed": args.seed, "device": device,
+                                           "ta": {"backend": args.ta},
+                                           "finetune": {"backend": args.finetune},
+                                           "loop": {"epochs": args.epochs}})
+    _, ta_name = ta_for(args.ta, args.seed)
+    runs = []
+    for r in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
+            runs.append(run_once(cfg, args.ta, device, Path(tmp)))
+        progress(f"repeat {r + 1}/{args.repeats}: {runs[-1]['total']:.1f}s")
+
+    phases = [p for p in PHASE_ORDER if any(p in run["phases"] for run in runs)]
+    report = Report(f"epoch-{args.ta}-ta", f"One GPTA run on the smoke preset, {args.ta} TA", device,
+                    settings={"preset": "smoke", "epochs": args.epochs, "TA": ta_name,
+                              "finetune": args.finetune, "train rows": cfg.data.train_size,
+                              "validation rows": cfg.data.val_size, "test rows": cfg.data.test_size,
+                              "k": cfg.loop.k, "l": cfg.loop.l, "repeats": args.repeats})
+    rows = []
+    for phase in phases:
+        walls = [run["phases"].get(phase, 0.0) for run in runs]
+        inner = [f"{median([run['inner'].get((phase, label), 0.0) for run in runs]):.2f}"
+                 for label in INNER]
+        rows.append([phase, spread(walls), *inner,
+                     f"{median([run['rss'].get(phase, 0.0) for run in runs]):.0f}"])
+    totals = [run["total"] for run in runs]
+    rows.append(["total", spread(totals), *[
+        f"{median([sum(v for (_, lab), v in run['inner'].items() if lab == label) for run in runs]):.2f}"
+        for label in INNER], ""])
+    report.table(["phase", "wall s, median (min-max)", *(f"{x} s" for x in INNER),
+                  "RSS at phase end, MiB"], rows)
+
+    counts = runs[-1]["counts"]
+    train_s = median([run["phases"].get("training", 0.0) for run in runs])
+    score_s = median([run["inner"].get(("collecting", "scoring"), 0.0) for run in runs])
+    pairs = counts.get("prefixes scored", 0) * cfg.data.val_size
+    facts = [["training steps / prefixes scored / TA requests",
+              f"{counts.get('training steps', 0)} / {counts.get('prefixes scored', 0)} / "
+              f"{counts.get('TA requests', 0)}"],
+             ["training throughput (phase wall incl. checkpoints)",
+              f"{cfg.data.train_size * args.epochs / train_s:.1f} samples/s" if train_s else "-"],
+             ["collecting: scoring throughput",
+              f"{pairs / score_s:.1f} prefix x row pairs/s" if score_s else "-"],
+             ["peak RSS (getrusage, whole process)", f"{peak_rss_mib():.0f} MiB"]]
+    gpu = gpu_peak_mib(device)
+    if gpu is not None:
+        facts.append(["peak CUDA memory allocated", f"{gpu:.0f} MiB"])
+    report.table(["fact", "value"], facts)
+    report.notes.append("startup: Engine construction to the setup event; setup: data, student "
+                        "and TA loading, plus the first TA request (s0); each phase lasts until "
+                        "the next phase event")
+    publish(report, args, machine)
+
+
+if __name__ == "__main__":
+    run_main(main)

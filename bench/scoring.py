@@ -1,0 +1,128 @@
+"""Prefix scoring throughput: the student's fast path vs the straightforward one.
+
+    python -m bench.scoring                       # k=50 prefixes x 100 validation rows, MiniLM
+    python -m bench.scoring --k 20 --repeats 5 --device cuda
+
+Contenders, on the same student (the real default all-MiniLM-L6-v2 on twitter-sentiment) and
+the same synthetic TA-like prefixes:
+
+- plain: `score_prefixes_plain`, one prefix at a time, joined strings padded to max_length;
+- fast: `score_prefixes` with all k prefixes in one call (batched across prefixes and rows,
+  sorted by length, dynamic padding, cached text tokenization, AMP on CUDA);
+- fast, l per call: `score_prefixes` called with l prefixes at a time, the engine's pattern
+  (one call per TA reply).
+
+Reports samples/s (prefix x row pairs per second), the ratio to plain and whether every metric
+is identical. The target is fast >= 2x plain with identical metrics.
+"""
+
+from __future__ import annotations
+
+from bench.common import (Report, base_parser, default_task_data, machine_info, median, prepare,
+                          progress, publish, run_main, spread, stopwatch, synthetic_prefixes)
+
+TARGET = 2.0
+
+
+def padded_tokens(lengths: list[int], batch_size: int) -> int:
+    """Tokens the fast path computes: length-sorted batches padded to their longest row."""
+    ordered = sorted(lengths)
+    return sum(max(ordered[i:i + batch_size]) * len(ordered[i:i + batch_size])
+               for i in range(0, len(ordered), batch_size))
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--k", type=int, default=50, help="prefixes scored")
+    parser.add_argument("--rows", type=int, default=100, help="validation rows")
+    parser.add_argument("--chunk", type=int, default=5,
+                        help="l: prefixes per call for the engine-pattern contender (0: skip it)")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--max-length", type=int, default=96, help="student.max_length")
+    parser.add_argument("--eval-batch-size", type=int, default=64, help="student.eval_batch_size")
+    args = parser.parse_args()
+    device = prepare(args)
+    machine = machine_info(device)
+
+    import torch
+
+    from engine.config import RunConfig
+    from engine.student import build_student
+
+    cfg = RunConfig(device=device, seed=args.seed)
+    cfg.student.model = args.model
+    cfg.student.max_length = args.max_length
+    cfg.student.eval_batch_size = args.eval_batch_size
+    cfg.validate()
+    progress(f"loading twitter-sentiment ({args.rows} validation rows) and {args.model} on {device}")
+    data = default_task_data(train_size=32, val_size=args.rows, test_size=16, seed=args.seed)
+    student = build_student(cfg, data, device)
+    prefixes = synthetic_prefixes(args.k, args.seed)
+    pairs = args.k * len(data.validation)
+
+    def fast_all() -> list[dict]:
+        return student.score_prefixes(prefixes)
+
+    def fast_chunked() -> list[dict]:
+        out: list[dict] = []
+        for i in range(0, len(prefixes), args.chunk):
+            out.extend(student.score_prefixes(prefixes[i:i + args.chunk]))
+        return out
+
+    def plain() -> list[dict]:
+        return student.score_prefixes_plain(prefixes)
+
+    contenders = {"plain: one prefix at a time, padded to max_length": plain,
+                  f"fast: all {args.k} prefixes in one call": fast_all}
+    if args.chunk:
+        contenders[f"fast: {args.chunk} prefixes per call (engine pattern)"] = fast_chunked
+    names = list(contenders)
+
+    progress("warm-up (split tokenization cache, kernels)")
+    student.score_prefixes(prefixes[:2])
+    student.score_prefixes_plain(prefixes[:2])
+
+    times: dict[str, list[float]] = {name: [] for name in names}
+    results: dict[str, list[list[dict]]] = {name: [] for name in names}
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate to spread load drift
+        for name in order:
+            with stopwatch(device) as t:
+                results[name].append(contenders[name]())
+            times[name].append(t[0])
+            progress(f"repeat {r + 1}/{args.repeats}  {name}: {t[0]:.2f}s")
+
+    reference = results[names[0]][0]
+    identical = all(res == reference for name in names for res in results[name])
+    with torch.inference_mode():
+        sample = prefixes[:4]
+        delta = (student.prefix_logits(sample) - student.prefix_logits_plain(sample)).abs().max().item()
+
+    real = [len(ids) for p in prefixes for ids in student.encode_inputs(p)]
+    fast_padded = padded_tokens(real, args.eval_batch_size)
+    plain_padded = pairs * args.max_length
+    plain_median = median(times[names[0]])
+
+    report = Report("scoring", "Prefix scoring: fast vs plain", device, settings={
+        "model": args.model, "dataset": "twitter-sentiment", "k": args.k,
+        "rows": len(data.validation), "max_length": args.max_length,
+        "eval_batch_size": args.eval_batch_size, "repeats": args.repeats})
+    rows = []
+    for name in names:
+        sec = median(times[name])
+        rows.append([name, spread(times[name]), f"{pairs / sec:.1f}", f"{plain_median / sec:.2f}x"])
+    report.table(["path", "seconds, median (min-max)", "samples/s", "vs plain"], rows)
+    best_ratio = max(plain_median / median(times[n]) for n in names[1:])
+    report.table(["check", "value"], [
+        ["metrics identical (accuracy, macro_f1, every prefix, every repeat)",
+         "yes" if identical else "NO"],
+        ["max abs logit difference fast vs plain (first 4 prefixes)", f"{delta:.2e}"],
+        ["tokens: real / fast padded / plain padded",
+         f"{sum(real)} / {fast_padded} / {plain_padded}"],
+        [f"target fast >= {TARGET:.0f}x plain", "met" if best_ratio >= TARGET and identical else "NOT met"],
+    ])
+    publish(report, args, machine)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,301 @@
+"""Student training throughput: the engine's train_epoch vs a minimal PyTorch loop vs HF Trainer.
+
+    python -m bench.training                      # 512 rows, batch 16, max_length 64, MiniLM
+    python -m bench.training --device cuda --repeats 5
+
+All three train the same model (the real default all-MiniLM-L6-v2, classification head
+initialised from the same seed) on the same twitter-sentiment rows with the same prefix, batch
+size, max_length, learning rate, weight decay, linear schedule and gradient clipping, for one
+epoch each, rebuilt from the same initial weights every repeat:
+
+- engine: `ClassificationStudent.train_epoch`, what the GPTA loop runs;
+- minimal: `minimal_epoch` below, a hand-written loop doing the same maths and nothing else
+  (its losses equal the engine's bit for bit on CPU, see tests/test_bench_equivalence.py);
+- HF Trainer: `transformers.Trainer` with its defaults otherwise (fused AdamW, no logging,
+  no saving), timed from its epoch start to its epoch end.
+
+Targets: engine >= 0.95x the minimal loop, and not slower than the HF Trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import (Report, base_parser, default_task_data, machine_info, median, prepare,
+                          progress, publish, run_main, spread, stopwatch, synchronize)
+
+DEFAULT_PREFIX = "Classify the sentiment of this tweet as negative, neutral or positive:"
+MINIMAL_TARGET = 0.95
+
+
+@dataclass
+class Setup:
+    """What every contender shares."""
+
+    model: str
+    label_names: list[str]
+    rows: list[dict]               # training rows {"text": str, "label": int}
+    prefix: str = DEFAULT_PREFIX
+    batch_size: int = 16
+    max_length: int = 64
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 42
+    device: str = "cpu"
+    amp: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def student_config(self):
+        from engine.config import StudentConfig
+
+        return StudentConfig(model=self.model, lr=self.lr, weight_decay=self.weight_decay,
+                             batch_size=self.batch_size, max_length=self.max_length,
+                             warmup_ratio=0.0, grad_clip=self.grad_clip, amp=self.amp)
+
+
+# ---- the minimal hand-written loop ---------------------------------------------------
+
+
+def load_model(setup: Setup):
+    """(model, tokenizer) initialised exactly as the engine's student does it."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from engine.resources import resolve_student_model
+    from engine.student.classification import derive_seed
+
+    source = resolve_student_model(setup.model)
+    n = len(setup.label_names)
+    torch.manual_seed(derive_seed(setup.seed, "init"))  # the new classification head
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=n, id2label=dict(enumerate(setup.label_names)),
+        label2id={label: i for i, label in enumerate(setup.label_names)},
+        ignore_mismatched_sizes=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.sep_token or tokenizer.eos_token or tokenizer.cls_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.float().to(setup.device), tokenizer
+
+
+def make_optimizer(model: torch.nn.Module, setup: Setup):
+    """AdamW without weight decay on biases and LayerNorm weights, and a linear schedule."""
+    from transformers import get_linear_schedule_with_warmup
+
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.ndim < 2 or name.endswith("bias") or "layernorm" in name.lower():
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": setup.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=setup.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, setup.steps)
+    return optimizer, scheduler
+
+
+def minimal_epoch(model, tokenizer, optimizer, scheduler, setup: Setup, epoch: int = 1
+                  ) -> Iterator[float]:
+    """One epoch of plain PyTorch training; yields each step's loss.
+
+    The row order and the per-step RNG reseed (dropout) follow the engine's recipe so that
+    the two produce the same losses; both cost microseconds."""
+    from engine.device import amp_dtype
+    from engine.student.classification import derive_seed, join_input
+
+    dtype = amp_dtype(setup.device, setup.amp)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    generator = torch.Generator().manual_seed(derive_seed(setup.seed, "order", epoch))
+    order = torch.randperm(len(setup.rows), generator=generator).tolist()
+    model.train()
+    for step in range(1, setup.steps + 1):
+        batch = [setup.rows[i] for i in order[(step - 1) * setup.batch_size:step * setup.batch_size]]
+        torch.manual_seed(derive_seed(setup.seed, "step", epoch, step))
+        enc = tokenizer([join_input(setup.prefix, r["text"]) for r in batch], truncation=True,
+                        max_length=setup.max_length, padding=True, return_tensors="pt").to(setup.device)
+        labels = torch.tensor([r["label"] for r in batch], device=setup.device)
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            logits = model(**enc).logits
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), setup.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), setup.grad_clip)
+            optimizer.step()
+        scheduler.step()
+        yield float(loss.detach())
+
+
+# ---- the contenders ------------------------------------------------------------------
+
+
+def run_engine(setup: Setup, data) -> tuple[float, list[float]]:
+    """(seconds, losses) of one train_epoch of a freshly built engine student."""
+    from engine.student.classification import ClassificationStudent
+
+    student = ClassificationStudent(setup.student_config(), data, epochs=1, seed=setup.seed,
+                                    device=setup.device)
+    with stopwatch(setup.device) as t:
+        losses = [result.loss for result in student.train_epoch(setup.prefix, 1)]
+    return t[0], losses
+
+
+def run_minimal(setup: Setup) -> tuple[float, list[float]]:
+    model, tokenizer = load_model(setup)
+    optimizer, scheduler = make_optimizer(model, setup)
+    with stopwatch(setup.device) as t:
+        losses = list(minimal_epoch(model, tokenizer, optimizer, scheduler, setup))
+    return t[0], losses
+
+
+def run_hf_trainer(setup: Setup, workdir: Path) -> tuple[float, int]:
+    """(seconds of the epoch, optimizer steps taken) of transformers.Trainer on the same setup."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+    from engine.device import amp_dtype
+    from engine.student.classification import join_input
+
+    model, tokenizer = load_model(setup)
+    enc = tokenizer([join_input(setup.prefix, r["text"]) for r in setup.rows], truncation=True,
+                    max_length=setup.max_length)
+    dataset = [{**{k: enc[k][i] for k in enc}, "labels": r["label"]} for i, r in enumerate(setup.rows)]
+    dtype = amp_dtype(setup.device, setup.amp)
+    args = TrainingArguments(
+        output_dir=str(workdir), per_device_train_batch_size=setup.batch_size,
+        learning_rate=setup.lr, weight_decay=setup.weight_decay, num_train_epochs=1,
+        lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=setup.grad_clip,
+        seed=setup.seed, report_to="none", save_strategy="no", logging_strategy="no",
+        disable_tqdm=True, remove_unused_columns=False, use_cpu=setup.device == "cpu",
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        dataloader_pin_memory=setup.device.startswith("cuda"))
+    device = setup.device
+
+    class EpochTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.start = self.seconds = 0.0
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            synchronize(device)
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            synchronize(device)
+            self.seconds = time.perf_counter() - self.start
+
+    timer = EpochTimer()
+    trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=[timer])
+    trainer.train()
+    return timer.seconds, trainer.state.global_step
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--train-rows", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX)
+    parser.add_argument("--no-hf", action="store_true", help="skip the HF Trainer contender")
+    args = parser.parse_args()
+    device = prepare(args)
+    machine = machine_info(device)
+
+    progress(f"loading twitter-sentiment ({args.train_rows} training rows)")
+    data = default_task_data(train_size=args.train_rows, val_size=16, test_size=16, seed=args.seed)
+    setup = Setup(model=args.model, label_names=list(data.label_names), rows=data.train,
+                  prefix=args.prefix, batch_size=args.batch_size, max_length=args.max_length,
+                  seed=args.seed, device=device)
+
+    progress("warm-up: 3 steps of the minimal loop")
+    warm = dataclasses.replace(setup, rows=setup.rows[:3 * setup.batch_size])
+    model, tokenizer = load_model(warm)
+    list(minimal_epoch(model, tokenizer, *make_optimizer(model, warm), warm))
+    del model, tokenizer
+    _free()
+
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+        contenders = {"engine: ClassificationStudent.train_epoch": lambda: run_engine(setup, data),
+                      "minimal PyTorch loop": lambda: run_minimal(setup)}
+        if not args.no_hf:
+            contenders["HF Trainer"] = lambda: run_hf_trainer(setup, Path(tmp))
+        names = list(contenders)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        outcomes: dict[str, list[Any]] = {name: [] for name in names}
+        for r in range(args.repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                seconds, outcome = contenders[name]()
+                times[name].append(seconds)
+                outcomes[name].append(outcome)  # per-step losses; the HF Trainer: its step count
+                _free()
+                progress(f"repeat {r + 1}/{args.repeats}  {name}: {seconds:.2f}s")
+
+    engine_name, minimal_name = names[0], names[1]
+    report = Report("training", "Student training: engine vs minimal loop vs HF Trainer", device,
+                    settings={"model": args.model, "dataset": "twitter-sentiment",
+                              "train rows": len(setup.rows), "steps": setup.steps,
+                              "batch_size": setup.batch_size, "max_length": setup.max_length,
+                              "lr": setup.lr, "repeats": args.repeats})
+    engine_sec = median(times[engine_name])
+    rows = []
+    for name in names:
+        sec = median(times[name])
+        rows.append([name, spread(times[name]), f"{len(setup.rows) / sec:.1f}",
+                     f"{sec / engine_sec:.3f}x"])
+    report.table(["contender", "epoch seconds, median (min-max)", "samples/s",
+                  "engine speed relative to it"], rows)
+    vs_minimal = median(times[minimal_name]) / engine_sec
+    reference = outcomes[engine_name][0]
+    gap = max(abs(a - b) for name in (engine_name, minimal_name) for run in outcomes[name]
+              for a, b in zip(run, reference, strict=True))
+    checks = [
+        ["engine and minimal losses, every step and repeat",
+         "identical" if gap == 0 else f"max abs difference {gap:.2e}"],
+        [f"engine >= {MINIMAL_TARGET:.2f}x minimal loop", f"{vs_minimal:.3f}x: "
+         + ("met" if vs_minimal >= MINIMAL_TARGET else "NOT met")],
+    ]
+    if not args.no_hf:
+        vs_hf = median(times["HF Trainer"]) / engine_sec
+        checks.append(["engine not slower than HF Trainer",
+                       f"{vs_hf:.3f}x: " + ("met" if vs_hf >= 1.0 else "NOT met")])
+        checks.append([f"HF Trainer optimizer steps per epoch (engine: {setup.steps})",
+                       ", ".join(map(str, outcomes["HF Trainer"]))])
+    report.table(["check", "value"], checks)
+    report.notes.append("each contender is rebuilt from the same initial weights every repeat; "
+                        "rounds rotate the order of the contenders")
+    if not args.no_hf:
+        report.notes.append("HF Trainer runs with its default optimizer (adamw_torch_fused), "
+                            "logging and saving off; its epoch is timed by a callback "
+                            "(on_epoch_begin to on_epoch_end), excluding its setup")
+    publish(report, args, machine)
+
+
+if __name__ == "__main__":
+    run_main(main)
