@@ -1,0 +1,190 @@
+"""LocalLoRAFinetune on the tiny causal LM: a job trains, saves an adapter the LocalTA can load,
+and can be paused, cancelled or fail cleanly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine import prompts
+from engine.config import FinetuneConfig
+from engine.finetune.local_lora import LocalLoRAFinetune
+from engine.ta.local import LocalTA, encode_prompt, encode_training_example
+
+TARGET = "hello world"
+
+
+def examples(count: int = 8) -> list[dict]:
+    """Dialogue gradients whose answer is always TARGET, so a LoRA can learn it fast."""
+    out = []
+    for i in range(count):
+        window = [(f"prefix number {i}", 0.1 * i), (f"another prefix {i}", 0.1 * i + 0.05)]
+        out.append(prompts.window_example("You write prefixes.", "Tweets.", window, TARGET))
+    return out
+
+
+def backend(lm_dir: Path, **overrides) -> LocalLoRAFinetune:
+    cfg = FinetuneConfig(backend="local", epochs=10, lr=5e-2, batch_size=4, lora_r=8, lora_alpha=16,
+                         lora_dropout=0.0)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return LocalLoRAFinetune(cfg, device="cpu", ta_model=str(lm_dir), seed=1)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_causal_lm_dir, tmp_path_factory):
+    """One successful job, shared by the tests that inspect its result."""
+    workdir = tmp_path_factory.mktemp("run")
+    be = backend(tiny_causal_lm_dir)
+    job_id = be.submit(examples(), str(tiny_causal_lm_dir), workdir, epoch=1)
+    first = be.poll(job_id)
+    final = be.wait(job_id, timeout=600)
+    return be, job_id, workdir, first, final
+
+
+def test_training_examples_mask_everything_but_the_answer(tiny_causal_lm_dir):
+    ta = LocalTA(str(tiny_causal_lm_dir))
+    example = examples(1)[0]["messages"]
+    prompt_ids, target_ids = encode_training_example(ta.tokenizer, example, chat=False)
+    # the prompt part is exactly what generation feeds the model
+    assert prompt_ids == encode_prompt(ta.tokenizer, ta.render(example[:-1]), chat=False)
+    assert ta.tokenizer.decode(target_ids) == f'{TARGET} "'
+
+
+def test_job_succeeds_and_loss_goes_down(finished):
+    be, job_id, workdir, first, final = finished
+    assert first.status in ("queued", "running")
+    assert final.status == "succeeded", final.message
+    assert final.step == final.total_steps == 20  # 10 epochs x ceil(8 / 4) steps
+    losses = be.losses(job_id)
+    assert len(losses) == 20
+    assert sum(losses[-4:]) / 4 < losses[0]
+    assert final.loss == losses[-1] and final.eta_s == 0.0
+    events = first.events + final.events
+    assert any(e.startswith("step 1/20 loss ") for e in events)
+    assert any("adapter saved" in e for e in events)
+    assert be.poll(job_id).events == []  # events are handed out once
+
+
+def test_adapter_is_saved_atomically_with_a_log(finished):
+    _, job_id, workdir, _, final = finished
+    adapter = workdir / "ta-adapters" / "epoch-1"
+    assert final.model == str(adapter)
+    assert (adapter / "adapter_config.json").is_file()
+    assert any(adapter.glob("adapter_model.*"))
+    log = json.loads((adapter / "training_log.json").read_text())
+    assert log["prompt_format"] == "transcript" and log["examples"] == 8 and len(log["losses"]) == 20
+    assert [p.name for p in (workdir / "ta-adapters").iterdir()] == ["epoch-1"]
+
+
+def test_local_ta_loads_the_adapter_and_generation_changes(finished, tiny_causal_lm_dir):
+    _, _, _, _, final = finished
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=6)
+    msgs = examples(1)[0]["messages"][:2]
+    base = ta.propose(msgs, n=1, temperature=0.0, seed=0).texts
+    ta.use_model(final.model)
+    assert ta.model_name == f"{tiny_causal_lm_dir.name}+epoch-1"
+    tuned = ta.propose(msgs, n=1, temperature=0.0, seed=0)
+    assert tuned.texts != base
+    assert "hello" in tuned.texts[0]
+    assert tuned.model == ta.model_name
+    ta.use_model(final.model)  # loading it again replaces, not stacks, the adapter
+    assert ta.propose(msgs, n=1, temperature=0.0, seed=0).texts == tuned.texts
+    ta.use_model(str(tiny_causal_lm_dir))  # the base model's name switches back
+    assert ta.model_name == tiny_causal_lm_dir.name
+    assert ta.propose(msgs, n=1, temperature=0.0, seed=0).texts == base
+
+
+def test_a_job_can_continue_from_an_adapter(finished, tiny_causal_lm_dir, tmp_path):
+    _, _, _, _, final = finished
+    be = backend(tiny_causal_lm_dir, epochs=1)
+    job_id = be.submit(examples(4), final.model, tmp_path, epoch=2)
+    status = be.wait(job_id, timeout=600)
+    assert status.status == "succeeded", status.message
+    log = json.loads((Path(status.model) / "training_log.json").read_text())
+    assert log["continued_from"] == final.model
+    assert Path(status.model) == tmp_path / "ta-adapters" / "epoch-2"
+
+
+def test_pause_holds_the_job_and_resume_finishes_it(tiny_causal_lm_dir, tmp_path):
+    be = backend(tiny_causal_lm_dir, epochs=3)
+    job_id = be.submit(examples(), str(tiny_causal_lm_dir), tmp_path, epoch=1)
+    be.set_paused(job_id, True)
+    held = be.wait(job_id, timeout=1.0)  # the thread stays parked between steps
+    assert held.status in ("queued", "running")
+    assert held.step < held.total_steps or held.total_steps == 0
+    assert "paused" in held.events
+    be.set_paused(job_id, False)
+    final = be.wait(job_id, timeout=600)
+    assert final.status == "succeeded", final.message
+    assert "resumed" in final.events
+
+
+def test_cancel_stops_between_steps_without_an_adapter(tiny_causal_lm_dir, tmp_path):
+    be = backend(tiny_causal_lm_dir)
+    job_id = be.submit(examples(), str(tiny_causal_lm_dir), tmp_path, epoch=1)
+    be.set_paused(job_id, True)
+    be.cancel(job_id)
+    final = be.wait(job_id, timeout=600)
+    assert final.status == "cancelled" and final.done
+    assert final.step < 20 and final.model == ""
+    assert not (tmp_path / "ta-adapters" / "epoch-1").exists()
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ([{"messages": [{"role": "user", "content": "only a question"}]}], "example 0"),
+    ([{"text": "not a chat"}], "example 0"),
+    ([], "no examples"),
+    ([*examples(2), {"messages": [{"role": "user", "content": "q"},
+                                  {"role": "assistant", "content": "  "}]}], "example 2"),
+])
+def test_bad_examples_fail_with_a_message(tiny_causal_lm_dir, tmp_path, bad, expected):
+    be = backend(tiny_causal_lm_dir)
+    job_id = be.submit(bad, str(tiny_causal_lm_dir), tmp_path, epoch=1)
+    final = be.wait(job_id, timeout=600)
+    assert final.status == "failed"
+    assert expected in final.message and "Fix:" in final.message
+    assert any(e.startswith("failed:") for e in final.events)
+
+
+def test_a_missing_base_model_fails_the_job_not_the_caller(tiny_causal_lm_dir, tmp_path):
+    be = backend(tiny_causal_lm_dir)
+    job_id = be.submit(examples(2), str(tmp_path / "no-model"), tmp_path, epoch=1)
+    final = be.wait(job_id, timeout=600)
+    assert final.status == "failed" and "does not exist" in final.message
+
+
+def test_unknown_job_polls_as_failed(tiny_causal_lm_dir):
+    status = backend(tiny_causal_lm_dir).poll("local-e9-deadbeef")
+    assert status.status == "failed" and "unknown" in status.message
+
+
+def test_engine_runs_gpta_with_the_local_ta_and_local_lora(tiny_bert_dir, tiny_causal_lm_dir,
+                                                          sentiment_csv, tmp_path):
+    """The whole loop with both local backends built from the config: the TA is tuned after
+    epoch 1 and epoch 2 asks the tuned TA."""
+    from engine import events as ev
+    from engine.config import build_config
+    from engine.loop import Engine
+
+    cfg = build_config("default", overrides={
+        "seed": 3, "device": "cpu",
+        "data": {"dataset": str(sentiment_csv), "train_size": 32, "val_size": 16, "test_size": 16},
+        "student": {"model": str(tiny_bert_dir), "max_length": 32, "batch_size": 8,
+                    "eval_batch_size": 32, "checkpoint_every": 4},
+        "loop": {"epochs": 2, "k": 6, "l": 3, "window": 2},
+        "ta": {"backend": "local", "model": str(tiny_causal_lm_dir), "max_new_tokens": 8},
+        "finetune": {"backend": "local", "epochs": 1, "batch_size": 2},
+    })
+    seen: list[ev.Event] = []
+    done = Engine(cfg, tmp_path, listeners=[seen.append]).run()
+    assert done.status == "finished"
+    changed = [e for e in seen if isinstance(e, ev.TAModelChanged)]
+    assert [e.model for e in changed] == [f"{tiny_causal_lm_dir.name}+epoch-1"]
+    steps = [e for e in seen if isinstance(e, ev.FinetuneUpdate) and e.message.startswith("step ")]
+    assert steps and steps[-1].step == steps[-1].total_steps == 2  # 4 windows, batch 2
+    assert (tmp_path / "ta-adapters" / "epoch-1" / "adapter_config.json").is_file()
+    epoch2 = [e for e in seen if isinstance(e, ev.TAResponse) and e.epoch == 2]
+    assert epoch2 and all(e.usage["total_tokens"] > 0 for e in epoch2)
