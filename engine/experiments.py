@@ -568,13 +568,15 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def ranks(scores: dict[str, float]) -> dict[str, float]:
-    """Rank 1 = highest score; ties share the average of their ranks."""
+    """Rank 1 = highest score; ties share the average of their ranks. Scores equal up to
+    float rounding tie: (167/300 + 171/300) / 2 and 169/300 differ in the last bit."""
     ordered = sorted(scores, key=lambda k: -scores[k])
     out: dict[str, float] = {}
     i = 0
     while i < len(ordered):
         j = i
-        while j + 1 < len(ordered) and scores[ordered[j + 1]] == scores[ordered[i]]:
+        while j + 1 < len(ordered) and math.isclose(scores[ordered[j + 1]], scores[ordered[i]],
+                                                    rel_tol=1e-9, abs_tol=1e-12):
             j += 1
         for k in ordered[i:j + 1]:
             out[k] = (i + j) / 2 + 1

@@ -151,6 +151,7 @@ from engine.experiments import (CompareSpec, RunResult, RunSpec, Setting, build_
 
 def test_ranks_share_ties_and_mean_std_is_the_sample_std():
     assert ranks({"a": 0.7, "b": 0.9, "c": 0.7, "d": 0.1}) == {"b": 1, "a": 2.5, "c": 2.5, "d": 4}
+    assert ranks({"a": (167 / 300 + 171 / 300) / 2, "b": 169 / 300}) == {"a": 1.5, "b": 1.5}
     mean, std = mean_std([0.60, 0.64])
     assert mean == pytest.approx(0.62) and std == pytest.approx(0.0282842712)
     assert mean_std([0.5]) == (0.5, None) and mean_std([]) == (None, None)
@@ -418,6 +419,10 @@ def test_prefix_export_and_a_fixed_prefix_comparison_through_the_cli(
     assert "finished earlier, skipped" in capsys.readouterr().err
     assert cli(["--home", str(home), "compare", "--name", "tr", "--resume", "--seeds", "2"]) == 2
     assert "cannot change a saved comparison" in capsys.readouterr().err
+    (home / "compare" / "tr" / "results.md").unlink()
+    assert cli(["--home", str(home), "compare", "--name", "tr", "--report-only"]) == 0
+    assert "| fixed |" in capsys.readouterr().out
+    assert (home / "compare" / "tr" / "results.md").is_file()
 
 
 def test_prefix_set_files(tmp_path):
