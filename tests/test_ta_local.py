@@ -171,6 +171,12 @@ def test_temperature_zero_is_greedy(tiny_ta):
     assert a.texts == b.texts
 
 
+def test_greedy_usage_counts_the_one_generated_sequence(tiny_ta):
+    one = tiny_ta.propose(messages(), n=1, temperature=0.0, seed=0).usage
+    three = tiny_ta.propose(messages(), n=3, temperature=0.0, seed=0).usage
+    assert one == three
+
+
 def test_usage_counts_tokens(tiny_ta):
     msgs = messages()
     reply = tiny_ta.propose(msgs, n=3, temperature=1.0, seed=3)

@@ -22,8 +22,9 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from engine.errors import ModelError, TAUnavailable, UsageError
 from engine.resources import DEFAULT_TA, cache_dir, gemma_gguf_chunks, is_default_ta
@@ -48,6 +49,20 @@ def _say(on_status: StatusFn | None, message: str) -> None:
 def _one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Keep transformers' tqdm bars off stderr while loading (they garble a running TUI)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 # ---- the offline default: Gemma 3 270M from the GGUF chunk packages ------------------------------
@@ -119,8 +134,9 @@ def _dequantize(gguf: Path, out: Path) -> None:
     except ImportError:  # older transformers always dequantize GGUF files
         pass
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
+        with _no_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None:  # the weights are dense now; drop the GGUF bookkeeping
             quantizer.remove_quantization_config(model)
@@ -214,8 +230,9 @@ def load_causal_lm(name: str, device: str = "cpu", dtype: Any = None,
     source = resolve_local_model(name, on_status)
     _say(on_status, f"loading TA model {model_label(name)} on {device}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype or torch.float32)
+        with _no_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype or torch.float32)
     except Exception as exc:  # noqa: BLE001 - every load failure is reported the same way
         if isinstance(source, Path):
             raise ModelError(f"cannot load a causal LM from {str(source)!r} ({_one_line(exc)})",
@@ -424,8 +441,8 @@ class LocalTA(TeachingAssistant):
             completion_tokens += length
             text = self.tokenizer.decode(row[prompt_len:prompt_len + length], skip_special_tokens=True)
             texts.append(transcript.cut_at_stop(text) if stops else text.strip())
-        if not sample:  # greedy decoding has one answer; the caller asked for n
-            texts, completion_tokens = texts * n, completion_tokens * n
+        if not sample:  # greedy decoding has one answer (generated once); the caller asked for n
+            texts = texts * n
         usage = {"prompt_tokens": prompt_len, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_len + completion_tokens}
         return TAReply(texts=texts, usage=usage, latency_s=time.perf_counter() - started,
