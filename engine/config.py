@@ -24,7 +24,7 @@ else:  # pragma: no cover
 
 MODES = ("baseline", "gpta", "gpta-data")
 TA_BACKENDS = ("local", "openai", "scripted")
-FINETUNE_BACKENDS = ("none", "local", "openai")
+FINETUNE_BACKENDS = ("auto", "none", "local", "openai")
 TUNINGS = ("full", "lt-prefix", "lt-prompt")
 METRICS = ("accuracy", "macro_f1", "f1", "exact_match", "rouge1", "rouge2", "rougeL", "neg_loss")
 SECRET_FIELDS = {"api_key"}
@@ -91,7 +91,7 @@ class TAConfig:
 
 @dataclass
 class FinetuneConfig:
-    backend: str = "none"
+    backend: str = "auto"  # auto: local LoRA for a local TA, none otherwise (paid jobs are opt-in)
     model: str = ""
     max_windows: int = 50
     epochs: int = 2
@@ -214,6 +214,14 @@ class RunConfig:
         return self
 
     @property
+    def finetune_backend(self) -> str:
+        """finetune.backend with "auto" resolved: a local TA is tuned with local LoRA; an
+        OpenAI TA only when asked explicitly (jobs cost money); the scripted TA never."""
+        if self.finetune.backend != "auto":
+            return self.finetune.backend
+        return "local" if self.ta.backend == "local" else "none"
+
+    @property
     def max_requests_per_epoch(self) -> int:
         if self.loop.max_requests_per_epoch > 0:
             return self.loop.max_requests_per_epoch
@@ -226,7 +234,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"train_size": 192, "val_size": 48, "test_size": 96},
         "student": {"max_length": 64, "batch_size": 16, "checkpoint_every": 4},
         "ta": {"max_new_tokens": 32},
-        "loop": {"epochs": 1, "k": 8, "l": 4, "window": 3},
+        "loop": {"epochs": 2, "k": 8, "l": 4, "window": 3},
         "finetune": {"epochs": 1, "batch_size": 2},
     },
     # CPU-friendly but meaningful: the dataclass defaults.

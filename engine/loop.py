@@ -562,9 +562,9 @@ class Engine:
             job_id = job["job_id"]
             self.notice(f"re-attached to fine-tune job {job_id}", "info")
         else:
-            base = cfg.finetune.model or cfg.ta.model
-            if backend.name == "openai" and st.ta_model:
-                base = st.ta_model
+            # Tuning builds up across epochs (as in the paper): continue from the current
+            # tuned TA (an OpenAI fine-tuned model id, or a local adapter directory).
+            base = st.ta_model or cfg.finetune.model or cfg.ta.model
             try:
                 job_id = backend.submit(examples, base, self.workdir, st.epoch)
             except GptaError as exc:

@@ -51,7 +51,8 @@ HELP = {
     "ta_backend": " | ".join(TA_BACKENDS) + " (default local)",
     "ta_model": "local: causal LM name/path (default gemma-3-270m, offline); openai: model id",
     "ta_base_url": "OpenAI-compatible endpoint (default $OPENAI_BASE_URL)",
-    "finetune_backend": " | ".join(FINETUNE_BACKENDS) + " (default none)",
+    "finetune_backend": " | ".join(FINETUNE_BACKENDS) + " (default auto: local LoRA for a local "
+                        "TA, none otherwise)",
     "k": "history size per epoch (paper: 50)",
     "l": "prefixes asked per TA request",
     "window": "dialogue-gradient window w (paper: 5)",
