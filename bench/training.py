@@ -11,6 +11,8 @@ epoch each, rebuilt from the same initial weights every repeat:
 - engine: `ClassificationStudent.train_epoch`, what the GPTA loop runs;
 - minimal: `minimal_epoch` below, a hand-written loop doing the same maths and nothing else
   (its losses equal the engine's bit for bit on CPU, see tests/test_bench_equivalence.py);
+- minimal, fused AdamW: the same loop with torch's fused AdamW kernel, run while the engine
+  uses the default (foreach) one, to show what switching would give;
 - HF Trainer: `transformers.Trainer` with its defaults otherwise (fused AdamW, no logging,
   no saving), timed from its epoch start to its epoch end.
 
@@ -24,7 +26,7 @@ import gc
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -54,7 +56,7 @@ class Setup:
     seed: int = 42
     device: str = "cpu"
     amp: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    fused: bool | None = None      # AdamW(fused=...): None is torch's default (foreach)
 
     @property
     def steps(self) -> int:
@@ -93,7 +95,8 @@ def load_model(setup: Setup):
 
 
 def make_optimizer(model: torch.nn.Module, setup: Setup):
-    """AdamW without weight decay on biases and LayerNorm weights, and a linear schedule."""
+    """AdamW without weight decay on biases and LayerNorm weights, and a linear schedule
+    (the engine student's recipe; `setup.fused` picks the fused AdamW kernel)."""
     from transformers import get_linear_schedule_with_warmup
 
     decay, no_decay = [], []
@@ -103,7 +106,8 @@ def make_optimizer(model: torch.nn.Module, setup: Setup):
         else:
             decay.append(param)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": setup.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=setup.lr)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=setup.lr,
+                                  fused=setup.fused)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, setup.steps)
     return optimizer, scheduler
 
@@ -149,12 +153,20 @@ def minimal_epoch(model, tokenizer, optimizer, scheduler, setup: Setup, epoch: i
 # ---- the contenders ------------------------------------------------------------------
 
 
-def run_engine(setup: Setup, data) -> tuple[float, list[float]]:
-    """(seconds, losses) of one train_epoch of a freshly built engine student."""
+def engine_student(setup: Setup, data):
     from engine.student.classification import ClassificationStudent
 
-    student = ClassificationStudent(setup.student_config(), data, epochs=1, seed=setup.seed,
-                                    device=setup.device)
+    return ClassificationStudent(setup.student_config(), data, epochs=1, seed=setup.seed,
+                                 device=setup.device)
+
+
+def engine_uses_fused_adamw(student) -> bool:
+    return bool(student.optimizer.param_groups[0].get("fused"))
+
+
+def run_engine(setup: Setup, data) -> tuple[float, list[float]]:
+    """(seconds, losses) of one train_epoch of a freshly built engine student."""
+    student = engine_student(setup, data)
     with stopwatch(setup.device) as t:
         losses = [result.loss for result in student.train_epoch(setup.prefix, 1)]
     return t[0], losses
@@ -223,6 +235,8 @@ def main() -> None:
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX)
     parser.add_argument("--no-hf", action="store_true", help="skip the HF Trainer contender")
+    parser.add_argument("--no-fused", action="store_true",
+                        help="skip the minimal loop with fused AdamW (run when the engine's is not)")
     args = parser.parse_args()
     device = prepare(args)
     machine = machine_info(device)
@@ -233,16 +247,22 @@ def main() -> None:
                   prefix=args.prefix, batch_size=args.batch_size, max_length=args.max_length,
                   seed=args.seed, device=device)
 
-    progress("warm-up: 3 steps of the minimal loop")
-    warm = dataclasses.replace(setup, rows=setup.rows[:3 * setup.batch_size])
-    model, tokenizer = load_model(warm)
-    list(minimal_epoch(model, tokenizer, *make_optimizer(model, warm), warm))
-    del model, tokenizer
+    progress("warm-up: 3 steps of the engine student")
+    student = engine_student(setup, data)
+    for result in student.train_epoch(setup.prefix, 1):
+        if result.epoch_step == 3:
+            break
+    # The minimal loop uses the engine's AdamW kernel so that their losses agree.
+    setup.fused = True if engine_uses_fused_adamw(student) else None
+    del student
     _free()
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         contenders = {"engine: ClassificationStudent.train_epoch": lambda: run_engine(setup, data),
                       "minimal PyTorch loop": lambda: run_minimal(setup)}
+        if not setup.fused and not args.no_fused:
+            fused = dataclasses.replace(setup, fused=True)
+            contenders["minimal PyTorch loop, fused AdamW"] = lambda: run_minimal(fused)
         if not args.no_hf:
             contenders["HF Trainer"] = lambda: run_hf_trainer(setup, Path(tmp))
         names = list(contenders)
@@ -262,7 +282,8 @@ def main() -> None:
                     settings={"model": args.model, "dataset": "twitter-sentiment",
                               "train rows": len(setup.rows), "steps": setup.steps,
                               "batch_size": setup.batch_size, "max_length": setup.max_length,
-                              "lr": setup.lr, "repeats": args.repeats})
+                              "lr": setup.lr, "engine AdamW": "fused" if setup.fused else "foreach (default)",
+                              "repeats": args.repeats})
     engine_sec = median(times[engine_name])
     rows = []
     for name in names:
@@ -281,6 +302,10 @@ def main() -> None:
         [f"engine >= {MINIMAL_TARGET:.2f}x minimal loop", f"{vs_minimal:.3f}x: "
          + ("met" if vs_minimal >= MINIMAL_TARGET else "NOT met")],
     ]
+    fused_name = "minimal PyTorch loop, fused AdamW"
+    if fused_name in outcomes:
+        drift = max(abs(a - b) for run in outcomes[fused_name] for a, b in zip(run, reference, strict=True))
+        checks.append(["fused AdamW loop vs engine losses", f"max abs difference {drift:.2e}"])
     if not args.no_hf:
         vs_hf = median(times["HF Trainer"]) / engine_sec
         checks.append(["engine not slower than HF Trainer",

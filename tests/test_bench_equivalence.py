@@ -18,7 +18,8 @@ import torch
 
 from bench import common
 from bench.scoring import padded_tokens
-from bench.training import Setup, load_model, make_optimizer, minimal_epoch, run_hf_trainer
+from bench.training import (Setup, engine_uses_fused_adamw, load_model, make_optimizer,
+                            minimal_epoch, run_hf_trainer)
 from conftest import make_sentiment_rows
 from engine.config import build_config
 from engine.data import TaskData
@@ -80,6 +81,7 @@ def test_minimal_loop_reproduces_engine_losses(tiny_bert_dir):
     student = ClassificationStudent(setup.student_config(), data, epochs=1, seed=setup.seed,
                                     device="cpu")
     engine_losses = [r.loss for r in student.train_epoch(setup.prefix, 1)]
+    setup = dataclasses.replace(setup, fused=True if engine_uses_fused_adamw(student) else None)
 
     model, tokenizer = load_model(setup)
     optimizer, scheduler = make_optimizer(model, setup)
@@ -90,6 +92,22 @@ def test_minimal_loop_reproduces_engine_losses(tiny_bert_dir):
     assert len(set(engine_losses)) > 1  # the model really trains (losses move)
     for (name, a), (_, b) in zip(student.model.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_fused_adamw_loop_tracks_the_engine_closely(tiny_bert_dir):
+    """The fused AdamW kernel (the proposed engine change) changes rounding, not the maths."""
+    full = task_data()
+    data = dataclasses.replace(full, train=full.train[:48])
+    setup = tiny_setup(tiny_bert_dir, data, lr=2e-5)  # the default learning rate
+    student = ClassificationStudent(setup.student_config(), data, epochs=1, seed=setup.seed,
+                                    device="cpu")
+    engine_losses = [r.loss for r in student.train_epoch(setup.prefix, 1)]
+    fused = dataclasses.replace(setup, fused=True)
+    model, tokenizer = load_model(fused)
+    fused_losses = list(minimal_epoch(model, tokenizer, *make_optimizer(model, fused), fused))
+    assert len(fused_losses) == len(engine_losses) == 6
+    assert fused_losses[0] == engine_losses[0]  # same weights before the first update
+    assert fused_losses == pytest.approx(engine_losses, rel=1e-4)
 
 
 def test_minimal_loop_differs_with_another_seed(tiny_bert_dir):
