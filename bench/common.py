@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import random
@@ -329,62 +328,21 @@ def synthetic_prefixes(k: int, seed: int) -> list[str]:
     return list(out)
 
 
-def synthetic_ta(seed: int):
-    """A deterministic offline TA built on `synthetic_prefixes` (used where the project's
-    scripted backend is not installed)."""
-    from engine.ta.base import TAReply, TeachingAssistant
-
-    pool = synthetic_prefixes(400, seed)
-
-    class SyntheticTA(TeachingAssistant):
-        backend = "scripted"
-
-        def __init__(self) -> None:
-            self._model = "bench-synthetic"
-
-        @property
-        def model_name(self) -> str:
-            return self._model
-
-        def propose(self, messages: list[dict], n: int, temperature: float, seed: int) -> TAReply:
-            picks = random.Random(seed).sample(pool, n)
-            text = json.dumps({"prefixes": picks})
-            words = sum(len(m.get("content", "").split()) for m in messages)
-            return TAReply(texts=[text], usage={"prompt_tokens": words, "completion_tokens": len(text.split()),
-                                                "total_tokens": words + len(text.split())},
-                           model=self._model)
-
-        def use_model(self, model_ref: str) -> None:
-            self._model = model_ref
-
-    return SyntheticTA()
-
-
-def scripted_backend_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("engine.ta.scripted") is not None
-
-
-def ta_for(kind: str, seed: int):
-    """(ta instance or None, description): None lets the engine build the configured TA.
-
-    "scripted" uses the project's scripted backend where it exists, else `synthetic_ta`;
-    "local" needs the project's local backend (the Gemma 3 270M GGUF by default)."""
+def ta_for(kind: str) -> str:
+    """Check that the TA backend `kind` exists in this checkout; its description for reports.
+    The engine builds the TA itself from the config (ta.backend)."""
     import importlib.util
 
     from engine.errors import UsageError
 
-    if kind == "scripted":
-        if scripted_backend_available():
-            return None, "engine scripted TA (engine.ta.scripted)"
-        return synthetic_ta(seed), "bench synthetic TA (engine.ta.scripted is not in this checkout)"
-    if kind == "local":
-        if importlib.util.find_spec("engine.ta.local") is None:
-            raise UsageError("the local TA backend (engine.ta.local) is not in this checkout",
-                             "use --ta scripted, or run after the local backend is installed")
-        return None, "engine local TA (engine.ta.local)"
-    raise UsageError(f"unknown TA {kind!r}", "use --ta scripted or --ta local")
+    modules = {"scripted": "engine.ta.scripted", "local": "engine.ta.local"}
+    if kind not in modules:
+        raise UsageError(f"unknown TA {kind!r}", "use --ta scripted or --ta local")
+    if importlib.util.find_spec(modules[kind]) is None:
+        raise UsageError(f"the {kind} TA backend ({modules[kind]}) is not in this checkout",
+                         "update the checkout, or pick the other --ta")
+    return {"scripted": "engine scripted TA (offline, deterministic)",
+            "local": "engine local TA (Gemma 3 270M GGUF by default)"}[kind]
 
 
 class CallTimer:

@@ -72,14 +72,13 @@ class PhaseRecorder:
         return dict(out)
 
 
-def run_once(cfg, ta_kind: str, device: str, workdir: Path) -> dict[str, Any]:
+def run_once(cfg, device: str, workdir: Path) -> dict[str, Any]:
     """One engine run; phase walls, inner timings, counts and RSS."""
     from engine.loop import Engine
 
-    ta, _ = ta_for(ta_kind, cfg.seed)
     recorder = PhaseRecorder(device)
     started = time.time()
-    engine = Engine(cfg, workdir, listeners=[recorder], ta=ta)
+    engine = Engine(cfg, workdir, listeners=[recorder])
     recorder.engine = engine
     recorder.timer.wrap(engine, "save_checkpoint", "checkpoint saves")
     recorder.timer.wrap(engine, "_save_best", "checkpoint saves")
@@ -95,8 +94,9 @@ def run_once(cfg, ta_kind: str, device: str, workdir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--ta", default="scripted", choices=("scripted", "local"))
-    parser.add_argument("--finetune", default="none", choices=("none", "local"),
-                        help="TA fine-tune backend (runs only between epochs, so with --epochs 2+)")
+    parser.add_argument("--finetune", default="auto", choices=("auto", "none", "local"),
+                        help="TA fine-tune backend (auto: local LoRA for the local TA, else none); "
+                             "it runs between epochs only, so with --epochs 2 or more")
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     device = prepare(args)
@@ -108,11 +108,11 @@ def main() -> None:
                                            "ta": {"backend": args.ta},
                                            "finetune": {"backend": args.finetune},
                                            "loop": {"epochs": args.epochs}})
-    _, ta_name = ta_for(args.ta, args.seed)
+    ta_name = ta_for(args.ta)
     runs = []
     for r in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
-            runs.append(run_once(cfg, args.ta, device, Path(tmp)))
+            runs.append(run_once(cfg, device, Path(tmp)))
         progress(f"repeat {r + 1}/{args.repeats}: {runs[-1]['total']:.1f}s")
 
     phases = [p for p in PHASE_ORDER if any(p in run["phases"] for run in runs)]

@@ -78,7 +78,7 @@ class Prepared:
     step_seconds: list[float]  # durations of the training steps 2.. of both runs
 
 
-def prepare_runs(cfg, root: Path, stop_at: int, ta_kind: str) -> Prepared:
+def prepare_runs(cfg, root: Path, stop_at: int) -> Prepared:
     """Run `cfg` as a session and as a bare engine, each stopped after training step `stop_at`."""
     from engine.controls import Controls
     from engine.loop import Engine
@@ -86,16 +86,14 @@ def prepare_runs(cfg, root: Path, stop_at: int, ta_kind: str) -> Prepared:
 
     controls = Controls()
     in_session = StopAt(controls, stop_at)
-    handle, engine = start_session(cfg, root / "home", listeners=[in_session], controls=controls,
-                                   ta=ta_for(ta_kind, cfg.seed)[0])
+    handle, engine = start_session(cfg, root / "home", listeners=[in_session], controls=controls)
     try:
         engine.run()
     finally:
         handle.close()
     controls = Controls()
     bare = StopAt(controls, stop_at)
-    Engine(cfg, root / "engine", controls=controls, listeners=[bare],
-           ta=ta_for(ta_kind, cfg.seed)[0]).run()
+    Engine(cfg, root / "engine", controls=controls, listeners=[bare]).run()
     if bare.state is None or bare.state.get("step") != stop_at:
         raise RuntimeError(f"the prepared engine run did not stop after step {stop_at}")
     durations = [b - a for ts in (in_session.step_ts, bare.step_ts) for a, b in zip(ts, ts[1:])]
@@ -110,15 +108,14 @@ def segments(t0: float, called: float, probe: FirstStep) -> dict[str, float]:
             "total": probe.first_step - t0}
 
 
-def session_resume(name: str, home: Path, ta_kind: str, seed: int) -> tuple[dict[str, float], int]:
+def session_resume(name: str, home: Path) -> tuple[dict[str, float], int]:
     from engine.controls import Controls
     from sessions.runner import resume_session
 
-    ta, _ = ta_for(ta_kind, seed)
     controls = Controls()
     probe = FirstStep(controls)
     t0 = time.perf_counter()
-    handle, engine = resume_session(name, home, listeners=[probe], controls=controls, ta=ta)
+    handle, engine = resume_session(name, home, listeners=[probe], controls=controls)
     called = time.perf_counter()
     try:
         engine.run()
@@ -127,15 +124,14 @@ def session_resume(name: str, home: Path, ta_kind: str, seed: int) -> tuple[dict
     return segments(t0, called, probe), probe.step
 
 
-def engine_resume(cfg, workdir: Path, state: dict, ta_kind: str) -> tuple[dict[str, float], int]:
+def engine_resume(cfg, workdir: Path, state: dict) -> tuple[dict[str, float], int]:
     from engine.controls import Controls
     from engine.loop import Engine
 
-    ta, _ = ta_for(ta_kind, cfg.seed)
     controls = Controls()
     probe = FirstStep(controls)
     t0 = time.perf_counter()
-    engine = Engine(cfg, workdir, controls=controls, listeners=[probe], resume=state, ta=ta)
+    engine = Engine(cfg, workdir, controls=controls, listeners=[probe], resume=state)
     called = time.perf_counter()
     engine.run()
     return segments(t0, called, probe), probe.step
@@ -159,22 +155,22 @@ def main() -> None:
         raise UsageError(f"--stop-at {args.stop_at} with --repeats {args.repeats} runs past the "
                          f"{steps} training steps of the first epoch",
                          f"keep --stop-at + --repeats below {steps}")
-    _, ta_name = ta_for(args.ta, args.seed)
+    ta_name = ta_for(args.ta)
     results: dict[str, list[dict[str, float]]] = {"session": [], "engine": []}
     steps_seen: dict[str, list[int]] = {"session": [], "engine": []}
     with tempfile.TemporaryDirectory(prefix="bench-resume-") as tmp:
         root = Path(tmp)
         progress(f"preparing: a session and a bare engine run, both stopped after step {args.stop_at}")
-        prepared = prepare_runs(cfg, root, args.stop_at, args.ta)
+        prepared = prepare_runs(cfg, root, args.stop_at)
         for r in range(args.repeats):
             order = ["session", "engine"] if r % 2 == 0 else ["engine", "session"]
             for kind in order:
                 if kind == "session":
-                    seg, step = session_resume(prepared.session, prepared.home, args.ta, args.seed)
+                    seg, step = session_resume(prepared.session, prepared.home)
                 else:
                     workdir = root / f"engine-{r}"
                     shutil.copytree(prepared.workdir, workdir)
-                    seg, step = engine_resume(cfg, workdir, prepared.state, args.ta)
+                    seg, step = engine_resume(cfg, workdir, prepared.state)
                     shutil.rmtree(workdir, ignore_errors=True)
                 results[kind].append(seg)
                 steps_seen[kind].append(step)

@@ -3,7 +3,7 @@
 On tiny random models: fast and plain prefix scoring give identical metrics; the minimal
 PyTorch loop of bench.training reproduces the engine student's losses bit for bit; the HF
 Trainer contender takes the same number of optimizer steps; the epoch and resume benchmarks
-measure real engine runs. Plus the helpers: section writing, tables, synthetic prefixes/TA.
+measure real engine runs. Plus the helpers: section writing, tables, synthetic prefixes, the TA check.
 No timing is asserted anywhere.
 """
 
@@ -23,7 +23,7 @@ from bench.training import (Setup, engine_uses_fused_adamw, load_model, make_opt
 from conftest import make_sentiment_rows
 from engine.config import build_config
 from engine.data import TaskData
-from engine.parsing import clean_prefixes, parse_prefixes
+from engine.parsing import clean_prefixes
 from engine.student.classification import ClassificationStudent
 
 LABELS = ["positive", "negative", "neutral"]
@@ -148,7 +148,7 @@ def test_epoch_benchmark_breaks_a_real_run_into_phases(tiny_bert_dir, sentiment_
     from bench.epoch import run_once
 
     cfg = tiny_run_config(tiny_bert_dir, sentiment_csv)
-    run = run_once(cfg, "scripted", "cpu", tmp_path)
+    run = run_once(cfg, "cpu", tmp_path)
     for phase in ("startup", "setup", "training", "validating", "collecting", "testing"):
         assert phase in run["phases"], phase
     assert sum(run["phases"].values()) == pytest.approx(run["total"], abs=0.5)
@@ -179,15 +179,15 @@ def test_resume_benchmark_measures_session_and_engine_resumes(tiny_bert_dir, sen
     from bench.resume import SEGMENTS, engine_resume, prepare_runs, session_resume
 
     cfg = tiny_run_config(tiny_bert_dir, sentiment_csv)
-    prepared = prepare_runs(cfg, tmp_path, stop_at=2, ta_kind="scripted")
+    prepared = prepare_runs(cfg, tmp_path, stop_at=2)
     assert prepared.state["step"] == 2 and len(prepared.step_seconds) == 2
-    seg, step = session_resume(prepared.session, prepared.home, "scripted", cfg.seed)
+    seg, step = session_resume(prepared.session, prepared.home)
     assert step == 3 and set(seg) == set(SEGMENTS)
-    seg, step = session_resume(prepared.session, prepared.home, "scripted", cfg.seed)
+    seg, step = session_resume(prepared.session, prepared.home)
     assert step == 4  # each session resume continues the previous one
     workdir = tmp_path / "copy"
     shutil.copytree(prepared.workdir, workdir)
-    seg, step = engine_resume(cfg, workdir, prepared.state, "scripted")
+    seg, step = engine_resume(cfg, workdir, prepared.state)
     assert step == 3
     assert seg["total"] == pytest.approx(seg["resume call"] + seg["setup to RunStarted"]
                                          + seg["RunStarted to first TrainStep"])
@@ -226,13 +226,12 @@ def test_synthetic_prefixes_are_distinct_deterministic_and_usable():
     assert accepted == a and not rejected
 
 
-def test_synthetic_ta_replies_parse_into_n_prefixes():
-    ta = common.synthetic_ta(seed=0)
-    reply = ta.propose([{"role": "user", "content": "give me prefixes"}], n=4, temperature=1.0, seed=9)
-    prefixes = parse_prefixes(reply.texts[0])
-    assert len(prefixes) == 4 and all(p in common.synthetic_prefixes(400, 0) for p in prefixes)
-    assert reply.usage["total_tokens"] > 0
-    assert ta.propose([], n=4, temperature=1.0, seed=9).texts == reply.texts
+def test_ta_for_names_the_backend_or_refuses():
+    from engine.errors import UsageError
+
+    assert "scripted" in common.ta_for("scripted")
+    with pytest.raises(UsageError, match="unknown TA"):
+        common.ta_for("psychic")
 
 
 def test_call_timer_counts_nested_calls_once_per_phase():
