@@ -28,7 +28,6 @@ from textual.worker import Worker, WorkerState
 from engine.config import PRESETS, RunConfig
 from engine.errors import GptaError
 from gpta_tui import form
-from gpta_tui.dashboard import DashboardState
 from gpta_tui.run_control import RunController, load_past
 from gpta_tui.screens.confirm import ConfirmScreen
 from gpta_tui.screens.help import HelpScreen
@@ -218,11 +217,12 @@ class GptaApp(App[None]):
             error = event.worker.error
             text = str(error) if isinstance(error, GptaError) else f"{type(error).__name__}: {error}"
             self.notify(f"Run failed: {text}", severity="error", timeout=10)
-            if controller.state.status not in ("failed",):
+            if controller.state.status != "failed":  # it failed before the engine could say so
+                changed = controller.note(f"the run stopped with an error: {text}", "error")
                 controller.state.status, controller.state.status_reason = "failed", text
                 screen = self.run_screen
                 if screen is not None:
-                    screen.post_message(RunScreen.StateChanged({"header"}))
+                    screen.post_message(RunScreen.StateChanged(changed | {"header"}))
         elif controller.result is not None and not self._quitting:
             status = controller.result.status
             self.notify(f"Run {status}. Esc: back to the sessions.",

@@ -442,7 +442,8 @@ class DashboardState:
         previous, self.status, self.status_reason = self.status, e.status, e.reason
         level = {"failed": "error", "interrupted": "warning"}.get(e.status, "info")
         changed = {"header"}
-        if e.status != previous:
+        # The end of a run is logged once, by RunFinished (with its test metrics).
+        if e.status != previous and e.status not in ("finished", "failed", "stopped"):
             text = f"status {e.status}" + (f": {e.reason}" if e.reason else "")
             changed.add(self._log(e.ts, level, text))
         return changed

@@ -120,9 +120,8 @@ class RunController:
             finally:
                 handle.close()
             return self.result
-        except BaseException as exc:  # reported on the UI thread; never lost
+        except BaseException as exc:  # the app reports it (worker state ERROR)
             self.error = exc
-            self.buffer(Notice(level="error", message=f"the run stopped with an error: {exc}"))
             raise
         finally:
             self._done.set()

@@ -19,6 +19,7 @@ from engine.events import (
     PrefixFindingAccuracy,
     PrefixScored,
     Progress,
+    RunFinished,
     RunStarted,
     StatusChanged,
     TAModelChanged,
@@ -227,10 +228,13 @@ def test_failed_jobs_and_status_changes_are_logged_as_errors():
     state.apply(FinetuneUpdate(epoch=1, backend="openai", job_id="ftjob-1", status="failed",
                                message="training file invalid"))
     state.apply(StatusChanged(status="failed", reason="TA unreachable"))
+    state.apply(RunFinished(status="failed", best_epoch=0, best_prefix="", val_metrics={},
+                            test_metrics={}, test_metrics_no_prefix={}, summary={},
+                            reason="TA unreachable"))
     errors = [e.text for e in state.log if e.level == "error"]
     assert errors == ["fine-tune job ftjob-1 failed: training file invalid",
-                      "status failed: TA unreachable"]
-    assert state.active_job is None
+                      "run failed; TA unreachable"]  # the end of a run is logged once
+    assert state.active_job is None and state.status == "failed"
 
 
 def test_log_is_bounded():

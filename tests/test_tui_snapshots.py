@@ -51,9 +51,23 @@ def run_app(**kwargs) -> GptaApp:
     return GptaApp(start=RunScreen(state, None, clock=lambda: NOW), clock=lambda: NOW, **kwargs)
 
 
+# Fixed form values (not the live presets, which may be retuned without changing the form).
+FORM_VALUES = {
+    "name": "twitter-sentiment-1", "preset": "smoke", "mode": "gpta",
+    "dataset": "twitter-sentiment", "description": "", "student": "all-MiniLM-L6-v2",
+    "ta_backend": "local", "ta_model": "gemma-3-270m", "ta_base_url": "",
+    "finetune_backend": "auto", "train_size": "192", "epochs": "2", "k": "8", "l": "4",
+    "window": "3", "seed": "42",
+}
+
+
+def test_form_values_cover_every_field():
+    assert set(FORM_VALUES) == {f.id for f in form.FIELDS}
+    assert set(form.default_values("smoke")) == set(FORM_VALUES)
+
+
 def form_app(values: dict | None = None, first_launch: bool = True) -> GptaApp:
-    base = form.default_values("smoke", name="twitter-sentiment-1")
-    return GptaApp(start=NewSessionScreen({**base, **(values or {})}, {"taken"},
+    return GptaApp(start=NewSessionScreen({**FORM_VALUES, **(values or {})}, {"taken"},
                                           first_launch=first_launch))
 
 

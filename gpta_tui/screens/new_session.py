@@ -15,9 +15,9 @@ from textual.screen import Screen
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from engine.config import RunConfig
-from gpta_tui.widgets.key_bar import KeyBar
 from gpta_tui import form
 from gpta_tui.form import FIELDS, Field
+from gpta_tui.widgets.key_bar import KeyBar
 
 
 class NewSessionScreen(Screen[RunConfig | None]):

@@ -16,13 +16,13 @@ from textual.containers import Grid
 from textual.message import Message
 from textual.screen import Screen
 
-from gpta_tui.widgets.key_bar import KeyBar
 from gpta_tui.dashboard import DashboardState
 from gpta_tui.run_control import RunController
 from gpta_tui.screens.confirm import ConfirmScreen
 from gpta_tui.screens.description import DescriptionScreen
 from gpta_tui.widgets.finetune_panel import FinetunePanel
 from gpta_tui.widgets.history_table import HistoryTable
+from gpta_tui.widgets.key_bar import KeyBar
 from gpta_tui.widgets.log_pane import LogPane
 from gpta_tui.widgets.loss_chart import LossChart
 from gpta_tui.widgets.run_header import RunHeader

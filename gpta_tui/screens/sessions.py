@@ -15,8 +15,8 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from gpta_tui.widgets.key_bar import KeyBar
 from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, one_line, score, when
+from gpta_tui.widgets.key_bar import KeyBar
 
 # Statuses a session can be resumed from ("finished" opens read-only; "unreadable" cannot open).
 RESUMABLE = {"running", "paused", "interrupted", "failed"}

@@ -61,7 +61,7 @@ class RunHeader(Static):
             ("elapsed ", "dim"), (duration(state.elapsed_s(now)), "bold"),
             ("  device ", "dim"), (state.device or "-", "bold"),
         )
-        top = Table.grid(expand=True)
+        top = Table.grid(expand=True, padding=(0, 1))
         top.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
         top.add_column(justify="right", no_wrap=True)
         top.add_row(title, clock)

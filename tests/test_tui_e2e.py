@@ -1,0 +1,146 @@
+"""End to end: the installed `gpta-tui` binary in a real terminal (tmux), driven by keys.
+
+A newcomer's path: first launch -> the new-session form (shrunk to tiny test sizes by typing
+into it) -> Ctrl+S -> the live dashboard -> the run finishes -> q quits and gives the terminal
+back; then `--resume NAME` shows the finished session's past.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+BINARY = Path(sys.executable).with_name("gpta-tui")
+
+
+class Tmux:
+    """One detached tmux session on a private server socket."""
+
+    def __init__(self, command: str, size: tuple[int, int] = (130, 40)):
+        self.socket = f"gpta-e2e-{uuid.uuid4().hex[:8]}"
+        self.name = "tui"
+        cols, rows = size
+        self._tmux("new-session", "-d", "-s", self.name, "-x", str(cols), "-y", str(rows),
+                   command)
+
+    def _tmux(self, *args: str) -> str:
+        out = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,
+                             timeout=30)
+        if out.returncode != 0:
+            raise AssertionError(f"tmux {args[0]} failed: {out.stderr.strip()}")
+        return out.stdout
+
+    def keys(self, *keys: str, literal: bool = False, pause: float = 0.3) -> None:
+        self._tmux("send-keys", "-t", self.name, *(("-l",) if literal else ()), *keys)
+        time.sleep(pause)
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-t", self.name)
+
+    def wait_for(self, needle: str, timeout: float, fail_on: tuple[str, ...] = ()) -> str:
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.screen()
+            if needle in text:
+                return text
+            if any(bad in text for bad in fail_on):
+                break
+            time.sleep(0.25)
+        raise AssertionError(f"{needle!r} never appeared; the screen shows:\n{text}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
+
+
+def command(home: Path, *args: str) -> str:
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TERM": "xterm-256color",
+           "GPTA_HOME": str(home)}
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    run = " ".join(shlex.quote(a) for a in (str(BINARY), "--home", str(home), *args))
+    # Keep the pane open after the app exits so the test can read what it left behind.
+    # COLUMNS/LINES inherited from a test runner would override the pane's real size.
+    return f"env -u COLUMNS -u LINES {exports} {run}; echo GPTA-TUI-EXIT=$?; sleep 600"
+
+
+@pytest.fixture()
+def tmux_available():
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (apt-get install -y tmux)")
+    assert BINARY.exists(), f"{BINARY} missing: install the project (pip install -e .)"
+
+
+def test_help_flag_prints_usage_and_exits():
+    out = subprocess.run([str(BINARY), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for flag in ("--resume", "--home", "--preset"):
+        assert flag in out.stdout
+
+
+def test_resume_of_an_unknown_session_is_one_clear_error(tmp_path):
+    out = subprocess.run([str(BINARY), "--home", str(tmp_path), "--resume", "nope"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("gpta-tui: error: no session named 'nope'")
+    assert "Traceback" not in out.stderr
+
+
+def test_first_launch_run_quit_and_reopen(tmux_available, tmp_path, tiny_bert_dir, sentiment_csv):
+    home = tmp_path / "home"
+    term = Tmux(command(home))
+    try:
+        term.wait_for("Welcome to gpta-tui", timeout=120)
+        # Focus starts on "Start run". Walk back through the fields (shift+tab) and type the
+        # tiny sizes: w, l, k, epochs, train size; TA backend -> scripted; student; dataset.
+        term.keys("BTab")  # seed: keep 42
+        for value in ("2", "3", "6", "1", "48"):  # w, l, k, epochs, train size
+            term.keys("BTab")
+            term.keys(value, literal=True)
+        term.keys("BTab")
+        term.keys("BTab")
+        term.keys("BTab")  # finetune backend, base URL, TA model
+        term.keys("BTab")  # TA backend
+        term.keys("Enter")
+        term.keys("Down")
+        term.keys("Down")
+        term.keys("Enter")
+        term.keys("BTab")  # student model
+        term.keys(str(tiny_bert_dir), literal=True)
+        term.keys("BTab")  # description
+        term.keys("BTab")  # dataset
+        term.keys(str(sentiment_csv), literal=True)
+        form = term.screen()
+        assert "scripted" in form and "invalid" not in form, form
+        term.keys("C-s")
+        term.wait_for("Prefix history", timeout=60)
+        done = term.wait_for("✔ finished", timeout=300, fail_on=("✖ failed",))
+        (name,) = os.listdir(home / "sessions")
+        assert name in done and "test accuracy" in done
+        term.keys("q")
+        after = term.wait_for("GPTA-TUI-EXIT=0", timeout=60)
+        assert "Prefix history" not in after  # the alternate screen is gone: terminal restored
+    finally:
+        term.close()
+
+    again = Tmux(command(home, "--resume", name))
+    try:
+        shown = again.wait_for("Prefix history", timeout=120)
+        again.wait_for("finished", timeout=30)
+        assert "student loss" in again.wait_for("steps)", timeout=30)
+        assert "▶" in shown or "▶" in again.screen()  # the training prefix row is there
+        again.keys("q")
+        again.wait_for("GPTA-TUI-EXIT=0", timeout=60)
+    finally:
+        again.close()
+    assert os.path.isdir(home / "sessions" / name)
