@@ -212,7 +212,8 @@ class CompareSpec:
         if len(set(self.max_windows)) != len(self.max_windows):
             raise UsageError(f"--max-windows repeats a value ({self.max_windows})", "list each value once")
         config = RunConfig.from_dict(self.base, f"comparison {self.name}")
-        if self.max_windows and config.finetune.backend == "none":
+        self.base = config.to_dict()  # every field present: plans saved by older versions compare
+        if self.max_windows and config.finetune_backend == "none":
             raise UsageError("--max-windows varies the TA's fine-tuning data, but the TA is never "
                              "fine-tuned (finetune.backend none)",
                              "add --finetune-backend local (or openai), or drop --max-windows")
@@ -356,10 +357,11 @@ ListenersFor = Callable[[RunSpec, int, int], list]
 
 
 def _comparable(config: dict) -> dict:
-    """A stored config without what may legitimately differ (name, resume-only settings)."""
+    """A config as a complete dict (fields added since it was stored get their defaults)
+    without what may legitimately differ (name, resume-only settings)."""
     from sessions.runner import RESUME_OVERRIDABLE
 
-    out = json.loads(json.dumps(config))
+    out = RunConfig.from_dict(config, "stored config").to_dict()
     out.pop("name", None)
     for key in RESUME_OVERRIDABLE:
         section, _, sub = key.rpartition(".")

@@ -442,3 +442,17 @@ def test_prefix_set_files(tmp_path):
         bad.write_text(text)
         with pytest.raises(DataError, match=message):
             load_prefix_set(bad)
+
+
+def test_a_plan_saved_before_new_config_fields_still_matches(tiny_bert_dir, sentiment_csv):
+    from engine.experiments import _comparable, spec_differences
+
+    cfg = build_config("default", overrides=tiny_overrides(tiny_bert_dir, sentiment_csv))
+    spec = CompareSpec.create("x", cfg, arms=["baseline"], seeds=[1])
+    old = spec.to_dict()
+    for key in ("seed_prefixes", "fixed_prefix"):  # fields an older gpta did not have
+        del old["base"]["loop"][key]
+    assert spec_differences(CompareSpec.from_dict(old), spec) == []
+    stored = spec.run_config(spec.runs()[0]).to_dict()
+    del stored["loop"]["fixed_prefix"]
+    assert _comparable(stored) == _comparable(spec.run_config(spec.runs()[0]).to_dict())

@@ -105,6 +105,7 @@ def spec_from_args(args: argparse.Namespace, name: str) -> CompareSpec:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from gpta_tui.headless import HeadlessView
 
@@ -141,7 +142,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             outcome = run_compare(
                 spec, args.home, out, controls=controls, keep_going=args.keep_going,
                 listeners_for=lambda run, i, total: [HeadlessView(console=console)],
-                say=lambda text: console.print(f"[bold cyan]{text}[/]", highlight=False))
+                say=lambda text: console.print(f"[bold cyan]{escape(text)}[/]", highlight=False))
         finally:
             signal.signal(signal.SIGINT, previous)
         status = outcome.status
