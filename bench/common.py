@@ -169,16 +169,32 @@ def synchronize(device: str) -> None:
 
 @contextmanager
 def stopwatch(device: str = "cpu") -> Iterator[list[float]]:
-    """`with stopwatch(dev) as t: ...` then `t[0]` is the elapsed wall time in seconds
-    (CUDA work queued inside the block is waited for)."""
+    """`with stopwatch(dev) as t: ...` then `t == [wall seconds, CPU seconds]` of the block.
+
+    CPU seconds are this process's user+system time (all its threads). On a shared machine
+    they measure the work done with little of the noise other processes add to wall time,
+    as long as torch runs one thread (more threads add their spin-waits). CUDA work queued
+    inside the block is waited for."""
     result: list[float] = []
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         yield result
     finally:
         synchronize(device)
-        result.append(time.perf_counter() - start)
+        result.extend([time.perf_counter() - start, time.process_time() - cpu])
+
+
+@dataclass
+class Timings:
+    """Wall and CPU seconds of the repeats of one contender."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def add(self, wall: float, cpu: float) -> None:
+        self.wall.append(wall)
+        self.cpu.append(cpu)
 
 
 def median(values: Sequence[float]) -> float:
@@ -190,6 +206,33 @@ def spread(values: Sequence[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def speed_rows(timings: dict[str, "Timings"], baseline: str, work: float
+               ) -> list[list[str]]:
+    """Table rows: name, wall and CPU seconds (median, min-max), work per wall second, and
+    the speed relative to `baseline` (its median time / this one's) by wall and by CPU time."""
+    base = timings[baseline]
+    rows = []
+    for name, t in timings.items():
+        rows.append([name, spread(t.wall), spread(t.cpu), f"{work / median(t.wall):.1f}",
+                     f"{median(base.wall) / median(t.wall):.2f}x",
+                     f"{median(base.cpu) / median(t.cpu):.2f}x"])
+    return rows
+
+
+def ratio(numerator: "Timings", denominator: "Timings") -> tuple[float, float]:
+    """(wall, CPU) ratios of median times: numerator / denominator."""
+    return (median(numerator.wall) / median(denominator.wall),
+            median(numerator.cpu) / median(denominator.cpu))
+
+
+def verdict(ratios: tuple[float, float], target: float) -> str:
+    """"2.31x wall, 2.28x CPU: met" (met / NOT met / mixed, judged on both measures)."""
+    wall, cpu = ratios
+    status = ("met" if min(wall, cpu) >= target else "NOT met" if max(wall, cpu) < target
+              else "mixed")
+    return f"{wall:.2f}x wall, {cpu:.2f}x CPU: {status}"
 
 
 def peak_rss_mib() -> float:

@@ -125,9 +125,9 @@ def test_minimal_loop_differs_with_another_seed(tiny_bert_dir):
 def test_hf_trainer_contender_takes_the_same_steps(tiny_bert_dir, tmp_path):
     data = task_data()
     setup = tiny_setup(tiny_bert_dir, data, rows=data.train[:40])
-    seconds, steps = run_hf_trainer(setup, tmp_path)
+    (wall, cpu), steps = run_hf_trainer(setup, tmp_path)
     assert steps == setup.steps == 5
-    assert seconds > 0
+    assert wall > 0 and cpu > 0
 
 
 # ---- epoch and resume benchmarks on the real engine ---------------------------------
@@ -208,6 +208,18 @@ def test_write_section_replaces_only_its_own_block(tmp_path):
     assert text.index("Scoring") < text.index("Training") < text.index("Hand-written")
     assert text.count("<!-- bench:scoring-cpu:start -->") == 1
     assert "numbers" in text
+
+
+def test_speed_rows_and_verdicts():
+    times = {"base": common.Timings([4.0, 6.0, 5.0], [2.0, 2.0, 2.0]),
+             "fast": common.Timings([2.0, 3.0, 2.5], [1.0, 1.0, 1.0])}
+    rows = common.speed_rows(times, "base", work=10)
+    assert rows[0] == ["base", "5.00 (4.00-6.00)", "2.00 (2.00-2.00)", "2.0", "1.00x", "1.00x"]
+    assert rows[1] == ["fast", "2.50 (2.00-3.00)", "1.00 (1.00-1.00)", "4.0", "2.00x", "2.00x"]
+    assert common.ratio(times["base"], times["fast"]) == (2.0, 2.0)
+    assert common.verdict((2.0, 2.1), 2.0).endswith(": met")
+    assert common.verdict((1.9, 2.1), 2.0).endswith(": mixed")
+    assert common.verdict((1.9, 1.8), 2.0).endswith(": NOT met")
 
 
 def test_markdown_table_aligns_columns():
