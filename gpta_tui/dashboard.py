@@ -165,6 +165,7 @@ class DashboardState:
         self.ta_model = ""
         self.ta_models: list[tuple[int, str, str]] = []  # (epoch, model, reason)
         self.ta_requests = 0
+        self.ta_waiting: tuple[int, float, str] | None = None  # (request id, ts, model) unanswered
         self.ta_tokens = 0
         self.ta_rejected = 0
         self.jobs: dict[str, JobView] = {}       # "epoch/job_id" -> job
@@ -302,6 +303,7 @@ class DashboardState:
             self.segments.append(list(self._before_start))  # an earlier, replayed segment
         self._before_start = None
         self.segments.append([e.ts, e.ts])
+        self.ta_waiting = None
         # timing restarts with the new process; counts carry on
         self._phase_t0, self._phase_done0, self._progress_ts = None, self.progress_done, None
         verb = "resumed" if e.resumed else "started"
@@ -341,11 +343,17 @@ class DashboardState:
 
     def _on_TARequest(self, e: TARequest):
         self.ta_requests = max(self.ta_requests, e.request_id)
+        self.ta_waiting = (e.request_id, e.ts, e.model)
         return {"header"}
 
     def _on_TAResponse(self, e: TAResponse):
         self.ta_tokens += int(e.usage.get("total_tokens", 0) or 0) if isinstance(e.usage, dict) else 0
+        if self.ta_waiting and self.ta_waiting[0] == e.request_id:
+            self.ta_waiting = None
         changed = {"header"}
+        if e.prefixes:
+            changed.add(self._log(e.ts, "info", f"TA request #{e.request_id}: {len(e.prefixes)} "
+                                                f"prefix(es) in {e.latency_s:.1f}s"))
         if e.rejected:
             self.ta_rejected += len(e.rejected)
             reasons = sorted({str(r[1]) if isinstance(r, (list, tuple)) and len(r) > 1 else "rejected"
@@ -480,6 +488,7 @@ class DashboardState:
 
     def _on_RunFinished(self, e: RunFinished):
         self.finished = e
+        self.ta_waiting = None
         self.status = e.status
         self.status_reason = e.reason
         if e.status == "finished":

@@ -311,3 +311,24 @@ def test_event_buffer_is_thread_safe_and_keeps_order():
     for n in range(4):
         mine = [int(e.message.split(":")[1]) for e in drained if e.message.startswith(f"{n}:")]
         assert mine == list(range(500))
+
+
+def test_a_pending_ta_request_is_visible_until_its_reply():
+    state = DashboardState()
+    state.apply(RunStarted(name="r", mode="gpta", config={}, ts=10.0))
+    state.apply(TARequest(request_id=1, epoch=1, backend="local", model="gemma-3-270m",
+                          messages=[], params={}, description_version=1, ts=11.0))
+    assert state.ta_waiting == (1, 11.0, "gemma-3-270m")
+    state.apply(TAResponse(request_id=1, epoch=1, texts=["a"], prefixes=["Say it:"], rejected=[],
+                           usage={}, latency_s=42.0, ts=53.0))
+    assert state.ta_waiting is None
+    assert state.log[-1].text == "TA request #1: 1 prefix(es) in 42.0s"
+    from gpta_tui.widgets.run_header import RunHeader
+    from rich.console import Console
+
+    state.apply(TARequest(request_id=2, epoch=1, backend="local", model="gemma-3-270m",
+                          messages=[], params={}, description_version=1, ts=60.0))
+    console = Console(width=120, record=True, file=open("/dev/null", "w"))
+    console.print(RunHeader.render_state(state, now=75.0))
+    text = console.export_text()
+    assert "waiting for the TA (request #2, gemma-3-270m) 0:15" in text

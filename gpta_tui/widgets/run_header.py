@@ -77,6 +77,12 @@ class RunHeader(Static):
             if finished.test_metrics_no_prefix and finished.best_prefix:
                 bar.append(f"  (no prefix {score(_metric(finished.test_metrics_no_prefix, state.metric))})", "dim")
             count = Text("")
+        elif state.ta_waiting is not None and state.status == "running":
+            request, since, model = state.ta_waiting
+            bar = Text.assemble(("waiting for the TA ", "yellow"),
+                                (f"(request #{request}, {model or state.ta_model_in_use}) ", "dim"),
+                                (duration(now - since), "bold yellow"))
+            count = Text("")
         elif all_ and state.live:
             bar: ProgressBar | Text = ProgressBar(total=all_, completed=min(done, all_))
             eta = f"  ETA {duration(state.eta_s())}" if state.status == "running" else ""
