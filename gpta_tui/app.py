@@ -236,9 +236,13 @@ class GptaApp(App[None]):
             self.push_screen("help")
 
     async def action_quit(self) -> None:
-        """Quit; a live run is stopped at its next step boundary (saved, resumable) first."""
+        """Quit; a live run is stopped at its next step boundary (saved, resumable) first.
+
+        A step can be long (a local TA generating on a busy CPU): pressing q again leaves the
+        screen at once, and `main` waits for the engine to save before the process ends."""
         controller = self.controller
         if self._quitting:
+            self.exit()
             return
         if controller is None or not controller.running:
             self.exit()
@@ -269,7 +273,8 @@ class GptaApp(App[None]):
         if screen is not None:
             screen.post_message(RunScreen.StateChanged(controller.note(
                 "quitting: saving the session at the next step boundary")))
-        self.notify("Saving the session and stopping the run…", timeout=30)
+        self.notify("Saving the session and stopping the run at the end of the current step… "
+                    "(q again: leave now and let it finish saving in the background)", timeout=60)
         if self.worker is None or self.worker.is_finished:
             self.exit()
 
@@ -347,8 +352,18 @@ def main(argv: list[str] | None = None) -> int:
         app.run()
     finally:
         if not app.shutdown_engine(timeout=0.5):
-            print("gpta-tui: saving the session before exiting…", file=sys.stderr)
-            app.shutdown_engine()
+            print("gpta-tui: waiting for the run to reach a step boundary and save the session…",
+                  file=sys.stderr, flush=True)
+            try:
+                app.shutdown_engine()
+            except KeyboardInterrupt:
+                print("gpta-tui: interrupted; the session resumes from its last checkpoint",
+                      file=sys.stderr)
+                return 130
+    name = app.controller.name if app.controller is not None else ""
+    if app.controller is not None and app.controller.result is not None \
+            and app.controller.result.status == "stopped":
+        print(f"gpta-tui: session {name!r} saved; continue with: gpta-tui --resume {name}")
     return app.return_code or 0
 
 

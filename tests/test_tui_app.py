@@ -356,3 +356,30 @@ async def test_command_palette_runs_dashboard_actions(gpta_home, tiny_bert_dir, 
         await pilot.press("y")
         await run_ended(pilot, app, "the run to stop")
         assert app.controller.result.status == "stopped"
+
+
+async def test_second_q_leaves_at_once_and_the_engine_still_saves(gpta_home, tiny_bert_dir,
+                                                                 sentiment_csv, fake_openai,
+                                                                 monkeypatch):
+    """A long step (here a slow TA reply) cannot be interrupted: q asks the run to stop, a
+    second q leaves the screen at once, and the engine thread still ends cleanly and saves."""
+    monkeypatch.setenv("OPENAI_API_KEY", fake_openai.api_key)
+    config = tiny_config(tiny_bert_dir, sentiment_csv, "slow-ta", epochs=1,
+                         ta={"backend": "openai", "model": "gpt-4o-mini",
+                             "base_url": fake_openai.base_url, "timeout_s": 60.0})
+    fake_openai.add_fault(path="chat/completions", delay_s=10.0)  # the first TA reply is slow
+    app = GptaApp(gpta_home)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_run(config)
+        await wait_for(pilot, lambda: app.run_screen is not None, "the dashboard")
+        state = run_screen(app).state
+        await wait_for(pilot, lambda: state.ta_waiting is not None, "the slow TA request")
+        await pilot.press("q")
+        await pilot.pause(0.2)
+        assert app.is_running and app.controller.running  # waiting for the step to end
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, "the app to exit")
+        assert app.controller.running  # the UI left while the engine was still in its step
+    assert app.shutdown_engine(timeout=120)  # what gpta-tui's main() does after the UI is gone
+    assert app.controller.result is not None and app.controller.result.status == "stopped"
+    assert {s.name: s.status for s in SessionStore(gpta_home).list()}["slow-ta"] == "paused"
