@@ -7,6 +7,7 @@ engine's internals.
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -43,6 +44,7 @@ class HeadlessView:
         self._task = self.progress.add_task(description, total=total or None, info="")
 
     def _say(self, text: str) -> None:
+        """Print a line; callers escape any text that did not come from this module."""
         self.console.print(text, highlight=False)
 
     # events ---------------------------------------------------------------------------
@@ -70,13 +72,13 @@ class HeadlessView:
 
     def on_validation(self, e: ev.ValidationResult) -> None:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in e.metrics.items())
-        self._say(f"epoch {e.epoch}: validation {metrics} with prefix {e.prefix!r}")
+        self._say(f"epoch {e.epoch}: validation {metrics} with prefix {escape(repr(e.prefix))}")
 
     def on_prefix_scored(self, e: ev.PrefixScored) -> None:
         if self._task is not None:
             self.progress.update(self._task, info=f"{e.score:.4f} {e.prefix[:40]!r}")
         if self.verbose:
-            self._say(f"  {e.score:.4f}  {e.prefix}" + ("  (known)" if e.reused else ""))
+            self._say(f"  {e.score:.4f}  {escape(e.prefix)}" + ("  (known)" if e.reused else ""))
 
     def on_prefix_accuracy(self, e: ev.PrefixFindingAccuracy) -> None:
         self._say(f"epoch {e.epoch}: TA prefix-finding accuracy {e.accuracy:.2%} "
@@ -94,8 +96,8 @@ class HeadlessView:
                                  info=f"loss {e.loss:.4f}" if e.loss is not None else "")
             return
         if e.message or e.status in ("succeeded", "failed", "cancelled", "timeout", "skipped"):
-            self._say(f"epoch {e.epoch}: fine-tune [{e.backend}] {e.job_id or '-'} {e.status}"
-                      + (f": {e.message}" if e.message else ""))
+            self._say(f"epoch {e.epoch}: fine-tune ({e.backend}) {e.job_id or '-'} {e.status}"
+                      + (f": {escape(e.message)}" if e.message else ""))
 
     def on_ta_model(self, e: ev.TAModelChanged) -> None:
         self._say(f"epoch {e.epoch}: TA now answers with {e.model}")
@@ -105,7 +107,7 @@ class HeadlessView:
 
     def on_notice(self, e: ev.Notice) -> None:
         style = {"error": "red", "warning": "yellow"}.get(e.level, "dim")
-        self._say(f"[{style}]{e.level}: {e.message}[/]")
+        self._say(f"[{style}]{e.level}: {escape(e.message)}[/]")
 
     def on_finished(self, e: ev.RunFinished) -> None:
         self.finished = e
