@@ -161,11 +161,15 @@ class GptaApp(App[None]):
         except GptaError as exc:
             self.notify(str(exc), severity="error", timeout=8)
             return
-        if resume and state.status != "finished":
+        elsewhere = self._store().is_locked(name)
+        if resume and state.status != "finished" and not elsewhere:
             controller = RunController(self.home, name=name, resume=True, state=state)
             self._launch(controller)
-        else:
-            self.push_screen(RunScreen(state, None, clock=self.clock))
+            return
+        if elsewhere:
+            self.notify(f"{name} is running in another gpta process: showing what it has saved.",
+                        severity="warning", timeout=6)
+        self.push_screen(RunScreen(state, None, clock=self.clock))
 
     def start_run(self, config: RunConfig) -> None:
         self._launch(RunController(self.home, name=config.name, config=config))

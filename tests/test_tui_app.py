@@ -383,3 +383,24 @@ async def test_second_q_leaves_at_once_and_the_engine_still_saves(gpta_home, tin
     assert app.shutdown_engine(timeout=120)  # what gpta-tui's main() does after the UI is gone
     assert app.controller.result is not None and app.controller.result.status == "stopped"
     assert {s.name: s.status for s in SessionStore(gpta_home).list()}["slow-ta"] == "paused"
+
+
+async def test_a_session_running_elsewhere_opens_read_only(gpta_home, tiny_bert_dir,
+                                                           sentiment_csv):
+    from engine.controls import Controls
+    from sessions.runner import run_session, start_session
+
+    controls = Controls()
+    handle, engine = start_session(tiny_config(tiny_bert_dir, sentiment_csv, "busy", epochs=2),
+                                   gpta_home, controls=controls)
+    engine.subscribe(lambda e: controls.stop() if e.kind == "train_step" else None)
+    await asyncio.to_thread(run_session, handle, engine)  # stopped after its first step
+    writer = SessionStore(gpta_home).open("busy", write=True)  # "another process" writes it
+    try:
+        app = GptaApp(gpta_home, resume="busy")
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.run_screen is not None, "the dashboard")
+            assert app.controller is None  # nothing started here
+            assert run_screen(app).state.losses  # its saved past is shown
+    finally:
+        writer.close()
