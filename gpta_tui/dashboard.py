@@ -477,6 +477,10 @@ class DashboardState:
             self.description_version = version
             self.description_from_request = int(st.get("description_from_request", 1) or 1)
             changed.add("description")
+        prefix = st.get("training_prefix")
+        if isinstance(prefix, str) and prefix and prefix != self.training_prefix:
+            self.training_prefix = prefix  # known before the epoch's history has any score
+            changed.add("history")
         if st.get("ta_model", "") != self.ta_model and "ta_model" in st:
             self.ta_model = st["ta_model"]
             changed.add("finetune")

@@ -71,6 +71,11 @@ async def run_ended(pilot, app: GptaApp, what: str = "the run to end"):
     return app.controller.result
 
 
+def table_rows(state) -> int:
+    """Rows the history table shows: the history, plus the training prefix while unscored."""
+    return len(state.history) + (state.training_prefix not in dict(state.history))
+
+
 def run_screen(app: GptaApp) -> RunScreen:
     screen = app.run_screen
     assert screen is not None, f"no run screen; stack: {app.screen_stack}"
@@ -103,7 +108,7 @@ async def test_first_launch_goes_to_the_form_and_one_enter_starts_a_run(gpta_hom
         state = run_screen(app).state
         assert state.status == "finished" and state.name == name
         assert state.losses and state.history and state.val
-        assert run_screen(app).query_one(HistoryTable).row_count == len(state.history)
+        assert run_screen(app).query_one(HistoryTable).row_count == table_rows(state)
         assert run_screen(app).query_one(LossChart).point_count == len(state.losses)
     summary = {s.name: s for s in SessionStore(gpta_home).list()}
     assert summary[name].status == "finished"
@@ -208,7 +213,7 @@ async def test_quit_saves_and_resume_shows_the_past_then_continues(gpta_home, ti
         # The past is on screen before the resumed engine says anything.
         past_steps = len(screen.state.losses)
         assert past_steps > 0 and screen.state.history
-        assert run_screen(again).query_one(HistoryTable).row_count == len(screen.state.history)
+        assert run_screen(again).query_one(HistoryTable).row_count == table_rows(screen.state)
         assert run_screen(again).query_one(LossChart).point_count == past_steps
         await run_ended(pilot, again, "the resumed run")
         await pilot.pause(0.3)

@@ -332,3 +332,11 @@ def test_a_pending_ta_request_is_visible_until_its_reply():
     console.print(RunHeader.render_state(state, now=75.0))
     text = console.export_text()
     assert "waiting for the TA (request #2, gemma-3-270m) 0:15" in text
+
+
+def test_the_training_prefix_is_known_from_checkpoints_before_it_is_scored():
+    state = DashboardState()
+    changed = state.apply(CheckpointSaved(epoch=1, phase="training", step=0,
+                                          state={"training_prefix": "Classify the tweet:"}))
+    assert "history" in changed and state.training_prefix == "Classify the tweet:"
+    assert state.history == []

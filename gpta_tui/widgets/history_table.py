@@ -62,6 +62,12 @@ class HistoryTable(DataTable):
         self.border_title = title
         cursor = self.cursor_row
         self.clear()
+        shown = {p for p, _ in rows}
+        if state.training_prefix and state.training_prefix not in shown and state.mode != "baseline":
+            # The prefix the student trains with, before this epoch's history has scored it.
+            self.add_row(Text("▶", style="bold"), Text("-", style="dim"), Text("…", style="dim"),
+                         Text(one_line(state.training_prefix, width), style="italic"),
+                         key="training")
         best_score = rows[0][1] if rows else None
         for rank, (prefix, value) in enumerate(rows, 1):
             marks, style = "", ""
@@ -78,5 +84,5 @@ class HistoryTable(DataTable):
             self.add_row(Text(marks, style="bold"), Text(str(rank), style="dim"),
                          Text(f"{value:.4f}", style=style or "bold"),
                          Text(one_line(prefix, width), style=style), key=f"{rank}")
-        if rows:
-            self.move_cursor(row=min(max(cursor, 0), len(rows) - 1), animate=False)
+        if self.row_count:
+            self.move_cursor(row=min(max(cursor, 0), self.row_count - 1), animate=False)
