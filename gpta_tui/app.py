@@ -108,8 +108,7 @@ class GptaApp(App[None]):
         except GptaError as exc:
             self.notify(str(exc), severity="error", timeout=6)
         else:
-            where = written if isinstance(written, (str, Path)) else out_dir
-            self.notify(f"Exported {name} to {where}", timeout=5)
+            self.notify(f"Exported {name} to {written}", timeout=5)
 
     # ---- screens -------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -133,11 +132,11 @@ class GptaApp(App[None]):
             self.new_session(first_launch=True)
 
     def show_sessions(self) -> None:
-        """Back to the sessions list (the bottom screen)."""
-        while len(self.screen_stack) > 2:
+        """Back to the sessions list (the bottom screen; made if the app started elsewhere)."""
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, SessionsScreen):
             self.pop_screen()
         if not isinstance(self.screen, SessionsScreen):
-            self.pop_screen()
+            self.push_screen(SessionsScreen())
 
     def new_session(self, first_launch: bool = False) -> None:
         if self._busy():
