@@ -71,6 +71,7 @@ class RunHeader(Static):
                               ("  ", ""), (PHASE_LABEL.get(state.phase, state.phase), "cyan"))
         done, all_ = state.progress_done, state.progress_total
         finished = state.finished
+        job = state.active_job
         if finished is not None and finished.test_metrics:
             bar = Text.assemble(("test ", "dim"), (f"{state.metric} {score(_metric(finished.test_metrics, state.metric))}",
                                                    "bold cyan"))
@@ -83,6 +84,11 @@ class RunHeader(Static):
                                 (f"(request #{request}, {model or state.ta_model_in_use}) ", "dim"),
                                 (duration(now - since), "bold yellow"))
             count = Text("")
+        elif state.phase == "finetuning" and job is not None and job.total_steps and state.live:
+            # The fine-tune job's own steps say more than the phase's example count.
+            bar = ProgressBar(total=job.total_steps, completed=min(job.step, job.total_steps))
+            eta = f"  ETA {duration(job.eta_s)}" if job.eta_s is not None else ""
+            count = Text(f"job {job.step}/{job.total_steps}{eta}", style="bold")
         elif all_ and state.live:
             bar: ProgressBar | Text = ProgressBar(total=all_, completed=min(done, all_))
             eta = f"  ETA {duration(state.eta_s())}" if state.status == "running" else ""

@@ -21,8 +21,6 @@ def render_window(window: WindowView) -> Group:
         Text("assistant: the next prefix", style="bold green"),
     ]
     parts += [Text(f"  {p}", style="green") for p in prefixes] or [Text("  (empty)", style="dim")]
-    if prefixes != [window.assistant]:
-        parts.append(Text(f"  raw: {window.assistant}", style="dim"))
     parts += [Text(""), Text("user: the w sorted (prefix, score) pairs", style="bold cyan"),
               Text(window.user or "(empty)")]
     return Group(*parts)
