@@ -340,3 +340,18 @@ def test_the_training_prefix_is_known_from_checkpoints_before_it_is_scored():
                                           state={"training_prefix": "Classify the tweet:"}))
     assert "history" in changed and state.training_prefix == "Classify the tweet:"
     assert state.history == []
+
+
+def test_the_header_follows_a_running_fine_tune_job():
+    from rich.console import Console
+
+    from gpta_tui.widgets.run_header import RunHeader
+
+    state = build_state(canned_events()[:-7])  # epoch 1, before its fine-tune finished
+    state.apply(PhaseChanged(epoch=1, phase="finetuning", total=4, ts=T0 + 100))
+    state.apply(FinetuneUpdate(epoch=1, backend="local", job_id="lora-e1b", status="running",
+                               step=3, total_steps=8, loss=1.2, eta_s=40.0, ts=T0 + 101))
+    console = Console(width=130, record=True, file=open("/dev/null", "w"))
+    console.print(RunHeader.render_state(state, now=T0 + 102))
+    text = console.export_text()
+    assert "fine-tuning TA" in text and "job 3/8  ETA 0:40" in text
