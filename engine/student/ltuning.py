@@ -8,10 +8,11 @@ turns their hidden states into a prefix (per-layer keys/values) or a prompt (inp
 Framing, as in the paper. Every label name becomes a text through `student.verbalizer`
 ("The text has {label} sentiment."), encoded once by the frozen backbone. A (text, label)
 pair is a binary question, "is this the right label": its logit comes from a trainable head on
-the mean of the input's final token states, computed with that label's prefix or prompt. Training pairs each
-example with its true label (target 1) and `student.negatives` wrong labels sampled from
-(seed, epoch, step) (target 0) under binary cross-entropy; prediction scores all K labels and
-takes the best, so `prefix_logits` returns per-label match logits of shape (prefixes, rows, K).
+the mean of the input's final token states, computed with that label's prefix or prompt.
+Training pairs each example with its true label (target 1) and `student.negatives` wrong
+labels sampled from (seed, epoch, step) (target 0) under binary cross-entropy; prediction
+scores all K labels and takes the best, so `prefix_logits` returns per-label match logits of
+shape (prefixes, rows, K).
 
     lt-prefix  label states -> attention pooling (S learned queries) -> MLP -> for every layer
                S keys and S values, prepended to the attention of that layer
@@ -267,7 +268,8 @@ class LTuningStudent(ClassificationStudent):
                              'use tuning = "lt-prompt" or "full" for this model') from None
         if torch.allclose(bare, with_prefix):
             raise ModelError(f"student model {name!r} ({model.config.model_type}) ignores a "
-                             "key/value prefix", 'use tuning = "lt-prompt" or "full" for this model')
+                             "key/value prefix",
+                             'use tuning = "lt-prompt" or "full" for this model')
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -303,7 +305,8 @@ class LTuningStudent(ClassificationStudent):
             self.model.train()
             labels = [int(r["label"]) for r in batch]
             pair_rows, pair_labels, targets = [], [], []
-            for i, (label, wrong) in enumerate(zip(labels, self.negative_labels(epoch, step, labels))):
+            negatives = self.negative_labels(epoch, step, labels)
+            for i, (label, wrong) in enumerate(zip(labels, negatives)):
                 pair_rows += [i] * (1 + len(wrong))
                 pair_labels += [label, *wrong]
                 targets += [1.0] + [0.0] * len(wrong)
@@ -387,8 +390,9 @@ class LTuningStudent(ClassificationStudent):
                 per_label = []
                 for label in range(len(self.label_names)):
                     parts = []
-                    for start in range(0, len(texts), self.cfg.eval_batch_size):
-                        chunk = [join_input(prefix, t) for t in texts[start:start + self.cfg.eval_batch_size]]
+                    size = self.cfg.eval_batch_size
+                    for start in range(0, len(texts), size):
+                        chunk = [join_input(prefix, t) for t in texts[start:start + size]]
                         enc = self.tokenizer(chunk, truncation=True, max_length=self.cfg.max_length,
                                              padding="max_length", return_tensors="pt")
                         enc = {k: v.to(self._device) for k, v in enc.items()}
@@ -427,7 +431,8 @@ class LTuningStudent(ClassificationStudent):
 
         directory = Path(directory)
         if not directory.is_dir():
-            raise ModelError(f"checkpoint directory {str(directory)!r} does not exist", CHECKPOINT_FIX)
+            raise ModelError(f"checkpoint directory {str(directory)!r} does not exist",
+                             CHECKPOINT_FIX)
         missing = [f for f in (META_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
         if missing:
             raise ModelError(f"checkpoint {str(directory)!r} lacks {', '.join(missing)} "
@@ -443,7 +448,8 @@ class LTuningStudent(ClassificationStudent):
                     "num_hidden_layers"):
             if meta.get(key) != mine[key]:
                 raise ModelError(f"checkpoint {str(directory)!r} was written with {key} "
-                                 f"{meta.get(key)!r}, this student has {mine[key]!r}", CHECKPOINT_FIX)
+                                 f"{meta.get(key)!r}, this student has {mine[key]!r}",
+                                 CHECKPOINT_FIX)
         params = dict(self.trainable_parameters())
         wrong = sorted(set(params) ^ set(tensors)) or sorted(
             n for n in params if tensors[n].shape != params[n].shape)
@@ -455,10 +461,12 @@ class LTuningStudent(ClassificationStudent):
                 param.copy_(tensors[name])
         if not training_state:
             return
-        needed = [OPTIMIZER_FILE, SCHEDULER_FILE] + ([SCALER_FILE] if self.scaler is not None else [])
+        needed = [OPTIMIZER_FILE, SCHEDULER_FILE]
+        needed += [SCALER_FILE] if self.scaler is not None else []
         missing = [name for name in needed if not (directory / name).is_file()]
         if missing:
-            raise ModelError(f"checkpoint {str(directory)!r} lacks {', '.join(missing)}", CHECKPOINT_FIX)
+            raise ModelError(f"checkpoint {str(directory)!r} lacks {', '.join(missing)}",
+                             CHECKPOINT_FIX)
         self.optimizer.load_state_dict(self._torch_load(directory / OPTIMIZER_FILE))
         self.scheduler.load_state_dict(self._torch_load(directory / SCHEDULER_FILE))
         if self.scaler is not None:
