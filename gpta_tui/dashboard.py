@@ -498,9 +498,7 @@ class DashboardState:
         if e.status == "finished":
             self.phase = "done"
         level = "error" if e.status == "failed" else "info"
-        parts = [f"run {e.status}"]
-        if e.reason:
-            parts.append(e.reason)
+        parts = [f"run {e.status}" + (f": {e.reason}" if e.reason else "")]
         test = _metric_value(e.test_metrics or {}, self.metric)
         if test is not None:
             parts.append(f"test {self.metric} {test:.4f} (best epoch {e.best_epoch})")

@@ -233,7 +233,7 @@ def test_failed_jobs_and_status_changes_are_logged_as_errors():
                             reason="TA unreachable"))
     errors = [e.text for e in state.log if e.level == "error"]
     assert errors == ["fine-tune job ftjob-1 failed: training file invalid",
-                      "run failed; TA unreachable"]  # the end of a run is logged once
+                      "run failed: TA unreachable"]  # the end of a run is logged once
     assert state.active_job is None and state.status == "failed"
 
 

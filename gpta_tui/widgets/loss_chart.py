@@ -69,8 +69,8 @@ def draw(plt: Plot, steps: list[int], losses: list[float], val: list[tuple[int, 
     xs_s, ys_s = downsample(steps, smooth(losses), buckets)
     plt.plot(xs_s, ys_s, marker="braille", color="cyan", label="smoothed")
     if val:
-        plt.plot([float(x) for x, _ in val], [y for _, y in val], marker="●", color="green",
-                 yside="right", label=f"val {metric}")
+        plt.scatter([float(x) for x, _ in val], [y for _, y in val], marker="●", color="green",
+                    yside="right", label=f"val {metric}")
         plt.ylabel(metric, yside="right")
     plt.ylabel("loss")
     plt.xticks(int_ticks(steps[0], steps[-1], width))
