@@ -873,7 +873,8 @@ def write_charts(spec: CompareSpec, results: list[RunResult], out_dir: Path) -> 
     settings = spec.settings()
     cols = min(3, len(settings))
     rows = -(-len(settings) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5 * cols, 8), 3.6 * rows + 0.4),
+                             squeeze=False)
     for ax, setting in zip(axes.flat, settings):
         for arm, band in epoch_bands(results, setting, spec.arms, "val").items():
             _plot_band(ax, band, arm)
