@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "gpta_tui.commands.run",
     "gpta_tui.commands.sessions_cmds",
     "gpta_tui.commands.audit",
+    "gpta_tui.commands.compare",
 ]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engine.config import FINETUNE_BACKENDS, MODES, PRESETS, TA_BACKENDS, build_config
 from engine.controls import Controls
+from engine.errors import UsageError
 
 # flag -> (section, key, type); section None = top level
 RUN_FLAGS: dict[str, tuple[str | None, str, type]] = {
@@ -86,6 +87,11 @@ def register(subparsers) -> None:
     for flag, (_section, _key, typ) in RUN_FLAGS.items():
         run.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None,
                          help=HELP.get(flag))
+    run.add_argument("--seed-prefixes", type=Path, metavar="FILE",
+                     help="prefix set (from `gpta prefixes export`) that replaces the first TA "
+                          "call: the first trains epoch 1, the rest join the history")
+    run.add_argument("--fixed-prefix", action="store_true",
+                     help="with --seed-prefixes: train every epoch with its first prefix, no TA")
     run.add_argument("--verbose", "-v", action="store_true", help="print every scored prefix")
     run.set_defaults(handler=cmd_run)
 
@@ -132,7 +138,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gpta_tui.headless import HeadlessView
     from sessions.runner import start_session
 
-    config = build_config(args.preset, args.config, overrides_from_args(args))
+    overrides = overrides_from_args(args)
+    if args.fixed_prefix and not args.seed_prefixes:
+        raise UsageError("--fixed-prefix needs --seed-prefixes FILE",
+                         "export one with: gpta prefixes export NAME FILE")
+    if args.seed_prefixes:
+        from engine.experiments import seed_prefix_settings
+
+        overrides.setdefault("loop", {}).update(
+            seed_prefix_settings(args.seed_prefixes, args.fixed_prefix))
+    config = build_config(args.preset, args.config, overrides)
     view = HeadlessView(verbose=args.verbose)
     handle, engine = start_session(config, args.home, listeners=[view], controls=Controls())
     view.console.print(f"session [bold]{handle.name}[/] in {handle.dir}")
