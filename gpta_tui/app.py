@@ -5,9 +5,10 @@
     gpta-tui --home DIR            keep sessions under DIR (default: $GPTA_HOME or the user data dir)
     gpta-tui --preset smoke        preset for the new-session form (smoke, default, paper)
 
-One run at a time: the engine runs in a thread worker; its events go through a buffer that the
-app drains five times a second into the dashboard state. Quitting stops the engine at its next
-step boundary (the session is saved and resumable) and waits for the thread.
+One run at a time: the engine runs in a background thread supervised by a Textual worker; its
+events go through a buffer that the app drains five times a second into the dashboard state.
+Quitting stops the engine at its next step boundary (the session is saved and resumable) and
+waits for the thread.
 """
 
 from __future__ import annotations
@@ -181,12 +182,14 @@ class GptaApp(App[None]):
         return False
 
     def _launch(self, controller: RunController) -> None:
+        """Run the session: its engine thread, supervised by an exclusive per-session worker
+        whose state changes (success, error) tell the app when the run is over."""
         self.controller = controller
-        controller.mark_launched()
         self.push_screen(RunScreen(controller.state, controller, clock=self.clock))
-        self.worker = self.run_worker(controller.work, name=f"engine:{controller.name}",
-                                      group=f"session:{controller.name}", thread=True,
-                                      exclusive=True, exit_on_error=False)
+        controller.start()
+        self.worker = self.run_worker(controller.wait(), name=f"engine:{controller.name}",
+                                      group=f"session:{controller.name}", exclusive=True,
+                                      exit_on_error=False)
 
     @property
     def run_screen(self) -> RunScreen | None:

@@ -8,10 +8,11 @@ save requests go through `engine.controls.Controls`; nothing is ever killed.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.config import RunConfig
 from engine.controls import Controls
@@ -78,8 +79,12 @@ def load_past(home: Path | None, name: str) -> DashboardState:
 class RunController:
     """Owns a session's Controls, event buffer, dashboard state and engine thread.
 
-    `work()` is the worker body: it starts (or resumes) the session, runs the engine to the
-    end and closes the session. Call it in exactly one thread.
+    `start()` runs the session in its own (non-daemon) thread: it starts or resumes the
+    session, runs the engine to the end and closes the session. The UI awaits it with
+    `wait()` inside a Textual worker. The engine does not live in Textual's thread pool on
+    purpose: that pool is joined before `App.run()` returns, so a long engine step would
+    hold a blank terminal; with our own thread the UI leaves at once and `gpta-tui` waits
+    for the save in plain view (see `gpta_tui.app.main`).
     """
 
     def __init__(self, home: Path | None, *, name: str, config: RunConfig | None = None,
@@ -97,43 +102,66 @@ class RunController:
         self.engine = None
         self.result: RunFinished | None = None
         self.error: BaseException | None = None
-        self._launched = False
+        self._thread: threading.Thread | None = None
         self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._on_done: list[Callable[[], None]] = []
 
-    # ---- the worker thread ---------------------------------------------------------
-    def work(self) -> RunFinished | None:
-        self._launched = True
+    # ---- the engine thread ---------------------------------------------------------
+    def start(self) -> None:
+        """Start the engine thread (once)."""
+        if self._thread is not None:
+            raise RuntimeError(f"session {self.name!r} was already started")
+        self._thread = threading.Thread(target=self._main, name=f"gpta-engine:{self.name}")
+        self._thread.start()
+
+    def _main(self) -> None:
         try:
-            from sessions.runner import resume_session, start_session
-
-            # Interactive: an unreachable TA pauses the run (the user fixes it and resumes).
-            kwargs = {"listeners": [self.buffer], "controls": self.controls,
-                      "on_ta_unavailable": "pause"}
-            if self.resume:
-                handle, engine = resume_session(self.name, self.home, **kwargs)
-            else:
-                handle, engine = start_session(self.config, self.home, **kwargs)
-            self.handle, self.engine = handle, engine
-            self.name = handle.name
-            try:
-                self.result = engine.run()
-            finally:
-                handle.close()
-            return self.result
-        except BaseException as exc:  # the app reports it (worker state ERROR)
+            self.result = self._run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the UI by wait()
             self.error = exc
-            raise
         finally:
-            self._done.set()
+            with self._lock:
+                self._done.set()
+                callbacks, self._on_done = self._on_done, []
+            for callback in callbacks:
+                callback()
+
+    def _run(self) -> RunFinished:
+        from sessions.runner import resume_session, start_session
+
+        # Interactive: an unreachable TA pauses the run (the user fixes it and resumes).
+        kwargs = {"listeners": [self.buffer], "controls": self.controls,
+                  "on_ta_unavailable": "pause"}
+        if self.resume:
+            handle, engine = resume_session(self.name, self.home, **kwargs)
+        else:
+            handle, engine = start_session(self.config, self.home, **kwargs)
+        self.handle, self.engine = handle, engine
+        self.name = handle.name
+        try:
+            return engine.run()
+        finally:
+            handle.close()
+
+    async def wait(self) -> RunFinished | None:
+        """Await the engine thread from the UI's event loop: its result, or its error raised."""
+        loop = asyncio.get_running_loop()
+        finished = asyncio.Event()
+        with self._lock:
+            if not self._done.is_set():
+                self._on_done.append(lambda: loop.call_soon_threadsafe(finished.set))
+            else:
+                finished.set()
+        await finished.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
     # ---- called from the UI thread -------------------------------------------------
-    def mark_launched(self) -> None:
-        """Call just before handing `work` to a thread, so `running` is true from then on."""
-        self._launched = True
-
     @property
     def running(self) -> bool:
-        return self._launched and not self._done.is_set()
+        return self._thread is not None and not self._done.is_set()
 
     def drain(self) -> set[str]:
         """Fold buffered events into the state. Returns the sections that changed."""
@@ -156,6 +184,7 @@ class RunController:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the engine thread to finish. True if it has (or never started)."""
-        if not self._launched:
+        if self._thread is None:
             return True
-        return self._done.wait(timeout)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_openai import fake_openai  # noqa: F401  (fixture)
+
 pytestmark = pytest.mark.e2e
 
 BINARY = Path(sys.executable).with_name("gpta-tui")
@@ -63,10 +65,10 @@ class Tmux:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
 
 
-def command(home: Path, *args: str) -> str:
+def command(home: Path, *args: str, extra_env: dict[str, str] | None = None) -> str:
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TERM": "xterm-256color",
-           "GPTA_HOME": str(home)}
+           "GPTA_HOME": str(home), **(extra_env or {})}
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     run = " ".join(shlex.quote(a) for a in (str(BINARY), "--home", str(home), *args))
     # Keep the pane open after the app exits so the test can read what it left behind.
@@ -144,3 +146,49 @@ def test_first_launch_run_quit_and_reopen(tmux_available, tmp_path, tiny_bert_di
     finally:
         again.close()
     assert os.path.isdir(home / "sessions" / name)
+
+
+def test_quitting_during_a_slow_ta_reply_leaves_at_once_and_still_saves(
+        tmux_available, tmp_path, tiny_bert_dir, sentiment_csv, fake_openai):
+    """q asks the run to stop at its next step boundary; a step can be long (here the TA takes
+    25 s to answer), so a second q leaves the screen at once and gpta-tui says it is saving,
+    then ends cleanly once the engine has saved."""
+    home = tmp_path / "home"
+    fake_openai.add_fault(path="chat/completions", delay_s=25.0)
+    env = {"OPENAI_API_KEY": fake_openai.api_key, "NO_PROXY": "127.0.0.1,localhost"}
+    term = Tmux(command(home, extra_env=env))
+    try:
+        term.wait_for("Welcome to gpta-tui", timeout=120)
+        term.keys("BTab")  # seed
+        for value in ("2", "3", "6", "1", "48"):  # w, l, k, epochs, train size
+            term.keys("BTab")
+            term.keys(value, literal=True)
+        term.keys("BTab")  # fine-tune backend: auto (none for an OpenAI TA)
+        term.keys("BTab")  # base URL
+        term.keys(fake_openai.base_url, literal=True)
+        term.keys("BTab")  # TA model
+        term.keys("gpt-4o-mini", literal=True)
+        term.keys("BTab")  # TA backend: local -> openai
+        term.keys("Enter")
+        term.keys("Down")
+        term.keys("Enter")
+        term.keys("BTab")  # student model
+        term.keys(str(tiny_bert_dir), literal=True)
+        term.keys("BTab")  # description
+        term.keys("BTab")  # dataset
+        term.keys(str(sentiment_csv), literal=True)
+        term.keys("C-s")
+        term.wait_for("waiting for the TA", timeout=120, fail_on=("✖ failed",))
+        term.keys("q")
+        term.wait_for("Saving the session", timeout=30)
+        term.keys("q")
+        leaving = term.wait_for("gpta-tui: waiting for the run", timeout=15)
+        assert "GPTA-TUI-EXIT" not in leaving  # still saving, in plain view
+        done = term.wait_for("GPTA-TUI-EXIT=0", timeout=180)
+        assert "saved; continue with: gpta-tui --resume" in done
+    finally:
+        term.close()
+    (name,) = os.listdir(home / "sessions")
+    from sessions.store import SessionStore
+
+    assert {s.name: s.status for s in SessionStore(home).list()}[name] == "paused"
