@@ -336,7 +336,8 @@ class DashboardState:
             steps = [s for s, ep in self.step_epoch.items() if ep <= e.epoch]
             self.val_step[e.epoch] = max(steps) if steps else 0
             best = " (new best)" if e.improved else ""
-            changed.add(self._log(e.ts, "info", f"epoch {e.epoch} validation {self.metric} {value:.4f}{best}"))
+            changed.add(self._log(e.ts, "info",
+                                  f"epoch {e.epoch} validation {self.metric} {value:.4f}{best}"))
         if e.improved or not self.best:
             self.best = {"epoch": e.epoch, "score": value, "prefix": e.prefix}
         return changed
@@ -396,7 +397,8 @@ class DashboardState:
     def _on_WindowsBuilt(self, e: WindowsBuilt):
         self.windows[e.epoch] = [_window_view(e.epoch, i, w) for i, w in enumerate(e.windows, 1)]
         self.windows_path[e.epoch] = e.path
-        return {"windows", self._log(e.ts, "info", f"epoch {e.epoch}: {len(e.windows)} dialogue windows built")}
+        return {"windows", self._log(e.ts, "info",
+                                     f"epoch {e.epoch}: {len(e.windows)} dialogue windows built")}
 
     def _on_FinetuneUpdate(self, e: FinetuneUpdate):
         key = f"{e.epoch}/{e.job_id}"  # skipped/failed-to-submit jobs have no id

@@ -102,7 +102,8 @@ def field_for_error(message: str) -> str:
     return min(hits)[1] if hits else ""
 
 
-def validate(values: dict[str, str], taken: set[str] = frozenset()) -> tuple[RunConfig | None, dict[str, str]]:
+def validate(values: dict[str, str],
+             taken: set[str] = frozenset()) -> tuple[RunConfig | None, dict[str, str]]:
     """(config, {}) when the form is valid; (None, {field id: message}) otherwise."""
     errors: dict[str, str] = {}
     name = values.get("name", "").strip()

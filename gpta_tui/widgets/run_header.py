@@ -73,10 +73,11 @@ class RunHeader(Static):
         finished = state.finished
         job = state.active_job
         if finished is not None and finished.test_metrics:
-            bar = Text.assemble(("test ", "dim"), (f"{state.metric} {score(_metric(finished.test_metrics, state.metric))}",
-                                                   "bold cyan"))
+            test = score(_metric(finished.test_metrics, state.metric))
+            bar = Text.assemble(("test ", "dim"), (f"{state.metric} {test}", "bold cyan"))
             if finished.test_metrics_no_prefix and finished.best_prefix:
-                bar.append(f"  (no prefix {score(_metric(finished.test_metrics_no_prefix, state.metric))})", "dim")
+                plain = score(_metric(finished.test_metrics_no_prefix, state.metric))
+                bar.append(f"  (no prefix {plain})", "dim")
             count = Text("")
         elif state.ta_waiting is not None and state.status == "running":
             request, since, model = state.ta_waiting
