@@ -364,8 +364,9 @@ def test_build_student_dispatches_on_task(tiny_bert_dir):
     with pytest.raises(ConfigError, match="task 'ner' has no student"):
         build_student(cfg, FakeTaskData("ner", "x", LABELS, [], [], []), "cpu")
     cfg.student.tuning = "lt-prefix"
-    with pytest.raises(ConfigError, match="not available yet"):
-        build_student(cfg, make_data(60), "cpu")
+    from engine.student.ltuning import LTuningStudent
+
+    assert isinstance(build_student(cfg, make_data(60), "cpu"), LTuningStudent)
 
 
 # ---- devices -----------------------------------------------------------------------
