@@ -233,8 +233,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "data": {"train_size": 192, "val_size": 48, "test_size": 96},
         "student": {"max_length": 64, "batch_size": 16, "checkpoint_every": 4},
-        "ta": {"max_new_tokens": 32},
-        "loop": {"epochs": 2, "k": 8, "l": 4, "window": 3},
+        "ta": {"max_new_tokens": 24},
+        "loop": {"epochs": 2, "k": 6, "l": 3, "window": 2, "max_requests_per_epoch": 3},
         "finetune": {"epochs": 1, "batch_size": 2},
     },
     # CPU-friendly but meaningful: the dataclass defaults.
