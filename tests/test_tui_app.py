@@ -337,12 +337,17 @@ async def test_quit_asks_while_a_fine_tune_job_runs(gpta_home, tiny_bert_dir, se
     assert fake_openai.requests_to(r"/fine_tuning/jobs/.+/cancel", "POST")
 
 
-async def test_command_palette_runs_dashboard_actions(gpta_home, tiny_bert_dir, sentiment_csv):
+async def test_command_palette_runs_dashboard_actions(gpta_home, tiny_bert_dir, sentiment_csv,
+                                                      fake_openai, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", fake_openai.api_key)
+    # The first TA reply takes 8 s: the run is surely still going when the command arrives.
+    fake_openai.add_fault(path="chat/completions", delay_s=8.0)
+    config = tiny_config(tiny_bert_dir, sentiment_csv, "palette", epochs=1,
+                         ta={"backend": "openai", "model": "gpt-4o-mini",
+                             "base_url": fake_openai.base_url})
     app = GptaApp(gpta_home)
     async with app.run_test(size=SIZE) as pilot:
-        # A longer run (90 steps) so that it is still going when the command arrives.
-        app.start_run(tiny_config(tiny_bert_dir, sentiment_csv, "palette", epochs=3,
-                                  data={"train_size": 480}))
+        app.start_run(config)
         await wait_for(pilot, lambda: app.run_screen is not None, "the dashboard")
         screen = run_screen(app)
         await pilot.press("ctrl+p")
@@ -359,8 +364,8 @@ async def test_command_palette_runs_dashboard_actions(gpta_home, tiny_bert_dir, 
         assert screen.state.status == "paused"
         screen.action_stop()
         await pilot.press("y")
-        await run_ended(pilot, app, "the run to stop")
-        assert app.controller.result.status == "stopped"
+        result = await run_ended(pilot, app, "the run to stop")
+        assert result.status == "stopped"
 
 
 async def test_second_q_leaves_at_once_and_the_engine_still_saves(gpta_home, tiny_bert_dir,
