@@ -389,14 +389,16 @@ def ta_for(kind: str) -> str:
 
 
 class CallTimer:
-    """Wraps methods of objects to time them. Totals are keyed by (phase, label), where
+    """Wraps methods of objects to time them (wall and CPU seconds). Totals are keyed by
+    (phase, label), where
     `phase` is whatever the caller last set (e.g. from PhaseChanged events); nested wrapped
     calls count once, in the outermost one."""
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
         self.phase = ""
-        self.seconds: dict[tuple[str, str], float] = defaultdict(float)
+        self.seconds: dict[tuple[str, str], float] = defaultdict(float)  # wall
+        self.cpu: dict[tuple[str, str], float] = defaultdict(float)
         self.calls: dict[tuple[str, str], int] = defaultdict(int)
         self._depth = 0
 
@@ -409,13 +411,14 @@ class CallTimer:
                 return original(*a, **kw)
             key = (self.phase, label)
             self._depth += 1
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             try:
                 return original(*a, **kw)
             finally:
                 synchronize(self.device)
                 self._depth -= 1
                 self.seconds[key] += time.perf_counter() - start
+                self.cpu[key] += time.process_time() - cpu
                 self.calls[key] += 1
 
         setattr(obj, name, timed)

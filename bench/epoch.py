@@ -30,8 +30,9 @@ INNER = ("TA propose", "scoring", "evaluate", "checkpoint saves")
 
 
 class PhaseRecorder:
-    """An engine listener: per-phase wall time from event timestamps, inner call timings
-    (attributed to the phase they ran in), RSS at each phase's end and work counters."""
+    """An engine listener: per-phase wall time from event timestamps and CPU time from
+    process_time() at each phase event, inner call timings (attributed to the phase they ran
+    in), RSS at each phase's end and work counters."""
 
     def __init__(self, device: str) -> None:
         self.timer = CallTimer(device)
@@ -40,12 +41,19 @@ class PhaseRecorder:
         self.events: list = []
         self.rss: dict[str, float] = {}
         self.counts: dict[str, int] = defaultdict(int)
+        self.cpu: dict[str, float] = defaultdict(float)
+        self._cpu_mark = time.process_time()
+
+    def _close_phase(self) -> None:
+        now = time.process_time()
+        self.cpu[self.timer.phase] += now - self._cpu_mark
+        self._cpu_mark = now
+        self.rss[self.timer.phase] = rss_mib()
 
     def __call__(self, event) -> None:
         self.events.append(event)
         if event.kind == "phase":
-            if self.timer.phase:
-                self.rss[self.timer.phase] = rss_mib()
+            self._close_phase()
             self.timer.phase = event.phase
         elif event.kind == "run_started":  # after setup: the student and the TA exist now
             student, ta = self.engine.student, self.engine.ta
@@ -60,7 +68,7 @@ class PhaseRecorder:
         elif event.kind == "ta_request":
             self.counts["TA requests"] += 1
         elif event.kind == "finished":
-            self.rss[self.timer.phase] = rss_mib()
+            self._close_phase()
 
     def phase_seconds(self, started: float, ended: float) -> dict[str, float]:
         """Wall seconds per phase: each PhaseChanged lasts until the next one or the end."""
@@ -86,7 +94,8 @@ def run_once(cfg, device: str, workdir: Path) -> dict[str, Any]:
     ended = time.time()
     if finished.status != "finished":
         raise RuntimeError(f"the benchmark run ended {finished.status}: {finished.reason}")
-    return {"phases": recorder.phase_seconds(started, ended), "inner": dict(recorder.timer.seconds),
+    return {"phases": recorder.phase_seconds(started, ended), "cpu": dict(recorder.cpu),
+            "inner": dict(recorder.timer.seconds), "inner_cpu": dict(recorder.timer.cpu),
             "counts": dict(recorder.counts), "rss": recorder.rss, "total": ended - started,
             "test": finished.test_metrics}
 
@@ -121,31 +130,48 @@ def main() -> None:
                               "finetune": args.finetune, "train rows": cfg.data.train_size,
                               "validation rows": cfg.data.val_size, "test rows": cfg.data.test_size,
                               "k": cfg.loop.k, "l": cfg.loop.l, "repeats": args.repeats})
+    # Inner calls in CPU seconds on the CPU (robust on a shared machine), wall seconds on a GPU.
+    clock = "wall" if device.startswith("cuda") else "CPU"
+    inner_key = "inner" if clock == "wall" else "inner_cpu"
+
+    def inner_median(phase: str | None, label: str) -> str:
+        """Median over runs of `label`'s seconds in `phase` (None: in all phases)."""
+        per_run = [sum(v for (ph, lab), v in run[inner_key].items()
+                       if lab == label and phase in (None, ph)) for run in runs]
+        return f"{median(per_run):.2f}"
+
     rows = []
     for phase in phases:
-        walls = [run["phases"].get(phase, 0.0) for run in runs]
-        inner = [f"{median([run['inner'].get((phase, label), 0.0) for run in runs]):.2f}"
-                 for label in INNER]
-        rows.append([phase, spread(walls), *inner,
+        rows.append([phase, spread([run["phases"].get(phase, 0.0) for run in runs]),
+                     spread([run["cpu"].get(phase, 0.0) for run in runs]),
+                     *(inner_median(phase, label) for label in INNER),
                      f"{median([run['rss'].get(phase, 0.0) for run in runs]):.0f}"])
-    totals = [run["total"] for run in runs]
-    rows.append(["total", spread(totals), *[
-        f"{median([sum(v for (_, lab), v in run['inner'].items() if lab == label) for run in runs]):.2f}"
-        for label in INNER], ""])
-    report.table(["phase", "wall s, median (min-max)", *(f"{x} s" for x in INNER),
-                  "RSS at phase end, MiB"], rows)
+    rows.append(["total", spread([run["total"] for run in runs]),
+                 spread([sum(run["cpu"].values()) for run in runs]),
+                 *(inner_median(None, label) for label in INNER), ""])
+    report.table(["phase", "wall s, median (min-max)", "CPU s, median (min-max)",
+                  *(f"{x}, {clock} s" for x in INNER), "RSS at phase end, MiB"], rows)
 
     counts = runs[-1]["counts"]
-    train_s = median([run["phases"].get("training", 0.0) for run in runs])
-    score_s = median([run["inner"].get(("collecting", "scoring"), 0.0) for run in runs])
+    rows_trained = cfg.data.train_size * args.epochs
     pairs = counts.get("prefixes scored", 0) * cfg.data.val_size
+
+    def per_second(work: float, key: str, phase: str, label: str | None = None) -> str:
+        if label is None:
+            secs = median([run[key].get(phase, 0.0) for run in runs])
+        else:
+            secs = median([run[key].get((phase, label), 0.0) for run in runs])
+        return f"{work / secs:.1f}" if secs else "-"
+
     facts = [["training steps / prefixes scored / TA requests",
               f"{counts.get('training steps', 0)} / {counts.get('prefixes scored', 0)} / "
               f"{counts.get('TA requests', 0)}"],
-             ["training throughput (phase wall incl. checkpoints)",
-              f"{cfg.data.train_size * args.epochs / train_s:.1f} samples/s" if train_s else "-"],
-             ["collecting: scoring throughput",
-              f"{pairs / score_s:.1f} prefix x row pairs/s" if score_s else "-"],
+             ["training phase (incl. checkpoints), samples/s by wall / by CPU",
+              f"{per_second(rows_trained, 'phases', 'training')} / "
+              f"{per_second(rows_trained, 'cpu', 'training')}"],
+             ["collecting: score_prefixes, prefix x row pairs/s by wall / by CPU",
+              f"{per_second(pairs, 'inner', 'collecting', 'scoring')} / "
+              f"{per_second(pairs, 'inner_cpu', 'collecting', 'scoring')}"],
              ["peak RSS (getrusage, whole process)", f"{peak_rss_mib():.0f} MiB"]]
     gpu = gpu_peak_mib(device)
     if gpu is not None:
