@@ -14,6 +14,7 @@ phase (psutil) and the process peak (getrusage), plus the CUDA allocator peak on
 
 from __future__ import annotations
 
+import gc
 import tempfile
 import time
 from collections import defaultdict
@@ -120,8 +121,10 @@ def main() -> None:
     ta_name = ta_for(args.ta)
     runs = []
     for r in range(args.repeats):
+        gc.collect()
+        before = rss_mib()
         with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
-            runs.append(run_once(cfg, device, Path(tmp)))
+            runs.append({**run_once(cfg, device, Path(tmp)), "rss_before": before})
         progress(f"repeat {r + 1}/{args.repeats}: {runs[-1]['total']:.1f}s")
 
     phases = [p for p in PHASE_ORDER if any(p in run["phases"] for run in runs)]
@@ -145,12 +148,12 @@ def main() -> None:
         rows.append([phase, spread([run["phases"].get(phase, 0.0) for run in runs]),
                      spread([run["cpu"].get(phase, 0.0) for run in runs]),
                      *(inner_median(phase, label) for label in INNER),
-                     f"{median([run['rss'].get(phase, 0.0) for run in runs]):.0f}"])
+                     f"{runs[0]['rss'].get(phase, 0.0):.0f}"])
     rows.append(["total", spread([run["total"] for run in runs]),
                  spread([sum(run["cpu"].values()) for run in runs]),
                  *(inner_median(None, label) for label in INNER), ""])
     report.table(["phase", "wall s, median (min-max)", "CPU s, median (min-max)",
-                  *(f"{x}, {clock} s" for x in INNER), "RSS at phase end, MiB"], rows)
+                  *(f"{x}, {clock} s" for x in INNER), "RSS at phase end (first run), MiB"], rows)
 
     counts = runs[-1]["counts"]
     rows_trained = cfg.data.train_size * args.epochs
@@ -172,7 +175,9 @@ def main() -> None:
              ["collecting: score_prefixes, prefix x row pairs/s by wall / by CPU",
               f"{per_second(pairs, 'inner', 'collecting', 'scoring')} / "
               f"{per_second(pairs, 'inner_cpu', 'collecting', 'scoring')}"],
-             ["peak RSS (getrusage, whole process)", f"{peak_rss_mib():.0f} MiB"]]
+             ["RSS before each run (psutil)",
+              ", ".join(f"{run['rss_before']:.0f}" for run in runs) + " MiB"],
+             ["peak RSS of the process over all runs (getrusage)", f"{peak_rss_mib():.0f} MiB"]]
     gpu = gpu_peak_mib(device)
     if gpu is not None:
         facts.append(["peak CUDA memory allocated", f"{gpu:.0f} MiB"])
