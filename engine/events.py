@@ -127,6 +127,7 @@ class TAResponse(Event):
     usage: dict
     latency_s: float
     attempt: int = 1
+    cost: float = 0.0  # estimated cost of this reply (engine.pricing)
 
 
 @_register

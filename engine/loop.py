@@ -445,8 +445,9 @@ class Engine:
                 self.notice(f"TA request {rid} attempt {attempt}/{attempts} failed: {exc}")
                 self._boundary()
                 continue
+            cost = self._cost(reply.usage)
             st.ta_tokens += int(reply.usage.get("total_tokens", 0) or 0)
-            st.ta_cost += self._cost(reply.usage)
+            st.ta_cost += cost
             candidates = [c for text in reply.texts for c in parse_prefixes(text or "")]
             accepted, rejected = clean_prefixes(
                 candidates, max_words=cfg.ta.max_prefix_words, max_chars=cfg.ta.max_prefix_chars)
@@ -454,7 +455,7 @@ class Engine:
                                  prefixes=accepted, rejected=[list(r) for r in rejected],
                                  usage=dict(reply.usage),
                                  latency_s=round(time.perf_counter() - started, 4),
-                                 attempt=attempt))
+                                 attempt=attempt, cost=cost))
             if accepted:
                 return accepted
             self.notice(f"TA request {rid} attempt {attempt}/{attempts}: no usable prefix in the "
@@ -502,6 +503,7 @@ class Engine:
 
     def _initial_prefix(self) -> str:
         """s0: the first prefix of the first TA call (the rest are scored in epoch 1)."""
+        self._boundary()  # a pause/stop before the (possibly slow) first TA reply
         messages = self._request_messages([], self.config.loop.l)
         prefixes = self._ask_ta(messages, self.config.loop.l)
         if not prefixes:

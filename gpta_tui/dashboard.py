@@ -167,6 +167,8 @@ class DashboardState:
         self.ta_requests = 0
         self.ta_waiting: tuple[int, float, str] | None = None  # (request id, ts, model) unanswered
         self.ta_tokens = 0
+        self.ta_cost = 0.0
+        self.examples_sent = 0  # dataset examples shown to the TA (GPTA-Data exemplars)
         self.ta_rejected = 0
         self.jobs: dict[str, JobView] = {}       # "epoch/job_id" -> job
         self.current_job: str = ""
@@ -344,11 +346,13 @@ class DashboardState:
 
     def _on_TARequest(self, e: TARequest):
         self.ta_requests = max(self.ta_requests, e.request_id)
+        self.examples_sent += int(getattr(e, "examples_sent", 0) or 0)
         self.ta_waiting = (e.request_id, e.ts, e.model)
         return {"header"}
 
     def _on_TAResponse(self, e: TAResponse):
         self.ta_tokens += int(e.usage.get("total_tokens", 0) or 0) if isinstance(e.usage, dict) else 0
+        self.ta_cost += float(getattr(e, "cost", 0.0) or 0.0)
         if self.ta_waiting and self.ta_waiting[0] == e.request_id:
             self.ta_waiting = None
         changed = {"header"}

@@ -355,3 +355,16 @@ def test_the_header_follows_a_running_fine_tune_job():
     console.print(RunHeader.render_state(state, now=T0 + 102))
     text = console.export_text()
     assert "fine-tuning TA" in text and "job 3/8  ETA 0:40" in text
+
+
+def test_examples_sent_and_ta_cost_accumulate():
+    state = DashboardState()
+    state.apply(TARequest(request_id=1, epoch=1, backend="openai", model="m", messages=[],
+                          params={}, description_version=1, examples_sent=3))
+    state.apply(TAResponse(request_id=1, epoch=1, texts=["x"], prefixes=["x"], rejected=[],
+                           usage={"total_tokens": 10}, latency_s=0.1, cost=0.25))
+    state.apply(TARequest(request_id=2, epoch=1, backend="openai", model="m", messages=[],
+                          params={}, description_version=1, examples_sent=3))
+    state.apply(TAResponse(request_id=2, epoch=1, texts=["y"], prefixes=["y"], rejected=[],
+                           usage={"total_tokens": 5}, latency_s=0.1, cost=0.5))
+    assert (state.examples_sent, state.ta_tokens, state.ta_cost) == (6, 15, 0.75)

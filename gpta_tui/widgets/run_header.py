@@ -58,8 +58,12 @@ class RunHeader(Static):
         if state.status_reason and state.status in ("failed", "interrupted", "stopped"):
             title.append(f"  {state.status_reason}", "dim")
         clock = Text.assemble(
-            ("elapsed ", "dim"), (duration(state.elapsed_s(now)), "bold"),
-            ("  device ", "dim"), (state.device or "-", "bold"),
+            ("TA ", "dim"), (f"{state.ta_requests} req · {state.ta_tokens} tok", "bold"),
+            (f" · ${state.ta_cost:.4f}" if state.ta_cost else "", "bold"),
+            (" · examples sent ", "dim"),
+            (str(state.examples_sent), "bold green" if not state.examples_sent else "bold yellow"),
+            (" · elapsed ", "dim"), (duration(state.elapsed_s(now)), "bold"),
+            (" · ", "dim"), (state.device or "-", "bold"),
         )
         top = Table.grid(expand=True, padding=(0, 1))
         top.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
