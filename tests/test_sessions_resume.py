@@ -5,7 +5,6 @@ as a run that never stopped."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import signal
@@ -24,16 +23,12 @@ from sessions.export import config_toml
 from sessions.runner import resume_session, run_session, start_session
 from sessions.store import SessionStore
 
-from test_engine import CountingTA, FakeJobs
+from test_engine import FakeJobs
 
 ROOT = Path(__file__).resolve().parent.parent
-HAVE_SCRIPTED = importlib.util.find_spec("engine.ta.scripted") is not None
-
-
 def engine_kwargs(**extra):
-    """The engine builds the scripted TA from the config (ta.backend = "scripted"); until
-    engine.ta.scripted exists in this checkout, the engine tests' deterministic TA stands in."""
-    return extra if HAVE_SCRIPTED else {"ta": CountingTA(), **extra}
+    """The engine builds the scripted TA from the config (ta.backend = "scripted")."""
+    return extra
 
 
 def tiny_config(tiny_bert_dir: Path, csv: Path, name: str, **over):
@@ -180,8 +175,6 @@ def _wait_for(predicate, child, limit_s=300.0) -> bool:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not HAVE_SCRIPTED, reason="`gpta run` needs the built-in scripted TA "
-                    "(engine.ta.scripted), which this checkout does not have yet")
 def test_sigkilled_headless_run_resumes_to_the_same_result(straight_headless, tiny_bert_dir,
                                                           sentiment_csv, tmp_path):
     """`gpta run` killed with SIGKILL at random moments, then `gpta resume` (killed again,
