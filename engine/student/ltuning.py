@@ -45,24 +45,16 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.config import StudentConfig
-from engine.errors import ConfigError, DataError, ModelError
-from engine.student.base import StepResult
-from engine.student.classification import (
-    OPTIMIZER_FILE,
-    SCALER_FILE,
-    SCHEDULER_FILE,
-    ClassificationStudent,
-    _reason,
-    derive_seed,
-    join_input,
-)
+from engine.errors import ConfigError, ModelError
+from engine.student.classification import ClassificationStudent
+from engine.student.task_base import derive_seed, join_input, pad_batch, reason
 
 LT_TUNINGS = ("lt-prefix", "lt-prompt")
 #: virtual tokens (prefix or prompt positions) each label is pooled into
@@ -204,6 +196,8 @@ class LTuningStudent(ClassificationStudent):
     `label_texts`, `parameter_counts()`, `negative_labels(epoch, step, labels)`.
     """
 
+    checkpoint_fix = CHECKPOINT_FIX
+
     def __init__(self, cfg: StudentConfig, data: Any, epochs: int, seed: int, device: str,
                  virtual_tokens: int = VIRTUAL_TOKENS):
         if cfg.tuning not in LT_TUNINGS:
@@ -264,7 +258,7 @@ class LTuningStudent(ClassificationStudent):
                                            enc.get("token_type_ids"), prefix=prefix)
         except Exception as exc:  # an architecture without a key/value cache in its encoder
             raise ModelError(f"student model {name!r} ({model.config.model_type}) cannot take a "
-                             f"key/value prefix ({_reason(exc)})",
+                             f"key/value prefix ({reason(exc)})",
                              'use tuning = "lt-prompt" or "full" for this model') from None
         if torch.allclose(bare, with_prefix):
             raise ModelError(f"student model {name!r} ({model.config.model_type}) ignores a "
@@ -290,53 +284,34 @@ class LTuningStudent(ClassificationStudent):
             out.append([j + (j >= label) for j in picks])  # skip the true label
         return out
 
-    def train_epoch(self, prefix: str, epoch: int, start_step: int = 0) -> Iterator[StepResult]:
-        rows = self.data.train
-        if not rows:
-            raise DataError("the training split is empty", "use a dataset with training rows")
-        steps = self.steps_per_epoch()
-        if not 0 <= start_step <= steps:
-            raise ValueError(f"start_step {start_step} outside 0..{steps}")
-        order = self.epoch_order(epoch)
-        size = self.cfg.batch_size
-        for step in range(start_step + 1, steps + 1):
-            batch = [rows[i] for i in order[(step - 1) * size:step * size]]
-            torch.manual_seed(derive_seed(self.seed, "step", epoch, step))
-            self.model.train()
-            labels = [int(r["label"]) for r in batch]
-            pair_rows, pair_labels, targets = [], [], []
-            negatives = self.negative_labels(epoch, step, labels)
-            for i, (label, wrong) in enumerate(zip(labels, negatives)):
-                pair_rows += [i] * (1 + len(wrong))
-                pair_labels += [label, *wrong]
-                targets += [1.0] + [0.0] * len(wrong)
-            enc = self.tokenizer([join_input(prefix, r["text"]) for r in batch], truncation=True,
-                                 max_length=self.cfg.max_length, padding=True, return_tensors="pt")
-            index = torch.tensor(pair_rows)
-            enc = {k: v[index].to(self._device) for k, v in enc.items()}
-            label_index = torch.tensor(pair_labels, device=self._device)
-            with self._autocast():
-                logits = self.model(enc["input_ids"], enc["attention_mask"], label_index,
-                                    enc.get("token_type_ids"))
-            loss = F.binary_cross_entropy_with_logits(
-                logits.float(), torch.tensor(targets, device=self._device))
-            lr = self.optimizer.param_groups[0]["lr"]
-            self._optimizer_step(loss)
-            yield StepResult(epoch_step=step, loss=float(loss.detach()), lr=float(lr))
+    def step_loss(self, prefix: str, rows: list[dict], epoch: int, step: int) -> torch.Tensor:
+        """The loss of a training step: each example against its true label and the wrong
+        labels `negative_labels` draws for (epoch, step)."""
+        labels = [int(r["label"]) for r in rows]
+        return self.batch_loss(prefix, rows, self.negative_labels(epoch, step, labels))
 
-    def _optimizer_step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            self._clip()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self._clip()
-            self.optimizer.step()
-        self.scheduler.step()
+    def batch_loss(self, prefix: str, rows: list[dict],
+                   negatives: list[list[int]] | None = None) -> torch.Tensor:
+        """Binary cross-entropy of the match logits of each row with its true label (target 1)
+        and its `negatives` (target 0; every wrong label when None)."""
+        labels = [int(r["label"]) for r in rows]
+        if negatives is None:
+            negatives = [[j for j in range(len(self.label_names)) if j != label] for label in labels]
+        pair_rows, pair_labels, targets = [], [], []
+        for i, (label, wrong) in enumerate(zip(labels, negatives)):
+            pair_rows += [i] * (1 + len(wrong))
+            pair_labels += [label, *wrong]
+            targets += [1.0] + [0.0] * len(wrong)
+        enc = self.tokenizer([join_input(prefix, r["text"]) for r in rows], truncation=True,
+                             max_length=self.cfg.max_length, padding=True, return_tensors="pt")
+        index = torch.tensor(pair_rows)
+        enc = {k: v[index].to(self._device) for k, v in enc.items()}
+        label_index = torch.tensor(pair_labels, device=self._device)
+        with self.autocast():
+            logits = self.model(enc["input_ids"], enc["attention_mask"], label_index,
+                                enc.get("token_type_ids"))
+        return F.binary_cross_entropy_with_logits(
+            logits.float(), torch.tensor(targets, device=self._device))
 
     def _clip(self) -> None:
         if self.cfg.grad_clip > 0:
@@ -359,17 +334,11 @@ class LTuningStudent(ClassificationStudent):
         order = sorted(range(len(out)), key=lambda item: len(sequences[item // k]))
         pad = self.tokenizer.pad_token_id
         self.model.eval()
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             label_prefix = self.model.label_prefix()
             for start in range(0, len(order), self.cfg.eval_batch_size):
                 chunk = order[start:start + self.cfg.eval_batch_size]
-                width = max(len(sequences[item // k]) for item in chunk)
-                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, item in enumerate(chunk):
-                    ids = sequences[item // k]
-                    input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    mask[row, :len(ids)] = 1
+                input_ids, mask = pad_batch([sequences[item // k] for item in chunk], pad)
                 label_index = torch.tensor([item % k for item in chunk])
                 token_types = torch.zeros_like(input_ids) if self._token_types else None
                 moved = [t.to(self._device, non_blocking=True) if t is not None else None
@@ -385,7 +354,7 @@ class LTuningStudent(ClassificationStudent):
         texts = self._split(split).texts
         results = []
         self.model.eval()
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             for prefix in prefixes:
                 per_label = []
                 for label in range(len(self.label_names)):
@@ -421,10 +390,7 @@ class LTuningStudent(ClassificationStudent):
                   str(directory / WEIGHTS_FILE))
         (directory / META_FILE).write_text(json.dumps(self._meta(), indent=2), encoding="utf-8")
         if training_state:
-            torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
-            torch.save(self.scheduler.state_dict(), directory / SCHEDULER_FILE)
-            if self.scaler is not None:
-                torch.save(self.scaler.state_dict(), directory / SCALER_FILE)
+            self._save_training_state(directory)
 
     def load(self, directory: Path, training_state: bool = True) -> None:
         from safetensors.torch import load_file
@@ -441,7 +407,7 @@ class LTuningStudent(ClassificationStudent):
             meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
             tensors = load_file(str(directory / WEIGHTS_FILE))
         except Exception as exc:  # a corrupt file
-            raise ModelError(f"cannot load checkpoint {str(directory)!r} ({_reason(exc)})",
+            raise ModelError(f"cannot load checkpoint {str(directory)!r} ({reason(exc)})",
                              CHECKPOINT_FIX) from None
         mine = self._meta()
         for key in ("tuning", "label_names", "verbalizer", "virtual_tokens", "hidden_size",
@@ -459,15 +425,5 @@ class LTuningStudent(ClassificationStudent):
         with torch.no_grad():
             for name, param in params.items():
                 param.copy_(tensors[name])
-        if not training_state:
-            return
-        needed = [OPTIMIZER_FILE, SCHEDULER_FILE]
-        needed += [SCALER_FILE] if self.scaler is not None else []
-        missing = [name for name in needed if not (directory / name).is_file()]
-        if missing:
-            raise ModelError(f"checkpoint {str(directory)!r} lacks {', '.join(missing)}",
-                             CHECKPOINT_FIX)
-        self.optimizer.load_state_dict(self._torch_load(directory / OPTIMIZER_FILE))
-        self.scheduler.load_state_dict(self._torch_load(directory / SCHEDULER_FILE))
-        if self.scaler is not None:
-            self.scaler.load_state_dict(self._torch_load(directory / SCALER_FILE))
+        if training_state:
+            self._load_training_state(directory)

@@ -57,14 +57,6 @@ class Seq2SeqStudent(TaskStudent):
                 raise DataError(f"{split} row {index} has an empty or non-text {key!r}",
                                 'give rows {"document": str, "summary": str}')
 
-    def _single_template(self) -> tuple[list[int], list[int]]:
-        plain = self.tokenizer("hello", add_special_tokens=False)["input_ids"]
-        full = self.tokenizer("hello")["input_ids"]
-        for start in range(len(full) - len(plain) + 1):
-            if full[start:start + len(plain)] == plain:
-                return full[:start], full[start + len(plain):]
-        return [], []
-
     # ---- inputs --------------------------------------------------------------------
     def source_ids(self, prefix: str, rows: list[dict]) -> list[list[int]]:
         return self.tokenizer([join_input(prefix, r["document"]) for r in rows], truncation=True,

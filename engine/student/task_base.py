@@ -1,4 +1,5 @@
-"""What the extractive-QA, multiple-choice and summarization students share.
+"""What every full fine-tuning student shares (classification, extractive QA, multiple choice,
+summarization).
 
 A `TaskStudent` owns an HF model with a task head, its tokenizer, an AdamW optimizer with a
 linear schedule, and the deterministic training loop: the order of an epoch's rows comes from
@@ -130,7 +131,7 @@ def pair_template(tokenizer: Any) -> PairTemplate:
 
 
 class TaskStudent(Student):
-    """Base of the non-classification students; see the module docstring."""
+    """Base of the full fine-tuning students; see the module docstring."""
 
     #: the ``data.task`` this student serves (a key of engine.tasks.TASKS)
     task: str = ""
@@ -138,6 +139,12 @@ class TaskStudent(Student):
     auto_class: str = ""
     #: the keys every row of every split must have
     row_keys: tuple[str, ...] = ()
+    #: tokenizer attributes tried in order as the padding token when it has none
+    pad_fallbacks: tuple[str, ...] = ("eos_token", "sep_token", "cls_token")
+    #: the fix of the error for a tokenizer without any padding token
+    pad_fix: str = "use a model whose tokenizer defines pad_token"
+    #: the fix of the errors for a checkpoint that cannot be resumed
+    checkpoint_fix: str = "resume from a checkpoint this student wrote (same task and model)"
 
     def __init__(self, cfg: StudentConfig, data: Any, epochs: int, seed: int, device: str):
         self.cfg = cfg
@@ -146,15 +153,11 @@ class TaskStudent(Student):
         self.seed = seed
         self._device = device
         self.spec = get_task(self.task)
-        if getattr(data, "task", self.task) != self.task:
-            raise DataError(f"the data is for task {data.task!r}, not {self.task!r}",
-                            f"load the data with data.task = {self.task!r}")
-        self.metric = cfg.metric
-        self.metric_names = metric_order(self.task, cfg.metric)  # ConfigError if incompatible
-        self._check_rows()
+        self._check_data()
         self.model, self.tokenizer = self._load_pretrained(self.model_name())
         model_type = str(getattr(self.model.config, "model_type", "") or "model")
         self.family = FAMILIES.get(model_type, model_type.upper())
+        self._setup_inputs()
         self._token_types = "token_type_ids" in self.tokenizer.model_input_names
         self._amp_dtype = amp_dtype(device, cfg.amp)
         self.optimizer = self._make_optimizer()
@@ -175,6 +178,18 @@ class TaskStudent(Student):
         """The configured student model (subclasses may substitute a task default)."""
         return self.cfg.model
 
+    def _check_data(self) -> None:
+        """Validate the data and the metric before anything is loaded (ConfigError/DataError)."""
+        if getattr(self.data, "task", self.task) != self.task:
+            raise DataError(f"the data is for task {self.data.task!r}, not {self.task!r}",
+                            f"load the data with data.task = {self.task!r}")
+        self.metric = self.cfg.metric
+        self.metric_names = metric_order(self.task, self.cfg.metric)  # ConfigError if incompatible
+        self._check_rows()
+
+    def _setup_inputs(self) -> None:
+        """Hook run right after the model and tokenizer load, before the optimizer is built."""
+
     def _check_rows(self) -> None:
         for split in ("train", "validation", "test"):
             rows = self.data.split(split)
@@ -193,6 +208,10 @@ class TaskStudent(Student):
     def model_kwargs(self) -> dict[str, Any]:
         return {}
 
+    def model_description(self) -> str:
+        """How load errors name the model, e.g. "qa student model"."""
+        return f"{self.task} student model"
+
     def _load_pretrained(self, name: str):
         import transformers
         from transformers import AutoTokenizer
@@ -210,17 +229,26 @@ class TaskStudent(Student):
                 tokenizer = AutoTokenizer.from_pretrained(source)
                 model = auto.from_pretrained(source, **self.model_kwargs())
         except Exception as exc:  # any failure to load is a model problem for the user
-            raise ModelError(f"cannot load {self.task} student model {name!r} ({reason(exc)})",
+            raise ModelError(f"cannot load {self.model_description()} {name!r} ({reason(exc)})",
                              MODEL_FIX) from None
         if tokenizer.pad_token is None:
-            fallback = tokenizer.eos_token or tokenizer.sep_token or tokenizer.cls_token
+            candidates = (getattr(tokenizer, attr) for attr in self.pad_fallbacks)
+            fallback = next((token for token in candidates if token), None)
             if fallback is None:
-                raise ModelError(f"the tokenizer of {name!r} has no padding token",
-                                 "use a model whose tokenizer defines pad_token")
+                raise ModelError(f"the tokenizer of {name!r} has no padding token", self.pad_fix)
             tokenizer.pad_token = fallback
         model.config.pad_token_id = tokenizer.pad_token_id
         model.float().to(self._device)
         return model, tokenizer
+
+    def _single_template(self) -> tuple[list[int], list[int]]:
+        """The special ids the tokenizer puts before and after a single sequence."""
+        plain = self.tokenizer("hello", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("hello")["input_ids"]
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                return full[:start], full[start + len(plain):]
+        return [], []  # an unusual template
 
     def special_tokens_text(self, ids: list[int]) -> str:
         """Special token ids as text, e.g. [102] -> "[SEP]", [2, 2] -> "</s></s>"."""
@@ -267,8 +295,14 @@ class TaskStudent(Student):
     def batch_loss(self, prefix: str, rows: list[dict]) -> torch.Tensor:
         """The training loss (a scalar tensor with grad) of `rows` with `prefix`."""
 
+    def step_loss(self, prefix: str, rows: list[dict], epoch: int, step: int) -> torch.Tensor:
+        """The loss of optimizer step `step` of `epoch` (students drawing per-step samples override)."""
+        return self.batch_loss(prefix, rows)
+
     def train_epoch(self, prefix: str, epoch: int, start_step: int = 0) -> Iterator[StepResult]:
         rows = self.data.train
+        if not rows:
+            raise DataError("the training split is empty", "use a dataset with training rows")
         steps = self.steps_per_epoch()
         if not 0 <= start_step <= steps:
             raise ValueError(f"start_step {start_step} outside 0..{steps}")
@@ -278,21 +312,25 @@ class TaskStudent(Student):
             batch = [rows[i] for i in order[(step - 1) * size:step * size]]
             torch.manual_seed(derive_seed(self.seed, "step", epoch, step))
             self.model.train()
-            loss = self.batch_loss(prefix, batch)
-            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.step_loss(prefix, batch, epoch, step)
             lr = self.optimizer.param_groups[0]["lr"]
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-                self._clip()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self._clip()
-                self.optimizer.step()
-            self.scheduler.step()
+            self._optimizer_step(loss)
             yield StepResult(epoch_step=step, loss=float(loss.detach()), lr=float(lr))
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward, clip, step the optimizer (through the fp16 scaler if any) and the schedule."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            self._clip()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self._clip()
+            self.optimizer.step()
+        self.scheduler.step()
 
     def _clip(self) -> None:
         if self.cfg.grad_clip > 0:
@@ -313,16 +351,13 @@ class TaskStudent(Student):
         self.model.save_pretrained(directory)  # safetensors
         self.tokenizer.save_pretrained(directory)
         if training_state:
-            torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
-            torch.save(self.scheduler.state_dict(), directory / SCHEDULER_FILE)
-            if self.scaler is not None:
-                torch.save(self.scaler.state_dict(), directory / SCALER_FILE)
+            self._save_training_state(directory)
 
     def load(self, directory: Path, training_state: bool = True) -> None:
         import transformers
 
         directory = Path(directory)
-        fix = "resume from a checkpoint this student wrote (same task and model)"
+        fix = self.checkpoint_fix
         if not directory.is_dir():
             raise ModelError(f"checkpoint directory {str(directory)!r} does not exist", fix)
         try:
@@ -332,14 +367,26 @@ class TaskStudent(Student):
         except Exception as exc:  # a missing/corrupt/mismatched checkpoint
             raise ModelError(f"cannot load checkpoint {str(directory)!r} ({reason(exc)})", fix) from None
         del saved
-        if not training_state:
-            return
+        if training_state:
+            self._load_training_state(directory)
+
+    def _save_training_state(self, directory: Path) -> None:
+        """Optimizer, schedule and (fp16 only) scaler state, next to the weights."""
+        torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
+        torch.save(self.scheduler.state_dict(), directory / SCHEDULER_FILE)
+        if self.scaler is not None:
+            torch.save(self.scaler.state_dict(), directory / SCALER_FILE)
+
+    def _load_training_state(self, directory: Path) -> None:
         needed = [OPTIMIZER_FILE, SCHEDULER_FILE] + ([SCALER_FILE] if self.scaler is not None else [])
         missing = [name for name in needed if not (directory / name).is_file()]
         if missing:
-            raise ModelError(f"checkpoint {str(directory)!r} lacks {', '.join(missing)}", fix)
-        load = lambda p: torch.load(p, map_location=self._device, weights_only=True)  # noqa: E731
-        self.optimizer.load_state_dict(load(directory / OPTIMIZER_FILE))
-        self.scheduler.load_state_dict(load(directory / SCHEDULER_FILE))
+            raise ModelError(f"checkpoint {str(directory)!r} lacks {', '.join(missing)}",
+                             self.checkpoint_fix)
+        self.optimizer.load_state_dict(self._torch_load(directory / OPTIMIZER_FILE))
+        self.scheduler.load_state_dict(self._torch_load(directory / SCHEDULER_FILE))
         if self.scaler is not None:
-            self.scaler.load_state_dict(load(directory / SCALER_FILE))
+            self.scaler.load_state_dict(self._torch_load(directory / SCALER_FILE))
+
+    def _torch_load(self, path: Path) -> dict:
+        return torch.load(path, map_location=self._device, weights_only=True)
