@@ -157,6 +157,8 @@ async def test_edit_description_mid_run_reaches_the_next_ta_request(gpta_home, t
         app.start_run(tiny_config(tiny_bert_dir, sentiment_csv, "describing"))
         await wait_for(pilot, lambda: app.run_screen is not None, "the dashboard")
         screen = run_screen(app)
+        # pause once the first TA request went out, so some requests precede the edit
+        await wait_for(pilot, lambda: screen.state.ta_requests >= 1, "the first TA request")
         await pilot.press("p")
         await wait_for(pilot, lambda: screen.state.status == "paused", "the engine to pause")
         await pilot.press("e")
