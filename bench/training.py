@@ -102,7 +102,8 @@ def make_optimizer(model: torch.nn.Module, setup: Setup):
 
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        if param.ndim < 2 or name.endswith("bias") or "layernorm" in name.lower():
+        lowered = name.lower()
+        if param.ndim < 2 or name.endswith("bias") or "layernorm" in lowered or "layer_norm" in lowered:
             no_decay.append(param)
         else:
             decay.append(param)
