@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 # e.g. make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: setup run smoke test test-fast bench clean
+.PHONY: setup run smoke test test-fast bench bench-all clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,9 +35,15 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
 
+## Benchmarks (results go into BENCHMARKS.md); on a shared box: make bench BENCH_ARGS="--threads 1"
 bench: setup
-	$(PY) -m bench.scoring
-	$(PY) -m bench.training
+	$(PY) -m bench.scoring $(BENCH_ARGS)
+	$(PY) -m bench.training $(BENCH_ARGS)
+
+bench-all: bench
+	$(PY) -m bench.epoch $(BENCH_ARGS)
+	$(PY) -m bench.resume $(BENCH_ARGS)
+	$(PY) -m bench.tui_latency
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
