@@ -14,6 +14,7 @@ from engine.errors import ConfigError
 from engine.finetune.base import FinetuneBackend, JobStatus
 from engine.loop import Engine
 from engine.ta.base import TAReply, TeachingAssistant
+from test_engine import Recorder
 
 WORDS = ["judge", "the", "feeling", "in", "this", "tweet", "mood", "tone", "label", "opinion",
          "positive", "negative", "neutral", "carefully", "read", "sentiment"]
@@ -73,17 +74,6 @@ def tiny_overrides(tiny_bert_dir: Path, csv: Path, **over) -> dict:
         else:
             base[key] = value
     return base
-
-
-class Recorder:
-    def __init__(self):
-        self.events: list[ev.Event] = []
-
-    def __call__(self, event):
-        self.events.append(event)
-
-    def of(self, cls):
-        return [e for e in self.events if isinstance(e, cls)]
 
 
 SEEDS = ["Decide the sentiment of the tweet:", "Is this tweet positive, negative or neutral?",
