@@ -207,8 +207,24 @@ def test_k_way_prediction_agrees_with_per_label_scores(tiny_bert_dir, tuning):
 
 
 # ---- checkpoints -----------------------------------------------------------------------
+@pytest.fixture
+def one_thread():
+    """Pin torch to one intra-op thread for the test, then restore the count.
+
+    With several threads, lt-prefix training on CPU is not bit-reproducible even between two
+    uninterrupted runs (attention over the cached key/value prefix reduces in a
+    thread-dependent order; CI saw ~6e-8 at step 2). Resume can only be bit-identical to a
+    computation that is itself deterministic, so the claim is checked with one thread.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("tuning", TUNINGS)
-def test_resume_replays_bit_identical_losses_and_weights(tiny_bert_dir, tmp_path, tuning):
+def test_resume_replays_bit_identical_losses_and_weights(tiny_bert_dir, tmp_path, tuning,
+                                                         one_thread):
     data = make_data(160)
     straight = make_student(tiny_bert_dir, tuning, data)
     expected = [r.loss for r in straight.train_epoch("Tweet:", 1)]
@@ -223,21 +239,29 @@ def test_resume_replays_bit_identical_losses_and_weights(tiny_bert_dir, tmp_path
     resumed.load(tmp_path / "ckpt", training_state=True)
     tail = list(resumed.train_epoch("Tweet:", 1, start_step=k))
     assert [r.epoch_step for r in tail] == list(range(k + 1, straight.steps_per_epoch() + 1))
-    # Bit-identical with one intra-op thread. With several, lt-prefix's attention over the
-    # cached key/value prefix was seen to differ by ~6e-8 after a save/load (multi-threaded
-    # CPU reductions); then the stated tolerance applies. Full tuning stays bit-identical.
-    exact = torch.get_num_threads() == 1 or tuning != "lt-prefix"
-
-    def same(a, b):
-        return a == b if exact else a == pytest.approx(b, rel=1e-6, abs=1e-6)
-
-    assert same([r.loss for r in tail], expected[k:])
-    assert same([r.loss for r in resumed.train_epoch("Tweet:", 2)],
-                [r.loss for r in straight.train_epoch("Tweet:", 2)])
+    assert [r.loss for r in tail] == expected[k:]
+    assert ([r.loss for r in resumed.train_epoch("Tweet:", 2)]
+            == [r.loss for r in straight.train_epoch("Tweet:", 2)])
     want, got = trainable(straight), trainable(resumed)
     assert want.keys() == got.keys()
-    assert all(torch.equal(want[n], got[n]) if exact else
-               torch.allclose(want[n], got[n], rtol=1e-5, atol=1e-6) for n in want)
+    assert all(torch.equal(want[n], got[n]) for n in want)
+
+
+@pytest.mark.parametrize("tuning", TUNINGS)
+def test_resume_with_several_threads_stays_within_float_noise(tiny_bert_dir, tmp_path, tuning):
+    """With torch's default thread count the replay agrees to float32 noise."""
+    data = make_data(160)
+    straight = make_student(tiny_bert_dir, tuning, data)
+    expected = [r.loss for r in straight.train_epoch("Tweet:", 1)]
+    interrupted = make_student(tiny_bert_dir, tuning, data)
+    list(itertools.islice(interrupted.train_epoch("Tweet:", 1), 3))
+    interrupted.save(tmp_path / "ckpt", training_state=True)
+    resumed = make_student(tiny_bert_dir, tuning, data)
+    resumed.load(tmp_path / "ckpt", training_state=True)
+    tail = [r.loss for r in resumed.train_epoch("Tweet:", 1, start_step=3)]
+    assert tail == pytest.approx(expected[3:], rel=1e-5, abs=1e-6)
+    want, got = trainable(straight), trainable(resumed)
+    assert all(torch.allclose(want[n], got[n], rtol=1e-4, atol=1e-6) for n in want)
 
 
 def test_save_load_roundtrip_and_mismatches(tiny_bert_dir, tmp_path):
