@@ -208,6 +208,32 @@ def test_resume_replays_bit_identical_losses_and_weights(tiny_bert_dir, tmp_path
     assert all(torch.equal(want[name], got[name]) for name in want)
 
 
+def test_adamw_is_fused_and_an_older_checkpoint_keeps_its_kernel(tiny_bert_dir, tmp_path):
+    """New optimizers use the fused AdamW kernel; a checkpoint saved with torch's default
+    foreach kernel (before the switch) resumes with foreach and replays exactly."""
+    data = make_data(120)
+    student = make_student(tiny_bert_dir, data)
+    assert all(group["fused"] for group in student.optimizer.param_groups)
+
+    def foreach(s):  # the optimizer every checkpoint had before fused AdamW became the default
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
+                  for g in s.optimizer.param_groups]
+        s.optimizer = torch.optim.AdamW(groups, lr=s.cfg.lr)
+        s.scheduler.optimizer = s.optimizer
+        return s
+
+    straight = foreach(make_student(tiny_bert_dir, data))
+    expected = [r.loss for r in straight.train_epoch("Tweet:", 1)]
+    old = foreach(make_student(tiny_bert_dir, data))
+    list(itertools.islice(old.train_epoch("Tweet:", 1), 2))
+    old.save(tmp_path / "ckpt", training_state=True)
+
+    resumed = make_student(tiny_bert_dir, data)
+    resumed.load(tmp_path / "ckpt", training_state=True)
+    assert not any(group["fused"] for group in resumed.optimizer.param_groups)
+    assert [r.loss for r in resumed.train_epoch("Tweet:", 1, start_step=2)] == expected[2:]
+
+
 def test_without_step_reseeding_a_resume_would_differ(tiny_bert_dir):
     """Dropout is active: the same batch with a different RNG state gives another loss, which
     is why train_epoch reseeds before every step."""
