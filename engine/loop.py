@@ -297,6 +297,7 @@ class Engine:
             history = History()
             history.add(st.training_prefix, score)
             st.history = history.to_list()
+            st.history_metrics = {st.training_prefix: metrics}
             st.generated = st.better = st.epoch_requests = 0
             improved = False
             st.phase = "collecting"
@@ -349,18 +350,16 @@ class Engine:
         self.emit(PrefixFindingAccuracy(epoch=st.epoch, accuracy=accuracy,
                                         generated=st.generated, better=st.better))
         best_prefix, best_score = history.best()
-        metrics = {self.metric: best_score}
         for record in st.epochs:
             if record["epoch"] == st.epoch:
                 record.update(best_prefix=best_prefix, best_score=best_score,
                               history_size=len(history), prefix_accuracy=accuracy,
                               generated=st.generated, better=st.better)
-                if best_prefix == record["prefix"]:
-                    metrics = record["val_metrics"]
         self.emit(HistoryUpdated(epoch=st.epoch, history=[list(p) for p in history.sorted()],
                                  training_prefix=st.training_prefix))
-        if best_prefix != st.training_prefix:
-            metrics = self.student.evaluate(best_prefix, "validation")
+        # The best prefix's full metrics were computed when it was scored; only a state saved
+        # before they were kept (an older session) needs the extra evaluation.
+        metrics = st.history_metrics.get(best_prefix) or self.student.evaluate(best_prefix, "validation")
         self._consider_best(best_score, best_prefix, metrics)
         st.phase = "windows"
         self.save_checkpoint(weights=False)
@@ -382,6 +381,7 @@ class Engine:
         for prefix, metrics in zip(fresh, results):
             score = metrics[self.metric]
             history.add(prefix, score)
+            st.history_metrics[prefix] = metrics
             beat = shown_best is not None and score > shown_best
             if request_id >= 0:
                 st.generated += 1
@@ -654,6 +654,7 @@ class Engine:
             carry = [p for p, _ in history.top(self.config.loop.window) if p != st.training_prefix]
             st.pending = carry
         st.history = []
+        st.history_metrics = {}
         st.epoch += 1
         st.epoch_step = 0
         st.phase = "training"

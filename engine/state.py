@@ -24,6 +24,7 @@ class RunState:
     training_prefix: str = ""      # the prefix the student trains with this epoch
     pending: list = field(default_factory=list)   # TA candidates not yet scored
     history: list = field(default_factory=list)   # [[prefix, score], ...] of the current epoch, insertion order
+    history_metrics: dict = field(default_factory=dict)  # prefix -> full validation metrics, this epoch
     request_id: int = 0            # TA requests made so far (ids are 1-based)
     epoch_requests: int = 0        # TA requests made in the current epoch's collection
     checkpoint: str = ""           # workdir-relative dir of the student checkpoint this state matches

@@ -276,6 +276,79 @@ def test_stop_and_resume_matches_uninterrupted_run(tiny_bert_dir, sentiment_csv,
     assert got["val"][-1] == want["val"][-1]
 
 
+def _count_validation_evaluations(monkeypatch) -> list[str]:
+    """Record the prefixes the engine's student evaluates one by one on the validation split."""
+    import engine.student
+
+    seen: list[str] = []
+    build = engine.student.build_student
+
+    def build_counting(*args, **kwargs):
+        student = build(*args, **kwargs)
+        evaluate = student.evaluate
+
+        def counting(prefix, split="validation"):
+            if split == "validation":
+                seen.append(prefix)
+            return evaluate(prefix, split)
+
+        student.evaluate = counting
+        return student
+
+    monkeypatch.setattr(engine.student, "build_student", build_counting)  # the engine imports it at setup
+    return seen
+
+
+def test_collecting_reuses_the_metrics_it_scored(tiny_bert_dir, sentiment_csv, tmp_path,
+                                                 monkeypatch):
+    """Only the validating phase evaluates a single prefix; the best prefix's full metrics
+    come from its batched scoring, and they equal a direct evaluation."""
+    cfg = tiny_config(tiny_bert_dir, sentiment_csv)
+    seen = _count_validation_evaluations(monkeypatch)
+    engine, rec = run_engine(cfg, tmp_path)
+    engine.run()
+    assert seen == [e.prefix for e in rec.of(ev.ValidationResult)]  # one per epoch
+    scored = {e.prefix: e.metrics for e in rec.of(ev.PrefixScored) if e.epoch == 2 and not e.reused}
+    best = [e for e in rec.of(ev.ValidationResult) if e.epoch == 2][0]
+    scored[best.prefix] = best.metrics
+    top = max(scored, key=lambda p: scored[p]["accuracy"])
+    assert engine.state.epochs[-1]["best_prefix"] in scored
+    assert scored[engine.state.epochs[-1]["best_prefix"]]["accuracy"] == scored[top]["accuracy"]
+
+
+def test_resume_from_a_state_without_scored_metrics_evaluates_the_best(tiny_bert_dir, sentiment_csv,
+                                                                       tmp_path, monkeypatch):
+    """A session saved before the metrics were kept resumes to the same result."""
+    cfg = tiny_config(tiny_bert_dir, sentiment_csv, loop={"epochs": 1, "k": 6, "l": 3, "window": 2})
+    straight_engine, straight = run_engine(cfg, tmp_path / "a")
+    straight_engine.run()
+
+    controls = Controls()
+
+    def stopper(event):
+        if isinstance(event, ev.PrefixScored) and event.request_id == -1 and not controls.stop_requested:
+            controls.stop()
+
+    first, part1 = run_engine(cfg, tmp_path / "b", controls=controls, listeners=[stopper])
+    assert first.run().status == "stopped"
+    state = json.loads(json.dumps(part1.of(ev.CheckpointSaved)[-1].state))
+    assert state["phase"] == "collecting" and state["history_metrics"]
+    del state["history_metrics"]  # as written by an older version
+    seen = _count_validation_evaluations(monkeypatch)
+    second, part2 = run_engine(cfg, tmp_path / "b", resume=state)
+    assert second.run().status == "finished"
+    # the best prefix was scored before the stop, so its metrics were lost with the old state
+    assert seen == [second.state.epochs[-1]["best_prefix"]]
+    assert seen[0] in [p for p, _ in state["history"]]
+    assert second.state.best["metrics"] == straight_engine.state.best["metrics"]
+    assert rec_best(part2) == rec_best(straight)
+
+
+def rec_best(rec: Recorder):
+    done = rec.of(ev.RunFinished)[-1]
+    return done.best_prefix, done.test_metrics
+
+
 def test_garbage_replies_are_retried_and_logged(tiny_bert_dir, sentiment_csv, tmp_path):
     cfg = tiny_config(tiny_bert_dir, sentiment_csv, loop={"epochs": 1, "k": 4, "l": 2, "window": 2})
     engine, rec = run_engine(cfg, tmp_path, ta=CountingTA(garbage_first=2))
