@@ -7,13 +7,17 @@ Contenders, on the same student (the real default all-MiniLM-L6-v2 on twitter-se
 the same synthetic TA-like prefixes:
 
 - plain: `score_prefixes_plain`, one prefix at a time, joined strings padded to max_length;
+- HF pipeline: the same baseline written with `transformers.pipeline("text-classification")`
+  (one prefix at a time, `padding="max_length"`, batch_size = eval_batch_size), the other
+  straightforward approach the target names;
 - fast: `score_prefixes` with all k prefixes in one call (batched across prefixes and rows,
   sorted by length, dynamic padding, cached text tokenization, AMP on CUDA);
 - fast, l per call: `score_prefixes` called with l prefixes at a time, the engine's pattern
   (one call per TA reply).
 
 Reports samples/s (prefix x row pairs per second), the ratio to plain and whether every metric
-is identical. The target is fast >= 2x plain with identical metrics.
+is identical. The target is fast >= 2x plain with identical metrics. A run with another
+--max-length than the engine's default writes its own section (e.g. scoring-maxlen128-cpu).
 """
 
 from __future__ import annotations
@@ -32,6 +36,25 @@ def padded_tokens(lengths: list[int], batch_size: int) -> int:
                for i in range(0, len(ordered), batch_size))
 
 
+def hf_pipeline(student, device: str):
+    """A text-classification pipeline over the student's own model and tokenizer."""
+    from transformers import pipeline
+
+    return pipeline("text-classification", model=student.model, tokenizer=student.tokenizer,
+                    device=device)
+
+
+def pipeline_predictions(pipe, student, prefix: str, data, args) -> list[int]:
+    """Predicted label ids for one prefix: joined strings, padded to max_length, batched."""
+    from engine.student.classification import join_input
+
+    texts = [join_input(prefix, row["text"]) for row in data.validation]
+    out = pipe(texts, batch_size=args.eval_batch_size, top_k=1, truncation=True,
+               padding="max_length", max_length=args.max_length)
+    id_of = {name: i for i, name in student.model.config.id2label.items()}
+    return [id_of[o[0]["label"]] for o in out]
+
+
 def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--k", type=int, default=50, help="prefixes scored")
@@ -41,13 +64,15 @@ def main() -> None:
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--max-length", type=int, default=96, help="student.max_length")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="student.eval_batch_size")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the HF pipeline contender")
     args = parser.parse_args()
     device = prepare(args)
     machine = machine_info(device)
 
     import torch
 
-    from engine.config import RunConfig
+    from engine.config import RunConfig, StudentConfig
+    from engine.metrics import classification_metrics
     from engine.student import build_student
 
     cfg = RunConfig(device=device, seed=args.seed)
@@ -73,8 +98,17 @@ def main() -> None:
     def plain() -> list[dict]:
         return student.score_prefixes_plain(prefixes)
 
-    contenders = {"plain: one prefix at a time, padded to max_length": plain,
-                  f"fast: all {args.k} prefixes in one call": fast_all}
+    pipe = None if args.no_pipeline else hf_pipeline(student, device)
+    labels = [row["label"] for row in data.validation]
+
+    def pipeline_loop() -> list[dict]:
+        return [classification_metrics(labels, pipeline_predictions(pipe, student, prefix, data, args))
+                for prefix in prefixes]
+
+    contenders = {"plain: one prefix at a time, padded to max_length": plain}
+    if not args.no_pipeline:
+        contenders["plain, HF pipeline: one prefix at a time, padded to max_length"] = pipeline_loop
+    contenders[f"fast: all {args.k} prefixes in one call"] = fast_all
     if args.chunk:
         contenders[f"fast: {args.chunk} prefixes per call (engine pattern)"] = fast_chunked
     names = list(contenders)
@@ -82,6 +116,8 @@ def main() -> None:
     progress("warm-up (split tokenization cache, kernels)")
     student.score_prefixes(prefixes[:2])
     student.score_prefixes_plain(prefixes[:2])
+    if not args.no_pipeline:
+        pipeline_predictions(pipe, student, prefixes[0], data, args)
 
     times = {name: Timings() for name in names}
     results: dict[str, list[list[dict]]] = {name: [] for name in names}
@@ -103,7 +139,8 @@ def main() -> None:
     fast_padded = padded_tokens(real, args.eval_batch_size)
     plain_padded = pairs * args.max_length
 
-    report = Report("scoring", "Prefix scoring: fast vs plain", device, settings={
+    key = "scoring" if args.max_length == StudentConfig().max_length else f"scoring-maxlen{args.max_length}"
+    report = Report(key, "Prefix scoring: fast vs plain", device, settings={
         "model": args.model, "dataset": "twitter-sentiment", "k": args.k,
         "rows": len(data.validation), "max_length": args.max_length,
         "eval_batch_size": args.eval_batch_size, "repeats": args.repeats})
@@ -117,8 +154,14 @@ def main() -> None:
         ["tokens: real / fast padded / plain padded",
          f"{sum(real)} / {fast_padded} / {plain_padded}"],
     ]
-    for name in names[1:]:
+    fast_names = [name for name in names if name.startswith("fast")]
+    for name in fast_names:
         checks.append([f"{name} >= {TARGET:.0f}x plain", verdict(ratio(times[names[0]], times[name]), TARGET)])
+    pipeline_name = next((name for name in names if "pipeline" in name), None)
+    if pipeline_name:
+        for name in fast_names:
+            checks.append([f"{name} >= {TARGET:.0f}x HF pipeline",
+                           verdict(ratio(times[pipeline_name], times[name]), TARGET)])
     report.table(["check", "value"], checks)
     report.notes.append("samples: prefix x validation-row pairs scored; speed: median time of "
                         "plain / median time of the path")

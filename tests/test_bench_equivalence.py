@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from bench import common
-from bench.scoring import padded_tokens
+from bench.scoring import hf_pipeline, padded_tokens, pipeline_predictions
 from bench.training import (Setup, engine_uses_fused_adamw, load_model, make_optimizer,
                             minimal_epoch, run_hf_trainer)
 from conftest import make_sentiment_rows
@@ -64,6 +64,31 @@ def test_fast_and_plain_scoring_give_identical_metrics(tiny_bert_dir):
     # The chunked engine pattern (a few prefixes per call) agrees too.
     chunked = [m for i in range(0, len(prefixes), 4) for m in student.score_prefixes(prefixes[i:i + 4])]
     assert chunked == plain
+
+
+def test_hf_pipeline_contender_predicts_what_the_plain_path_does(tiny_bert_dir):
+    data = task_data()
+    cfg = build_config("default", overrides={"student": {
+        "model": str(tiny_bert_dir), "max_length": 24, "eval_batch_size": 16, "lr": 1e-3}}).student
+    student = ClassificationStudent(cfg, data, epochs=2, seed=5, device="cpu")
+    for epoch in (1, 2):  # a trained head, not the random init
+        list(student.train_epoch("Tweet:", epoch))
+    args = types.SimpleNamespace(eval_batch_size=16, max_length=24)
+    pipe = hf_pipeline(student, "cpu")
+    prefixes = [*common.synthetic_prefixes(4, seed=3), "word " * 40]
+    got = [pipeline_predictions(pipe, student, p, data, args) for p in prefixes]
+    want = student.prefix_logits_plain(prefixes).argmax(-1).tolist()
+    assert got == want
+    # Not vacuous: the pipeline's class probabilities are the plain path's, row by row.
+    from engine.student.classification import join_input
+
+    texts = [join_input(prefixes[0], row["text"]) for row in data.validation]
+    out = pipe(texts, batch_size=16, top_k=None, truncation=True, padding="max_length", max_length=24)
+    names = student.model.config.id2label
+    probs = torch.tensor([[next(o["score"] for o in row if o["label"] == names[i])
+                           for i in range(len(names))] for row in out])
+    torch.testing.assert_close(probs, student.prefix_logits_plain(prefixes[:1])[0].softmax(-1),
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_padded_tokens_counts_length_sorted_batches():
