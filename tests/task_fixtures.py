@@ -17,7 +17,7 @@ import pytest
 from engine import events as ev
 from engine.finetune.base import FinetuneBackend, JobStatus
 from engine.loop import Engine
-from engine.ta.base import TAReply, TeachingAssistant
+from fake_ta import SeededTA
 
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "brown", "pink"]
 ANIMALS = ["cat", "dog", "horse", "fox", "owl", "bear", "wolf", "duck"]
@@ -126,32 +126,9 @@ PREFIX_WORDS = ["answer", "the", "question", "read", "passage", "carefully", "su
                 "document", "choose", "best", "option", "briefly", "find", "span", "text"]
 
 
-class WordTA(TeachingAssistant):
-    """Deterministic TA: the prefixes of a request depend only on its seed."""
-
-    backend = "fake"
-
+class WordTA(SeededTA):
     def __init__(self):
-        self.calls: list[list[dict]] = []
-        self.model = "fake-ta"
-
-    @property
-    def model_name(self) -> str:
-        return self.model
-
-    def propose(self, messages, n, temperature, seed):
-        self.calls.append(messages)
-        prefixes = []
-        for j in range(n):
-            r = (seed + 11 * j) % 997
-            words = [PREFIX_WORDS[(r + 5 * i) % len(PREFIX_WORDS)] for i in range(2 + r % 4)]
-            prefixes.append(" ".join([*words, str(r)]))
-        return TAReply(texts=[json.dumps({"prefixes": prefixes})],
-                       usage={"prompt_tokens": 50, "completion_tokens": 10 * n,
-                              "total_tokens": 50 + 10 * n}, model=self.model)
-
-    def use_model(self, model_ref):
-        self.model = model_ref
+        super().__init__(PREFIX_WORDS)
 
 
 class FakeJobs(FinetuneBackend):

@@ -16,7 +16,7 @@ from engine.config import DataConfig, build_config
 from engine.data import TaskData, load_task_data
 from engine.errors import UsageError
 from engine.finetune.base import FinetuneBackend, JobStatus
-from engine.ta.base import TAReply, TeachingAssistant
+from fake_ta import SeededTA
 
 LABELS = ["negative", "neutral", "positive"]
 DESCRIPTION = ("Short English tweets about airlines, each labelled with the sentiment it "
@@ -255,20 +255,11 @@ PREFIX_WORDS = ["decide", "whether", "writer", "sounds", "pleased", "upset", "in
                 "judge", "tone", "carefully", "overall", "mood", "clearly"]
 
 
-class WordTA(TeachingAssistant):
-    """Deterministic in-test TA whose prefixes use words the generated data never uses."""
+class WordTA(SeededTA):
+    """Prefixes from words the generated data never uses."""
 
-    backend = "fake"
-    model_name = "word-ta"
-
-    def propose(self, messages, n, temperature, seed):
-        prefixes = [" ".join(PREFIX_WORDS[(seed + j + i) % len(PREFIX_WORDS)] for i in range(5))
-                    + f" {seed % 997}-{j}" for j in range(n)]
-        return TAReply(texts=[json.dumps({"prefixes": prefixes})],
-                       usage={"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120})
-
-    def use_model(self, model_ref):
-        pass
+    def __init__(self):
+        super().__init__(PREFIX_WORDS, prompt_tokens=100, tokens_per_prefix=10)
 
 
 class NoJobs(FinetuneBackend):

@@ -13,39 +13,16 @@ from engine.config import build_config
 from engine.errors import ConfigError
 from engine.finetune.base import FinetuneBackend, JobStatus
 from engine.loop import Engine
-from engine.ta.base import TAReply, TeachingAssistant
+from fake_ta import SeededTA
 from test_engine import Recorder
 
 WORDS = ["judge", "the", "feeling", "in", "this", "tweet", "mood", "tone", "label", "opinion",
          "positive", "negative", "neutral", "carefully", "read", "sentiment"]
 
 
-class FakeTA(TeachingAssistant):
-    """Deterministic prefixes from (seed, j); records every request it answers."""
-
-    backend = "fake"
-
+class FakeTA(SeededTA):
     def __init__(self):
-        self.calls: list[list[dict]] = []
-        self.model = "fake-ta"
-
-    @property
-    def model_name(self) -> str:
-        return self.model
-
-    def propose(self, messages, n, temperature, seed):
-        self.calls.append(messages)
-        prefixes = []
-        for j in range(n):
-            r = (seed + 11 * j) % 997
-            words = [WORDS[(r + 5 * i) % len(WORDS)] for i in range(3 + r % 3)]
-            prefixes.append(" ".join([*words, str(r)]))
-        return TAReply(texts=[json.dumps({"prefixes": prefixes})],
-                       usage={"prompt_tokens": 10, "completion_tokens": 5 * n,
-                              "total_tokens": 10 + 5 * n}, model=self.model)
-
-    def use_model(self, model_ref):
-        self.model = model_ref
+        super().__init__(WORDS, prompt_tokens=10, tokens_per_prefix=5)
 
 
 class InstantJobs(FinetuneBackend):

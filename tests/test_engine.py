@@ -14,44 +14,17 @@ from engine.controls import Controls
 from engine.errors import TAError, TAUnavailable
 from engine.finetune.base import FinetuneBackend, JobStatus
 from engine.loop import Engine
-from engine.ta.base import TAReply, TeachingAssistant
+from fake_ta import SeededTA
 
 WORDS = ["classify", "the", "sentiment", "of", "this", "tweet", "decide", "whether", "mood",
          "is", "positive", "negative", "neutral", "read", "carefully", "label", "opinion"]
 
 
-class CountingTA(TeachingAssistant):
-    """Deterministic TA: request i yields prefixes built from i, seed and the description."""
+class CountingTA(SeededTA):
+    """The engine tests' TA: prefixes lead with the description's first word."""
 
-    backend = "fake"
-
-    def __init__(self, garbage_first: int = 0, always_garbage: bool = False):
-        self.calls: list[list[dict]] = []
-        self.model = "fake-ta"
-        self.garbage_first = garbage_first
-        self.always_garbage = always_garbage
-
-    @property
-    def model_name(self) -> str:
-        return self.model
-
-    def propose(self, messages, n, temperature, seed):
-        self.calls.append(messages)
-        if self.always_garbage or len(self.calls) <= self.garbage_first:
-            return TAReply(texts=["{{{ not json ```"], usage={"total_tokens": 3})
-        user = messages[-1]["content"]
-        first_word = user.split()[2] if len(user.split()) > 2 else "x"
-        prefixes = []
-        for j in range(n):
-            r = (seed + 7 * j) % 1000
-            words = [WORDS[(r + i * 3) % len(WORDS)] for i in range(3 + r % 4)]
-            prefixes.append(" ".join([first_word.strip(".:,").lower(), *words, str(r)]))
-        return TAReply(texts=[json.dumps({"prefixes": prefixes})],
-                       usage={"prompt_tokens": len(user.split()), "completion_tokens": 10 * n,
-                              "total_tokens": len(user.split()) + 10 * n}, model=self.model)
-
-    def use_model(self, model_ref):
-        self.model = model_ref
+    def __init__(self, **kw):
+        super().__init__(WORDS, lead_word=True, prompt_tokens=None, **kw)
 
 
 class FakeJobs(FinetuneBackend):

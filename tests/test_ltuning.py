@@ -25,7 +25,7 @@ from engine.student.ltuning import (
     LTuningStudent,
     verbalize,
 )
-from engine.ta.base import TAReply, TeachingAssistant
+from fake_ta import SeededTA
 
 LABELS = ["positive", "negative", "neutral"]
 TUNINGS = ["lt-prefix", "lt-prompt"]
@@ -338,23 +338,10 @@ def test_build_student_dispatches_on_tuning(tiny_bert_dir):
 
 
 # ---- the whole loop ----------------------------------------------------------------------
-class WordTA(TeachingAssistant):
-    """A deterministic TA: n prefixes built from the request seed."""
-
-    backend = "fake"
-    words = ["classify", "the", "sentiment", "of", "this", "tweet", "mood", "label", "opinion"]
-
-    @property
-    def model_name(self) -> str:
-        return "fake-ta"
-
-    def propose(self, messages, n, temperature, seed):
-        prefixes = [" ".join(self.words[(seed + j + i) % len(self.words)] for i in range(2 + j % 3))
-                    + f" {seed % 97}-{j}" for j in range(n)]
-        return TAReply(texts=[json.dumps({"prefixes": prefixes})], usage={"total_tokens": 10})
-
-    def use_model(self, model_ref):
-        pass
+class WordTA(SeededTA):
+    def __init__(self):
+        super().__init__(["classify", "the", "sentiment", "of", "this", "tweet", "mood", "label",
+                          "opinion"])
 
 
 @pytest.mark.parametrize("tuning", TUNINGS)
