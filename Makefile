@@ -41,6 +41,7 @@ bench: setup
 	$(PY) -m bench.training $(BENCH_ARGS)
 
 bench-all: bench
+	$(PY) -m bench.scoring --max-length 128 --no-pipeline $(BENCH_ARGS)
 	$(PY) -m bench.epoch $(BENCH_ARGS)
 	$(PY) -m bench.resume $(BENCH_ARGS)
 	$(PY) -m bench.tui_latency
