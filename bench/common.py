@@ -60,6 +60,9 @@ def base_parser(description: str, repeats: int = 3) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--md", type=Path, default=BENCHMARKS_MD, help="the markdown file to update")
+    parser.add_argument("--tag", default="",
+                        help="suffix for this run's section key, to keep it beside the default "
+                             "run's (e.g. --tag threads2 writes scoring-cpu-threads2)")
     return parser
 
 
@@ -323,7 +326,7 @@ def publish(report: Report, args: argparse.Namespace, machine: dict[str, str]) -
     print()
     print(body)
     if not args.no_write:
-        key = f"{report.key}-{device_kind(report.device)}"
+        key = f"{report.key}-{device_kind(report.device)}" + (f"-{args.tag}" if args.tag else "")
         write_section(args.md, key, body)
         print(f"\nupdated section {key!r} of {args.md}")
     return body

@@ -237,6 +237,19 @@ def test_write_section_replaces_only_its_own_block(tmp_path):
     assert "numbers" in text
 
 
+def test_publish_keys_sections_by_device_and_tag(tmp_path, capsys):
+    path = tmp_path / "BENCHMARKS.md"
+    report = common.Report("scoring", "Scoring", "cpu")
+    args = types.SimpleNamespace(no_write=False, md=path, tag="")
+    common.publish(report, args, {"CPU": "test"})
+    common.publish(report, types.SimpleNamespace(no_write=False, md=path, tag="threads2"), {"CPU": "test"})
+    text = path.read_text()
+    assert text.count("<!-- bench:scoring-cpu:start -->") == 1
+    assert text.count("<!-- bench:scoring-cpu-threads2:start -->") == 1
+    common.publish(report, types.SimpleNamespace(no_write=True, md=path, tag="x"), {"CPU": "test"})
+    assert path.read_text() == text
+
+
 def test_speed_rows_and_verdicts():
     times = {"base": common.Timings([4.0, 6.0, 5.0], [2.0, 2.0, 2.0]),
              "fast": common.Timings([2.0, 3.0, 2.5], [1.0, 1.0, 1.0])}
