@@ -11,7 +11,8 @@ the same synthetic TA-like prefixes:
   (one prefix at a time, `padding="max_length"`, batch_size = eval_batch_size), the other
   straightforward approach the target names;
 - fast: `score_prefixes` with all k prefixes in one call (batched across prefixes and rows,
-  sorted by length, dynamic padding, cached text tokenization, AMP on CUDA);
+  sorted by length, dynamic padding, cached text tokenization, the last layer computed for
+  the first position only since the head reads nothing else, AMP on CUDA);
 - fast, l per call: `score_prefixes` called with l prefixes at a time, the engine's pattern
   (one call per TA reply).
 

@@ -15,6 +15,7 @@ does not hold.
 
 from __future__ import annotations
 
+import logging
 import operator
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import ConfigError, DataError
+from engine.student.first_token import first_token_only
 from engine.metrics import classification_metrics
 from engine.student.task_base import TaskStudent, derive_seed, join_input, pad_batch
 
@@ -32,6 +34,8 @@ __all__ = ["ClassificationStudent", "derive_seed", "join_input"]
 PROBE_PREFIX = "Classify this text (tweet, review...): is it Positive, negative or neutral? Answer!"
 # Texts of a split checked against every new prefix in the fast path.
 PREFIX_CHECK_TEXTS = 8
+
+log = logging.getLogger("gpta.student")
 
 
 @dataclass
@@ -105,6 +109,7 @@ class ClassificationStudent(TaskStudent):
         self._body_budget = self.cfg.max_length - len(self._head) - len(self._tail)
         self.check_budget(self._body_budget, "text")
         self._splits: dict[str, _SplitCache] = {}
+        self._first_token_ok: bool | None = None  # the scoring shortcut, checked on first use
 
     # ---- training ------------------------------------------------------------------
     def batch_loss(self, prefix: str, rows: list[dict]) -> torch.Tensor:
@@ -201,10 +206,32 @@ class ClassificationStudent(TaskStudent):
                 batch = {"input_ids": input_ids, "attention_mask": mask}
                 if self._token_types:
                     batch["token_type_ids"] = torch.zeros_like(input_ids)
-                out[chunk] = self.model(**self.to_device(batch)).logits.float().cpu()
+                out[chunk] = self._scoring_logits(self.to_device(batch)).float().cpu()
         by_prefix = out.view(len(unique), n_rows, -1)
         position = {p: i for i, p in enumerate(unique)}
         return by_prefix[[position[p] for p in prefixes]]
+
+    def _scoring_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of one scoring batch. When the head reads only the first position, the last
+        layer computes just that position (engine/student/first_token.py); the first batch
+        checks this against the full model, and any disagreement keeps the full model."""
+        if self._first_token_ok is not False:
+            with first_token_only(self.model) as active:
+                short = self.model(**batch).logits if active else None
+            if self._first_token_ok and short is not None:
+                return short
+            full = self.model(**batch).logits
+            tolerance = 1e-4 if self._amp_dtype is None else 2e-2
+            self._first_token_ok = short is not None and torch.allclose(
+                short.float(), full.float(), rtol=tolerance, atol=tolerance)
+            if self._first_token_ok:
+                return short  # every batch of every call takes the same path: same rounding
+            if short is not None:
+                log.warning("first-token scoring shortcut disagrees with the full model "
+                            "(max difference %.2e); scoring with the full model",
+                            (short.float() - full.float()).abs().max().item())
+            return full
+        return self.model(**batch).logits
 
     def score_prefixes_plain(self, prefixes: list[str], split: str = "validation") -> list[dict[str, float]]:
         """Reference scoring: one prefix at a time, joined strings padded to max_length."""
