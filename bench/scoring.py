@@ -13,6 +13,7 @@ the same synthetic TA-like prefixes:
 - fast: `score_prefixes` with all k prefixes in one call (batched across prefixes and rows,
   sorted by length, dynamic padding, cached text tokenization, the last layer computed for
   the first position only since the head reads nothing else, AMP on CUDA);
+- fast, full last layer: the same without the first-token shortcut, to show what it is worth;
 - fast, l per call: `score_prefixes` called with l prefixes at a time, the engine's pattern
   (one call per TA reply).
 
@@ -66,6 +67,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=96, help="student.max_length")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="student.eval_batch_size")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the HF pipeline contender")
+    parser.add_argument("--no-full-layer", action="store_true",
+                        help="skip the fast path without the first-token shortcut")
     args = parser.parse_args()
     device = prepare(args)
     machine = machine_info(device)
@@ -90,6 +93,13 @@ def main() -> None:
     def fast_all() -> list[dict]:
         return student.score_prefixes(prefixes)
 
+    def fast_full_layer() -> list[dict]:
+        student.first_token_shortcut = False
+        try:
+            return student.score_prefixes(prefixes)
+        finally:
+            student.first_token_shortcut = True
+
     def fast_chunked() -> list[dict]:
         out: list[dict] = []
         for i in range(0, len(prefixes), args.chunk):
@@ -110,6 +120,8 @@ def main() -> None:
     if not args.no_pipeline:
         contenders["plain, HF pipeline: one prefix at a time, padded to max_length"] = pipeline_loop
     contenders[f"fast: all {args.k} prefixes in one call"] = fast_all
+    if not args.no_full_layer:
+        contenders[f"fast: all {args.k} prefixes in one call, full last layer"] = fast_full_layer
     if args.chunk:
         contenders[f"fast: {args.chunk} prefixes per call (engine pattern)"] = fast_chunked
     names = list(contenders)
@@ -155,7 +167,7 @@ def main() -> None:
         ["tokens: real / fast padded / plain padded",
          f"{sum(real)} / {fast_padded} / {plain_padded}"],
     ]
-    fast_names = [name for name in names if name.startswith("fast")]
+    fast_names = [name for name in names if name.startswith("fast") and "full last layer" not in name]
     for name in fast_names:
         checks.append([f"{name} >= {TARGET:.0f}x plain", verdict(ratio(times[names[0]], times[name]), TARGET)])
     pipeline_name = next((name for name in names if "pipeline" in name), None)
@@ -163,6 +175,11 @@ def main() -> None:
         for name in fast_names:
             checks.append([f"{name} >= {TARGET:.0f}x HF pipeline",
                            verdict(ratio(times[pipeline_name], times[name]), TARGET)])
+    full_name = next((name for name in names if "full last layer" in name), None)
+    if full_name:
+        wall, cpu = ratio(times[full_name], times[f"fast: all {args.k} prefixes in one call"])
+        checks.append(["first-token shortcut: fast all-in-one-call vs its full-last-layer twin",
+                       f"{wall:.2f}x wall, {cpu:.2f}x CPU"])
     report.table(["check", "value"], checks)
     report.notes.append("samples: prefix x validation-row pairs scored; speed: median time of "
                         "plain / median time of the path")

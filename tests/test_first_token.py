@@ -130,3 +130,19 @@ def test_a_shortcut_that_disagrees_is_dropped(tiny_bert_dir, monkeypatch, caplog
     monkeypatch.setattr(FirstTokenLayer, "forward", lambda *a, **kw: calls.append(1))
     student.score_prefixes(PREFIXES)
     assert not calls  # never tried again for this student
+
+
+def test_the_shortcut_can_be_switched_off(tiny_bert_dir):
+    student = make_student(tiny_bert_dir)
+    lengths: list[int] = []
+    dense = student.model.bert.encoder.layer[-1].intermediate.dense
+    hook = dense.register_forward_hook(lambda m, a, out: lengths.append(a[0].shape[1]))
+    student.score_prefixes(PREFIXES)  # the check: both ways once
+    runs = {}
+    for on in (True, False):
+        student.first_token_shortcut = on
+        lengths.clear()
+        student.score_prefixes(PREFIXES)
+        runs[on] = set(lengths)
+    hook.remove()
+    assert runs[True] == {1} and min(runs[False]) > 1

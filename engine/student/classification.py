@@ -110,6 +110,7 @@ class ClassificationStudent(TaskStudent):
         self.check_budget(self._body_budget, "text")
         self._splits: dict[str, _SplitCache] = {}
         self._first_token_ok: bool | None = None  # the scoring shortcut, checked on first use
+        self.first_token_shortcut = True  # False: score with the full model (benchmarks, debugging)
 
     # ---- training ------------------------------------------------------------------
     def batch_loss(self, prefix: str, rows: list[dict]) -> torch.Tensor:
@@ -215,7 +216,7 @@ class ClassificationStudent(TaskStudent):
         """Logits of one scoring batch. When the head reads only the first position, the last
         layer computes just that position (engine/student/first_token.py); the first batch
         checks this against the full model, and any disagreement keeps the full model."""
-        if self._first_token_ok is not False:
+        if self.first_token_shortcut and self._first_token_ok is not False:
             with first_token_only(self.model) as active:
                 short = self.model(**batch).logits if active else None
             if self._first_token_ok and short is not None:
