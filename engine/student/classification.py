@@ -35,6 +35,9 @@ PROBE_PREFIX = "Classify this text (tweet, review...): is it Positive, negative 
 # Texts of a split checked against every new prefix in the fast path.
 PREFIX_CHECK_TEXTS = 8
 
+# Rows of the first scoring batch checked against the full model (engine/student/first_token.py).
+FIRST_TOKEN_CHECK_ROWS = 8
+
 log = logging.getLogger("gpta.student")
 
 
@@ -221,17 +224,18 @@ class ClassificationStudent(TaskStudent):
                 short = self.model(**batch).logits if active else None
             if self._first_token_ok and short is not None:
                 return short
-            full = self.model(**batch).logits
-            tolerance = 1e-4 if self._amp_dtype is None else 2e-2
-            self._first_token_ok = short is not None and torch.allclose(
-                short.float(), full.float(), rtol=tolerance, atol=tolerance)
-            if self._first_token_ok:
-                return short  # every batch of every call takes the same path: same rounding
-            if short is not None:
+            if short is not None:  # the check, once: a few rows through the full model
+                rows = {k: v[:FIRST_TOKEN_CHECK_ROWS] for k, v in batch.items()}
+                full = self.model(**rows).logits.float()
+                tolerance = 1e-4 if self._amp_dtype is None else 2e-2
+                head = short[:FIRST_TOKEN_CHECK_ROWS].float()
+                self._first_token_ok = torch.allclose(head, full, rtol=tolerance, atol=tolerance)
+                if self._first_token_ok:
+                    return short  # every batch of every call takes the same path: same rounding
                 log.warning("first-token scoring shortcut disagrees with the full model "
                             "(max difference %.2e); scoring with the full model",
-                            (short.float() - full.float()).abs().max().item())
-            return full
+                            (head - full).abs().max().item())
+            self._first_token_ok = False
         return self.model(**batch).logits
 
     def score_prefixes_plain(self, prefixes: list[str], split: str = "validation") -> list[dict[str, float]]:
