@@ -98,30 +98,39 @@ def test_resume_of_an_unknown_session_is_one_clear_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def fill_tiny_run_form(term: Tmux, model_dir, csv, ta_backend_downs: int, base_url: str = "",
+                       ta_model: str = "") -> None:
+    """Fill the new-run form for a tiny run. Focus starts on "Start run"; walk back through the
+    fields (shift+tab): seed kept, w l k epochs train-size typed, fine-tune backend kept, base URL
+    and TA model typed if given, the TA backend picked `ta_backend_downs` rows below "local",
+    then the student model and (past the description) the dataset."""
+    term.keys("BTab")  # seed: keep 42
+    for value in ("2", "3", "6", "1", "48"):  # w, l, k, epochs, train size
+        term.keys("BTab")
+        term.keys(value, literal=True)
+    term.keys("BTab")  # fine-tune backend: auto
+    for value in (base_url, ta_model):  # base URL, TA model
+        term.keys("BTab")
+        if value:
+            term.keys(value, literal=True)
+    term.keys("BTab")  # TA backend
+    term.keys("Enter")
+    for _ in range(ta_backend_downs):
+        term.keys("Down")
+    term.keys("Enter")
+    term.keys("BTab")  # student model
+    term.keys(str(model_dir), literal=True)
+    term.keys("BTab")  # description
+    term.keys("BTab")  # dataset
+    term.keys(str(csv), literal=True)
+
+
 def test_first_launch_run_quit_and_reopen(tmux_available, tmp_path, tiny_bert_dir, sentiment_csv):
     home = tmp_path / "home"
     term = Tmux(command(home))
     try:
         term.wait_for("Welcome to gpta-tui", timeout=120)
-        # Focus starts on "Start run". Walk back through the fields (shift+tab) and type the
-        # tiny sizes: w, l, k, epochs, train size; TA backend -> scripted; student; dataset.
-        term.keys("BTab")  # seed: keep 42
-        for value in ("2", "3", "6", "1", "48"):  # w, l, k, epochs, train size
-            term.keys("BTab")
-            term.keys(value, literal=True)
-        term.keys("BTab")
-        term.keys("BTab")
-        term.keys("BTab")  # finetune backend, base URL, TA model
-        term.keys("BTab")  # TA backend
-        term.keys("Enter")
-        term.keys("Down")
-        term.keys("Down")
-        term.keys("Enter")
-        term.keys("BTab")  # student model
-        term.keys(str(tiny_bert_dir), literal=True)
-        term.keys("BTab")  # description
-        term.keys("BTab")  # dataset
-        term.keys(str(sentiment_csv), literal=True)
+        fill_tiny_run_form(term, tiny_bert_dir, sentiment_csv, ta_backend_downs=2)  # scripted
         form = term.screen()
         assert "scripted" in form and "invalid" not in form, form
         term.keys("C-s")
@@ -159,24 +168,8 @@ def test_quitting_during_a_slow_ta_reply_leaves_at_once_and_still_saves(
     term = Tmux(command(home, extra_env=env))
     try:
         term.wait_for("Welcome to gpta-tui", timeout=120)
-        term.keys("BTab")  # seed
-        for value in ("2", "3", "6", "1", "48"):  # w, l, k, epochs, train size
-            term.keys("BTab")
-            term.keys(value, literal=True)
-        term.keys("BTab")  # fine-tune backend: auto (none for an OpenAI TA)
-        term.keys("BTab")  # base URL
-        term.keys(fake_openai.base_url, literal=True)
-        term.keys("BTab")  # TA model
-        term.keys("gpt-4o-mini", literal=True)
-        term.keys("BTab")  # TA backend: local -> openai
-        term.keys("Enter")
-        term.keys("Down")
-        term.keys("Enter")
-        term.keys("BTab")  # student model
-        term.keys(str(tiny_bert_dir), literal=True)
-        term.keys("BTab")  # description
-        term.keys("BTab")  # dataset
-        term.keys(str(sentiment_csv), literal=True)
+        fill_tiny_run_form(term, tiny_bert_dir, sentiment_csv, ta_backend_downs=1,  # openai
+                           base_url=fake_openai.base_url, ta_model="gpt-4o-mini")
         term.keys("C-s")
         term.wait_for("waiting for the TA", timeout=120, fail_on=("✖ failed",))
         term.keys("q")
