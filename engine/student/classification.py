@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import ConfigError, DataError
-from engine.student.first_token import first_token_only
 from engine.metrics import classification_metrics
+from engine.student.first_token import first_token_only
 from engine.student.task_base import TaskStudent, derive_seed, join_input, pad_batch
 
 __all__ = ["ClassificationStudent", "derive_seed", "join_input"]
@@ -222,21 +222,23 @@ class ClassificationStudent(TaskStudent):
         if self.first_token_shortcut and self._first_token_ok is not False:
             with first_token_only(self.model) as active:
                 short = self.model(**batch).logits if active else None
-            if self._first_token_ok and short is not None:
-                return short
-            if short is not None:  # the check, once: a few rows through the full model
-                rows = {k: v[:FIRST_TOKEN_CHECK_ROWS] for k, v in batch.items()}
-                full = self.model(**rows).logits.float()
-                tolerance = 1e-4 if self._amp_dtype is None else 2e-2
-                head = short[:FIRST_TOKEN_CHECK_ROWS].float()
-                self._first_token_ok = torch.allclose(head, full, rtol=tolerance, atol=tolerance)
-                if self._first_token_ok:
-                    return short  # every batch of every call takes the same path: same rounding
-                log.warning("first-token scoring shortcut disagrees with the full model "
-                            "(max difference %.2e); scoring with the full model",
-                            (head - full).abs().max().item())
+            if short is not None and (self._first_token_ok or self._check_first_token(batch, short)):
+                return short  # every batch of every call takes the same path: same rounding
             self._first_token_ok = False
         return self.model(**batch).logits
+
+    def _check_first_token(self, batch: dict[str, torch.Tensor], short: torch.Tensor) -> bool:
+        """Once per student: a few rows of the shortcut's logits against the full model's."""
+        rows = {k: v[:FIRST_TOKEN_CHECK_ROWS] for k, v in batch.items()}
+        full = self.model(**rows).logits.float()
+        head = short[:FIRST_TOKEN_CHECK_ROWS].float()
+        tolerance = 1e-4 if self._amp_dtype is None else 2e-2
+        self._first_token_ok = torch.allclose(head, full, rtol=tolerance, atol=tolerance)
+        if not self._first_token_ok:
+            log.warning("first-token scoring shortcut disagrees with the full model "
+                        "(max difference %.2e); scoring with the full model",
+                        (head - full).abs().max().item())
+        return self._first_token_ok
 
     def score_prefixes_plain(self, prefixes: list[str], split: str = "validation") -> list[dict[str, float]]:
         """Reference scoring: one prefix at a time, joined strings padded to max_length."""

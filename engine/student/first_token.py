@@ -64,6 +64,7 @@ class FirstTokenLayer(nn.Module):
     def __init__(self, layer: nn.Module):
         super().__init__()
         self.layer = layer
+        self.attend = _attention_function(layer.attention.self)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 *args, **kwargs) -> torch.Tensor:
@@ -77,8 +78,8 @@ class FirstTokenLayer(nn.Module):
         mask = attention_mask
         if mask is not None and mask.dim() == 4 and mask.shape[-2] > 1:
             mask = mask[:, :, :1, :]  # the first query's row of the (batch, 1, L, L) mask
-        context, _ = _attention_function(attention)(attention, query, key, value, mask,
-                                                    dropout=0.0, scaling=attention.scaling)
+        context, _ = self.attend(attention, query, key, value, mask, dropout=0.0,
+                                 scaling=attention.scaling)
         context = context.reshape(batch, 1, -1).contiguous()
         return layer.feed_forward_chunk(layer.attention.output(context, first))
 
