@@ -116,15 +116,21 @@ def main() -> None:
         return [classification_metrics(labels, pipeline_predictions(pipe, student, prefix, data, args))
                 for prefix in prefixes]
 
-    contenders = {"plain: one prefix at a time, padded to max_length": plain}
+    plain_name = "plain: one prefix at a time, padded to max_length"
+    pipeline_name = "plain, HF pipeline: one prefix at a time, padded to max_length"
+    all_name = f"fast: all {args.k} prefixes in one call"
+    full_name = f"{all_name}, full last layer"
+    chunk_name = f"fast: {args.chunk} prefixes per call (engine pattern)"
+    contenders = {plain_name: plain}
     if not args.no_pipeline:
-        contenders["plain, HF pipeline: one prefix at a time, padded to max_length"] = pipeline_loop
-    contenders[f"fast: all {args.k} prefixes in one call"] = fast_all
+        contenders[pipeline_name] = pipeline_loop
+    contenders[all_name] = fast_all
     if not args.no_full_layer:
-        contenders[f"fast: all {args.k} prefixes in one call, full last layer"] = fast_full_layer
+        contenders[full_name] = fast_full_layer
     if args.chunk:
-        contenders[f"fast: {args.chunk} prefixes per call (engine pattern)"] = fast_chunked
+        contenders[chunk_name] = fast_chunked
     names = list(contenders)
+    fast_names = [name for name in (all_name, chunk_name) if name in contenders]
 
     progress("warm-up (split tokenization cache, kernels)")
     student.score_prefixes(prefixes[:2])
@@ -142,7 +148,7 @@ def main() -> None:
             times[name].add(*t)
             progress(f"repeat {r + 1}/{args.repeats}  {name}: {t[0]:.2f}s wall, {t[1]:.2f}s CPU")
 
-    reference = results[names[0]][0]
+    reference = results[plain_name][0]
     identical = all(res == reference for name in names for res in results[name])
     with torch.inference_mode():
         sample = prefixes[:4]
@@ -159,7 +165,7 @@ def main() -> None:
         "eval_batch_size": args.eval_batch_size, "repeats": args.repeats})
     report.table(["path", "wall s, median (min-max)", "CPU s, median (min-max)",
                   "samples/s (wall)", "speed vs plain (wall)", "speed vs plain (CPU)"],
-                 speed_rows(times, names[0], pairs))
+                 speed_rows(times, plain_name, pairs))
     checks = [
         ["metrics identical (accuracy, macro_f1, every prefix, every repeat)",
          "yes" if identical else "NO"],
@@ -167,17 +173,14 @@ def main() -> None:
         ["tokens: real / fast padded / plain padded",
          f"{sum(real)} / {fast_padded} / {plain_padded}"],
     ]
-    fast_names = [name for name in names if name.startswith("fast") and "full last layer" not in name]
     for name in fast_names:
-        checks.append([f"{name} >= {TARGET:.0f}x plain", verdict(ratio(times[names[0]], times[name]), TARGET)])
-    pipeline_name = next((name for name in names if "pipeline" in name), None)
-    if pipeline_name:
+        checks.append([f"{name} >= {TARGET:.0f}x plain", verdict(ratio(times[plain_name], times[name]), TARGET)])
+    if pipeline_name in times:
         for name in fast_names:
             checks.append([f"{name} >= {TARGET:.0f}x HF pipeline",
                            verdict(ratio(times[pipeline_name], times[name]), TARGET)])
-    full_name = next((name for name in names if "full last layer" in name), None)
-    if full_name:
-        wall, cpu = ratio(times[full_name], times[f"fast: all {args.k} prefixes in one call"])
+    if full_name in times:
+        wall, cpu = ratio(times[full_name], times[all_name])
         checks.append(["first-token shortcut: fast all-in-one-call vs its full-last-layer twin",
                        f"{wall:.2f}x wall, {cpu:.2f}x CPU"])
     report.table(["check", "value"], checks)
