@@ -51,6 +51,7 @@ from engine.events import (
 from engine.finetune.base import FinetuneBackend
 from engine.history import History, build_windows, cap_windows, write_jsonl
 from engine.parsing import clean_prefixes, parse_prefixes
+from engine.paths import contained
 from engine.pricing import estimate_cost, price_for
 from engine.state import RunState
 from engine.ta.base import TeachingAssistant
@@ -121,7 +122,7 @@ class Engine:
     # ---- checkpoints -----------------------------------------------------------------
     def _write_student(self, name: str, training_state: bool) -> None:
         """Save the student into workdir/name atomically (a sibling dir, then a rename)."""
-        target = self.workdir / name
+        target = contained(self.workdir, name, "checkpoint")
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -149,7 +150,7 @@ class Engine:
         # If a listener (the session store) failed to record the new state, its stored state
         # may still point at the previous checkpoint: keep that one.
         if recorded and previous and previous != self.state.checkpoint:
-            shutil.rmtree(self.workdir / previous, ignore_errors=True)
+            self._remove_checkpoint(previous)
 
     def _save_best(self, epoch: int, score: float, prefix: str, metrics: dict) -> None:
         previous = self.state.best.get("path")
@@ -161,7 +162,34 @@ class Engine:
                                              step=self.state.step, state=self.state.to_dict(),
                                              path=self.state.checkpoint))
         if recorded and previous and previous != name:
-            shutil.rmtree(self.workdir / previous, ignore_errors=True)
+            self._remove_checkpoint(previous)
+
+    def _remove_checkpoint(self, ref: str) -> None:
+        """Delete an old checkpoint folder; a path outside the session folder is never touched."""
+        shutil.rmtree(contained(self.workdir, ref, "old checkpoint"), ignore_errors=True)
+
+    def _check_stored_paths(self) -> None:
+        """Refuse (before anything is read or deleted) a resumed state whose paths leave the session."""
+        st = self.state
+        if st.checkpoint:
+            contained(self.workdir, st.checkpoint, "checkpoint")
+        elif self.resumed and st.phase not in ("setup",):
+            from engine.paths import UnsafePath
+
+            raise UnsafePath(f"the stored state is in phase {st.phase!r} but names no checkpoint",
+                             "the session cannot be resumed; start a new run with its config")
+        if st.best:
+            if not isinstance(st.best, dict):
+                from engine.paths import UnsafePath
+
+                raise UnsafePath("the stored best checkpoint is not a mapping",
+                                 "the session cannot be resumed; start a new run with its config")
+            contained(self.workdir, st.best.get("path"), "best checkpoint")
+        if st.ta_model and self.config.ta.backend == "local":
+            from engine.ta.local import is_base_ref
+
+            if not is_base_ref(self.config, st.ta_model):
+                contained(self.workdir, st.ta_model, "TA adapter")
 
     # ---- setup -----------------------------------------------------------------------
     def _setup(self) -> None:
@@ -178,6 +206,8 @@ class Engine:
         cfg = self.config
         self.device = resolve_device(cfg.device)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.resumed:
+            self._check_stored_paths()
         self.emit(PhaseChanged(epoch=self.state.epoch, phase="setup"))
         if self.data is None:
             from engine.data import load_task_data
@@ -191,7 +221,8 @@ class Engine:
             torch.manual_seed(derive_seed(cfg.seed, "student-init"))
             self.student = build_student(cfg, self.data, self.device)
         if self.resumed and self.state.checkpoint:
-            self.student.load(self.workdir / self.state.checkpoint, training_state=True)
+            self.student.load(contained(self.workdir, self.state.checkpoint, "checkpoint"),
+                              training_state=True)
         if cfg.mode != "baseline" and not cfg.loop.fixed_prefix:
             if self.ta is None:
                 from engine.ta import build_ta
@@ -668,7 +699,8 @@ class Engine:
             st.phase = "testing"
             self.emit(PhaseChanged(epoch=min(st.epoch, self.config.loop.epochs), phase="testing", total=2))
             if st.best.get("path"):
-                self.student.load(self.workdir / st.best["path"], training_state=False)
+                self.student.load(contained(self.workdir, st.best["path"], "best checkpoint"),
+                                  training_state=False)
             best_prefix = st.best.get("prefix", "")
             test_metrics = self.student.evaluate(best_prefix, "test")
             no_prefix = test_metrics if not best_prefix else self.student.evaluate("", "test")

@@ -47,5 +47,38 @@ class RunState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunState":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """A state from stored data, every field checked for its type (stored data is untrusted)."""
+        from engine.errors import GptaError
+
+        fix = "the session's stored state is damaged; delete the session or import a clean export"
+        if not isinstance(data, dict):
+            raise GptaError(f"the stored run state is a {type(data).__name__}, not a mapping", fix)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            allowed = _FIELD_TYPES[f.name]
+            if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+                raise GptaError(f"the stored run state's field {f.name!r} is a "
+                                f"{type(value).__name__}, expected {' or '.join(t.__name__ for t in allowed)}",
+                                fix)
+            values[f.name] = value
+        if not all(isinstance(p, str) for p in values.get("pending", [])) or not all(
+                isinstance(r, list) and len(r) == 2 and isinstance(r[0], str)
+                and isinstance(r[1], (int, float)) and not isinstance(r[1], bool)
+                for r in values.get("history", [])):
+            raise GptaError("the stored run state's history or pending prefixes have the wrong shape", fix)
+        if values.get("phase", "setup") not in PHASE_NAMES:
+            raise GptaError(f"the stored run state's phase {values['phase']!r} is unknown", fix)
+        return cls(**values)
+
+
+PHASE_NAMES = ("setup", "training", "validating", "collecting", "windows", "finetuning", "next",
+               "testing", "done")
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    f.name: {"int": (int,), "str": (str,), "list": (list,), "dict": (dict,), "float": (float, int),
+             "dict | None": (dict, type(None))}[f.type]
+    for f in dataclasses.fields(RunState)
+}

@@ -20,7 +20,9 @@ import csv
 import io
 import json
 import math
-import shutil
+import os
+import re
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -298,17 +300,24 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
     except DatabaseUnreadable as exc:
         raise UsageError(f"export file {str(path)!r} is unreadable ({exc.reason})",
                          "export the session again") from None
-    if payload.get("format") != EXPORT_FORMAT or not isinstance(payload.get("database"), dict):
+    if (not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT
+            or not isinstance(payload.get("database"), dict)):
         raise UsageError(f"{str(path)!r} is not a gpta session export",
                          "pass the folder written by `gpta export`")
-    if int(payload.get("format_version", 0)) > EXPORT_VERSION:
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UsageError(f"{str(path)!r} has a format_version that is not an integer",
+                         "pass the folder written by `gpta export`, unedited")
+    if version > EXPORT_VERSION:
         raise UsageError(f"{str(path)!r} was written by a newer gpta-tui",
                          "upgrade gpta-tui: pip install -U gpta-tui")
-    name = validate_name(name or payload.get("name", ""))
-    data = _check_schema(copy.deepcopy(payload["database"]), name, path)
-    rec = data.get(T_SESSION, {}).get("1")
-    if not isinstance(rec, dict):
-        raise UsageError(f"{str(path)!r} holds no session record", "export the session again")
+    stored_name = payload.get("name", "")
+    if name is None and not isinstance(stored_name, str):
+        raise UsageError(f"{str(path)!r} has a session name that is not a string",
+                         "import it under a name: gpta import DIR --name NAME")
+    name = validate_name(name or stored_name)
+    data = _check_import_shape(_check_schema(copy.deepcopy(payload["database"]), name, path), path)
+    rec = data[T_SESSION]["1"]
     rec["name"] = name
     rec.setdefault("config", {})["name"] = name
     rec["imported_from"] = str(src.resolve())
@@ -319,11 +328,91 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
     if store.exists(name) or store.session_dir(name).exists():
         raise UsageError(f"a session named {name!r} already exists in {str(store.root)!r}",
                          f"delete it first (`gpta delete {name}`) or import under another name")
+    windows = _read_window_files(src / "windows")  # validated before anything is written
     store.write_imported(name, _scrub(data))
-    windows = src / "windows"
-    if windows.is_dir():
-        target = store.session_dir(name) / "windows"
-        target.mkdir(exist_ok=True)
-        for f in sorted(windows.glob("epoch-*.jsonl")):
-            shutil.copy2(f, target / f.name)
+    folder = store.session_dir(name)
+    try:
+        if windows:
+            (folder / "windows").mkdir()
+            for fname, text in windows.items():
+                atomic_write_text(folder / "windows" / fname, text)
+    except BaseException:
+        store.delete(name)  # an import completes or leaves nothing behind
+        raise
     return name
+
+
+MAX_WINDOW_FILE_BYTES = 64 * 1024 * 1024
+_WINDOW_NAME = re.compile(r"epoch-\d{1,6}\.jsonl")
+
+
+def _read_window_files(folder: Path) -> dict[str, str]:
+    """The export's windows/epoch-N.jsonl files: regular files only, never links, size-capped."""
+    if not os.path.lexists(folder):
+        return {}
+    if folder.is_symlink() or not folder.is_dir():
+        raise UsageError(f"{str(folder)!r} is not a plain folder (a link or a file)",
+                         "import the folder written by `gpta export`, unedited")
+    out: dict[str, str] = {}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not _WINDOW_NAME.fullmatch(entry.name):
+            continue
+        where = str(Path(folder) / entry.name)
+        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+            raise UsageError(f"{where!r} is not a regular file (a link, folder or device)",
+                             "import the folder written by `gpta export`, unedited")
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(where, flags)
+        except OSError as exc:
+            raise UsageError(f"cannot read {where!r} ({exc.strerror})",
+                             "import the folder written by `gpta export`, unedited") from None
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise UsageError(f"{where!r} is not a regular file",
+                                 "import the folder written by `gpta export`, unedited")
+            raw = fh.read(MAX_WINDOW_FILE_BYTES + 1)
+        if len(raw) > MAX_WINDOW_FILE_BYTES:
+            raise UsageError(f"{where!r} is larger than {MAX_WINDOW_FILE_BYTES // 2**20} MiB",
+                             "import the folder written by `gpta export`, unedited")
+        try:
+            out[entry.name] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"{where!r} is not UTF-8 text",
+                             "import the folder written by `gpta export`, unedited") from None
+    return out
+
+
+def _check_import_shape(data: dict, path: Path) -> dict:
+    """Every table a mapping of records, a session record, and a state that resumes safely."""
+    fix = "import the folder written by `gpta export`, unedited"
+    for table, rows in data.items():
+        if not isinstance(table, str) or not isinstance(rows, dict) or not all(
+                isinstance(doc, dict) for doc in rows.values()):
+            raise UsageError(f"{str(path)!r}: table {table!r} is not a mapping of records", fix)
+    rec = data.get(T_SESSION, {}).get("1")
+    if not isinstance(rec, dict):
+        raise UsageError(f"{str(path)!r} holds no session record", "export the session again")
+    for key, kind in (("config", dict), ("status", str), ("state", (dict, type(None))),
+                      ("best", (dict, type(None))), ("finished", (dict, type(None)))):
+        if key in rec and not isinstance(rec[key], kind):
+            raise UsageError(f"{str(path)!r}: the session's {key!r} has the wrong type "
+                             f"({type(rec[key]).__name__})", fix)
+    state = rec.get("state")
+    if state:
+        from engine.errors import GptaError
+        from engine.paths import contained
+        from engine.state import RunState
+
+        try:
+            parsed = RunState.from_dict(state)
+            # Paths are checked against a stand-in session folder: an import must never name
+            # anything outside its own folder, even though imported sessions are not resumed.
+            base = Path("/nonexistent-gpta-session")
+            if parsed.checkpoint:
+                contained(base, parsed.checkpoint, "checkpoint")
+            if parsed.best:
+                contained(base, parsed.best.get("path"), "best checkpoint")
+        except GptaError as exc:
+            raise UsageError(f"{str(path)!r}: {exc.problem}", fix) from None
+    return data

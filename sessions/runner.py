@@ -19,6 +19,7 @@ from engine.config import RunConfig, apply_mapping
 from engine.controls import Controls
 from engine.errors import GptaError, UsageError
 from engine.events import Listener, RunFinished
+from engine.paths import contained
 from sessions.store import SessionHandle, SessionStore
 
 # Settings a resume may change: where and how to reach things, never what is computed.
@@ -86,14 +87,17 @@ def resume_session(name: str, home: Path | str | None = None, *,
                              f"see its results with `gpta show {name}` or export them; "
                              "start a new run to train again")
         state = handle.last_state
+        if handle.record().get("imported_from"):
+            raise GptaError(f"session {name!r} was imported from an export, which carries no "
+                            "checkpoints, so it cannot be resumed",
+                            "view it with `gpta show`, or start a new run with its config")
         checkpoint = (state or {}).get("checkpoint")
-        if checkpoint and not (handle.dir / checkpoint).exists():
-            imported = handle.record().get("imported_from")
-            raise GptaError(
-                f"session {name!r} cannot be resumed: its checkpoint {str(handle.dir / checkpoint)!r} "
-                "is missing" + (" (sessions imported from an export carry no checkpoints)"
-                                if imported else ""),
-                "view it with `gpta show`, or start a new run with its config")
+        if checkpoint:
+            path = contained(handle.dir, checkpoint, "checkpoint")
+            if not path.exists():
+                raise GptaError(
+                    f"session {name!r} cannot be resumed: its checkpoint {str(path)!r} is missing",
+                    "view it with `gpta show`, or start a new run with its config")
         config = handle.config
         if overrides:
             refused = sorted(set(_flat_keys(overrides)) - RESUME_OVERRIDABLE)

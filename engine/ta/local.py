@@ -217,6 +217,12 @@ def model_label(name: str) -> str:
     return path.name if path.exists() else name
 
 
+def is_base_ref(config: Any, ref: str) -> bool:
+    """Whether a stored TA model reference names the base model (not an adapter directory)."""
+    ref = (ref or "").strip()
+    return ref in ("", config.ta.model, model_label(config.ta.model)) or is_default_ta(ref)
+
+
 def load_causal_lm(name: str, device: str = "cpu", dtype: Any = None,
                    on_status: StatusFn | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) for a TA name: the offline alias, a local directory or a hub name.
