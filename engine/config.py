@@ -22,7 +22,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODES = ("baseline", "gpta", "gpta-data")
+MODES = ("baseline", "gpta", "gpta-data", "frozen-ta", "random-prefix", "static-prefix")
+#: What each mode isolates (README "Control arms"):
+#:   frozen-ta      GPTA with the TA never fine-tuned (no dialogue gradients; OPRO-style)
+#:   random-prefix  GPTA's scoring and selection budget spent on prefixes of random words
+#:   static-prefix  one fixed instruction built from the label names; no TA, no best-of-k
+MODES_WITH_TA = ("gpta", "gpta-data", "frozen-ta")
+MODES_TUNING_TA = ("gpta", "gpta-data")
 TA_BACKENDS = ("local", "openai", "scripted")
 FINETUNE_BACKENDS = ("auto", "none", "local", "openai")
 TUNINGS = ("full", "lt-prefix", "lt-prompt")
@@ -42,6 +48,9 @@ class DataConfig:
     train_size: int = 2000
     val_size: int = 100
     test_size: int = 1000
+    # Rows that choose the checkpoint and the prefix sent to test, disjoint from validation
+    # (which ranks the TA's prefixes) and from test. 0 = choose on validation.
+    selection_size: int = 100
     description: str = ""
     exemplars: int = 3
 
@@ -81,6 +90,9 @@ class TAConfig:
     max_new_tokens: int = 48
     max_prefix_words: int = 40
     max_prefix_chars: int = 240
+    # A prefix this similar (0..1, normalised) to a worked example of the TA's own prompt is
+    # rejected as a copy; 1.0 rejects exact copies only.
+    copy_similarity: float = 0.8
     retries: int = 3
     timeout_s: float = 60.0
     max_tokens_budget: int = 0      # 0 = unlimited
@@ -112,6 +124,9 @@ class LoopConfig:
     l: int = 5
     window: int = 5
     max_requests_per_epoch: int = 0  # 0 = automatic: 3 * ceil(k / l) + 2
+    # How many of an epoch's best validation prefixes are re-scored on the selection split
+    # (with "no prefix") to choose the checkpoint and the prefix sent to test.
+    selection_top: int = 3
     # Prefix transfer (paper 5.3): prefixes found on another dataset. The first is the initial
     # training prefix (no s0 TA call), the rest are the first history candidates; with
     # fixed_prefix every epoch trains with the first one and the TA is never used.
@@ -185,6 +200,7 @@ class RunConfig:
             "finetune.epochs": self.finetune.epochs, "finetune.batch_size": self.finetune.batch_size,
             "finetune.lora_r": self.finetune.lora_r,
             "student.num_beams": self.student.num_beams,
+            "loop.selection_top": self.loop.selection_top,
             "student.gen_max_length": self.student.gen_max_length,
         }
         for key, value in positives.items():
@@ -207,6 +223,11 @@ class RunConfig:
             raise bad("ta.retries", self.ta.retries, "use 0 or more")
         if self.student.doc_stride < 0:
             raise bad("student.doc_stride", self.student.doc_stride, "use 0 or more")
+        if self.data.selection_size < 0:
+            raise bad("data.selection_size", self.data.selection_size,
+                      "use 0 (choose on validation) or more rows")
+        if not 0 < self.ta.copy_similarity <= 1:
+            raise bad("ta.copy_similarity", self.ta.copy_similarity, "use a value in (0, 1]")
         if self.data.exemplars < 0:
             raise bad("data.exemplars", self.data.exemplars, "use 0 or more")
         if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
@@ -214,9 +235,22 @@ class RunConfig:
         return self
 
     @property
+    def uses_ta(self) -> bool:
+        """Whether a teaching assistant writes this run's prefixes."""
+        return self.mode in MODES_WITH_TA and not self.loop.fixed_prefix
+
+    @property
+    def collects(self) -> bool:
+        """Whether each epoch collects a scored history of k prefixes (TA or random words)."""
+        return self.uses_ta or (self.mode == "random-prefix" and not self.loop.fixed_prefix)
+
+    @property
     def finetune_backend(self) -> str:
         """finetune.backend with "auto" resolved: a local TA is tuned with local LoRA; an
-        OpenAI TA only when asked explicitly (jobs cost money); the scripted TA never."""
+        OpenAI TA only when asked explicitly (jobs cost money); the scripted TA never.
+        Arms that never tune a TA (baseline, frozen-ta and the other controls) get "none"."""
+        if self.mode not in MODES_TUNING_TA or not self.uses_ta:
+            return "none"
         if self.finetune.backend != "auto":
             return self.finetune.backend
         return "local" if self.ta.backend == "local" else "none"
@@ -231,7 +265,7 @@ class RunConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # The whole loop on the real offline defaults in a few minutes on 2 CPU cores.
     "smoke": {
-        "data": {"train_size": 192, "val_size": 48, "test_size": 96},
+        "data": {"train_size": 192, "val_size": 48, "test_size": 96, "selection_size": 48},
         "student": {"max_length": 64, "batch_size": 16, "checkpoint_every": 4},
         "ta": {"max_new_tokens": 24},
         "loop": {"epochs": 2, "k": 6, "l": 3, "window": 2, "max_requests_per_epoch": 3},

@@ -42,8 +42,9 @@ from engine.config import DataConfig
 from engine.errors import DataError
 from engine import resources
 
-SPLITS = ("train", "validation", "test")
-SIZE_KEYS = {"train": "train_size", "validation": "val_size", "test": "test_size"}
+SPLITS = ("train", "validation", "test", "selection")
+SIZE_KEYS = {"train": "train_size", "validation": "val_size", "test": "test_size",
+             "selection": "selection_size"}
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation", "eval": "test"}
 FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".parquet", ".pq")
 # Suffixes that make a name look like a file even when it does not exist (for a clear error).
@@ -78,6 +79,9 @@ class TaskData:
     test: list[dict]
     default_description: str
     warnings: list[str] = field(default_factory=list)
+    #: rows that choose the checkpoint and prefix sent to test (disjoint from validation, which
+    #: ranks prefixes, and from test); empty = choose on validation (older sessions)
+    selection: list[dict] = field(default_factory=list)
 
     @property
     def num_labels(self) -> int:
@@ -779,11 +783,13 @@ def _assign_pools(splits: dict[str, list[dict]], cfg: DataConfig, source: str
     train = check(cfg.train_split or ("train" if "train" in splits else names[0]), "train_split")
     if cfg.eval_split:
         held = check(cfg.eval_split, "eval_split")
-        return {"train": train, "validation": held, "test": held}
+        return {"train": train, "validation": held, "test": held, "selection": held}
     others = [s for s in names if s != train and splits[s]]
     val = next((s for s in others if s.lower() in _VALIDATION_NAMES), None)
     test = next((s for s in others if s.lower().startswith("test")), None)
-    return {"train": train, "validation": val or test or train, "test": test or val or train}
+    validation = val or test or train
+    return {"train": train, "validation": validation, "test": test or val or train,
+            "selection": validation}
 
 
 def sample_splits(rows: Rows, cfg: DataConfig, seed: int, source: str = "dataset"
@@ -802,12 +808,18 @@ def sample_splits(rows: Rows, cfg: DataConfig, seed: int, source: str = "dataset
         for key in keys:
             rng.shuffle(groups[key])
         taken = dict.fromkeys(keys, 0)
-        for split in ("validation", "test", "train"):
-            if pools[split] != pool:
+        # Selection comes last, so validation, test and train are the same rows whatever
+        # data.selection_size is (sessions saved before the selection split resume exactly).
+        for split in ("validation", "test", "train", "selection"):
+            if pools[split] != pool or sizes[split] <= 0:
                 continue
             remaining = [len(groups[k]) - taken[k] for k in keys]
             available = sum(remaining)
             n = min(sizes[split], available)
+            if split == "selection" and n == 0:
+                warnings.append("no rows are left for the selection split; the checkpoint and "
+                                "prefix are chosen on validation (optimistic for best-of-k arms)")
+                continue
             if n < sizes[split]:
                 where = f" in split {pool!r}" if len(rows.splits) > 1 else ""
                 warnings.append(f"{SIZE_KEYS[split]} {sizes[split]} > {available} available "
@@ -845,7 +857,7 @@ def load_task_data(cfg: DataConfig, seed: int) -> TaskData:
         "{labels}", ", ".join(rows.label_names))
     return TaskData(task=cfg.task, source=cfg.dataset, label_names=rows.label_names,
                     train=splits["train"], validation=splits["validation"], test=splits["test"],
-                    default_description=description,
+                    selection=splits.get("selection", []), default_description=description,
                     warnings=[*source.warnings, *rows.warnings, *sample_warnings])
 
 

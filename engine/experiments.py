@@ -43,7 +43,8 @@ MANIFEST_FORMAT = "gpta-compare"
 PREFIX_SET_FORMAT = "gpta-prefix-set"
 TRANSFER_ARMS = ("fixed", "seeded")
 ARMS = (*MODES, *TRANSFER_ARMS)
-NO_TA_ARMS = ("baseline", "fixed")  # arms that never fine-tune a TA: max_windows is moot
+# Arms that never fine-tune a TA: max_windows is moot for them.
+NO_TA_ARMS = ("baseline", "fixed", "frozen-ta", "random-prefix", "static-prefix")
 MAX_NAME = 64
 
 

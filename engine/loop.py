@@ -50,7 +50,7 @@ from engine.events import (
 )
 from engine.finetune.base import FinetuneBackend
 from engine.history import History, build_windows, cap_windows, write_jsonl
-from engine.parsing import clean_prefixes, parse_prefixes
+from engine.parsing import COPIED, clean_prefixes, parse_prefixes
 from engine.paths import contained
 from engine.pricing import estimate_cost, price_for
 from engine.state import RunState
@@ -86,6 +86,7 @@ class Engine:
         self.device = "cpu"
         self.on_ta_unavailable = on_ta_unavailable  # "stop" (headless) or "pause" (interactive)
         self.exemplars: list[dict] = []
+        self.prompt_examples: tuple[str, ...] = ()  # the TA prompt's own worked examples
 
     # ---- plumbing --------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -152,12 +153,12 @@ class Engine:
         if recorded and previous and previous != self.state.checkpoint:
             self._remove_checkpoint(previous)
 
-    def _save_best(self, epoch: int, score: float, prefix: str, metrics: dict) -> None:
+    def _save_best(self, epoch: int, score: float, prefix: str, metrics: dict, **extra) -> None:
         previous = self.state.best.get("path")
         name = f"checkpoints/best-e{epoch}"
         self._write_student(name, training_state=False)
         self.state.best = {"epoch": epoch, "score": score, "prefix": prefix,
-                           "metrics": metrics, "path": name}
+                           "metrics": metrics, "path": name, **extra}
         recorded = self.emit(CheckpointSaved(epoch=self.state.epoch, phase=self.state.phase,
                                              step=self.state.step, state=self.state.to_dict(),
                                              path=self.state.checkpoint))
@@ -223,17 +224,23 @@ class Engine:
         if self.resumed and self.state.checkpoint:
             self.student.load(contained(self.workdir, self.state.checkpoint, "checkpoint"),
                               training_state=True)
-        if cfg.mode != "baseline" and not cfg.loop.fixed_prefix:
+        if cfg.mode == "random-prefix" and cfg.collects:
+            from engine.arms import RandomWordsTA, word_vocabulary
+
+            if not isinstance(self.ta, RandomWordsTA):  # this arm never asks a real TA
+                self.ta = RandomWordsTA(word_vocabulary(self.student.tokenizer.get_vocab()))
+        if cfg.uses_ta:
             if self.ta is None:
                 from engine.ta import build_ta
 
                 self.ta = build_ta(cfg, self.device, on_status=lambda m: self.notice(m, "info"))
-            if self.finetune is None:
+            if self.finetune is None and cfg.finetune_backend != "none":
                 from engine.finetune import build_finetune
 
                 self.finetune = build_finetune(cfg, self.device)
             if self.state.ta_model:
                 self.ta.use_model(self.state.ta_model)
+        self.prompt_examples = tuple(self.ta.prompt_examples()) if self.ta is not None else ()
         if not self.state.description:
             self.state.description = cfg.data.description or self.data.default_description
 
@@ -272,11 +279,14 @@ class Engine:
         if st.phase == "setup":
             if cfg.loop.seed_prefixes:  # prefix transfer: no s0 TA call
                 st.training_prefix = cfg.loop.seed_prefixes[0]
-                if cfg.mode != "baseline" and not cfg.loop.fixed_prefix:
+                if cfg.collects:
                     st.pending = list(cfg.loop.seed_prefixes[1:])
-            elif cfg.mode != "baseline":
-                first = self._initial_prefix()
-                st.training_prefix = first
+            elif cfg.mode == "static-prefix":
+                from engine.arms import static_instruction
+
+                st.training_prefix = static_instruction(self.data.task, list(self.data.label_names))
+            elif cfg.collects:
+                st.training_prefix = self._initial_prefix()
             st.phase = "training"
             self.save_checkpoint()
         while st.epoch <= cfg.loop.epochs and st.phase not in ("testing", "done"):
@@ -321,8 +331,8 @@ class Engine:
         record = {"epoch": st.epoch, "prefix": st.training_prefix, "val_metrics": metrics,
                   "val_score": score, "steps": st.step}
         st.epochs = [r for r in st.epochs if r["epoch"] != st.epoch] + [record]
-        if self.config.mode == "baseline" or self.config.loop.fixed_prefix:
-            improved = self._consider_best(score, st.training_prefix, metrics)
+        if not self.config.collects:  # baseline, static-prefix, a fixed transferred prefix
+            improved = self._select({st.training_prefix: metrics})
             st.phase = "next"
         else:
             history = History()
@@ -337,12 +347,47 @@ class Engine:
                                    improved=improved))
         self.save_checkpoint(weights=False)
 
-    def _consider_best(self, score: float, prefix: str, metrics: dict) -> bool:
+    def _consider_best(self, score: float, prefix: str, metrics: dict, **extra) -> bool:
         best = self.state.best
         if best and score <= best["score"]:
             return False
-        self._save_best(self.state.epoch, score, prefix, metrics)
+        self._save_best(self.state.epoch, score, prefix, metrics, **extra)
         return True
+
+    @property
+    def _has_selection(self) -> bool:
+        return bool(getattr(self.data, "selection", None))
+
+    def _select(self, candidates: dict[str, dict]) -> bool:
+        """Choose this epoch's candidate for the best checkpoint; True if it beat the best so far.
+
+        `candidates` maps the epoch's best prefixes (best first) to their validation metrics.
+        Validation ranked them, so their validation scores are optimistic (best of k). With a
+        selection split (data.selection_size > 0) they are re-scored there together with "no
+        prefix", and the checkpoint and prefix sent to test are chosen on those scores; every
+        arm, the baseline included, chooses this way. Without one (older sessions) the best
+        validation prefix is chosen, as in the paper.
+        """
+        st, metric = self.state, self.metric
+        if not self._has_selection:
+            prefix, metrics = next(iter(candidates.items()))
+            return self._consider_best(metrics[metric], prefix, metrics)
+        if "" not in candidates:
+            candidates = {**candidates, "": self.student.evaluate("", "validation")}
+        prefixes = list(candidates)
+        results = self.student.score_prefixes(prefixes, "selection")
+        rows = [{"prefix": p, "val_score": candidates[p][metric], "selection_score": r[metric],
+                 "selection_metrics": r} for p, r in zip(prefixes, results)]
+        # Highest selection score; ties go to the better validation rank (the given order).
+        chosen = max(rows, key=lambda r: (r["selection_score"], -prefixes.index(r["prefix"])))
+        selection = {"candidates": [[r["prefix"], r["val_score"], r["selection_score"]] for r in rows],
+                     "prefix": chosen["prefix"], "score": chosen["selection_score"]}
+        for record in st.epochs:
+            if record["epoch"] == st.epoch:
+                record["selection"] = selection
+        return self._consider_best(chosen["selection_score"], chosen["prefix"],
+                                   candidates[chosen["prefix"]],
+                                   selection_metrics=chosen["selection_metrics"])
 
     # ---- 3. history collection -----------------------------------------------------
     def _collect(self) -> None:
@@ -385,13 +430,15 @@ class Engine:
             if record["epoch"] == st.epoch:
                 record.update(best_prefix=best_prefix, best_score=best_score,
                               history_size=len(history), prefix_accuracy=accuracy,
-                              generated=st.generated, better=st.better)
+                              generated=st.generated, better=st.better,
+                              copied_total=st.copied)
         self.emit(HistoryUpdated(epoch=st.epoch, history=[list(p) for p in history.sorted()],
                                  training_prefix=st.training_prefix))
-        # The best prefix's full metrics were computed when it was scored; only a state saved
-        # before they were kept (an older session) needs the extra evaluation.
-        metrics = st.history_metrics.get(best_prefix) or self.student.evaluate(best_prefix, "validation")
-        self._consider_best(best_score, best_prefix, metrics)
+        # The top prefixes' full metrics were computed when they were scored; only a state
+        # saved before they were kept (an older session) needs the extra evaluation.
+        top = [p for p, _ in history.top(self.config.loop.selection_top if self._has_selection else 1)]
+        self._select({p: st.history_metrics.get(p) or self.student.evaluate(p, "validation")
+                      for p in top})
         st.phase = "windows"
         self.save_checkpoint(weights=False)
 
@@ -481,7 +528,13 @@ class Engine:
             st.ta_cost += cost
             candidates = [c for text in reply.texts for c in parse_prefixes(text or "")]
             accepted, rejected = clean_prefixes(
-                candidates, max_words=cfg.ta.max_prefix_words, max_chars=cfg.ta.max_prefix_chars)
+                candidates, max_words=cfg.ta.max_prefix_words, max_chars=cfg.ta.max_prefix_chars,
+                prompt_examples=self.prompt_examples, copy_threshold=cfg.ta.copy_similarity)
+            copied = sum(1 for _, why in rejected if why == COPIED)
+            if copied:
+                st.copied += copied
+                self.notice(f"TA request {rid}: {copied} prefix(es) copied from the prompt's worked "
+                            "examples were rejected", "info")
             self.emit(TAResponse(request_id=rid, epoch=st.epoch, texts=list(reply.texts),
                                  prefixes=accepted, rejected=[list(r) for r in rejected],
                                  usage=dict(reply.usage),
@@ -575,7 +628,11 @@ class Engine:
 
         examples = read_jsonl(path) if path.exists() else []
         skip = ""
-        if backend is None or backend.name == "none":
+        if cfg.mode == "frozen-ta":
+            skip = "frozen-ta arm: the TA is never fine-tuned"
+        elif cfg.mode == "random-prefix":
+            skip = "random-prefix arm: random words, no TA to tune"
+        elif backend is None or backend.name == "none":
             skip = "fine-tune backend 'none': the TA stays frozen"
         elif st.epoch >= cfg.loop.epochs:
             skip = "last epoch: no later epoch would use a tuned TA"
@@ -676,7 +733,7 @@ class Engine:
     # ---- epoch boundary and the end ----------------------------------------------------
     def _next_epoch(self) -> None:
         st = self.state
-        if self.config.mode != "baseline" and not self.config.loop.fixed_prefix:
+        if self.config.collects:
             history = History.from_list(st.history)
             best = history.best()
             if best:
@@ -715,6 +772,8 @@ class Engine:
             "ta_cost": round(st.ta_cost, 6),
             "ta_model": self.ta.model_name if self.ta else "",
             "ta_exhausted": st.ta_exhausted,
+            "copied_from_prompt": st.copied,
+            "selection_metrics": st.best.get("selection_metrics", {}),
             "description_version": st.description_version,
             "device": self.device,
             "metric": self.metric,

@@ -192,13 +192,34 @@ def _is_debris(text: str) -> bool:
     return words in _DEBRIS_WORDS or bool(_MARKUP_START.match(text))
 
 
+COPIED = "copied from the prompt"
+
+
+def _comparable(text: str) -> str:
+    """Lower-case words and digits only: what "near copy" compares."""
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def copy_similarity(prefix: str, example: str) -> float:
+    """Normalised similarity (0..1, difflib ratio of the comparable forms) of two prefixes."""
+    import difflib
+
+    a, b = _comparable(prefix), _comparable(example)
+    if not a or not b:
+        return 0.0
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
 def clean_prefixes(candidates: list[str], *, known: set[str] | frozenset[str] = frozenset(),
-                   max_words: int = 40, max_chars: int = 240) -> tuple[list[str], list[tuple[str, str]]]:
+                   max_words: int = 40, max_chars: int = 240,
+                   prompt_examples: tuple[str, ...] | list[str] = (),
+                   copy_threshold: float = 0.8) -> tuple[list[str], list[tuple[str, str]]]:
     """Normalise candidates and keep the usable ones, in order.
 
     Returns ``(accepted, rejected)``; each rejection is ``(text, reason)`` with reason one of
     "empty", "debris" (JSON/markup left-overs), "history echo" ("Score: 0.71"), "too long",
-    "known" (already in `known`) or "duplicate" (earlier in this batch).
+    "known" (already in `known`), "duplicate" (earlier in this batch) or COPIED (similarity
+    >= `copy_threshold` to one of `prompt_examples`, the worked examples of the TA's prompt).
     """
     if max_words < 1 or max_chars < 1:
         raise UsageError(f"prefix limits must be positive (max_words={max_words}, max_chars={max_chars})",
@@ -218,6 +239,8 @@ def clean_prefixes(candidates: list[str], *, known: set[str] | frozenset[str] = 
             reason = "history echo"
         elif len(text) > max_chars or len(text.split()) > max_words:
             reason = "too long"
+        elif any(copy_similarity(text, ex) >= copy_threshold for ex in prompt_examples):
+            reason = COPIED
         elif text in known_norm:
             reason = "known"
         elif text in seen:

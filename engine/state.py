@@ -30,6 +30,7 @@ class RunState:
     checkpoint: str = ""           # workdir-relative dir of the student checkpoint this state matches
     generated: int = 0             # new prefixes generated this epoch (prefix-finding accuracy)
     better: int = 0                # ... of which beat the best score shown in their request
+    copied: int = 0                # TA prefixes rejected as copies of the prompt's worked examples (run total)
     description: str = ""
     description_version: int = 1
     description_from_request: int = 1

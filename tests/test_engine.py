@@ -274,13 +274,14 @@ def _count_validation_evaluations(monkeypatch) -> list[str]:
 
 def test_collecting_reuses_the_metrics_it_scored(tiny_bert_dir, sentiment_csv, tmp_path,
                                                  monkeypatch):
-    """Only the validating phase evaluates a single prefix; the best prefix's full metrics
-    come from its batched scoring, and they equal a direct evaluation."""
+    """Only the validating phase evaluates a single prefix (and selection, "no prefix", once
+    per epoch); the best prefix's full metrics come from its batched scoring, and they equal a
+    direct evaluation."""
     cfg = tiny_config(tiny_bert_dir, sentiment_csv)
     seen = _count_validation_evaluations(monkeypatch)
     engine, rec = run_engine(cfg, tmp_path)
     engine.run()
-    assert seen == [e.prefix for e in rec.of(ev.ValidationResult)]  # one per epoch
+    assert seen == [p for e in rec.of(ev.ValidationResult) for p in (e.prefix, "")]
     scored = {e.prefix: e.metrics for e in rec.of(ev.PrefixScored) if e.epoch == 2 and not e.reused}
     best = [e for e in rec.of(ev.ValidationResult) if e.epoch == 2][0]
     scored[best.prefix] = best.metrics
@@ -291,8 +292,10 @@ def test_collecting_reuses_the_metrics_it_scored(tiny_bert_dir, sentiment_csv, t
 
 def test_resume_from_a_state_without_scored_metrics_evaluates_the_best(tiny_bert_dir, sentiment_csv,
                                                                        tmp_path, monkeypatch):
-    """A session saved before the metrics were kept resumes to the same result."""
+    """A session saved before the metrics were kept resumes to the same result (such sessions
+    also predate the selection split: data.selection_size 0, as their migration sets)."""
     cfg = tiny_config(tiny_bert_dir, sentiment_csv, loop={"epochs": 1, "k": 6, "l": 3, "window": 2})
+    cfg.data.selection_size = 0
     straight_engine, straight = run_engine(cfg, tmp_path / "a")
     straight_engine.run()
 

@@ -358,20 +358,35 @@ def test_older_schema_is_migrated_or_refused(gpta_home, monkeypatch):
     store.create(small_config("old")).close()
     path = store.session_dir("old") / DB_FILE
     original = path.read_bytes()
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
-    with pytest.raises(UsageError, match="schema 1, which this gpta-tui \\(schema 2\\) cannot migrate"):
+    current = store_mod.SCHEMA_VERSION
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", current + 1)
+    with pytest.raises(UsageError, match=f"schema {current}, which this gpta-tui \\(schema "
+                                         f"{current + 1}\\) cannot migrate"):
         store.open("old")
 
-    def v1_to_v2(data):
+    def migrate(data):
         data["session"]["1"]["migrated"] = True
         return data
 
-    monkeypatch.setitem(store_mod.MIGRATIONS, 1, v1_to_v2)
+    monkeypatch.setitem(store_mod.MIGRATIONS, current, migrate)
     assert store.open("old").record()["migrated"] is True          # readers migrate in memory
     assert path.read_bytes() == original
     store.open("old", write=True).close()                           # writers persist it
-    assert json.loads(path.read_text())["meta"]["1"]["schema"] == 2
-    assert (path.parent / f"{DB_FILE}.schema-1").read_bytes() == original
+    assert json.loads(path.read_text())["meta"]["1"]["schema"] == current + 1
+    assert (path.parent / f"{DB_FILE}.schema-{current}").read_bytes() == original
+
+
+def test_schema_1_sessions_keep_choosing_on_validation(gpta_home):
+    """Sessions saved before the selection split migrate to data.selection_size 0."""
+    store = SessionStore()
+    store.create(small_config("v1")).close()
+    path = store.session_dir("v1") / DB_FILE
+    data = json.loads(path.read_text())
+    data["meta"]["1"]["schema"] = 1
+    del data["session"]["1"]["config"]["data"]["selection_size"]
+    path.write_text(json.dumps(data))
+    assert store.open("v1").config.data.selection_size == 0
+    assert small_config("new").data.selection_size > 0
 
 
 def test_reader_reload_sees_new_flushes(gpta_home):

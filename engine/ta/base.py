@@ -34,5 +34,12 @@ class TeachingAssistant(ABC):
     def use_model(self, model_ref: str) -> None:
         """Switch to a tuned model: an OpenAI model id, or a local adapter directory."""
 
+    def prompt_examples(self) -> list[str]:
+        """The worked-example prefixes this TA puts into its own prompt (none for chat TAs).
+
+        The engine rejects generated prefixes that are near copies of them.
+        """
+        return []
+
     def close(self) -> None:
         """Release resources (HTTP clients, model weights)."""

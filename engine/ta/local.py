@@ -454,6 +454,10 @@ class LocalTA(TeachingAssistant):
         return TAReply(texts=texts, usage=usage, latency_s=time.perf_counter() - started,
                        model=self.model_name)
 
+    def prompt_examples(self) -> list[str]:
+        """The transcript's worked-example prefixes (a base model sees them; a chat model not)."""
+        return [] if self.chat else [prefix for _, prefix in transcript.EXAMPLES]
+
     def use_model(self, model_ref: str) -> None:
         """Load a LoRA adapter directory onto the base model (replacing any previous one).
 

@@ -7,11 +7,11 @@ JSON, but it continues documents well. The transcript turns the same [system, us
     <system message>
 
     ### Example request
-    Dataset description: Movie reviews, each labelled positive or negative.
+    Dataset description: Recipes, each labelled with the cuisine they come from: ...
 
     ### Example answer
     A new prefix for this dataset, written as one full instruction sentence:
-    "Does the writer of this movie review like the film (positive) or dislike it (negative)?"
+    "Read the recipe and name the cuisine it comes from: Italian, Mexican or Thai."
 
     ... (two more examples) ...
 
@@ -43,15 +43,17 @@ CLOSE_QUOTE = '"'
 #: Generation of one prefix ends at the first of these.
 STOP_STRINGS = (CLOSE_QUOTE, "\n")
 
-#: Worked examples on other datasets: (dataset description, prefix). A 270M base model copies
-#: and adapts them a lot, so they are phrased as reusable instruction shapes.
+#: Worked examples on other datasets: (dataset description, prefix). They teach a base model
+#: the *shape* of a prefix (one instruction sentence that names the labels) with domain words
+#: that fit no common NLP dataset, so a copied example is useless elsewhere; the engine also
+#: rejects any generated prefix that is a near copy of one of them (ta.copy_similarity).
 EXAMPLES: tuple[tuple[str, str], ...] = (
-    ("Movie reviews, each labelled positive or negative.",
-     "Does the writer of this movie review like the film (positive) or dislike it (negative)?"),
-    ("Questions asked by customers, each labelled with its topic: billing, delivery or returns.",
-     "Read the customer's question and name its topic: billing, delivery or returns."),
-    ("Emails, each labelled spam or not spam.",
-     "Decide whether this email is spam or a normal message."),
+    ("Recipes, each labelled with the cuisine they come from: Italian, Mexican or Thai.",
+     "Read the recipe and name the cuisine it comes from: Italian, Mexican or Thai."),
+    ("Chess game commentaries, each labelled with the result: white wins, black wins or draw.",
+     "From this commentary, decide how the game ended: white wins, black wins or draw."),
+    ("Weather station logs, each labelled with the season they were recorded in.",
+     "Which season of the year does this weather log describe?"),
 )
 
 REQUEST_HEADER = "### Request"
