@@ -496,6 +496,9 @@ class RunResult:
     loss_curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, mean train loss)
     ta_requests: int = 0
     wall_s: float | None = None
+    best_selection: float | None = None  # the chosen (checkpoint, prefix) on the selection split
+    copied: int = 0                      # TA prefixes rejected as copies of the prompt's examples
+    prefix_words: list[int] = field(default_factory=list)  # word count of every new scored prefix
 
     @property
     def done(self) -> bool:
@@ -543,6 +546,8 @@ def collect_results(spec: CompareSpec, home: Path | str | None = None,
             rec = handle.record()
             series = session_epoch_series(handle)
             status = handle.status
+            scored_words = [len(str(s.get("prefix", "")).split()) for s in handle.scored_prefixes()
+                            if not s.get("reused") and int(s.get("request_id", 0)) > 0]
         finished = rec.get("finished") or {}
         best = rec.get("best") or {}
         test = (finished.get("test_metrics") or {}).get(metric)
@@ -551,7 +556,10 @@ def collect_results(spec: CompareSpec, home: Path | str | None = None,
             run, status,
             test=float(test) if status == "finished" and test is not None else None,
             test_no_prefix=float(no_prefix) if status == "finished" and no_prefix is not None else None,
-            best_val=best.get("score", (best.get("metrics") or {}).get(metric)),
+            best_val=(best.get("metrics") or {}).get(metric, best.get("score")),
+            best_selection=(best.get("selection_metrics") or {}).get(metric),
+            copied=int((finished.get("summary") or {}).get("copied_from_prompt", 0) or 0),
+            prefix_words=scored_words,
             best_epoch=best.get("epoch"), best_prefix=best.get("prefix", ""),
             val_curve=list(zip(series.epochs, series.val)),
             loss_curve=list(zip(series.epochs, series.train_loss)),
@@ -668,6 +676,12 @@ class Gain:
     arm: str
     setting: Setting
     test: PairedTest
+    reference: str = "baseline"   # the arm the gain is measured against
+
+
+#: Arms every other arm is compared with, when present: the no-prefix baseline, and the
+#: random-prefix control (the same best-of-k budget with no task knowledge).
+REFERENCE_ARMS = ("baseline", "random-prefix")
 
 
 @dataclass
@@ -702,15 +716,15 @@ def build_table(spec: CompareSpec, results: list[RunResult]) -> CompareTable:
         got = [cells[(arm, s)].rank for s in settings if cells[(arm, s)].rank is not None]
         avg_rank[arm] = statistics.fmean(got) if got else None
     gains = []
-    if "baseline" in spec.arms:
+    for reference in (r for r in REFERENCE_ARMS if r in spec.arms):
         for arm in spec.arms:
-            if arm == "baseline":
+            if arm == reference:
                 continue
             for setting in settings:
-                mine, base = cells[(arm, setting)].values, cells[("baseline", setting)].values
+                mine, base = cells[(arm, setting)].values, cells[(reference, setting)].values
                 seeds = [s for s in spec.seeds if s in mine and s in base]
                 gains.append(Gain(arm, setting, paired_t_test([mine[s] for s in seeds],
-                                                              [base[s] for s in seeds])))
+                                                              [base[s] for s in seeds]), reference))
     missing = [r.run.session for r in results if not r.done]
     return CompareTable(spec.metric, list(spec.arms), settings, cells, avg_rank, gains, missing)
 
@@ -747,13 +761,14 @@ def table_markdown(table: CompareTable) -> str:
         row.append(_f(table.avg_rank[arm], 2))
         lines.append("| " + " | ".join(row) + " |")
     out = "\n".join(lines) + "\n"
-    if table.gains:
-        head = ["Gain over baseline", *[s.label for s in table.settings]]
+    for reference in dict.fromkeys(g.reference for g in table.gains):
+        head = [f"Gain over {reference}", *[s.label for s in table.settings]]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for arm in [a for a in table.arms if a != "baseline"]:
+        for arm in [a for a in table.arms if a != reference]:
             row = [arm]
             for s in table.settings:
-                g = next(g.test for g in table.gains if g.arm == arm and g.setting == s)
+                g = next(g.test for g in table.gains
+                         if g.arm == arm and g.setting == s and g.reference == reference)
                 row.append("-" if g.mean_diff is None else
                            f"{_f(g.mean_diff, signed=True)} (p={_p(g.p)}, n={g.n})")
             lines.append("| " + " | ".join(row) + " |")
@@ -765,15 +780,18 @@ def table_csv(table: CompareTable) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["mode", "train_size", "max_windows", "metric", "n", "mean", "std", "rank",
-                "avg_rank", "gain_vs_baseline", "p_value", "test", "values"])
+                "avg_rank", "gain_vs_baseline", "p_value", "test", "gain_vs_random_prefix",
+                "p_value_vs_random_prefix", "values"])
     for arm in table.arms:
         for s in table.settings:
             c = table.cells[(arm, s)]
-            g = next((g.test for g in table.gains if g.arm == arm and g.setting == s), None)
+            g, r = (next((g.test for g in table.gains if g.arm == arm and g.setting == s
+                          and g.reference == ref), None) for ref in REFERENCE_ARMS)
             w.writerow([arm, s.train_size, "" if s.max_windows is None else s.max_windows,
                         table.metric, len(c.values), _num(c.mean), _num(c.std), _num(c.rank),
                         _num(table.avg_rank[arm]), _num(g.mean_diff if g else None),
                         _num(g.p if g else None), g.method if g else "",
+                        _num(r.mean_diff if r else None), _num(r.p if r else None),
                         ";".join(f"s{k}={v:.6f}" for k, v in sorted(c.values.items()))])
     return buf.getvalue()
 
@@ -782,13 +800,18 @@ def runs_csv(results: list[RunResult], metric: str) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["session", "mode", "seed", "train_size", "max_windows", "status", f"test_{metric}",
-                f"test_{metric}_no_prefix", f"best_val_{metric}", "best_epoch", "best_prefix",
-                "val_per_epoch", "ta_requests", "wall_s"])
+                f"test_{metric}_no_prefix", f"best_val_{metric}", f"best_selection_{metric}",
+                "best_epoch", "best_prefix", "val_per_epoch", "train_loss_per_epoch", "ta_requests",
+                "copied_from_prompt", "mean_prefix_words", "wall_s"])
     for r in results:
+        words = statistics.fmean(r.prefix_words) if r.prefix_words else None
         w.writerow([r.run.session, r.run.arm, r.run.seed, r.run.train_size,
                     "" if r.run.max_windows is None else r.run.max_windows, r.status, _num(r.test),
-                    _num(r.test_no_prefix), _num(r.best_val), r.best_epoch or "", r.best_prefix,
-                    ";".join(f"{v:.6f}" for _, v in r.val_curve), r.ta_requests, _num(r.wall_s)])
+                    _num(r.test_no_prefix), _num(r.best_val), _num(r.best_selection),
+                    r.best_epoch or "", r.best_prefix,
+                    ";".join(f"{v:.6f}" for _, v in r.val_curve),
+                    ";".join(f"{v:.6f}" for _, v in r.loss_curve), r.ta_requests, r.copied,
+                    _num(words), _num(r.wall_s)])
     return buf.getvalue()
 
 
@@ -944,8 +967,11 @@ def report_markdown(spec: CompareSpec, results: list[RunResult], table: CompareT
         f"- Loop: {loop.get('epochs')} epochs, k={loop.get('k')}, l={loop.get('l')}, "
         f"window w={loop.get('window')}",
         f"- Modes: {', '.join(spec.arms)}; seeds: {', '.join(map(str, spec.seeds))}",
-        f"- Metric: test {table.metric} of the best checkpoint (chosen on validation), "
-        "mean ± sample std over seeds, (rank) per column; best in bold",
+        f"- Metric: test {table.metric} of the best checkpoint and prefix, "
+        + (f"chosen on a separate selection split of {data.get('selection_size')} rows "
+           "(validation only ranks prefixes)" if data.get("selection_size") else
+           "chosen on validation (no selection split: optimistic for best-of-k arms)")
+        + "; mean ± sample std over seeds, (rank) per column; best in bold",
     ]
     if spec.seed_prefixes:
         lines.append(f"- Transferred prefixes ({len(spec.seed_prefixes)}), first: "
@@ -960,18 +986,22 @@ def report_markdown(spec: CompareSpec, results: list[RunResult], table: CompareT
     lines += ["", "## Results", "", table_markdown(table).rstrip(), ""]
     if table.gains:
         methods = sorted({g.test.method for g in table.gains})
-        lines += [f"Gain: mean paired difference (mode − baseline) over seeds; p: two-sided "
+        lines += [f"Gain: mean paired difference (mode − reference) over seeds; p: two-sided "
                   f"paired t-test ({'; '.join(methods)}).", ""]
     if table.missing:
         lines += [f"Not included (not finished): {', '.join(table.missing)}.", ""]
     lines += ["## Runs", "", f"| Session | Mode | Seed | n | Status | Test {table.metric} | "
-              f"Without prefix | Best val | Best prefix | TA requests | Time |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              f"Without prefix | Val | Selection | Epoch | Chosen prefix | Train loss per epoch | "
+              f"TA requests | Copies rejected | Words per prefix | Time |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        prefix = r.best_prefix.replace("|", "\\|") if r.best_prefix else "(none)"
+        prefix = " ".join(r.best_prefix.split()).replace("|", "\\|") if r.best_prefix else "(none)"
+        words = f"{statistics.fmean(r.prefix_words):.1f}" if r.prefix_words else "-"
+        losses = " → ".join(f"{v:.3f}" for _, v in r.loss_curve) or "-"
         lines.append(f"| {r.run.session} | {r.run.arm} | {r.run.seed} | {r.run.train_size} | "
                      f"{r.status} | {_f(r.test)} | {_f(r.test_no_prefix)} | {_f(r.best_val)} | "
-                     f"{prefix} | {r.ta_requests} | {_fmt_wall(r.wall_s)} |")
+                     f"{_f(r.best_selection)} | {r.best_epoch or '-'} | {prefix} | {losses} | "
+                     f"{r.ta_requests} | {r.copied} | {words} | {_fmt_wall(r.wall_s)} |")
     charts = list(charts)
     if charts:
         lines += ["", "## Charts", ""]

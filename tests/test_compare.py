@@ -184,6 +184,30 @@ def test_table_by_hand_with_a_window_ablation(tiny_bert_dir, sentiment_csv):
     assert "s1=0.660000;s2=0.660000" in rows[3]
 
 
+def test_every_arm_is_tested_against_the_baseline_and_the_random_prefix_control(
+        tiny_bert_dir, sentiment_csv):
+    cfg = build_config("default", overrides=tiny_overrides(tiny_bert_dir, sentiment_csv))
+    arms = ["baseline", "gpta", "random-prefix", "static-prefix"]
+    spec = CompareSpec.create("c", cfg, arms=arms, seeds=[1, 2, 3], train_sizes=[100])
+    tests = {"baseline": [0.60, 0.62, 0.61], "gpta": [0.63, 0.66, 0.62],
+             "random-prefix": [0.62, 0.65, 0.62], "static-prefix": [0.61, 0.62, 0.63]}
+    results = [_result(arm, seed, 100, value) for arm, values in tests.items()
+               for seed, value in zip((1, 2, 3), values)]
+    table = build_table(spec, results)
+    (setting,) = spec.settings()
+    by = {(g.arm, g.reference): g.test for g in table.gains}
+    assert set(by) == {(a, r) for r in ("baseline", "random-prefix") for a in arms if a != r}
+    assert by[("gpta", "baseline")].mean_diff == pytest.approx((0.03 + 0.04 + 0.01) / 3)
+    assert by[("gpta", "random-prefix")].mean_diff == pytest.approx((0.01 + 0.01 + 0.0) / 3)
+    assert by[("gpta", "random-prefix")].n == 3
+    md = table_markdown(table)
+    assert "| Gain over baseline |" in md and "| Gain over random-prefix |" in md
+    header, *rows = table_csv(table).splitlines()
+    assert header.split(",")[12:14] == ["gain_vs_random_prefix", "p_value_vs_random_prefix"]
+    gpta_row = next(r for r in rows if r.startswith("gpta,")).split(",")
+    assert float(gpta_row[12]) == pytest.approx(0.02 / 3)
+
+
 def test_plan_errors_are_usage_errors(tiny_bert_dir, sentiment_csv):
     from engine.errors import UsageError
 
