@@ -48,10 +48,17 @@ def resolve_device(name: str) -> str:
     raise UsageError(f"unknown device {name!r}", _FIX)
 
 
-def device_label(device: str) -> str:
-    """A human-readable name for a resolved device, e.g. "cuda:0 (NVIDIA H200)" or "cpu"."""
+def device_label(device: str, amp: bool | None = None) -> str:
+    """A human-readable name for a resolved device, e.g. "cuda:0 (NVIDIA H200, bf16 autocast)"
+    or "cpu". `amp`: the run's student.amp setting, to name the precision (None: not named)."""
     if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
+        parts = [torch.cuda.get_device_name(index)]
+        if amp is not None:
+            dtype = amp_dtype(device, amp)
+            parts.append(f"{str(dtype).replace('torch.', '')} autocast" if dtype else "fp32")
+        return f"cuda:{index} ({', '.join(parts)})"
     return device
 
 
