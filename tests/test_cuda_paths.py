@@ -275,3 +275,27 @@ def test_tui_controller_keeps_no_frames_of_an_oom(tiny_bert_dir, sentiment_csv, 
     assert controller.engine is None and controller.state.status == "failed"
     gc.collect()
     assert seen and seen[0]() is None
+
+
+# ---- 8. adapters on the run's device ---------------------------------------------------
+def test_adapter_loads_on_the_run_device_not_peft_default(tiny_causal_lm_dir, tmp_path,
+                                                          monkeypatch):
+    """peft stages an adapter on its own guess (cuda:0 on a GPU box) unless told the device.
+    Here its guess is a device this machine lacks: the adapter must still load on the CPU."""
+    import peft.peft_model
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from engine.ta.local import LocalTA
+
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir),
+                          LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    lora.save_pretrained(tmp_path / "adapter")
+    monkeypatch.setattr(peft.peft_model, "infer_device", lambda: "cuda:1")
+    ta = LocalTA(str(tiny_causal_lm_dir), device="cpu", max_new_tokens=4)
+    try:
+        ta.use_model(str(tmp_path / "adapter"))
+        assert ta.adapter == tmp_path / "adapter"
+        assert {p.device.type for p in ta.model.parameters()} == {"cpu"}
+    finally:
+        ta.close()
