@@ -251,11 +251,45 @@ def rss_mib() -> float:
 
 
 def gpu_peak_mib(device: str) -> float | None:
+    """Peak CUDA memory allocated on `device` since the last `reset_gpu_peak` (None off CUDA)."""
     if not device.startswith("cuda"):
         return None
     import torch
 
     return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+
+
+def reset_gpu_peak(device: str) -> None:
+    """Start a new peak-memory window on `device`: without it every contender would report
+    the largest peak of all the runs before it. (Allocated memory, not the allocator's cache:
+    the cache is left alone so timings do not pay for fresh allocations.)"""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+class GpuPeaks:
+    """Peak CUDA memory per contender: `with peaks.measure(name): ...` (nothing off CUDA)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.mib: dict[str, list[float]] = defaultdict(list)
+
+    @contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        reset_gpu_peak(self.device)
+        try:
+            yield
+        finally:
+            peak = gpu_peak_mib(self.device)
+            if peak is not None:
+                self.mib[name].append(peak)
+
+    def column(self, names: Sequence[str]) -> list[str]:
+        """"max MiB over the repeats" per name, for a table column."""
+        return [f"{max(self.mib[n]):.0f}" if self.mib.get(n) else "-" for n in names]
 
 
 # ---- tables and BENCHMARKS.md --------------------------------------------------------

@@ -18,6 +18,11 @@ epoch each, rebuilt from the same initial weights every repeat:
   no saving), timed from its epoch start to its epoch end.
 
 Targets: engine >= 0.95x the minimal loop, and not slower than the HF Trainer.
+
+On CUDA every contender runs on the --device given (the HF Trainer too: by default it takes
+cuda:0 and spreads the model over every visible GPU with DataParallel, see
+`single_device_arguments`), and the table has each contender's peak GPU memory (the peak
+counter is reset before every run).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import gc
 import math
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,9 +40,9 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from bench.common import (Report, Timings, base_parser, default_task_data, machine_info, prepare,
-                          progress, publish, ratio, run_main, speed_rows, stopwatch, synchronize,
-                          verdict)
+from bench.common import (GpuPeaks, Report, Timings, base_parser, default_task_data, machine_info,
+                          prepare, progress, publish, ratio, run_main, speed_rows, stopwatch,
+                          synchronize, verdict)
 
 DEFAULT_PREFIX = "Classify the sentiment of this tweet as negative, neutral or positive:"
 MINIMAL_TARGET = 0.95
@@ -183,10 +189,34 @@ def run_minimal(setup: Setup) -> tuple[list[float], list[float]]:
     return t, losses
 
 
+def single_device_arguments(device: str, **kwargs: Any):
+    """TrainingArguments that keep the Trainer on `device` and on it alone.
+
+    transformers picks cuda:0 whatever the model's device, and with several visible GPUs
+    sets n_gpu to all of them and wraps the model in DataParallel; a `--device cuda:1` run
+    would time another GPU, or several. Here the device is the one asked for and n_gpu is 1
+    (the CPU and the other devices keep transformers' own choice)."""
+    from functools import cached_property
+
+    from transformers import TrainingArguments
+
+    class SingleDeviceArguments(TrainingArguments):
+        @cached_property
+        def _setup_devices(self) -> torch.device:
+            chosen = TrainingArguments._setup_devices.func(self)
+            if device.startswith("cuda"):
+                chosen = torch.device(device)
+                torch.cuda.set_device(chosen)
+                self._n_gpu = 1
+            return chosen
+
+    return SingleDeviceArguments(**kwargs)
+
+
 def run_hf_trainer(setup: Setup, workdir: Path) -> tuple[list[float], int]:
     """([wall s, CPU s] of the epoch, optimizer steps taken) of transformers.Trainer on the
     same setup."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
     from engine.device import amp_dtype
     from engine.student.classification import join_input
@@ -196,8 +226,8 @@ def run_hf_trainer(setup: Setup, workdir: Path) -> tuple[list[float], int]:
                     max_length=setup.max_length)
     dataset = [{**{k: enc[k][i] for k in enc}, "labels": r["label"]} for i, r in enumerate(setup.rows)]
     dtype = amp_dtype(setup.device, setup.amp)
-    args = TrainingArguments(
-        output_dir=str(workdir), per_device_train_batch_size=setup.batch_size,
+    args = single_device_arguments(
+        setup.device, output_dir=str(workdir), per_device_train_batch_size=setup.batch_size,
         learning_rate=setup.lr, weight_decay=setup.weight_decay, num_train_epochs=1,
         lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=setup.grad_clip,
         seed=setup.seed, report_to="none", save_strategy="no", logging_strategy="no",
@@ -220,9 +250,15 @@ def run_hf_trainer(setup: Setup, workdir: Path) -> tuple[list[float], int]:
             self.seconds = [time.perf_counter() - self.start[0], time.process_time() - self.start[1]]
 
     timer = EpochTimer()
-    trainer = Trainer(model=model, args=args, train_dataset=dataset,
-                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=[timer])
-    trainer.train()
+    # the accelerate state behind the Trainer places tensors on the current CUDA device
+    where = torch.cuda.device(torch.device(device)) if device.startswith("cuda") else nullcontext()
+    with where:
+        trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=[timer])
+        if device.startswith("cuda") and trainer.model.device != torch.device(device):
+            raise RuntimeError(f"the HF Trainer put the model on {trainer.model.device}, "
+                               f"not {device}")
+        trainer.train()
     return timer.seconds, trainer.state.global_step
 
 
@@ -273,11 +309,13 @@ def main() -> None:
             contenders["HF Trainer"] = lambda: run_hf_trainer(setup, Path(tmp))
         names = list(contenders)
         times = {name: Timings() for name in names}
+        peaks = GpuPeaks(device)
         outcomes: dict[str, list[Any]] = {name: [] for name in names}
         for r in range(args.repeats):
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
-                seconds, outcome = contenders[name]()
+                with peaks.measure(name):
+                    seconds, outcome = contenders[name]()
                 times[name].add(*seconds)
                 outcomes[name].append(outcome)  # per-step losses; the HF Trainer: its step count
                 _free()
@@ -291,9 +329,13 @@ def main() -> None:
                               "batch_size": setup.batch_size, "max_length": setup.max_length,
                               "lr": setup.lr, "engine AdamW": "fused" if setup.fused else "foreach",
                               "repeats": args.repeats})
-    report.table(["contender", "epoch wall s, median (min-max)", "epoch CPU s, median (min-max)",
-                  "samples/s (wall)", "speed vs minimal (wall)", "speed vs minimal (CPU)"],
-                 speed_rows(times, minimal_name, len(setup.rows)))
+    headers = ["contender", "epoch wall s, median (min-max)", "epoch CPU s, median (min-max)",
+               "samples/s (wall)", "speed vs minimal (wall)", "speed vs minimal (CPU)"]
+    rows = speed_rows(times, minimal_name, len(setup.rows))
+    if peaks.mib:
+        headers.append("peak GPU MiB")
+        rows = [row + [peak] for row, peak in zip(rows, peaks.column(names))]
+    report.table(headers, rows)
     reference = outcomes[engine_name][0]
     gap = max(abs(a - b) for name in (engine_name, minimal_name) for run in outcomes[name]
               for a, b in zip(run, reference, strict=True))

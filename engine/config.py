@@ -62,7 +62,7 @@ class StudentConfig:
     lr: float = 2e-5
     weight_decay: float = 0.01
     batch_size: int = 16
-    eval_batch_size: int = 64
+    eval_batch_size: int = 0    # rows per scoring pass; 0 = auto: 256 on CUDA, 64 elsewhere
     max_length: int = 96
     warmup_ratio: float = 0.0
     grad_clip: float = 1.0
@@ -189,7 +189,6 @@ class RunConfig:
             "data.test_size": self.data.test_size, "loop.epochs": self.loop.epochs,
             "loop.k": self.loop.k, "loop.l": self.loop.l, "loop.window": self.loop.window,
             "student.batch_size": self.student.batch_size,
-            "student.eval_batch_size": self.student.eval_batch_size,
             "student.max_length": self.student.max_length,
             "student.checkpoint_every": self.student.checkpoint_every,
             "student.negatives": self.student.negatives,
@@ -221,6 +220,9 @@ class RunConfig:
             raise bad("student.lr", self.student.lr, "use a positive learning rate such as 2e-5")
         if self.ta.retries < 0:
             raise bad("ta.retries", self.ta.retries, "use 0 or more")
+        if self.student.eval_batch_size < 0:
+            raise bad("student.eval_batch_size", self.student.eval_batch_size,
+                      "use 0 (auto: 256 on CUDA, 64 elsewhere) or a positive number of rows")
         if self.student.doc_stride < 0:
             raise bad("student.doc_stride", self.student.doc_stride, "use 0 or more")
         if self.data.selection_size < 0:

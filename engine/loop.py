@@ -206,6 +206,12 @@ class Engine:
         hf_logging.set_verbosity_error()
         cfg = self.config
         self.device = resolve_device(cfg.device)
+        if cfg.device == "auto" and self.device == "cpu":
+            from engine.device import cuda_unavailable_reason
+
+            reason = cuda_unavailable_reason()
+            if reason:
+                self.notice(reason)
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.resumed:
             self._check_stored_paths()
@@ -246,11 +252,15 @@ class Engine:
 
     # ---- the run ---------------------------------------------------------------------
     def run(self) -> RunFinished:
+        out_of_memory: GptaError | None = None
         try:
             self._setup()
+            from engine.device import device_label
+
             self.emit(RunStarted(name=self.config.name, mode=self.config.mode,
                                  config=self.config.to_dict(), resumed=self.resumed,
-                                 device=self.device, task=self.data.task, metric=self.metric,
+                                 device=device_label(self.device, self.config.student.amp),
+                                 task=self.data.task, metric=self.metric,
                                  label_names=list(self.data.label_names)))
             self.emit(StatusChanged(status="running"))
             self._loop()
@@ -259,13 +269,17 @@ class Engine:
             self.save_checkpoint()
             return self._finish("stopped", "stopped by the user; resume to continue")
         except Exception as exc:
-            message = str(exc) if isinstance(exc, GptaError) else f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, GptaError):
-                log.exception("run failed")
-            if self.student is not None and self.state.phase != "setup":
-                self.save_checkpoint()
-            self._finish("failed", message)
-            raise
+            out_of_memory = self._out_of_memory(exc)
+            if out_of_memory is None:
+                message = str(exc) if isinstance(exc, GptaError) else f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, GptaError):
+                    log.exception("run failed")
+                if self.student is not None and self.state.phase != "setup":
+                    self.save_checkpoint()
+                self._finish("failed", message)
+                raise
+            # Out of memory: leave this block, which drops the exception, its traceback and
+            # the frames holding GPU tensors, before memory is freed and the error raised.
         finally:
             for closable in (self.ta, self.finetune):
                 if closable is not None:
@@ -273,6 +287,33 @@ class Engine:
                         closable.close()
                     except Exception:  # noqa: BLE001
                         log.exception("closing %r failed", closable)
+        self._release_memory()
+        self._finish("failed", str(out_of_memory))
+        raise out_of_memory
+
+    def _out_of_memory(self, exc: BaseException) -> GptaError | None:
+        """The one-line error for an out-of-memory failure (engine/oom.py), else None.
+
+        No checkpoint is written: an optimizer step may have been cut short, so the session
+        keeps the last state it recorded, which names a complete checkpoint."""
+        from engine.oom import describe, find_oom
+
+        found = find_oom(exc)
+        if found is None:
+            return None
+        rows = getattr(getattr(self.student, "cfg", None), "eval_batch_size", None)
+        error = describe(found, self.state.phase, self.config, self.device, rows)
+        log.warning("%s (%s)", error, " ".join(str(found).split())[:300])
+        return error
+
+    def _release_memory(self) -> None:
+        """After an out-of-memory failure: drop the student's gradients and empty the cache."""
+        from engine.oom import free_memory
+
+        optimizer = getattr(self.student, "optimizer", None)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        free_memory(self.device)
 
     def _loop(self) -> None:
         cfg, st = self.config, self.state

@@ -32,6 +32,21 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def _without_frames(exc: BaseException) -> BaseException:
+    """`exc` with the tracebacks of it and its causes dropped.
+
+    The UI keeps a failed run's error to show it; its traceback would keep every frame of
+    the engine thread alive, and with them the student and TA on the GPU, so the next run in
+    the same app could run out of memory. (The engine logs an unexpected error's traceback.)"""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return exc
+
+
 class EventBuffer:
     """A thread-safe event inbox: `buffer(event)` from any thread, `drain()` from the UI."""
 
@@ -119,7 +134,7 @@ class RunController:
         try:
             self.result = self._run()
         except BaseException as exc:  # noqa: BLE001 - handed to the UI by wait()
-            self.error = exc
+            self.error = _without_frames(exc)
         finally:
             with self._lock:
                 self._done.set()
@@ -143,6 +158,8 @@ class RunController:
             return engine.run()
         finally:
             handle.close()
+            # The run is over: nothing may keep its models (GPU memory) alive for the next run.
+            self.engine = None
 
     async def wait(self) -> RunFinished | None:
         """Await the engine thread from the UI's event loop: its result, or its error raised."""

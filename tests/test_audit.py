@@ -278,7 +278,7 @@ class NoJobs(FinetuneBackend):
 
 def session_config(tiny_bert_dir, sentiment_csv, data=None, **over):
     return build_config("default", overrides={
-        "seed": 5,
+        "seed": 5, "device": "cpu",
         "data": {"dataset": str(sentiment_csv), "train_size": 24, "val_size": 12, "test_size": 12,
                  **(data or {})},
         "student": {"model": str(tiny_bert_dir), "max_length": 32, "batch_size": 8,

@@ -38,7 +38,7 @@ class InstantJobs(FinetuneBackend):
 
 def tiny_overrides(tiny_bert_dir: Path, csv: Path, **over) -> dict:
     base = {
-        "seed": 3,
+        "seed": 3, "device": "cpu",  # exact replay is a CPU promise
         "data": {"dataset": str(csv), "train_size": 48, "val_size": 24, "test_size": 24},
         "student": {"model": str(tiny_bert_dir), "max_length": 32, "batch_size": 8,
                     "eval_batch_size": 32, "lr": 1e-3, "checkpoint_every": 4},

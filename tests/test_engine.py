@@ -58,7 +58,7 @@ class FakeJobs(FinetuneBackend):
 
 def tiny_config(tiny_bert_dir: Path, csv: Path, **over):
     cfg = build_config("default", overrides={
-        "seed": 3,
+        "seed": 3, "device": "cpu",  # exact replay is a CPU promise (docs/ARCHITECTURE.md)
         "data": {"dataset": str(csv), "train_size": 48, "val_size": 24, "test_size": 24},
         "student": {"model": str(tiny_bert_dir), "max_length": 32, "batch_size": 8,
                     "eval_batch_size": 32, "lr": 1e-3, "checkpoint_every": 2},

@@ -347,7 +347,7 @@ class WordTA(SeededTA):
 @pytest.mark.parametrize("tuning", TUNINGS)
 def test_engine_runs_with_ltuning(tiny_bert_dir, sentiment_csv, tmp_path, tuning):
     cfg = build_config("default", overrides={
-        "seed": 3,
+        "seed": 3, "device": "cpu",
         "data": {"dataset": str(sentiment_csv), "train_size": 32, "val_size": 16, "test_size": 16},
         "student": {"model": str(tiny_bert_dir), "tuning": tuning, "max_length": 32,
                     "batch_size": 8, "eval_batch_size": 32, "lr": 3e-3, "checkpoint_every": 2},

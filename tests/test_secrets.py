@@ -28,7 +28,7 @@ from tests.fake_openai import fake_openai  # noqa: F401 - pytest fixture
 def make_config(tiny_bert_dir: Path, csv: Path, base_url: str, name: str, **ta):
     return build_config("default", overrides={
         "name": name,
-        "seed": 11,
+        "seed": 11, "device": "cpu",
         "data": {"dataset": str(csv), "train_size": 24, "val_size": 12, "test_size": 12},
         "student": {"model": str(tiny_bert_dir), "max_length": 32, "batch_size": 8,
                     "eval_batch_size": 32, "checkpoint_every": 2},

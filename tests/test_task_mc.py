@@ -200,7 +200,7 @@ def test_bad_rows_and_metric_are_rejected(tiny_bert_dir):
 def test_engine_runs_gpta_data_mode_on_multiple_choice(tiny_bert_dir, tmp_path):
     path = write_jsonl(tmp_path / "mc.jsonl", make_mc_rows(50, seed=5))
     cfg = build_config("default", overrides={
-        "seed": 2, "mode": "gpta-data",
+        "seed": 2, "mode": "gpta-data", "device": "cpu",
         "data": {"dataset": str(path), "task": "multiple_choice", "train_size": 24,
                  "val_size": 8, "test_size": 8, "exemplars": 2},
         "student": {"model": str(tiny_bert_dir), "max_length": 40, "batch_size": 8,

@@ -308,7 +308,7 @@ def test_config_default_and_allowed_metrics():
 
 def engine_cfg(path, model, **over):
     return build_config("default", overrides={
-        "seed": 3,
+        "seed": 3, "device": "cpu",  # exact replay is a CPU promise
         "data": {"dataset": str(path), "task": "extractive_qa", "train_size": 24, "val_size": 8,
                  "test_size": 8},
         "student": {"model": str(model), "max_length": 48, "doc_stride": 8, "batch_size": 8,

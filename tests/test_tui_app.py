@@ -41,7 +41,7 @@ def _one_thread(monkeypatch):
 def tiny_config(tiny_bert_dir: Path, sentiment_csv: Path, name: str, epochs: int = 2,
                 **sections: dict) -> RunConfig:
     overrides = {
-        "name": name, "mode": "gpta",
+        "name": name, "mode": "gpta", "device": "cpu",  # exact replay is a CPU promise
         "data": {"dataset": str(sentiment_csv), "train_size": 48, "val_size": 24, "test_size": 24},
         "student": {"model": str(tiny_bert_dir), "max_length": 32, "batch_size": 16,
                     "checkpoint_every": 1},

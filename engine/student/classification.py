@@ -119,8 +119,8 @@ class ClassificationStudent(TaskStudent):
     def batch_loss(self, prefix: str, rows: list[dict]) -> torch.Tensor:
         enc = self.tokenizer([join_input(prefix, r["text"]) for r in rows], truncation=True,
                              max_length=self.cfg.max_length, padding=True, return_tensors="pt")
-        enc = {k: v.to(self._device) for k, v in enc.items()}
-        labels = torch.tensor([r["label"] for r in rows], device=self._device)
+        enc = self.to_device(dict(enc))
+        labels = self.move(torch.tensor([r["label"] for r in rows]))
         with self.autocast():
             logits = self.model(**enc).logits
         return F.cross_entropy(logits.float(), labels)
@@ -199,7 +199,9 @@ class ClassificationStudent(TaskStudent):
         sequences: list[list[int]] = []
         for prefix in unique:
             sequences.extend(self.encode_inputs(prefix, split))
-        out = torch.empty(len(sequences), len(self.label_names), dtype=torch.float32)
+        # Logits stay on the device until the call ends: one transfer, not one per batch.
+        out = torch.empty(len(sequences), len(self.label_names), dtype=torch.float32,
+                          device=self._device)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         pad = self.tokenizer.pad_token_id
         self.model.eval()
@@ -210,8 +212,8 @@ class ClassificationStudent(TaskStudent):
                 batch = {"input_ids": input_ids, "attention_mask": mask}
                 if self._token_types:
                     batch["token_type_ids"] = torch.zeros_like(input_ids)
-                out[chunk] = self._scoring_logits(self.to_device(batch)).float().cpu()
-        by_prefix = out.view(len(unique), n_rows, -1)
+                out[self.index(chunk)] = self._scoring_logits(self.to_device(batch)).float()
+        by_prefix = out.cpu().view(len(unique), n_rows, -1)
         position = {p: i for i, p in enumerate(unique)}
         return by_prefix[[position[p] for p in prefixes]]
 
@@ -258,6 +260,6 @@ class ClassificationStudent(TaskStudent):
                     enc = self.tokenizer(chunk, truncation=True, max_length=self.cfg.max_length,
                                          padding="max_length", return_tensors="pt")
                     enc = {k: v.to(self._device) for k, v in enc.items()}
-                    parts.append(self.model(**enc).logits.float().cpu())
+                    parts.append(self.model(**enc).logits.float())
                 results.append(torch.cat(parts))
-        return torch.stack(results)
+        return torch.stack(results).cpu()

@@ -87,14 +87,14 @@ class MultipleChoiceStudent(TaskStudent):
             batch["token_type_ids"] = types.view(len(items), most, -1)
         with self.autocast():
             logits = self.model(**self.to_device(batch)).logits.float()
-        counts = torch.tensor([len(options) for options in items], device=logits.device)
+        counts = self.move(torch.tensor([len(options) for options in items]))
         missing = torch.arange(most, device=logits.device)[None, :] >= counts[:, None]
         return logits.masked_fill(missing, float("-inf"))
 
     # ---- training ------------------------------------------------------------------
     def batch_loss(self, prefix: str, rows: list[dict]) -> torch.Tensor:
         logits = self._forward(self.encode(prefix, rows))
-        labels = torch.tensor([r["label"] for r in rows], device=logits.device)
+        labels = self.move(torch.tensor([r["label"] for r in rows]))
         return F.cross_entropy(logits, labels)
 
     # ---- evaluation ----------------------------------------------------------------
@@ -108,7 +108,8 @@ class MultipleChoiceStudent(TaskStudent):
         for prefix in unique:
             items.extend(self.encode(prefix, rows, self._second[split]))
         most = max(len(r["options"]) for r in rows)
-        out = torch.full((len(items), most), float("-inf"))
+        # on the device until the call ends: one transfer, not one per batch
+        out = torch.full((len(items), most), float("-inf"), device=self._device)
         length = [max(len(ids) for ids, _ in options) * len(options) for options in items]
         order = sorted(range(len(items)), key=lambda i: length[i])
         per_batch = max(1, self.cfg.eval_batch_size // most)
@@ -116,9 +117,9 @@ class MultipleChoiceStudent(TaskStudent):
         with torch.inference_mode():
             for begin in range(0, len(order), per_batch):
                 chunk = order[begin:begin + per_batch]
-                logits = self._forward([items[i] for i in chunk]).cpu()
-                out[chunk, :logits.shape[1]] = logits
-        by_prefix = out.view(len(unique), len(rows), most)
+                logits = self._forward([items[i] for i in chunk])
+                out[self.index(chunk), :logits.shape[1]] = logits
+        by_prefix = out.cpu().view(len(unique), len(rows), most)
         position = {p: i for i, p in enumerate(unique)}
         return [by_prefix[position[p]] for p in prefixes]
 

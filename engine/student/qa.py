@@ -157,8 +157,8 @@ class QAStudent(TaskStudent):
     def batch_loss(self, prefix: str, rows: list[dict]) -> torch.Tensor:
         ex = self.examples(rows)
         feats = self.features(prefix, ex)
-        targets = torch.tensor([self.target(f, ex.token_spans[f.example]) for f in feats],
-                               device=self._device)
+        targets = self.move(torch.tensor([self.target(f, ex.token_spans[f.example])
+                                          for f in feats]))
         with self.autocast():
             out = self.model(**self._inputs(feats))
         return (F.cross_entropy(out.start_logits.float(), targets[:, 0])
@@ -168,24 +168,27 @@ class QAStudent(TaskStudent):
     def _best_spans(self, start: torch.Tensor, end: torch.Tensor, feats: list[Feature]
                     ) -> list[tuple[float, int, int, float]]:
         """(span score, start, end, null score) per feature; positions are context token
-        indices within the window (-1 when the window has no context)."""
+        indices within the window (-1 when the window has no context). The results of the
+        whole batch come to the host in one transfer."""
         n, width = start.shape
         pos = torch.arange(width, device=start.device)
-        ctx_pos = torch.tensor([f.ctx_pos for f in feats], device=start.device)[:, None]
-        length = torch.tensor([f.length for f in feats], device=start.device)[:, None]
+        bounds = self.move(torch.tensor([[f.ctx_pos, f.length] for f in feats]))
+        ctx_pos, length = bounds[:, :1], bounds[:, 1:]
         in_ctx = (pos >= ctx_pos) & (pos < ctx_pos + length)
         scores = start[:, :, None] + end[:, None, :]
         band = (pos[None, :] >= pos[:, None]) & (pos[None, :] - pos[:, None] < MAX_ANSWER_TOKENS)
         valid = in_ctx[:, :, None] & in_ctx[:, None, :] & band
         best, flat = scores.masked_fill(~valid, float("-inf")).view(n, -1).max(dim=1)
         null = start[:, 0] + end[:, 0]
+        # positions are below `width`, exact in float32 (the logits' dtype)
+        found = torch.stack([best, null, (flat // width).float(), (flat % width).float()])
+        best_, null_, first, last = found.cpu().tolist()
         out = []
         for i, f in enumerate(feats):
             if f.length == 0:
-                out.append((float("-inf"), -1, -1, float(null[i])))
+                out.append((float("-inf"), -1, -1, null_[i]))
                 continue
-            s, e = divmod(int(flat[i]), width)
-            out.append((float(best[i]), s - f.ctx_pos, e - f.ctx_pos, float(null[i])))
+            out.append((best_[i], int(first[i]) - f.ctx_pos, int(last[i]) - f.ctx_pos, null_[i]))
         return out
 
     def predict(self, prefixes: list[str], split: str = "validation") -> list[list[str]]:

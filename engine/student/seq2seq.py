@@ -75,7 +75,7 @@ class Seq2SeqStudent(TaskStudent):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed NLL per row, target tokens per row) under teacher forcing."""
         ids, mask = pad_batch(sources, self.tokenizer.pad_token_id)
-        targets = pad_batch(labels, 0, fill=IGNORE)[0].to(self._device)
+        targets = self.move(pad_batch(labels, 0, fill=IGNORE)[0])
         batch = self.to_device({"input_ids": ids, "attention_mask": mask})
         if hasattr(self.model, "prepare_decoder_input_ids_from_labels"):
             batch["decoder_input_ids"] = self.model.prepare_decoder_input_ids_from_labels(
@@ -106,16 +106,20 @@ class Seq2SeqStudent(TaskStudent):
         labels = self._split_labels(split)
         unique, sources = self._items(prefixes, rows)
         n = len(rows)
-        nll = torch.zeros(len(sources), dtype=torch.float64)
-        tokens = torch.zeros(len(sources), dtype=torch.float64)
+        # sums stay on the device until the call ends: one transfer, not two per batch
+        # (float64 where the device has it; MPS has no float64 and sums in float32)
+        wide = torch.float32 if self._device == "mps" else torch.float64
+        sums = torch.zeros(2, len(sources), dtype=wide, device=self._device)
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]) + len(labels[i % n]))
         self.model.eval()
         with torch.inference_mode():
             for begin in range(0, len(order), self.cfg.eval_batch_size):
                 chunk = order[begin:begin + self.cfg.eval_batch_size]
                 s, t = self._token_nll([sources[i] for i in chunk], [labels[i % n] for i in chunk])
-                nll[chunk] = s.double().cpu()
-                tokens[chunk] = t.double().cpu()
+                rows = self.index(chunk)
+                sums[0, rows] = s.to(wide)
+                sums[1, rows] = t.to(wide)
+        nll, tokens = sums.cpu().double()
         nll, tokens = nll.view(len(unique), n).sum(1), tokens.view(len(unique), n).sum(1)
         values = (-nll / tokens.clamp(min=1)).tolist()
         position = {p: i for i, p in enumerate(unique)}

@@ -12,7 +12,9 @@ split is scored for many prefixes at once (`score_prefixes`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import logging
 import math
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from typing import Any, Iterator
 import torch
 
 from engine.config import StudentConfig
-from engine.device import amp_dtype
+from engine.device import amp_dtype, eval_batch_size
 from engine.errors import ConfigError, DataError, ModelError
 from engine.resources import looks_like_path, resolve_student_model
 from engine.student.base import StepResult, Student
@@ -32,6 +34,8 @@ MODEL_FIX = "pass a local model directory or check the name; hubs need internet"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 SCALER_FILE = "scaler.pt"
+
+log = logging.getLogger("gpta.student")
 
 FAMILIES = {
     "bert": "BERT", "roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert": "DistilBERT",
@@ -147,7 +151,9 @@ class TaskStudent(Student):
     checkpoint_fix: str = "resume from a checkpoint this student wrote (same task and model)"
 
     def __init__(self, cfg: StudentConfig, data: Any, epochs: int, seed: int, device: str):
-        self.cfg = cfg
+        # eval_batch_size 0 ("auto") becomes the device's default here, once
+        self.cfg = dataclasses.replace(
+            cfg, eval_batch_size=eval_batch_size(cfg.eval_batch_size, device))
         self.data = data
         self.epochs = epochs
         self.seed = seed
@@ -167,9 +173,13 @@ class TaskStudent(Student):
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, num_warmup_steps=int(round(cfg.warmup_ratio * total)),
             num_training_steps=total)
-        self.scaler = torch.amp.GradScaler("cuda") if self._amp_dtype == torch.float16 else None
+        self.scaler = self._new_scaler()
 
     # ---- setup ---------------------------------------------------------------------
+    def _new_scaler(self) -> "torch.amp.GradScaler | None":
+        """A fresh fp16 loss scaler (fp16 autocast only; bf16 and fp32 need none)."""
+        return torch.amp.GradScaler("cuda") if self._amp_dtype == torch.float16 else None
+
     @property
     def device(self) -> str:
         return self._device
@@ -278,8 +288,20 @@ class TaskStudent(Student):
             return contextlib.nullcontext()
         return torch.autocast(device_type="cuda", dtype=self._amp_dtype)
 
+    def move(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor onto the student's device. On CUDA it is pinned and copied without
+        blocking: a blocking host-to-GPU copy waits for all queued GPU work (the previous
+        step's backward pass), and a non-blocking one from pageable memory is staged."""
+        if not self._device.startswith("cuda"):
+            return tensor.to(self._device)
+        return tensor.pin_memory().to(self._device, non_blocking=True)
+
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self._device, non_blocking=True) for k, v in batch.items()}
+        return {k: self.move(v) for k, v in batch.items()}
+
+    def index(self, rows: list[int]) -> torch.Tensor:
+        """Row indices as a tensor on the device (for writing batch results into a buffer)."""
+        return self.move(torch.tensor(rows, dtype=torch.long))
 
     def check_budget(self, budget: int, what: str) -> None:
         if budget <= 0:
@@ -318,8 +340,30 @@ class TaskStudent(Student):
             self.model.train()
             loss = self.step_loss(prefix, batch, epoch, step)
             lr = self.optimizer.param_groups[0]["lr"]
+            value = self._loss_reader(loss)
             self._optimizer_step(loss)
-            yield StepResult(epoch_step=step, loss=float(loss.detach()), lr=float(lr))
+            yield StepResult(epoch_step=step, loss=value(), lr=float(lr))
+
+    @staticmethod
+    def _loss_reader(loss: torch.Tensor):
+        """A function returning the step's loss as a float.
+
+        On CUDA the loss is copied to pinned host memory right after the forward pass and
+        only that copy is waited for, so reading it does not wait for the backward pass and
+        the optimizer step: the host prepares the next batch while the GPU finishes this
+        step. Elsewhere the value is read directly."""
+        if not loss.is_cuda:
+            return lambda: float(loss.detach())
+        host = torch.empty((), dtype=loss.dtype, pin_memory=True)
+        host.copy_(loss.detach(), non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+
+        def read() -> float:
+            copied.synchronize()
+            return float(host)
+
+        return read
 
     def _optimizer_step(self, loss: torch.Tensor) -> None:
         """Backward, clip, step the optimizer (through the fp16 scaler if any) and the schedule."""
@@ -382,15 +426,27 @@ class TaskStudent(Student):
             torch.save(self.scaler.state_dict(), directory / SCALER_FILE)
 
     def _load_training_state(self, directory: Path) -> None:
-        needed = [OPTIMIZER_FILE, SCHEDULER_FILE] + ([SCALER_FILE] if self.scaler is not None else [])
+        """Optimizer and schedule (required), and the fp16 scaler when this run uses one.
+
+        A checkpoint written on the CPU, on a bf16 GPU or with amp off has no scaler state:
+        an fp16 run resuming it starts a fresh scaler (its scale recalibrates within a few
+        steps, as at the start of any fp16 run). A scaler file that this run does not need
+        (resuming an fp16 checkpoint on the CPU) is ignored."""
+        needed = [OPTIMIZER_FILE, SCHEDULER_FILE]
         missing = [name for name in needed if not (directory / name).is_file()]
         if missing:
             raise ModelError(f"checkpoint {str(directory)!r} lacks {', '.join(missing)}",
                              self.checkpoint_fix)
         self.optimizer.load_state_dict(self._torch_load(directory / OPTIMIZER_FILE))
         self.scheduler.load_state_dict(self._torch_load(directory / SCHEDULER_FILE))
-        if self.scaler is not None:
+        if self.scaler is None:
+            return
+        if (directory / SCALER_FILE).is_file():
             self.scaler.load_state_dict(self._torch_load(directory / SCALER_FILE))
+        else:
+            log.info("checkpoint %s has no fp16 scaler state (written without fp16): "
+                     "starting a fresh scaler", directory)
+            self.scaler = self._new_scaler()
 
     def _torch_load(self, path: Path) -> dict:
         return torch.load(path, map_location=self._device, weights_only=True)

@@ -480,7 +480,7 @@ class LocalTA(TeachingAssistant):
         with self._lock:
             base = self._base_model()
             try:
-                self.model = PeftModel.from_pretrained(base, str(path), is_trainable=False).eval()
+                self.model = PeftModel.from_pretrained(base, str(path), is_trainable=False, torch_device=self.device).eval()
             except Exception as exc:  # noqa: BLE001 - a bad adapter must leave the TA usable
                 self.model, self.adapter = base, None
                 raise ModelError(f"cannot load LoRA adapter {str(path)!r} onto {self._base_label} "

@@ -29,6 +29,7 @@ RUN_FLAGS: dict[str, tuple[str | None, str, type]] = {
     "tuning": ("student", "tuning", str),
     "lr": ("student", "lr", float),
     "batch_size": ("student", "batch_size", int),
+    "eval_batch_size": ("student", "eval_batch_size", int),
     "max_length": ("student", "max_length", int),
     "ta_backend": ("ta", "backend", str),
     "ta_model": ("ta", "model", str),
@@ -62,6 +63,9 @@ HELP = {
     "l": "prefixes asked per TA request",
     "window": "dialogue-gradient window w (paper: 5)",
     "device": "auto | cpu | cuda | cuda:N | mps",
+    "batch_size": "student training batch (lower it when training runs out of GPU memory)",
+    "eval_batch_size": "rows per scoring pass (default 0 = auto: 256 on CUDA, 64 elsewhere; "
+                       "lower it when scoring runs out of GPU memory)",
     "max_ta_tokens": "stop TA calls after this many tokens (0 = no limit)",
     "max_ta_cost": "stop TA calls after this estimated cost (0 = no limit)",
 }
@@ -102,6 +106,10 @@ def register(subparsers) -> None:
     resume = subparsers.add_parser("resume", help="continue a saved session where it stopped")
     resume.add_argument("name", help="session name (see `gpta list`)")
     resume.add_argument("--verbose", "-v", action="store_true")
+    # settings a resumed session may change: they do not change its results
+    resume.add_argument("--device", default=None, help=HELP["device"] + " (default: the session's)")
+    resume.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=None,
+                        help="rows per scoring pass (e.g. after running out of GPU memory)")
     resume.set_defaults(handler=cmd_resume)
 
 
@@ -162,6 +170,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from gpta_tui.headless import HeadlessView
     from sessions.runner import resume_session
 
+    overrides: dict = {}
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.eval_batch_size is not None:
+        overrides["student"] = {"eval_batch_size": args.eval_batch_size}
     view = HeadlessView(verbose=args.verbose)
-    handle, engine = resume_session(args.name, args.home, listeners=[view], controls=Controls())
+    handle, engine = resume_session(args.name, args.home, listeners=[view], controls=Controls(),
+                                    overrides=overrides or None)
     return _drive(handle, engine, view)
