@@ -72,6 +72,28 @@ class JobView:
 
 
 @dataclass(frozen=True)
+class PrefixInfo:
+    """What is known about one prefix of the current epoch's history (the prefix view)."""
+
+    prefix: str
+    score: float
+    epoch: int
+    metrics: dict = field(default_factory=dict)
+    request_id: int | None = None  # the TA request that produced it; -1: carried over
+    reused: bool = False
+    beat_shown_best: bool = False
+    ts: float = 0.0
+
+    @property
+    def source(self) -> str:
+        if self.request_id is None:
+            return "from the epoch's history"
+        if self.request_id < 0:
+            return "carried over (no TA request)"
+        return f"TA request #{self.request_id}"
+
+
+@dataclass(frozen=True)
 class WindowView:
     """One dialogue gradient: the user message (w sorted pairs) and the assistant's next prefix."""
 
@@ -152,6 +174,7 @@ class DashboardState:
         self.training_prefix = ""
         self.new_prefixes: set[str] = set()
         self.beat_best: set[str] = set()
+        self.prefix_info: dict[str, PrefixInfo] = {}
         self._latest_request = -1
 
         # dialogue gradients
@@ -213,6 +236,15 @@ class DashboardState:
     @property
     def live(self) -> bool:
         return self.status in ("running", "paused", "stopping")
+
+    def prefix_details(self, prefix: str) -> PrefixInfo:
+        """The prefix view of `prefix` (what the scoring said, or at least its history score)."""
+        info = self.prefix_info.get(prefix)
+        if info is not None:
+            return info
+        scores = dict(self.history)
+        return PrefixInfo(prefix, scores.get(prefix, float("nan")), self.history_epoch,
+                          beat_shown_best=prefix in self.beat_best)
 
     def all_windows(self) -> list[WindowView]:
         return [w for epoch in sorted(self.windows) for w in self.windows[epoch]]
@@ -377,7 +409,11 @@ class DashboardState:
         if e.epoch != self.history_epoch:
             self.history_epoch, self.history = e.epoch, []
             self.new_prefixes, self.beat_best, self._latest_request = set(), set(), -1
+            self.prefix_info = {}
         self.history = [(p, s) for p, s in self.history if p != e.prefix] + [(e.prefix, float(e.score))]
+        self.prefix_info[e.prefix] = PrefixInfo(
+            e.prefix, float(e.score), e.epoch, dict(e.metrics) if isinstance(e.metrics, dict) else {},
+            e.request_id, bool(e.reused), bool(e.beat_shown_best), e.ts)
         self.history.sort(key=lambda item: item[1])
         if e.request_id >= 0:
             if e.request_id > self._latest_request:
@@ -393,6 +429,7 @@ class DashboardState:
     def _on_HistoryUpdated(self, e: HistoryUpdated):
         if e.epoch != self.history_epoch:
             self.new_prefixes, self.beat_best, self._latest_request = set(), set(), -1
+            self.prefix_info = {}
         self.history_epoch = e.epoch
         self.history = sorted(((str(p), float(s)) for p, s in e.history), key=lambda item: item[1])
         self.training_prefix = e.training_prefix

@@ -21,6 +21,7 @@ from gpta_tui.run_control import RunController
 from gpta_tui.screens.confirm import ConfirmScreen
 from gpta_tui.screens.description import DescriptionScreen
 from gpta_tui.widgets.finetune_panel import FinetunePanel
+from gpta_tui.widgets.history_panel import HistoryPanel
 from gpta_tui.widgets.history_table import HistoryTable
 from gpta_tui.widgets.key_bar import KeyBar
 from gpta_tui.widgets.log_pane import LogPane
@@ -63,7 +64,7 @@ class RunScreen(Screen[None]):
         yield RunHeader(clock=self._clock, id="run-header")
         with Grid(id="run-grid"):
             yield LossChart(id="loss-chart")
-            yield HistoryTable(id="history")
+            yield HistoryPanel(id="history-panel")
             yield WindowsPanel(id="windows")
             yield FinetunePanel(id="finetune")
         yield LogPane(id="log")
@@ -84,7 +85,7 @@ class RunScreen(Screen[None]):
         if "chart" in changed:
             self.query_one(LossChart).update_from(state, now=chart_now)
         if "history" in changed:
-            self.query_one(HistoryTable).update_from(state)
+            self.query_one(HistoryPanel).update_from(state)
         if "windows" in changed:
             self.query_one(WindowsPanel).update_from(state)
         if changed & {"finetune", "header"}:
