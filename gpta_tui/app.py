@@ -35,6 +35,8 @@ from gpta_tui.screens.help import HelpScreen
 from gpta_tui.screens.new_session import NewSessionScreen
 from gpta_tui.screens.run import RunScreen
 from gpta_tui.screens.sessions import SessionsScreen
+from gpta_tui.screens.too_small import TooSmallScreen, too_small
+from sessions.status import resumable
 
 DRAIN_INTERVAL_S = 0.2
 SWITCH_INTERVAL_S = 0.001
@@ -65,6 +67,7 @@ class GptaApp(App[None]):
         self.controller: RunController | None = None
         self.worker: Worker | None = None
         self._quitting = False
+        self.last_form: dict[str, str] | None = None  # the new-run form as last submitted
 
     # ---- store access (the only place that talks to sessions/) ------------------------
     def _store(self):
@@ -114,6 +117,7 @@ class GptaApp(App[None]):
     # ---- screens -------------------------------------------------------------------
     def on_mount(self) -> None:
         self.set_interval(self.drain_interval, self.drain)
+        self.call_after_refresh(self.check_size)
         if self.start_screen is not None:
             self.push_screen(self.start_screen)
             return
@@ -132,6 +136,18 @@ class GptaApp(App[None]):
         if empty:
             self.new_session(first_launch=True)
 
+    def on_resize(self, event) -> None:
+        self.check_size()
+
+    def check_size(self) -> None:
+        """Cover everything with a 'terminal too small' note below 80x24; lift it when larger."""
+        small = too_small(*self.size)
+        shown = isinstance(self.screen, TooSmallScreen)
+        if small and not shown and self.screen_stack:
+            self.push_screen(TooSmallScreen())
+        elif not small and shown:
+            self.pop_screen()
+
     def show_sessions(self) -> None:
         """Back to the sessions list (the bottom screen; made if the app started elsewhere)."""
         while len(self.screen_stack) > 1 and not isinstance(self.screen, SessionsScreen):
@@ -139,21 +155,37 @@ class GptaApp(App[None]):
         if not isinstance(self.screen, SessionsScreen):
             self.push_screen(SessionsScreen())
 
-    def new_session(self, first_launch: bool = False) -> None:
+    def new_session(self, first_launch: bool = False, config: dict | None = None) -> None:
+        """The new-run form: with `config`, a clone of that run's settings; otherwise the form
+        as last submitted in this app (a failed run's edits are not lost), else the defaults."""
         if self._busy():
             return
         taken = self.session_names()
-        values = form.default_values(self.preset or "smoke")
-        values["name"] = form.suggest_name(values["dataset"], taken)
+        if config is not None:
+            values = form.values_from_dict(config, self.preset or "smoke")
+        elif self.last_form is not None:
+            values = dict(self.last_form)
+        else:
+            values = form.default_values(self.preset or "smoke")
+        if not values.get("name") or values["name"] in taken:
+            values["name"] = form.suggest_name(values["dataset"], taken)
+        self.show_sessions()
 
         def done(config: RunConfig | None) -> None:
             if config is not None:
                 self.start_run(config)
 
-        self.push_screen(NewSessionScreen(values, taken, first_launch=first_launch), done)
+        screen = NewSessionScreen(values, taken, first_launch=first_launch)
+        self.push_screen(screen, done)
 
     def open_session(self, name: str, resume: bool = True) -> None:
-        """Show a session's stored past at once; resume it live when it is not finished."""
+        """Show a session's stored past at once; resume it live when it is not finished.
+        The session this app is running opens its live dashboard."""
+        controller = self.controller
+        if controller is not None and controller.running and controller.name == name:
+            self.show_sessions()
+            self.push_screen(RunScreen(controller.state, controller, clock=self.clock))
+            return
         if self._busy():
             return
         try:
@@ -162,7 +194,9 @@ class GptaApp(App[None]):
             self.notify(str(exc), severity="error", timeout=8)
             return
         elsewhere = self._store().is_locked(name)
-        if resume and state.status != "finished" and not elsewhere:
+        self.show_sessions()
+        if resume and resumable(state.status) and not elsewhere:
+            state.status, state.status_reason = "loading", "resuming: loading the models"
             controller = RunController(self.home, name=name, resume=True, state=state)
             self._launch(controller)
             return
@@ -172,7 +206,11 @@ class GptaApp(App[None]):
         self.push_screen(RunScreen(state, None, clock=self.clock))
 
     def start_run(self, config: RunConfig) -> None:
-        self._launch(RunController(self.home, name=config.name, config=config))
+        self.last_form = form.values_from_dict(config.to_dict(), self.preset or "smoke")
+        self.show_sessions()
+        controller = RunController(self.home, name=config.name, config=config)
+        controller.state.status = "loading"
+        self._launch(controller)
 
     def _busy(self) -> bool:
         if self.controller is not None and self.controller.running:

@@ -159,6 +159,8 @@ class DashboardState:
         self._phase_done0 = 0                    # done count at that moment
         self._progress_ts: float | None = None   # ts of the latest progress
         self.segments: list[list[float]] = []    # [start_ts, last_ts] per run segment
+        self.setup_step = ""                     # what the engine is loading (before RunStarted)
+        self.setup_since: float | None = None
         self._before_start: tuple[float, float] | None = None
 
         # student curves
@@ -235,7 +237,7 @@ class DashboardState:
 
     @property
     def live(self) -> bool:
-        return self.status in ("running", "paused", "stopping")
+        return self.status in ("loading", "running", "paused", "stopping")
 
     def prefix_details(self, prefix: str) -> PrefixInfo:
         """The prefix view of `prefix` (what the scoring said, or at least its history score)."""
@@ -279,8 +281,8 @@ class DashboardState:
     def apply(self, event: Event) -> set[str]:
         """Fold one event in. Returns the sections that changed (and bumps their revisions)."""
         self.events_seen += 1
-        if isinstance(event, RunStarted):
-            pass
+        if isinstance(event, RunStarted) or self.status == "paused":
+            pass  # paused time is not run time: a resume opens a new segment
         elif self.segments:
             self.segments[-1][1] = max(self.segments[-1][1], event.ts)
         elif event.ts:
@@ -337,6 +339,7 @@ class DashboardState:
             self.segments.append(list(self._before_start))  # an earlier, replayed segment
         self._before_start = None
         self.segments.append([e.ts, e.ts])
+        self.setup_since, self.setup_step = None, ""
         self.ta_waiting = None
         # timing restarts with the new process; counts carry on
         self._phase_t0, self._phase_done0, self._progress_ts = None, self.progress_done, None
@@ -344,7 +347,14 @@ class DashboardState:
         return {"header", "chart", "finetune", "description",
                 self._log(e.ts, "info", f"run {verb} on {e.device} ({e.mode}, {e.task}, metric {e.metric})")}
 
+    @property
+    def loading(self) -> bool:
+        """The engine is loading data and models (nothing has run yet in this process)."""
+        return self.status in ("new", "loading") and self.setup_since is not None
+
     def _on_PhaseChanged(self, e: PhaseChanged):
+        if e.phase == "setup" and self.status in ("new", "loading"):
+            self.setup_since, self.setup_step = e.ts, "loading the data and the student"
         self._set_phase(e.epoch, e.phase, e.total, e.ts)
         if not e.total:
             self.progress_total = 0
@@ -372,7 +382,7 @@ class DashboardState:
             best = " (new best)" if e.improved else ""
             changed.add(self._log(e.ts, "info",
                                   f"epoch {e.epoch} validation {self.metric} {value:.4f}{best}"))
-        if e.improved or not self.best:
+        if e.improved:  # otherwise the engine's best (CheckpointSaved) stands
             self.best = {"epoch": e.epoch, "score": value, "prefix": e.prefix}
         return changed
 
@@ -491,6 +501,8 @@ class DashboardState:
 
     def _on_StatusChanged(self, e: StatusChanged):
         previous, self.status, self.status_reason = self.status, e.status, e.reason
+        if previous == "paused" and e.status == "running" and self.segments and e.ts:
+            self.segments.append([e.ts, e.ts])
         level = {"failed": "error", "interrupted": "warning"}.get(e.status, "info")
         changed = {"header"}
         # The end of a run is logged once, by RunFinished (with its test metrics).
@@ -531,7 +543,11 @@ class DashboardState:
 
     def _on_Notice(self, e: Notice):
         level = e.level if e.level in ("info", "warning", "error") else "info"
-        return {self._log(e.ts, level, e.message)}
+        changed = {self._log(e.ts, level, e.message)}
+        if self.loading and level == "info":
+            self.setup_step = e.message  # e.g. "dequantizing Gemma 3 270M (first run only, ~2 min)"
+            changed.add("header")
+        return changed
 
     def _on_RunFinished(self, e: RunFinished):
         self.finished = e

@@ -16,8 +16,9 @@ from typing import Any, Callable
 
 from engine.config import RunConfig
 from engine.controls import Controls
-from engine.events import Event, Notice, RunFinished, RunStarted
+from engine.events import Event, Notice, RunFinished, RunStarted, StatusChanged
 from gpta_tui.dashboard import DashboardState
+from sessions.status import shown
 
 
 def freeze_heap() -> None:
@@ -70,9 +71,13 @@ def load_past(home: Path | None, name: str) -> DashboardState:
     handle = SessionStore(home).open(name, write=False)
     try:
         state = DashboardState(handle.name, config_dict(handle.config))
-        state.apply_all(handle.events())  # ends with the stored (effective) status
+        events = list(handle.events())  # ends with the stored (effective) status
     finally:
         handle.close()
+    if len(events) >= 2 and isinstance(events[-1], RunFinished) and isinstance(events[-2], StatusChanged):
+        del events[-2]  # the stored status restates the RunFinished that follows (in store words)
+    state.apply_all(events)
+    state.status = shown(state.status, live=False)  # nobody runs it now
     return state
 
 
