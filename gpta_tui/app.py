@@ -14,13 +14,16 @@ waits for the thread.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -86,6 +89,13 @@ class GptaApp(App[None]):
     def list_sessions(self) -> list:
         return list(self._store().list())
 
+    def session_locked(self, name: str) -> bool:
+        """A process (this one included) is running the session."""
+        return self._store().is_locked(name)
+
+    def session_test_metrics(self, name: str) -> dict:
+        return self._store().test_metrics(name)
+
     def session_names(self) -> set[str]:
         return set(self._store().names())
 
@@ -118,6 +128,7 @@ class GptaApp(App[None]):
     def on_mount(self) -> None:
         self.set_interval(self.drain_interval, self.drain)
         self.call_after_refresh(self.check_size)
+        self._watch_hangup(True)
         if self.start_screen is not None:
             self.push_screen(self.start_screen)
             return
@@ -136,8 +147,10 @@ class GptaApp(App[None]):
         if empty:
             self.new_session(first_launch=True)
 
-    def on_resize(self, event) -> None:
-        self.check_size()
+    async def on_event(self, event: events.Event) -> None:
+        await super().on_event(event)
+        if isinstance(event, events.Resize):  # App handles (and stops) it in _on_resize
+            self.call_after_refresh(self.check_size)
 
     def check_size(self) -> None:
         """Cover everything with a 'terminal too small' note below 80x24; lift it when larger."""
@@ -205,10 +218,12 @@ class GptaApp(App[None]):
                         severity="warning", timeout=6)
         self.push_screen(RunScreen(state, None, clock=self.clock))
 
-    def start_run(self, config: RunConfig) -> None:
+    def start_run(self, config: RunConfig, engine_kwargs: dict | None = None) -> None:
+        """Start a new run of `config`; `engine_kwargs` go to the Engine (tests, demos)."""
         self.last_form = form.values_from_dict(config.to_dict(), self.preset or "smoke")
         self.show_sessions()
-        controller = RunController(self.home, name=config.name, config=config)
+        controller = RunController(self.home, name=config.name, config=config,
+                                   engine_kwargs=engine_kwargs)
         controller.state.status = "loading"
         self._launch(controller)
 
@@ -333,10 +348,36 @@ class GptaApp(App[None]):
             yield SystemCommand("Save now", "Write a checkpoint at the next step boundary",
                                 screen.action_save)
             yield SystemCommand("Stop run", "Save and stop; resumable later", screen.action_stop)
+            yield SystemCommand("Export curves (PNG, CSV)", "Loss and validation curves to "
+                                "./<session>-curves/", screen.action_export_curves)
         if isinstance(screen, SessionsScreen):
             yield SystemCommand("New session", "Open the new-session form", screen.action_new)
 
     # ---- shutdown --------------------------------------------------------------------
+    def _watch_hangup(self, on: bool) -> None:
+        """Closing the terminal (SIGHUP) stops the run like q: saved, resumable."""
+        if not hasattr(signal, "SIGHUP"):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+            if on:
+                loop.add_signal_handler(signal.SIGHUP, self.hangup)
+            else:
+                loop.remove_signal_handler(signal.SIGHUP)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread
+            pass
+
+    def on_unmount(self) -> None:
+        self._watch_hangup(False)
+
+    def hangup(self) -> None:
+        """The terminal is gone: ask the engine to stop now and leave; `main` waits for the
+        engine to save (nobody can answer a question any more)."""
+        self._quitting = True
+        if self.controller is not None and self.controller.running:
+            self.controller.stop()
+        self.exit(return_code=129)
+
     def shutdown_engine(self, timeout: float | None = None) -> bool:
         """Stop a still-running engine and wait for its thread (used after `run()` returns)."""
         controller = self.controller
@@ -379,6 +420,14 @@ def _quiet_libraries(home: Path | None) -> None:
     logging.captureWarnings(True)
 
 
+def _say(message: str, stream=None) -> None:
+    """Print to a terminal that may have been closed (SIGHUP): losing the line is fine."""
+    try:
+        print(message, file=stream or sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries(args.home)
@@ -395,21 +444,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app.run()
     finally:
+        if hasattr(signal, "SIGHUP"):
+            # The terminal may be gone: nothing may end this process before the engine saved.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if not app.shutdown_engine(timeout=0.5):
-            print("gpta-tui: waiting for the run to reach a step boundary and save the session…",
-                  file=sys.stderr, flush=True)
+            _say("gpta-tui: waiting for the run to reach a step boundary and save the session…")
             try:
                 app.shutdown_engine()
             except KeyboardInterrupt:
-                print("gpta-tui: interrupted; the session resumes from its last checkpoint",
-                      file=sys.stderr)
+                _say("gpta-tui: interrupted; the session resumes from its last checkpoint")
                 return 130
     name = app.controller.name if app.controller is not None else ""
     if app.controller is not None and app.controller.result is not None \
             and app.controller.result.status == "stopped":
-        print(f"gpta-tui: session {name!r} saved; continue with: gpta-tui --resume {name}")
+        _say(f"gpta-tui: session {name!r} saved; continue with: gpta-tui --resume {name}",
+             sys.stdout)
     return app.return_code or 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

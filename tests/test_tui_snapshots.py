@@ -40,6 +40,9 @@ class _SnapshotsDir(pytest_textual_snapshot.SVGImageExtension):
 def _fixed_world(monkeypatch):
     monkeypatch.setattr(pytest_textual_snapshot, "SVGImageExtension", _SnapshotsDir)
     monkeypatch.setenv("TZ", "UTC")
+    # plotext clamps a figure to the terminal it thinks it has (80x24 when not a tty)
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setenv("LINES", "200")
     time.tzset()
     yield
     monkeypatch.undo()

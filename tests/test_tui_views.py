@@ -102,3 +102,113 @@ async def test_dialogue_windows_open_in_full_and_copy():
         await pilot.pause()
         assert isinstance(app.screen, TextViewScreen)
         assert "e1·1" in app.screen.title_text and app.screen.text == app.clipboard
+
+
+def header_text(state, width: int = 200) -> str:
+    from gpta_tui.widgets.run_header import RunHeader
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(RunHeader.render_state(state, NOW, width))
+    return console.export_text()
+
+
+def test_header_shows_setup_progress_while_loading():
+    from engine.events import Notice, PhaseChanged
+
+    from gpta_tui.dashboard import DashboardState
+
+    state = DashboardState("cold", {"loop": {"epochs": 2}})
+    state.status = "loading"
+    state.apply(PhaseChanged(epoch=1, phase="setup", ts=NOW - 37))
+    state.apply(Notice(level="info", message="dequantizing Gemma 3 270M (first run only, ~2 min)",
+                       ts=NOW - 30))
+    text = header_text(state)
+    assert "loading" in text and "dequantizing Gemma 3 270M" in text and "0:37" in text
+
+
+@pytest.mark.parametrize("width", [76, 96, 156])
+def test_header_keeps_phase_progress_best_and_test_at_every_width(width):
+    from test_tui_snapshots import finished_events
+
+    live = header_text(build_state(canned_events()), width)
+    assert "e2/2" in live or "epoch 2/2" in live
+    assert "6/12" in live and "0.6880" in live and "val" in live
+    done = header_text(build_state(finished_events()), width)
+    assert "test" in done and "0.6917" in done and "0.7083" in done
+
+
+def test_paused_time_is_not_elapsed_time():
+    from engine.events import RunStarted, StatusChanged, TrainStep
+
+    from gpta_tui.dashboard import DashboardState
+
+    state = DashboardState("p")
+    state.apply(RunStarted(name="p", mode="gpta", config={}, device="cpu", metric="accuracy",
+                           label_names=[], ts=100.0))
+    state.apply(TrainStep(epoch=1, step=1, epoch_step=1, epoch_steps=9, loss=1.0, lr=0.1, ts=110.0))
+    state.apply(StatusChanged(status="paused", ts=120.0))
+    state.apply(StatusChanged(status="running", ts=400.0))  # paused for 280 s
+    state.apply(TrainStep(epoch=1, step=2, epoch_step=2, epoch_steps=9, loss=1.0, lr=0.1, ts=405.0))
+    assert state.elapsed_s() == pytest.approx(25.0, abs=1e-9)
+
+
+def test_one_status_vocabulary():
+    from sessions.status import ENGINE_TO_SESSION, resumable, session_status, shown
+    from sessions.store import _STATUS_MAP
+
+    assert _STATUS_MAP is ENGINE_TO_SESSION  # the store uses the one definition
+    assert session_status("stopped") == "paused" and shown("paused", live=False) == "stopped"
+    assert shown("paused", live=True) == "paused" and shown(session_status("stopped"), False) == "stopped"
+    assert resumable("stopped") and resumable("failed") and not resumable("finished")
+
+
+async def test_contextual_keys_of_an_ended_run_and_the_compact_tabs():
+    from textual.widgets import Footer
+
+    app = canned_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        screen = run_screen(app)
+        assert screen.compact and screen.query_one(Footer)
+        # no live run: the footer offers clone/new, never pause/stop
+        shown_keys = {b.binding.action for b in screen.active_bindings.values()
+                      if b.binding.show and b.enabled and screen.check_action(b.binding.action, ())}
+        assert {"clone", "new", "back"} <= shown_keys and "stop" not in shown_keys
+        assert not screen.check_action("toggle_pause", ()) and not screen.check_action("stop", ())
+        await pilot.press("3")
+        await pilot.pause()
+        assert screen.active_tab == "windows" and screen.query_one("#windows").display
+        assert not screen.query_one("#history-panel").display
+        await pilot.press("5")
+        await pilot.pause()
+        assert screen.query_one("#log").display and not screen.query_one("#run-grid").display
+        await pilot.resize_terminal(160, 48)
+        await pilot.pause()
+        assert not screen.compact and screen.query_one("#history-panel").display
+        await pilot.resize_terminal(70, 20)
+        await pilot.pause()
+        assert type(app.screen).__name__ == "TooSmallScreen"
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert app.screen is screen
+
+
+async def test_palette_command_writes_the_curves_as_png_and_csv(tmp_path):
+    import csv
+    import time
+
+    app = canned_app()
+    target = tmp_path / "curves"
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        run_screen(app).action_export_curves(str(target))
+        deadline = time.monotonic() + 60
+        while not (target / "curves.png").exists() and time.monotonic() < deadline:
+            await pilot.pause(0.1)
+        await app.workers.wait_for_complete()
+    assert (target / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loss = list(csv.reader((target / "loss.csv").open()))
+    assert loss[0] == ["step", "epoch", "loss"] and len(loss) == 1 + 18
+    val = list(csv.reader((target / "validation.csv").open()))
+    assert val[0] == ["epoch", "step", "val_accuracy", "best"]
+    assert val[1] == ["1", "12", "0.625", "1"]  # epoch 1 holds the best (its best prefix)

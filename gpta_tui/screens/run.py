@@ -8,6 +8,7 @@ only when its own section changed (the loss chart at most once a second).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 from textual.app import ComposeResult
@@ -18,6 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Tab, Tabs
 
 from gpta_tui.dashboard import DashboardState
+from gpta_tui.formatting import clock
 from gpta_tui.run_control import RunController
 from sessions.status import resumable
 from gpta_tui.screens.confirm import ConfirmScreen
@@ -142,7 +144,9 @@ class RunScreen(Screen[None]):
             self.query_one(LogPane).update_from(state)
         if self._save_pending and state.saves > self._saves_seen:
             self._save_pending = False
-            self.notify("Checkpoint saved.", timeout=2)
+            when = clock(state.last_save_ts)
+            self._note(f"checkpoint saved at {when} (s)")
+            self.notify(f"Checkpoint saved at {when}.", timeout=4)
         self._saves_seen = state.saves
         self.sub_title = state.status
         if self.live != getattr(self, "_live_shown", None):
@@ -223,6 +227,32 @@ class RunScreen(Screen[None]):
 
     def action_new(self) -> None:
         self.app.new_session()
+
+    def action_export_curves(self, folder: str | None = None) -> None:
+        """Write the loss and validation curves (curves.png, loss.csv, validation.csv) to
+        ./<session>-curves, in a worker thread (matplotlib takes a moment)."""
+        state = self.state
+        target = Path(folder or f"{state.name or 'run'}-curves")
+        loss = [(step, state.step_epoch.get(step, 0), value) for step, value in sorted(state.losses.items())]
+        val = sorted(state.val.items())
+        best = state.best.get("epoch") if state.best else None
+        title = f"{state.name}: student loss and validation {state.metric}"
+
+        def write() -> None:
+            from engine.errors import GptaError
+            from sessions.curves import write_curves
+
+            try:
+                written = write_curves(target, loss, val, state.metric, best, title)
+            except GptaError as exc:
+                self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=8)
+                return
+            self.app.call_from_thread(self._note, f"curves written to {written[0].parent.resolve()} "
+                                      f"({', '.join(p.name for p in written)})")
+            self.app.call_from_thread(self.notify, f"Curves written to {written[0].parent}",
+                                      timeout=5)
+
+        self.run_worker(write, thread=True, group="export-curves", exit_on_error=False)
 
     # ---- contextual keys ---------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple) -> bool | None:
