@@ -214,6 +214,7 @@ async def test_quit_saves_and_resume_shows_the_past_then_continues(gpta_home, ti
         await pilot.pause()
         screen = run_screen(again)
         # The past is on screen before the resumed engine says anything.
+        screen.sync({"chart", "history"})  # the same moment for the state and the widgets
         past_steps = len(screen.state.losses)
         assert past_steps > 0 and screen.state.history
         assert run_screen(again).query_one(HistoryTable).row_count == table_rows(screen.state)

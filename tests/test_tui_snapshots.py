@@ -174,5 +174,7 @@ def test_sessions_screen(snap_compare, monkeypatch, tmp_path):
                        tmp_path, error="session database is unreadable"),
     ]
     monkeypatch.setattr(SessionStore, "list", lambda self: list(rows))
+    monkeypatch.setattr(SessionStore, "test_metrics",
+                        lambda self, name: {"accuracy": 0.5790} if name == "yelp-baseline" else {})
     app = GptaApp(Path("/srv/gpta-home"), clock=lambda: NOW)
     assert snap_compare(app, terminal_size=(120, 24))
