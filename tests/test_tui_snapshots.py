@@ -98,7 +98,7 @@ def run_screen_of(app):
 
 async def then_press(pilot, *keys: str) -> None:
     chart = run_screen_of(pilot.app).query_one(LossChart)
-    for _ in range(400):
+    for _ in range(1200):
         if not chart.display or (chart.builds and chart._figure_size == tuple(chart.size)):
             break
         await pilot.pause(0.025)

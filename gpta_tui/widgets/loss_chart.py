@@ -175,8 +175,9 @@ class LossChart(PlotextPlot):
         self.builds += 1
         # Slow builds (a busy CPU) redraw less often: keep the chart under ~10% of a core.
         self._period = max(self._min_period, 10 * took)
-        if size != tuple(self.size):
+        if size != tuple(self.size):  # resized while drawing: redraw at once, not after the period
             self._dirty = True
+            self._last_build = 0.0
         self.refresh()
 
     def render(self) -> RenderResult:
