@@ -14,13 +14,16 @@ waits for the thread.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -35,6 +38,8 @@ from gpta_tui.screens.help import HelpScreen
 from gpta_tui.screens.new_session import NewSessionScreen
 from gpta_tui.screens.run import RunScreen
 from gpta_tui.screens.sessions import SessionsScreen
+from gpta_tui.screens.too_small import TooSmallScreen, too_small
+from sessions.status import resumable
 
 DRAIN_INTERVAL_S = 0.2
 SWITCH_INTERVAL_S = 0.001
@@ -65,6 +70,7 @@ class GptaApp(App[None]):
         self.controller: RunController | None = None
         self.worker: Worker | None = None
         self._quitting = False
+        self.last_form: dict[str, str] | None = None  # the new-run form as last submitted
 
     # ---- store access (the only place that talks to sessions/) ------------------------
     def _store(self):
@@ -82,6 +88,13 @@ class GptaApp(App[None]):
 
     def list_sessions(self) -> list:
         return list(self._store().list())
+
+    def session_locked(self, name: str) -> bool:
+        """A process (this one included) is running the session."""
+        return self._store().is_locked(name)
+
+    def session_test_metrics(self, name: str) -> dict:
+        return self._store().test_metrics(name)
 
     def session_names(self) -> set[str]:
         return set(self._store().names())
@@ -114,6 +127,8 @@ class GptaApp(App[None]):
     # ---- screens -------------------------------------------------------------------
     def on_mount(self) -> None:
         self.set_interval(self.drain_interval, self.drain)
+        self.call_after_refresh(self.check_size)
+        self._watch_hangup(True)
         if self.start_screen is not None:
             self.push_screen(self.start_screen)
             return
@@ -132,6 +147,20 @@ class GptaApp(App[None]):
         if empty:
             self.new_session(first_launch=True)
 
+    async def on_event(self, event: events.Event) -> None:
+        await super().on_event(event)
+        if isinstance(event, events.Resize):  # App handles (and stops) it in _on_resize
+            self.call_after_refresh(self.check_size)
+
+    def check_size(self) -> None:
+        """Cover everything with a 'terminal too small' note below 80x24; lift it when larger."""
+        small = too_small(*self.size)
+        shown = isinstance(self.screen, TooSmallScreen)
+        if small and not shown and self.screen_stack:
+            self.push_screen(TooSmallScreen())
+        elif not small and shown:
+            self.pop_screen()
+
     def show_sessions(self) -> None:
         """Back to the sessions list (the bottom screen; made if the app started elsewhere)."""
         while len(self.screen_stack) > 1 and not isinstance(self.screen, SessionsScreen):
@@ -139,21 +168,37 @@ class GptaApp(App[None]):
         if not isinstance(self.screen, SessionsScreen):
             self.push_screen(SessionsScreen())
 
-    def new_session(self, first_launch: bool = False) -> None:
+    def new_session(self, first_launch: bool = False, config: dict | None = None) -> None:
+        """The new-run form: with `config`, a clone of that run's settings; otherwise the form
+        as last submitted in this app (a failed run's edits are not lost), else the defaults."""
         if self._busy():
             return
         taken = self.session_names()
-        values = form.default_values(self.preset or "smoke")
-        values["name"] = form.suggest_name(values["dataset"], taken)
+        if config is not None:
+            values = form.values_from_dict(config, self.preset or "smoke")
+        elif self.last_form is not None:
+            values = dict(self.last_form)
+        else:
+            values = form.default_values(self.preset or "smoke")
+        if not values.get("name") or values["name"] in taken:
+            values["name"] = form.suggest_name(values["dataset"], taken)
+        self.show_sessions()
 
         def done(config: RunConfig | None) -> None:
             if config is not None:
                 self.start_run(config)
 
-        self.push_screen(NewSessionScreen(values, taken, first_launch=first_launch), done)
+        screen = NewSessionScreen(values, taken, first_launch=first_launch)
+        self.push_screen(screen, done)
 
     def open_session(self, name: str, resume: bool = True) -> None:
-        """Show a session's stored past at once; resume it live when it is not finished."""
+        """Show a session's stored past at once; resume it live when it is not finished.
+        The session this app is running opens its live dashboard."""
+        controller = self.controller
+        if controller is not None and controller.running and controller.name == name:
+            self.show_sessions()
+            self.push_screen(RunScreen(controller.state, controller, clock=self.clock))
+            return
         if self._busy():
             return
         try:
@@ -162,7 +207,9 @@ class GptaApp(App[None]):
             self.notify(str(exc), severity="error", timeout=8)
             return
         elsewhere = self._store().is_locked(name)
-        if resume and state.status != "finished" and not elsewhere:
+        self.show_sessions()
+        if resume and resumable(state.status) and not elsewhere:
+            state.status, state.status_reason = "loading", "resuming: loading the models"
             controller = RunController(self.home, name=name, resume=True, state=state)
             self._launch(controller)
             return
@@ -171,8 +218,14 @@ class GptaApp(App[None]):
                         severity="warning", timeout=6)
         self.push_screen(RunScreen(state, None, clock=self.clock))
 
-    def start_run(self, config: RunConfig) -> None:
-        self._launch(RunController(self.home, name=config.name, config=config))
+    def start_run(self, config: RunConfig, engine_kwargs: dict | None = None) -> None:
+        """Start a new run of `config`; `engine_kwargs` go to the Engine (tests, demos)."""
+        self.last_form = form.values_from_dict(config.to_dict(), self.preset or "smoke")
+        self.show_sessions()
+        controller = RunController(self.home, name=config.name, config=config,
+                                   engine_kwargs=engine_kwargs)
+        controller.state.status = "loading"
+        self._launch(controller)
 
     def _busy(self) -> bool:
         if self.controller is not None and self.controller.running:
@@ -295,10 +348,36 @@ class GptaApp(App[None]):
             yield SystemCommand("Save now", "Write a checkpoint at the next step boundary",
                                 screen.action_save)
             yield SystemCommand("Stop run", "Save and stop; resumable later", screen.action_stop)
+            yield SystemCommand("Export curves (PNG, CSV)", "Loss and validation curves to "
+                                "./<session>-curves/", screen.action_export_curves)
         if isinstance(screen, SessionsScreen):
             yield SystemCommand("New session", "Open the new-session form", screen.action_new)
 
     # ---- shutdown --------------------------------------------------------------------
+    def _watch_hangup(self, on: bool) -> None:
+        """Closing the terminal (SIGHUP) stops the run like q: saved, resumable."""
+        if not hasattr(signal, "SIGHUP"):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+            if on:
+                loop.add_signal_handler(signal.SIGHUP, self.hangup)
+            else:
+                loop.remove_signal_handler(signal.SIGHUP)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread
+            pass
+
+    def on_unmount(self) -> None:
+        self._watch_hangup(False)
+
+    def hangup(self) -> None:
+        """The terminal is gone: ask the engine to stop now and leave; `main` waits for the
+        engine to save (nobody can answer a question any more)."""
+        self._quitting = True
+        if self.controller is not None and self.controller.running:
+            self.controller.stop()
+        self.exit(return_code=129)
+
     def shutdown_engine(self, timeout: float | None = None) -> bool:
         """Stop a still-running engine and wait for its thread (used after `run()` returns)."""
         controller = self.controller
@@ -341,6 +420,14 @@ def _quiet_libraries(home: Path | None) -> None:
     logging.captureWarnings(True)
 
 
+def _say(message: str, stream=None) -> None:
+    """Print to a terminal that may have been closed (SIGHUP): losing the line is fine."""
+    try:
+        print(message, file=stream or sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries(args.home)
@@ -357,21 +444,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app.run()
     finally:
+        if hasattr(signal, "SIGHUP"):
+            # The terminal may be gone: nothing may end this process before the engine saved.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if not app.shutdown_engine(timeout=0.5):
-            print("gpta-tui: waiting for the run to reach a step boundary and save the session…",
-                  file=sys.stderr, flush=True)
+            _say("gpta-tui: waiting for the run to reach a step boundary and save the session…")
             try:
                 app.shutdown_engine()
             except KeyboardInterrupt:
-                print("gpta-tui: interrupted; the session resumes from its last checkpoint",
-                      file=sys.stderr)
+                _say("gpta-tui: interrupted; the session resumes from its last checkpoint")
                 return 130
     name = app.controller.name if app.controller is not None else ""
     if app.controller is not None and app.controller.result is not None \
             and app.controller.result.status == "stopped":
-        print(f"gpta-tui: session {name!r} saved; continue with: gpta-tui --resume {name}")
+        _say(f"gpta-tui: session {name!r} saved; continue with: gpta-tui --resume {name}",
+             sys.stdout)
     return app.return_code or 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

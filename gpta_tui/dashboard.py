@@ -72,6 +72,28 @@ class JobView:
 
 
 @dataclass(frozen=True)
+class PrefixInfo:
+    """What is known about one prefix of the current epoch's history (the prefix view)."""
+
+    prefix: str
+    score: float
+    epoch: int
+    metrics: dict = field(default_factory=dict)
+    request_id: int | None = None  # the TA request that produced it; -1: carried over
+    reused: bool = False
+    beat_shown_best: bool = False
+    ts: float = 0.0
+
+    @property
+    def source(self) -> str:
+        if self.request_id is None:
+            return "from the epoch's history"
+        if self.request_id < 0:
+            return "carried over (no TA request)"
+        return f"TA request #{self.request_id}"
+
+
+@dataclass(frozen=True)
 class WindowView:
     """One dialogue gradient: the user message (w sorted pairs) and the assistant's next prefix."""
 
@@ -137,6 +159,8 @@ class DashboardState:
         self._phase_done0 = 0                    # done count at that moment
         self._progress_ts: float | None = None   # ts of the latest progress
         self.segments: list[list[float]] = []    # [start_ts, last_ts] per run segment
+        self.setup_step = ""                     # what the engine is loading (before RunStarted)
+        self.setup_since: float | None = None
         self._before_start: tuple[float, float] | None = None
 
         # student curves
@@ -152,6 +176,7 @@ class DashboardState:
         self.training_prefix = ""
         self.new_prefixes: set[str] = set()
         self.beat_best: set[str] = set()
+        self.prefix_info: dict[str, PrefixInfo] = {}
         self._latest_request = -1
 
         # dialogue gradients
@@ -212,7 +237,16 @@ class DashboardState:
 
     @property
     def live(self) -> bool:
-        return self.status in ("running", "paused", "stopping")
+        return self.status in ("loading", "running", "paused", "stopping")
+
+    def prefix_details(self, prefix: str) -> PrefixInfo:
+        """The prefix view of `prefix` (what the scoring said, or at least its history score)."""
+        info = self.prefix_info.get(prefix)
+        if info is not None:
+            return info
+        scores = dict(self.history)
+        return PrefixInfo(prefix, scores.get(prefix, float("nan")), self.history_epoch,
+                          beat_shown_best=prefix in self.beat_best)
 
     def all_windows(self) -> list[WindowView]:
         return [w for epoch in sorted(self.windows) for w in self.windows[epoch]]
@@ -247,8 +281,8 @@ class DashboardState:
     def apply(self, event: Event) -> set[str]:
         """Fold one event in. Returns the sections that changed (and bumps their revisions)."""
         self.events_seen += 1
-        if isinstance(event, RunStarted):
-            pass
+        if isinstance(event, RunStarted) or self.status == "paused":
+            pass  # paused time is not run time: a resume opens a new segment
         elif self.segments:
             self.segments[-1][1] = max(self.segments[-1][1], event.ts)
         elif event.ts:
@@ -305,6 +339,7 @@ class DashboardState:
             self.segments.append(list(self._before_start))  # an earlier, replayed segment
         self._before_start = None
         self.segments.append([e.ts, e.ts])
+        self.setup_since, self.setup_step = None, ""
         self.ta_waiting = None
         # timing restarts with the new process; counts carry on
         self._phase_t0, self._phase_done0, self._progress_ts = None, self.progress_done, None
@@ -312,7 +347,14 @@ class DashboardState:
         return {"header", "chart", "finetune", "description",
                 self._log(e.ts, "info", f"run {verb} on {e.device} ({e.mode}, {e.task}, metric {e.metric})")}
 
+    @property
+    def loading(self) -> bool:
+        """The engine is loading data and models (nothing has run yet in this process)."""
+        return self.status in ("new", "loading") and self.setup_since is not None
+
     def _on_PhaseChanged(self, e: PhaseChanged):
+        if e.phase == "setup" and self.status in ("new", "loading"):
+            self.setup_since, self.setup_step = e.ts, "loading the data and the student"
         self._set_phase(e.epoch, e.phase, e.total, e.ts)
         if not e.total:
             self.progress_total = 0
@@ -340,7 +382,7 @@ class DashboardState:
             best = " (new best)" if e.improved else ""
             changed.add(self._log(e.ts, "info",
                                   f"epoch {e.epoch} validation {self.metric} {value:.4f}{best}"))
-        if e.improved or not self.best:
+        if e.improved:  # otherwise the engine's best (CheckpointSaved) stands
             self.best = {"epoch": e.epoch, "score": value, "prefix": e.prefix}
         return changed
 
@@ -377,7 +419,11 @@ class DashboardState:
         if e.epoch != self.history_epoch:
             self.history_epoch, self.history = e.epoch, []
             self.new_prefixes, self.beat_best, self._latest_request = set(), set(), -1
+            self.prefix_info = {}
         self.history = [(p, s) for p, s in self.history if p != e.prefix] + [(e.prefix, float(e.score))]
+        self.prefix_info[e.prefix] = PrefixInfo(
+            e.prefix, float(e.score), e.epoch, dict(e.metrics) if isinstance(e.metrics, dict) else {},
+            e.request_id, bool(e.reused), bool(e.beat_shown_best), e.ts)
         self.history.sort(key=lambda item: item[1])
         if e.request_id >= 0:
             if e.request_id > self._latest_request:
@@ -393,6 +439,7 @@ class DashboardState:
     def _on_HistoryUpdated(self, e: HistoryUpdated):
         if e.epoch != self.history_epoch:
             self.new_prefixes, self.beat_best, self._latest_request = set(), set(), -1
+            self.prefix_info = {}
         self.history_epoch = e.epoch
         self.history = sorted(((str(p), float(s)) for p, s in e.history), key=lambda item: item[1])
         self.training_prefix = e.training_prefix
@@ -454,6 +501,8 @@ class DashboardState:
 
     def _on_StatusChanged(self, e: StatusChanged):
         previous, self.status, self.status_reason = self.status, e.status, e.reason
+        if previous == "paused" and e.status == "running" and self.segments and e.ts:
+            self.segments.append([e.ts, e.ts])
         level = {"failed": "error", "interrupted": "warning"}.get(e.status, "info")
         changed = {"header"}
         # The end of a run is logged once, by RunFinished (with its test metrics).
@@ -494,7 +543,11 @@ class DashboardState:
 
     def _on_Notice(self, e: Notice):
         level = e.level if e.level in ("info", "warning", "error") else "info"
-        return {self._log(e.ts, level, e.message)}
+        changed = {self._log(e.ts, level, e.message)}
+        if self.loading and level == "info":
+            self.setup_step = e.message  # e.g. "dequantizing Gemma 3 270M (first run only, ~2 min)"
+            changed.add("header")
+        return changed
 
     def _on_RunFinished(self, e: RunFinished):
         self.finished = e

@@ -72,6 +72,21 @@ def values_from_config(cfg: RunConfig, preset: str) -> dict[str, str]:
     return values
 
 
+def values_from_dict(config: dict, preset: str) -> dict[str, str]:
+    """Form values showing a stored run's config (a clone); unknown or bad keys keep the
+    preset's value."""
+    values = default_values(preset)
+    for f in FIELDS:
+        if not f.key:
+            continue
+        node: object = config
+        for part in f.key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, (str, int, float)) and not isinstance(node, bool):
+            values[f.id] = str(node)
+    return values
+
+
 def default_values(preset: str = "smoke", name: str = "") -> dict[str, str]:
     """The offline defaults for `preset`: they run with nothing but the installed packages."""
     values = values_from_config(build_config(preset), preset)

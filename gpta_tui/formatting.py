@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import unicodedata
 
 STATUS_STYLE = {
     "new": "dim",
@@ -54,9 +55,17 @@ def when(ts: float | None, now: float | None = None) -> str:
     return time.strftime("%H:%M" if same_day else "%Y-%m-%d", time.localtime(ts))
 
 
+def printable(text: str) -> str:
+    """`text` without control, format and private-use characters (escape sequences, NULs,
+    zero-width marks from a TA reply or a file would otherwise draw as stray blocks); line
+    breaks and tabs are kept."""
+    return "".join(ch for ch in str(text) if ch in "\n\t"
+                   or unicodedata.category(ch) not in ("Cc", "Cf", "Co", "Cs", "Cn"))
+
+
 def one_line(text: str, width: int) -> str:
     """Collapse whitespace and cut to `width` characters with an ellipsis."""
-    flat = " ".join(str(text).split())
+    flat = " ".join(printable(text).split())
     return flat if len(flat) <= width else flat[: max(1, width - 1)] + "…"
 
 

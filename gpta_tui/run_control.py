@@ -16,8 +16,9 @@ from typing import Any, Callable
 
 from engine.config import RunConfig
 from engine.controls import Controls
-from engine.events import Event, Notice, RunFinished, RunStarted
+from engine.events import Event, Notice, RunFinished, RunStarted, StatusChanged
 from gpta_tui.dashboard import DashboardState
+from sessions.status import shown
 
 
 def freeze_heap() -> None:
@@ -85,9 +86,13 @@ def load_past(home: Path | None, name: str) -> DashboardState:
     handle = SessionStore(home).open(name, write=False)
     try:
         state = DashboardState(handle.name, config_dict(handle.config))
-        state.apply_all(handle.events())  # ends with the stored (effective) status
+        events = list(handle.events())  # ends with the stored (effective) status
     finally:
         handle.close()
+    if len(events) >= 2 and isinstance(events[-1], RunFinished) and isinstance(events[-2], StatusChanged):
+        del events[-2]  # the stored status restates the RunFinished that follows (in store words)
+    state.apply_all(events)
+    state.status = shown(state.status, live=False)  # nobody runs it now
     return state
 
 
@@ -103,7 +108,9 @@ class RunController:
     """
 
     def __init__(self, home: Path | None, *, name: str, config: RunConfig | None = None,
-                 resume: bool = False, state: DashboardState | None = None) -> None:
+                 resume: bool = False, state: DashboardState | None = None,
+                 engine_kwargs: dict | None = None) -> None:
+        """`engine_kwargs`: handed to the Engine (e.g. `ta=` a teaching assistant object)."""
         if config is None and not resume:
             raise ValueError("a new run needs a config")
         self.home = home
@@ -111,6 +118,7 @@ class RunController:
         self.config = config
         self.resume = resume
         self.controls = Controls()
+        self.engine_kwargs = dict(engine_kwargs or {})
         self.buffer = EventBuffer()
         self.state = state or DashboardState(name, config.to_dict() if config else None)
         self.handle = None
@@ -147,7 +155,7 @@ class RunController:
 
         # Interactive: an unreachable TA pauses the run (the user fixes it and resumes).
         kwargs = {"listeners": [self.buffer], "controls": self.controls,
-                  "on_ta_unavailable": "pause"}
+                  "on_ta_unavailable": "pause", **self.engine_kwargs}
         if self.resume:
             handle, engine = resume_session(self.name, self.home, **kwargs)
         else:
@@ -165,9 +173,15 @@ class RunController:
         """Await the engine thread from the UI's event loop: its result, or its error raised."""
         loop = asyncio.get_running_loop()
         finished = asyncio.Event()
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(finished.set)
+            except RuntimeError:  # the UI left first (hangup, a second q): nobody waits
+                pass
+
         with self._lock:
             if not self._done.is_set():
-                self._on_done.append(lambda: loop.call_soon_threadsafe(finished.set))
+                self._on_done.append(wake)
             else:
                 finished.set()
         await finished.wait()

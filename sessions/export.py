@@ -8,6 +8,8 @@ An export folder holds:
     scored.csv          every scored prefix, in order
     metrics.csv         validation metrics per epoch, test metrics with and without prefix
     loss.csv            the training loss curve
+    validation.csv      the validation metric per epoch (at its last step), best epoch marked
+    curves.png          loss (raw, smoothed) and validation per epoch, best epoch starred
     windows/epoch-N.jsonl  dialogue gradients (OpenAI chat fine-tuning format)
     best_prefix.txt     the best prefix found
     report.md           the final report
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
+from sessions.curves import write_curves
 from sessions.storage import DatabaseUnreadable, atomic_write_text, read_json_file
 from sessions.store import (SCHEMA_VERSION, T_SESSION, SessionHandle, SessionStore, _check_schema,
                             _scrub, format_ts, validate_name)
@@ -135,6 +138,11 @@ def export_session(handle: SessionHandle, out_dir: Path | str) -> Path:
         [[p["step"], p["epoch"], p["epoch_step"], p["loss"], p["lr"]] for p in handle.loss_points()]))
 
     atomic_write_text(out / "metrics.csv", _metrics_csv(handle, rec))
+    write_curves(out, [(p["step"], p["epoch"], p["loss"]) for p in handle.loss_points()],
+                 [(v["epoch"], float(v["metrics"][metric])) for v in handle.validations()
+                  if isinstance(v.get("metrics", {}).get(metric), (int, float))],
+                 metric, (rec.get("best") or {}).get("epoch"), f"{handle.name}: student loss and "
+                 f"validation {metric}", with_loss_csv=False)
 
     windows_dir = out / "windows"
     by_epoch: dict[int, list[dict]] = {}

@@ -33,6 +33,7 @@ from tinydb.table import Document, Table
 from engine.config import SECRET_FIELDS, RunConfig
 from engine.errors import GptaError, UsageError
 from engine.events import (CheckpointSaved, Event, StatusChanged, event_from_dict)
+from sessions.status import ENGINE_TO_SESSION, SESSION_STATUSES
 from sessions.storage import (AtomicJSONStorage, BufferedStorage, DatabaseUnreadable,
                               read_json_file, stale_temp_files)
 
@@ -56,14 +57,12 @@ MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
 SESSIONS_DIR = "sessions"
 DB_FILE = "session.json"
 LOCK_FILE = "session.lock"
-STATUSES = ("running", "paused", "interrupted", "failed", "finished")
+STATUSES = SESSION_STATUSES
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Engine statuses (StatusChanged / RunFinished) -> session statuses. A stopped run is saved
 # and resumable, which is what "paused" means for a session nobody is running.
-_STATUS_MAP = {"running": "running", "paused": "paused", "stopping": "running",
-               "stopped": "paused", "interrupted": "interrupted", "failed": "failed",
-               "finished": "finished"}
+_STATUS_MAP = ENGINE_TO_SESSION  # defined once, in sessions/status.py
 
 # Tables
 T_META, T_SESSION, T_LOSS, T_VAL, T_ACC = "meta", "session", "loss", "validations", "prefix_accuracy"
@@ -212,6 +211,18 @@ class SessionStore:
                 updated=float(rec.get("updated", 0.0)), path=path))
         out.sort(key=lambda s: s.updated, reverse=True)
         return out
+
+    def test_metrics(self, name: str) -> dict:
+        """The test metrics a finished session stored ({} when it has none or cannot be read)."""
+        try:
+            path = self.session_dir(name) / DB_FILE
+            data = _check_schema(read_json_file(path) or {}, name, path)
+        except (GptaError, OSError):
+            return {}
+        finished = dict(data.get(T_SESSION, {}).get("1", {})).get("finished") or {}
+        metrics = finished.get("test_metrics") if isinstance(finished, dict) else None
+        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+                and not isinstance(v, bool)} if isinstance(metrics, dict) else {}
 
     def _effective_status(self, name: str, stored: str) -> str:
         if stored == "running" and not self.is_locked(name):

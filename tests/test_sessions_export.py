@@ -32,9 +32,13 @@ def test_export_writes_every_artifact(gpta_home, tmp_path):
     r = make_finished(SessionStore())
     out = export_session(r, tmp_path / "out")
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert names == ["best_prefix.txt", "config.toml", "history.csv", "history.json", "loss.csv",
-                     "metrics.csv", "report.md", "scored.csv", "session.json",
-                     "windows/epoch-1.jsonl", "windows/epoch-2.jsonl"]
+    assert names == ["best_prefix.txt", "config.toml", "curves.png", "history.csv", "history.json",
+                     "loss.csv", "metrics.csv", "report.md", "scored.csv", "session.json",
+                     "validation.csv", "windows/epoch-1.jsonl", "windows/epoch-2.jsonl"]
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    val = list(csv.DictReader((out / "validation.csv").open()))
+    assert [int(v["epoch"]) for v in val] == [v["epoch"] for v in r.validations()]
+    assert sum(int(v["best"]) for v in val) == 1
     assert (out / "best_prefix.txt").read_text().strip() == r.record()["best"]["prefix"]
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert len(rows) == len(r.history()) and rows[0]["epoch"] == "1"

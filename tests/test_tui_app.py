@@ -4,6 +4,7 @@ generated CSV with the deterministic offline TA, in the app's worker thread."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -213,6 +214,7 @@ async def test_quit_saves_and_resume_shows_the_past_then_continues(gpta_home, ti
         await pilot.pause()
         screen = run_screen(again)
         # The past is on screen before the resumed engine says anything.
+        screen.sync({"chart", "history"})  # the same moment for the state and the widgets
         past_steps = len(screen.state.losses)
         assert past_steps > 0 and screen.state.history
         assert run_screen(again).query_one(HistoryTable).row_count == table_rows(screen.state)
@@ -416,3 +418,82 @@ async def test_a_session_running_elsewhere_opens_read_only(gpta_home, tiny_bert_
             assert run_screen(app).state.losses  # its saved past is shown
     finally:
         writer.close()
+
+
+class StopWatchingTA:
+    """A TA whose every request blocks until the run's stop flag is set (a generation that
+    only a stop can end); then it answers like the seeded fake. `controls` is attached by the
+    test once the app has made them."""
+
+    def __new__(cls):
+        from tests.fake_ta import SeededTA
+
+        class _TA(SeededTA):
+            controls = None
+            saw_stop = threading.Event()
+            waiting = threading.Event()
+
+            def propose(self, messages, n, temperature, seed):
+                deadline = time.monotonic() + WAIT_S
+                self.waiting.set()
+                while self.controls is None or not self.controls.stop_requested:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the stop flag never came")
+                    time.sleep(0.01)
+                self.saw_stop.set()
+                return super().propose(messages, n, temperature, seed)
+
+        return _TA(["amber", "birch", "cobalt", "dune", "ember", "fjord"])
+
+
+@pytest.mark.parametrize("how", ["q", "hangup"])
+async def test_quit_during_a_blocking_ta_request_stops_at_once(gpta_home, tiny_bert_dir,
+                                                              sentiment_csv, how):
+    """One q (or the terminal closing) asks the engine to stop while the TA is mid-request;
+    the app leaves as soon as the engine thread has saved, with no second key."""
+    ta = StopWatchingTA()
+    app = GptaApp(gpta_home)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_run(tiny_config(tiny_bert_dir, sentiment_csv, f"blocked-{how}", epochs=1),
+                      engine_kwargs={"ta": ta})
+        ta.controls = app.controller.controls
+        await wait_for(pilot, ta.waiting.is_set, "the TA request")
+        assert app.controller.running and not ta.saw_stop.is_set()
+        if how == "q":
+            await pilot.press("q")
+        else:
+            app.hangup()
+        await wait_for(pilot, lambda: not app.is_running, "the app to exit")
+    if how == "hangup":  # the UI leaves at once; gpta-tui's main() then waits for the save
+        assert app.shutdown_engine(timeout=WAIT_S)
+    assert ta.saw_stop.is_set() and not app.controller.running
+    assert app.controller.result is not None and app.controller.result.status == "stopped"
+    assert {s.name: s.status for s in SessionStore(gpta_home).list()}[f"blocked-{how}"] == "paused"
+
+
+async def test_x_stops_a_blocking_ta_request_and_the_dashboard_offers_resume(gpta_home, tiny_bert_dir,
+                                                                             sentiment_csv):
+    ta = StopWatchingTA()
+    app = GptaApp(gpta_home)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_run(tiny_config(tiny_bert_dir, sentiment_csv, "blocked-x", epochs=1),
+                      engine_kwargs={"ta": ta})
+        ta.controls = app.controller.controls
+        await wait_for(pilot, ta.waiting.is_set, "the TA request")
+        screen = run_screen(app)
+        assert screen.check_action("stop", ()) and not screen.check_action("resume", ())
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
+        await pilot.press("y")
+        result = await run_ended(pilot, app, "the run to stop")
+        assert result.status == "stopped" and app.is_running
+        await pilot.pause(0.3)
+        assert screen.state.status == "stopped"
+        assert not screen.check_action("stop", ()) and not screen.check_action("toggle_pause", ())
+        assert screen.check_action("resume", ()) and screen.check_action("clone", ())
+        # r resumes the same session (the scripted TA this time), live again
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.controller.running or app.controller.result, "the resume")
+        assert app.run_screen is not screen and app.run_screen.state.name == "blocked-x"
+        await run_ended(pilot, app, "the resumed run")
+        assert app.controller.result.status == "finished"

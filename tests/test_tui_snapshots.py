@@ -40,14 +40,35 @@ class _SnapshotsDir(pytest_textual_snapshot.SVGImageExtension):
 def _fixed_world(monkeypatch):
     monkeypatch.setattr(pytest_textual_snapshot, "SVGImageExtension", _SnapshotsDir)
     monkeypatch.setenv("TZ", "UTC")
+    # plotext clamps a figure to the terminal it thinks it has (80x24 when not a tty)
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setenv("LINES", "200")
     time.tzset()
     yield
     monkeypatch.undo()
     time.tzset()
 
 
-def run_app(**kwargs) -> GptaApp:
-    state = build_state(canned_events())
+def finished_events() -> list:
+    """The canned run, finished: validation, the test figures, the end."""
+    from engine.events import PhaseChanged, RunFinished, StatusChanged, ValidationResult
+
+    from test_tui_dashboard import PREFIXES
+
+    ts = T0 + 190.0
+    return canned_events() + [
+        ValidationResult(epoch=2, prefix=PREFIXES[5], metrics={"accuracy": 0.7083}, best_epoch=2,
+                         improved=True, ts=ts),
+        PhaseChanged(epoch=2, phase="testing", total=1, ts=ts + 1),
+        StatusChanged(status="finished", ts=ts + 2),
+        RunFinished(status="finished", best_epoch=2, best_prefix=PREFIXES[5],
+                    val_metrics={"accuracy": 0.7083}, test_metrics={"accuracy": 0.6917},
+                    test_metrics_no_prefix={"accuracy": 0.6542}, summary={}, ts=ts + 3),
+    ]
+
+
+def run_app(events: list | None = None, **kwargs) -> GptaApp:
+    state = build_state(canned_events() if events is None else events)
     return GptaApp(start=RunScreen(state, None, clock=lambda: NOW), clock=lambda: NOW, **kwargs)
 
 
@@ -77,20 +98,36 @@ def run_screen_of(app):
 
 async def then_press(pilot, *keys: str) -> None:
     chart = run_screen_of(pilot.app).query_one(LossChart)
-    for _ in range(400):
-        if chart.builds and chart._figure_size == tuple(chart.size):
+    for _ in range(1200):
+        if not chart.display or (chart.builds and chart._figure_size == tuple(chart.size)):
             break
         await pilot.pause(0.025)
     await pilot.press(*keys)
     await pilot.pause()
 
 
-def test_run_dashboard(snap_compare):
-    assert snap_compare(run_app(), terminal_size=SIZE, run_before=then_press)
+@pytest.mark.parametrize("size", [(80, 24), (100, 30), (120, 36), (160, 48)],
+                         ids=lambda size: f"{size[0]}x{size[1]}")
+def test_run_dashboard(snap_compare, size):
+    """Below 120x34 the panels are tabs (history first); at 120x36 and up, the 2x2 grid."""
+    assert snap_compare(run_app(), terminal_size=size, run_before=then_press)
 
 
-def test_run_dashboard_small_terminal(snap_compare):
-    assert snap_compare(run_app(), terminal_size=(100, 32), run_before=then_press)
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=lambda size: f"{size[0]}x{size[1]}")
+def test_finished_run_shows_test_figures(snap_compare, size):
+    assert snap_compare(run_app(finished_events()), terminal_size=size, run_before=then_press)
+
+
+def test_compact_layout_chart_tab(snap_compare):
+    async def chart_tab(pilot):
+        await then_press(pilot, "1")
+        await then_press(pilot)  # the chart redraws at its new size
+
+    assert snap_compare(run_app(), terminal_size=(100, 30), run_before=chart_tab)
+
+
+def test_terminal_too_small(snap_compare):
+    assert snap_compare(run_app(), terminal_size=(70, 20))
 
 
 def test_run_dashboard_window_selected(snap_compare):
@@ -137,5 +174,7 @@ def test_sessions_screen(snap_compare, monkeypatch, tmp_path):
                        tmp_path, error="session database is unreadable"),
     ]
     monkeypatch.setattr(SessionStore, "list", lambda self: list(rows))
+    monkeypatch.setattr(SessionStore, "test_metrics",
+                        lambda self, name: {"accuracy": 0.5790} if name == "yelp-baseline" else {})
     app = GptaApp(Path("/srv/gpta-home"), clock=lambda: NOW)
     assert snap_compare(app, terminal_size=(120, 24))

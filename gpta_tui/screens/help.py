@@ -18,7 +18,10 @@ KEYS = [
     ("Run dashboard", [("p", "pause / resume (at the next step boundary)"),
                        ("e", "edit the dataset description (applies from the next TA request)"),
                        ("s", "save a checkpoint now"), ("x", "stop the run (resumable)"),
-                       ("esc", "back to the sessions once the run is over")]),
+                       ("enter / y", "history or windows: view the selected item in full / copy it"),
+                       ("1-5", "small terminals: show chart, history, windows, jobs or log"),
+                       ("esc", "back to the sessions (a live run keeps going)"),
+                       ("r / c / n", "after the run: resume, clone its config, new run")]),
     ("Everywhere", [("q", "quit (the session is saved and resumable)"), ("?", "this help"),
                     ("ctrl+p", "command palette"), ("tab / shift+tab", "move between panels")]),
 ]

@@ -1,6 +1,7 @@
 """SessionsScreen: the start screen, a table of saved sessions.
 
-Keys: enter/r open or resume, n new, d delete (asks first), x export, q quit.
+Keys: enter/r open or resume, n new, d delete (asks first), x export, q quit. The session this
+app is running is shown live (status, epoch, best) from its dashboard state.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, one_line, score, when
-from gpta_tui.widgets.key_bar import KeyBar
+from textual.widgets import Footer
 
-# Statuses a session can be resumed from ("finished" opens read-only; "unreadable" cannot open).
-RESUMABLE = {"running", "paused", "interrupted", "failed"}
+from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, one_line, score, when
+from sessions.status import resumable, shown
+
+COLUMNS = (("name", "name"), ("mode", "mode"), ("dataset", "dataset"), ("status", "status"),
+           ("epoch", "epoch"), ("best val", "best"), ("test", "test"), ("updated", "updated"))
 
 
 @dataclass(frozen=True)
@@ -34,27 +37,34 @@ class SessionRow:
     best: str
     updated: float | None
     error: str = ""
+    test: str = "-"
 
     @property
     def resumable(self) -> bool:
-        return self.status in RESUMABLE
+        return resumable(self.status)
 
 
-def session_row(item: Any) -> SessionRow:
-    """One `SessionStore.list()` entry (a SessionSummary) -> a table row."""
+def figure(value: Any, metric: str) -> str:
+    return f"{metric} {score(float(value))}".strip() if isinstance(value, (int, float)) else "-"
+
+
+def session_row(item: Any, live: bool = False, test: dict | None = None) -> SessionRow:
+    """One `SessionStore.list()` entry (a SessionSummary) -> a table row. `live`: a process
+    holds the session; `test`: its stored test metrics."""
     best = getattr(item, "best_metric", None)
     metric = getattr(item, "metric", "") or ""
     epoch, epochs = getattr(item, "epoch", 0), getattr(item, "epochs", 0)
-    status = str(getattr(item, "status", "") or "-")
+    status = shown(str(getattr(item, "status", "") or "-"), live)
     return SessionRow(
         name=str(item.name),
         mode=str(getattr(item, "mode", "") or "-"),
         dataset=str(getattr(item, "dataset", "") or "-"),
         status=status,
         epoch=f"{epoch}/{epochs}" if epochs else "-",
-        best=f"{score(float(best))} {metric}".strip() if isinstance(best, (int, float)) else "-",
+        best=figure(best, metric),
         updated=float(getattr(item, "updated", 0.0) or 0.0) or None,
         error=str(getattr(item, "error", "") or ""),
+        test=figure((test or {}).get(metric), metric),
     )
 
 
@@ -70,22 +80,44 @@ class SessionsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[SessionRow] = []
+        self._live_name: str | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="sessions-box"):
             yield Static("Sessions", id="sessions-title")
             yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="sessions-empty")
-        yield KeyBar()
+        yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for label, key in (("name", "name"), ("mode", "mode"), ("dataset", "dataset"),
-                           ("status", "status"), ("epoch", "epoch"), ("best", "best"),
-                           ("updated", "updated")):
+        for label, key in COLUMNS:
             table.add_column(label, key=key)
         self.reload()
         table.focus()
+        self.set_interval(1.0, self.show_live)
+
+    def show_live(self) -> None:
+        """The session this app runs, from its live state (no store read)."""
+        controller = getattr(self.app, "controller", None)
+        if controller is None or controller.name not in {r.name for r in self.rows}:
+            return
+        state = controller.state
+        table = self.query_one(DataTable)
+        if not controller.running:
+            if self._live_name == controller.name:
+                self._live_name = None
+                self.reload()  # the run ended: its stored summary is final
+            return
+        self._live_name = controller.name
+        best = state.best.get("score") if state.best else None
+        total = state.epochs_total
+        for key, value in (
+                ("status", Text(f"{STATUS_ICON.get(state.status, '·')} {state.status}",
+                                style=STATUS_STYLE.get(state.status, ""))),
+                ("epoch", f"{state.epoch}/{total}" if total else "-"),
+                ("best", Text(figure(best, state.metric), style="green"))):
+            table.update_cell(controller.name, key, value)
 
     def on_screen_resume(self) -> None:
         self.reload()
@@ -95,7 +127,7 @@ class SessionsScreen(Screen[None]):
         table = self.query_one(DataTable)
         current = self.selected.name if self.selected else None
         try:
-            self.rows = [session_row(item) for item in self.app.list_sessions()]
+            self.rows = [self._row(item) for item in self.app.list_sessions()]
         except Exception as exc:  # noqa: BLE001 - shown, not fatal
             self.rows = []
             self.notify(f"Could not list sessions: {exc}", severity="error")
@@ -106,14 +138,22 @@ class SessionsScreen(Screen[None]):
             style = STATUS_STYLE.get(row.status, "")
             table.add_row(Text(row.name, style="bold"), row.mode, one_line(row.dataset, 40),
                           Text(f"{STATUS_ICON.get(row.status, '·')} {row.status}", style=style),
-                          row.epoch, Text(row.best, style="green"), when(row.updated, now), key=row.name)
+                          row.epoch, Text(row.best, style="green"), Text(row.test, style="bold cyan"),
+                          when(row.updated, now), key=row.name)
         names = [r.name for r in self.rows]
         if current in names:
             table.move_cursor(row=names.index(current), animate=False)
+        self.show_live()
         empty = self.query_one("#sessions-empty", Static)
         empty.update("" if self.rows else "No sessions yet. Press n to start one.")
         self.query_one("#sessions-title", Static).update(
             f"Sessions · {len(self.rows)} saved in {self.app.home_label}")
+
+    def _row(self, item: Any) -> SessionRow:
+        status = getattr(item, "status", "")
+        live = status == "paused" and self.app.session_locked(item.name)
+        test = self.app.session_test_metrics(item.name) if status == "finished" else None
+        return session_row(item, live=live, test=test)
 
     @property
     def selected(self) -> SessionRow | None:

@@ -9,6 +9,7 @@ finished figure. Screen switches, modals and key presses repaint from that cache
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -19,15 +20,7 @@ from textual_plotext import PlotextPlot
 from textual_plotext.plot import Plot
 
 from gpta_tui.dashboard import DashboardState
-
-
-def smooth(values: list[float], weight: float = 0.9) -> list[float]:
-    """Debiased exponential moving average (TensorBoard's smoothing)."""
-    out, avg = [], 0.0
-    for i, value in enumerate(values, 1):
-        avg = weight * avg + (1 - weight) * value
-        out.append(avg / (1 - weight**i))
-    return out
+from sessions.curves import smooth
 
 
 def downsample(xs: list[int], ys: list[float], buckets: int) -> tuple[list[float], list[float]]:
@@ -51,9 +44,29 @@ def int_ticks(lo: int, hi: int, width: int) -> list[int]:
     return sorted({round(lo + i * (hi - lo) / (count - 1)) for i in range(count)})
 
 
+def nice_ticks(lo: float, hi: float, count: int = 4) -> tuple[list[float], list[str]]:
+    """About `count` round tick values covering [lo, hi] and labels with just enough decimals."""
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        return [], []
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    raw = (hi - lo) / max(1, count - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    values = [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if step / mag == 2.5 else 0)
+    return values, [f"{v:.{decimals}f}" for v in values]
+
+
+LEGEND = ("[$text-muted]━ loss[/]  [cyan]━ smoothed[/]  [green]●─ val {metric}[/]"
+          "  [yellow]│ best epoch[/]")
+
+
 def draw(plt: Plot, steps: list[int], losses: list[float], val: list[tuple[int, float]],
-         metric: str, width: int, height: int, theme: str) -> Text:
-    """The whole figure as Rich text (pure: no widget state; safe in a worker thread)."""
+         metric: str, width: int, height: int, theme: str, best_step: int | None = None) -> Text:
+    """The whole figure as Rich text (pure: no widget state; safe in a worker thread).
+    No legend inside the plot: the panel's subtitle carries it."""
     plt.clear_data()
     plt.clear_figure()
     plt.plotsize(width, height)
@@ -65,13 +78,25 @@ def draw(plt: Plot, steps: list[int], losses: list[float], val: list[tuple[int, 
     buckets = max(8, width - 14)
     plt.title(f"student loss ({len(steps)} steps) · validation {metric} per epoch")
     xs, ys = downsample(steps, losses, buckets)
-    plt.plot(xs, ys, marker="braille", color="gray", label="loss")
+    plt.plot(xs, ys, marker="braille", color="gray")
     xs_s, ys_s = downsample(steps, smooth(losses), buckets)
-    plt.plot(xs_s, ys_s, marker="braille", color="cyan", label="smoothed")
+    plt.plot(xs_s, ys_s, marker="braille", color="cyan")
+    ticks, labels = nice_ticks(min(losses), max(losses), max(2, min(5, (height - 6) // 2)))
+    if ticks:
+        plt.yticks(ticks, labels)
     if val:
-        plt.scatter([float(x) for x, _ in val], [y for _, y in val], marker="●", color="green",
-                    yside="right", label=f"val {metric}")
-        plt.ylabel(metric, yside="right")
+        vx, vy = [float(x) for x, _ in val], [y for _, y in val]
+        if len(val) > 1:
+            plt.plot(vx, vy, marker="braille", color="green", yside="right")
+        plt.scatter(vx, vy, marker="●", color="green", yside="right")
+        lo, hi = min(vy), max(vy)
+        pad = max(0.01, (0.1 - (hi - lo)) / 2)  # at least 0.1 of the metric on the axis
+        ticks, labels = nice_ticks(lo - pad, hi + pad, max(2, min(5, (height - 6) // 2)))
+        if ticks:
+            plt.yticks(ticks, labels, yside="right")
+        plt.ylabel(f"val {metric}", yside="right")
+    if best_step is not None:
+        plt.vline(float(best_step), color="yellow")
     plt.ylabel("loss")
     plt.xticks(int_ticks(steps[0], steps[-1], width))
     return Text.from_ansi(plt.build())
@@ -90,6 +115,7 @@ class LossChart(PlotextPlot):
         self._losses: list[float] = []
         self._val: list[tuple[int, float]] = []
         self._metric = "accuracy"
+        self._best_step: int | None = None
         self._last_build = 0.0
         self.builds = 0
 
@@ -108,6 +134,9 @@ class LossChart(PlotextPlot):
         self._losses = [state.losses[s] for s in steps]
         self._val = [(state.val_step.get(e, 0), v) for e, v in sorted(state.val.items())]
         self._metric = state.metric
+        best_epoch = state.best.get("epoch") if state.best else None
+        self._best_step = state.val_step.get(best_epoch) if best_epoch in state.val else None
+        self.border_subtitle = LEGEND.format(metric=state.metric)
         self._dirty = True
         if now:
             self._last_build = 0.0
@@ -128,13 +157,13 @@ class LossChart(PlotextPlot):
         self._last_build = time.monotonic()
         theme = self._get_plotext_theme_name(self.app.theme)
         self._build(list(self._steps), list(self._losses), list(self._val), self._metric,
-                    width, height, theme)
+                    width, height, theme, self._best_step)
 
     @work(thread=True, exclusive=True, group="loss-chart", exit_on_error=False)
-    def _build(self, steps, losses, val, metric, width, height, theme) -> None:
+    def _build(self, steps, losses, val, metric, width, height, theme, best_step) -> None:
         with self._building:
             started = time.monotonic()
-            figure = draw(self.plt, steps, losses, val, metric, width, height, theme)
+            figure = draw(self.plt, steps, losses, val, metric, width, height, theme, best_step)
             took = time.monotonic() - started
         try:
             self.app.call_from_thread(self._show, figure, (width, height), took)
@@ -146,8 +175,9 @@ class LossChart(PlotextPlot):
         self.builds += 1
         # Slow builds (a busy CPU) redraw less often: keep the chart under ~10% of a core.
         self._period = max(self._min_period, 10 * took)
-        if size != tuple(self.size):
+        if size != tuple(self.size):  # resized while drawing: redraw at once, not after the period
             self._dirty = True
+            self._last_build = 0.0
         self.refresh()
 
     def render(self) -> RenderResult:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from rich.console import Group
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from gpta_tui.dashboard import DashboardState, WindowView, target_prefixes
-from gpta_tui.formatting import one_line
+from gpta_tui.formatting import one_line, printable
 
 
 def render_window(window: WindowView) -> Group:
@@ -20,13 +21,22 @@ def render_window(window: WindowView) -> Group:
         Text(f"epoch {window.epoch} · window {window.index}", style="bold magenta"),
         Text("assistant: the next prefix", style="bold green"),
     ]
-    parts += [Text(f"  {p}", style="green") for p in prefixes] or [Text("  (empty)", style="dim")]
+    parts += [Text(f"  {printable(p)}", style="green") for p in prefixes] or [Text("  (empty)", style="dim")]
     parts += [Text(""), Text("user: the w sorted (prefix, score) pairs", style="bold cyan"),
-              Text(window.user or "(empty)")]
+              Text(printable(window.user) or "(empty)")]
     return Group(*parts)
 
 
+def window_text(window: WindowView) -> str:
+    """A window as plain text (what `y` copies): each message with its role."""
+    parts = [f"{role}:\n{text}" for role, text in (("system", window.system), ("user", window.user),
+                                                   ("assistant", window.assistant)) if text]
+    return "\n\n".join(parts)
+
+
 class WindowsPanel(Horizontal):
+    BINDINGS = [Binding("y", "copy_window", "Copy window")]
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._rev = -1
@@ -62,6 +72,30 @@ class WindowsPanel(Horizontal):
         self.border_title = f"Dialogue gradients · {total}" if total else "Dialogue gradients"
         if total:
             options.highlighted = min(highlighted, total - 1) if highlighted is not None else total - 1
+
+    @property
+    def selected(self) -> WindowView | None:
+        index = self.query_one("#window-list", OptionList).highlighted
+        return self._windows[index] if index is not None and 0 <= index < len(self._windows) else None
+
+    def action_copy_window(self) -> None:
+        from gpta_tui.screens.text_view import copy_text
+
+        window = self.selected
+        if window is None:
+            self.notify("No dialogue window to copy yet.", severity="warning", timeout=2)
+            return
+        copy_text(self.app, window_text(window), f"window e{window.epoch}·{window.index}")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        from gpta_tui.screens.text_view import TextViewScreen
+
+        event.stop()
+        window = self.selected
+        if window is not None:
+            self.app.push_screen(TextViewScreen(
+                f"Dialogue window e{window.epoch}·{window.index}", render_window(window),
+                window_text(window), f"window e{window.epoch}·{window.index}"))
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         event.stop()

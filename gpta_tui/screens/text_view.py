@@ -1,0 +1,43 @@
+"""TextViewScreen: a read-only modal showing one item in full (a prefix, a dialogue window).
+
+`y` copies the item's text (Textual's `copy_to_clipboard`: OSC 52 to the terminal), esc closes.
+"""
+
+from __future__ import annotations
+
+from rich.console import RenderableType
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Label, Static
+
+
+def copy_text(app: App, text: str, what: str) -> None:
+    """Copy `text` to the clipboard and say so in a toast."""
+    app.copy_to_clipboard(text)
+    app.notify(f"Copied {what} ({len(text)} characters) to the clipboard.", timeout=3)
+
+
+class TextViewScreen(ModalScreen[None]):
+    BINDINGS = [
+        Binding("y", "copy", "Copy"),
+        Binding("escape,q,enter", "close", "Close"),
+    ]
+
+    def __init__(self, title: str, body: RenderableType, text: str, what: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text, self.body, self.text, self.what = title, body, text, what
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide text-view"):
+            yield Label(self.title_text, classes="dialog-title")
+            with VerticalScroll(can_focus=False):
+                yield Static(self.body, id="text-view-body")
+            yield Label("y copy · esc close", classes="dim")
+
+    def action_copy(self) -> None:
+        copy_text(self.app, self.text, self.what)
+
+    def action_close(self) -> None:
+        self.dismiss(None)

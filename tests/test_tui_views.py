@@ -1,0 +1,214 @@
+"""Fast pilot tests of the dashboard's views on the canned run (no engine): the prefix detail
+and view, copying, dialogue windows, the responsive layout and contextual keys."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_tui_dashboard import PREFIXES, canned_events  # noqa: E402
+from test_tui_snapshots import NOW  # noqa: E402
+
+from gpta_tui.app import GptaApp  # noqa: E402
+from gpta_tui.dashboard import build_state  # noqa: E402
+from gpta_tui.screens.run import RunScreen  # noqa: E402
+from gpta_tui.screens.text_view import TextViewScreen  # noqa: E402
+from gpta_tui.widgets.history_table import HistoryTable  # noqa: E402
+from gpta_tui.widgets.prefix_detail import PrefixDetail  # noqa: E402
+from gpta_tui.widgets.windows_panel import WindowsPanel  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+
+def canned_app(events=None) -> GptaApp:
+    state = build_state(canned_events() if events is None else events)
+    return GptaApp(start=RunScreen(state, None, clock=lambda: NOW), clock=lambda: NOW)
+
+
+def screen_text(widget) -> str:
+    """A Static's content as plain text (wide, so nothing wraps)."""
+    console = Console(width=400, record=True, file=io.StringIO())
+    console.print(widget.content)
+    return " ".join(console.export_text().split())
+
+
+def run_screen(app) -> RunScreen:
+    return next(s for s in app.screen_stack if isinstance(s, RunScreen))
+
+
+async def test_the_selected_prefix_is_shown_in_full_and_follows_the_cursor():
+    app = canned_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        screen = run_screen(app)
+        table = screen.query_one(HistoryTable)
+        table.focus()
+        detail = screen.query_one(PrefixDetail)
+        ranked = [p for p, _ in screen.state.sorted_history]
+        assert ranked[0] == PREFIXES[5]
+        # The table cuts the best prefix at 80 columns; the detail carries all of it.
+        assert table.prefixes[0].endswith("…") and len(table.prefixes[0]) < len(ranked[0])
+        assert ranked[0] in screen_text(detail) and "TA request #2" in screen_text(detail)
+        await pilot.press("down", "down", "down")
+        await pilot.pause()
+        assert ranked[3] in screen_text(detail) and "▶ training" in screen_text(detail)
+        await pilot.press("down")
+        await pilot.pause()
+        assert ranked[4] in screen_text(detail)
+        assert "carried over" in screen_text(detail)  # scored without a TA request (id -1)
+
+
+async def test_enter_opens_the_prefix_view_and_y_copies():
+    app = canned_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        screen = run_screen(app)
+        screen.query_one(HistoryTable).focus()
+        await pilot.press("down")
+        await pilot.press("y")
+        assert app.clipboard == PREFIXES[3]  # rank 2: 0.667
+        await pilot.press("enter")
+        await pilot.pause()
+        view = app.screen
+        assert isinstance(view, TextViewScreen) and view.text == PREFIXES[3]
+        body = screen_text(view.query_one("#text-view-body"))
+        assert PREFIXES[3] in body and "0.6670" in body and "TA request #2" in body
+        assert "beat the best shown" in body and "yes" in body
+        app.copy_to_clipboard("")
+        await pilot.press("y")
+        assert app.clipboard == PREFIXES[3]
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is screen
+
+
+async def test_dialogue_windows_open_in_full_and_copy():
+    app = canned_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        screen = run_screen(app)
+        screen.query_one("#window-list").focus()
+        await pilot.press("home")
+        await pilot.press("y")
+        window = screen.query_one(WindowsPanel).windows[0]
+        assert app.clipboard.startswith("system:") and window.user in app.clipboard
+        assert window.assistant in app.clipboard
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, TextViewScreen)
+        assert "e1·1" in app.screen.title_text and app.screen.text == app.clipboard
+
+
+def header_text(state, width: int = 200) -> str:
+    from gpta_tui.widgets.run_header import RunHeader
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(RunHeader.render_state(state, NOW, width))
+    return console.export_text()
+
+
+def test_header_shows_setup_progress_while_loading():
+    from engine.events import Notice, PhaseChanged
+
+    from gpta_tui.dashboard import DashboardState
+
+    state = DashboardState("cold", {"loop": {"epochs": 2}})
+    state.status = "loading"
+    state.apply(PhaseChanged(epoch=1, phase="setup", ts=NOW - 37))
+    state.apply(Notice(level="info", message="dequantizing Gemma 3 270M (first run only, ~2 min)",
+                       ts=NOW - 30))
+    text = header_text(state)
+    assert "loading" in text and "dequantizing Gemma 3 270M" in text and "0:37" in text
+
+
+@pytest.mark.parametrize("width", [76, 96, 156])
+def test_header_keeps_phase_progress_best_and_test_at_every_width(width):
+    from test_tui_snapshots import finished_events
+
+    live = header_text(build_state(canned_events()), width)
+    assert "e2/2" in live or "epoch 2/2" in live
+    assert "6/12" in live and "0.6880" in live and "val" in live
+    done = header_text(build_state(finished_events()), width)
+    assert "test" in done and "0.6917" in done and "0.7083" in done
+
+
+def test_paused_time_is_not_elapsed_time():
+    from engine.events import RunStarted, StatusChanged, TrainStep
+
+    from gpta_tui.dashboard import DashboardState
+
+    state = DashboardState("p")
+    state.apply(RunStarted(name="p", mode="gpta", config={}, device="cpu", metric="accuracy",
+                           label_names=[], ts=100.0))
+    state.apply(TrainStep(epoch=1, step=1, epoch_step=1, epoch_steps=9, loss=1.0, lr=0.1, ts=110.0))
+    state.apply(StatusChanged(status="paused", ts=120.0))
+    state.apply(StatusChanged(status="running", ts=400.0))  # paused for 280 s
+    state.apply(TrainStep(epoch=1, step=2, epoch_step=2, epoch_steps=9, loss=1.0, lr=0.1, ts=405.0))
+    assert state.elapsed_s() == pytest.approx(25.0, abs=1e-9)
+
+
+def test_one_status_vocabulary():
+    from sessions.status import ENGINE_TO_SESSION, resumable, session_status, shown
+    from sessions.store import _STATUS_MAP
+
+    assert _STATUS_MAP is ENGINE_TO_SESSION  # the store uses the one definition
+    assert session_status("stopped") == "paused" and shown("paused", live=False) == "stopped"
+    assert shown("paused", live=True) == "paused" and shown(session_status("stopped"), False) == "stopped"
+    assert resumable("stopped") and resumable("failed") and not resumable("finished")
+
+
+async def test_contextual_keys_of_an_ended_run_and_the_compact_tabs():
+    from textual.widgets import Footer
+
+    app = canned_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        screen = run_screen(app)
+        assert screen.compact and screen.query_one(Footer)
+        # no live run: the footer offers clone/new, never pause/stop
+        shown_keys = {b.binding.action for b in screen.active_bindings.values()
+                      if b.binding.show and b.enabled and screen.check_action(b.binding.action, ())}
+        assert {"clone", "new", "back"} <= shown_keys and "stop" not in shown_keys
+        assert not screen.check_action("toggle_pause", ()) and not screen.check_action("stop", ())
+        await pilot.press("3")
+        await pilot.pause()
+        assert screen.active_tab == "windows" and screen.query_one("#windows").display
+        assert not screen.query_one("#history-panel").display
+        await pilot.press("5")
+        await pilot.pause()
+        assert screen.query_one("#log").display and not screen.query_one("#run-grid").display
+        await pilot.resize_terminal(160, 48)
+        await pilot.pause()
+        assert not screen.compact and screen.query_one("#history-panel").display
+        await pilot.resize_terminal(70, 20)
+        await pilot.pause()
+        assert type(app.screen).__name__ == "TooSmallScreen"
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert app.screen is screen
+
+
+async def test_palette_command_writes_the_curves_as_png_and_csv(tmp_path):
+    import csv
+    import time
+
+    app = canned_app()
+    target = tmp_path / "curves"
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        run_screen(app).action_export_curves(str(target))
+        deadline = time.monotonic() + 60
+        while not (target / "curves.png").exists() and time.monotonic() < deadline:
+            await pilot.pause(0.1)
+        await app.workers.wait_for_complete()
+    assert (target / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loss = list(csv.reader((target / "loss.csv").open()))
+    assert loss[0] == ["step", "epoch", "loss"] and len(loss) == 1 + 18
+    val = list(csv.reader((target / "validation.csv").open()))
+    assert val[0] == ["epoch", "step", "val_accuracy", "best"]
+    assert val[1] == ["1", "12", "0.625", "1"]  # epoch 1 holds the best (its best prefix)
