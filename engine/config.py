@@ -275,13 +275,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # CPU-friendly but meaningful: the dataclass defaults.
     "default": {},
-    # The paper's settings (Liu & Zhang 2024, section 4): low-resource 10k train.
-    "paper": {
+    # The paper's sizes (Liu & Zhang 2024, section 4: low-resource 10k train, 100 validation,
+    # 1,000 test, k=50, w=5, 5 epochs) with the offline default models.
+    "paper-sizes": {
         "data": {"train_size": 10000, "val_size": 100, "test_size": 1000},
         "student": {"max_length": 128, "batch_size": 16},
         "loop": {"epochs": 5, "k": 50, "l": 5, "window": 5},
     },
 }
+# The paper's setting, models included: a BERT-base student (BART-base for summarization; see
+# build_config) and an OpenAI TA tuned by OpenAI fine-tuning jobs. Needs the Hub and a key:
+# `paper_preset_problem` says in one line what is missing.
+PRESETS["paper"] = copy.deepcopy(PRESETS["paper-sizes"])
+PRESETS["paper"]["student"]["model"] = "bert-base-uncased"
+PRESETS["paper"]["ta"] = {"backend": "openai", "model": "gpt-4o-mini-2024-07-18"}
+PRESETS["paper"]["finetune"] = {"backend": "openai"}
+PAPER_SEQ2SEQ_STUDENT = "facebook/bart-base"
 
 
 def _section_types(obj: Any) -> dict[str, Any]:
@@ -364,7 +373,32 @@ def build_config(preset: str | None = None, file: str | Path | None = None,
     if overrides:
         apply_mapping(cfg, overrides, "command line")
     _default_metric_unless_given(cfg, PRESETS[chosen], file_data, overrides or {})
+    if chosen == "paper" and cfg.data.task == "summarization" and not any(
+            isinstance(layer.get("student"), dict) and "model" in layer["student"]
+            for layer in (file_data, overrides or {})):
+        cfg.student.model = PAPER_SEQ2SEQ_STUDENT
     return cfg.validate()
+
+
+def paper_preset_problem(cfg: RunConfig) -> str | None:
+    """One line on what the `paper` preset's models need and this machine lacks, or None."""
+    import os
+
+    from engine.resources import looks_like_path
+
+    missing = []
+    if cfg.ta.backend == "openai" and not (cfg.ta.api_key or os.environ.get(cfg.ta.api_key_env)):
+        missing.append(f"an OpenAI API key (${cfg.ta.api_key_env}) for the TA "
+                       f"{cfg.ta.model} and its fine-tuning jobs")
+    if not looks_like_path(cfg.student.model):
+        from engine.data import hub_offline, hub_reachable
+
+        if hub_offline() or not hub_reachable():
+            missing.append(f"the Hugging Face Hub for the student {cfg.student.model}")
+    if not missing:
+        return None
+    return ("preset paper needs " + " and ".join(missing) + "; offline, --preset paper-sizes "
+            "runs the paper's sizes with the offline default models")
 
 
 def _default_metric_unless_given(cfg: RunConfig, *layers: dict[str, Any]) -> None:

@@ -1,13 +1,17 @@
-"""The GPTA loop (Liu & Zhang 2024, Algorithm 1), readable in one sitting.
+"""The GPTA loop (Liu & Zhang 2024, sections 3.3-3.5), readable in one sitting.
 
 Per epoch:
   1. training    train the student with the current best prefix
   2. validating  score the trained student with that prefix on the validation split
   3. collecting  ask the TA for l prefixes at a time, showing it the history sorted ascending,
-                 until the history holds k (prefix, score) pairs scored by the frozen student
+                 until the history holds k (prefix, score) pairs scored by the frozen student;
+                 then re-score the best few and "no prefix" on the selection split, which
+                 chooses the epoch's candidate for the best checkpoint (validation only ranks)
   4. windows     slide a window of w pairs over the sorted history: dialogue gradients
   5. finetuning  fine-tune the TA on them; the tuned TA answers next epoch
-After the last epoch the best checkpoint (by validation score) is reloaded and tested.
+After the last epoch the best checkpoint (by selection score) is reloaded and tested.
+The control arms (engine.arms) run the same loop: frozen-ta skips step 5, random-prefix
+answers step 3 with random words, baseline and static-prefix skip steps 3-5.
 
 Everything the engine knows lives in `self.state` (a RunState). Every phase reads and
 writes it, so a run can stop at any step boundary and resume from the last checkpoint.

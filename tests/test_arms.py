@@ -148,3 +148,25 @@ def test_every_arm_chooses_on_a_disjoint_selection_split(tiny_bert_dir, sentimen
         assert finished.summary["selection_metrics"] == best["selection_metrics"]
         if mode == "gpta":
             assert len(engine.state.epochs[0]["selection"]["candidates"]) == 4  # top 3 + no prefix
+
+
+def test_paper_preset_names_the_papers_models_and_refuses_offline_in_one_line(
+        tmp_path, monkeypatch, capsys):
+    from engine.config import build_config
+    from gpta_tui.cli import main
+
+    cfg = build_config("paper")
+    assert (cfg.student.model, cfg.ta.backend, cfg.finetune.backend) == (
+        "bert-base-uncased", "openai", "openai")
+    assert (cfg.data.train_size, cfg.loop.k, cfg.loop.window, cfg.loop.epochs) == (10000, 50, 5, 5)
+    assert build_config("paper", overrides={"data": {"task": "summarization", "dataset": "xsum"}}
+                        ).student.model == "facebook/bart-base"
+    sizes = build_config("paper-sizes")
+    assert sizes.student.model == "all-MiniLM-L6-v2" and sizes.data.train_size == 10000
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = main(["--home", str(tmp_path / "home"), "run", "--preset", "paper"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "OPENAI_API_KEY" in err and "Hugging Face Hub" in err and "paper-sizes" in err
+    assert not (tmp_path / "home" / "sessions").exists() or not any((tmp_path / "home" / "sessions").iterdir())

@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed-prefixes", type=Path, metavar="FILE",
                    help="prefix set (gpta prefixes export) for the fixed and seeded modes")
     p.add_argument("--config", type=Path, help="TOML file, as for gpta run")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="smoke, default or paper")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="smoke, default, paper-sizes or paper (see gpta run --help)")
     for flag, (_section, _key, typ) in RUN_FLAGS.items():
         if flag not in OWN:
             p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None,
@@ -91,6 +91,9 @@ def spec_from_args(args: argparse.Namespace, name: str) -> CompareSpec:
     if args.seed is not None:
         overrides["seed"] = args.seed
     config = build_config(args.preset, args.config, overrides)
+    from gpta_tui.commands.run import check_paper_preset
+
+    check_paper_preset(args, config)
     modes = [m.strip() for m in (args.modes or "baseline,gpta").split(",") if m.strip()]
     n_seeds = 3 if args.seeds is None else args.seeds
     if n_seeds <= 0:

@@ -84,6 +84,18 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return out
 
 
+def check_paper_preset(args: argparse.Namespace, config) -> None:
+    """The `paper` preset names Hub and OpenAI models: refuse at once, in one line, when they
+    cannot be had here (rather than failing minutes later at model loading)."""
+    from engine.config import load_toml, paper_preset_problem
+
+    preset = args.preset or (load_toml(args.config).get("preset") if args.config else None)
+    if preset == "paper":
+        problem = paper_preset_problem(config)
+        if problem:
+            raise UsageError(problem, "set the missing key / go online, or use --preset paper-sizes")
+
+
 def register(subparsers) -> None:
     run = subparsers.add_parser(
         "run", help="start a new run (a saved, resumable session)",
@@ -91,7 +103,9 @@ def register(subparsers) -> None:
     run.add_argument("--config", type=Path, help="TOML file with [data] [student] [ta] "
                      "[finetune] [loop] sections (see README)")
     run.add_argument("--preset", choices=sorted(PRESETS), help="smoke (minutes on CPU), "
-                     "default, or paper (the paper's sizes)")
+                     "default, paper-sizes (the paper's sizes, offline models) or paper (the "
+                     "paper's sizes and models: bert-base-uncased and an OpenAI TA with "
+                     "fine-tuning; needs the Hub and OPENAI_API_KEY)")
     for flag, (_section, _key, typ) in RUN_FLAGS.items():
         run.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None,
                          help=HELP.get(flag))
@@ -160,6 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.setdefault("loop", {}).update(
             seed_prefix_settings(args.seed_prefixes, args.fixed_prefix))
     config = build_config(args.preset, args.config, overrides)
+    check_paper_preset(args, config)
     view = HeadlessView(verbose=args.verbose)
     handle, engine = start_session(config, args.home, listeners=[view], controls=Controls())
     view.console.print(f"session [bold]{handle.name}[/] in {handle.dir}")
