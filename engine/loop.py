@@ -169,6 +169,30 @@ class Engine:
         if recorded and previous and previous != name:
             self._remove_checkpoint(previous)
 
+    def _local_adapters(self) -> bool:
+        return self.config.ta.backend == "local"
+
+    def _stored_ta_model(self, model: str) -> str:
+        """What the state records for a tuned TA: a local adapter folder relative to the session
+        folder (so the session can move, and a stored path can be contained), else the id."""
+        if not self._local_adapters() or not model:
+            return model
+        path = Path(model)
+        path = path if path.is_absolute() else Path.cwd() / path
+        return contained(self.workdir, str(path), "TA adapter").relative_to(
+            self.workdir.resolve()).as_posix()
+
+    def _ta_model_ref(self, stored: str) -> str:
+        """The model reference to load for a stored TA model: for a local TA, the base model's
+        own name, or an adapter folder checked to lie inside this session's folder."""
+        if not self._local_adapters():
+            return stored
+        from engine.ta.local import is_base_ref
+
+        if is_base_ref(self.config, stored):
+            return stored
+        return str(contained(self.workdir, stored, "TA adapter"))
+
     def _remove_checkpoint(self, ref: str) -> None:
         """Delete an old checkpoint folder; a path outside the session folder is never touched."""
         shutil.rmtree(contained(self.workdir, ref, "old checkpoint"), ignore_errors=True)
@@ -190,11 +214,8 @@ class Engine:
                 raise UnsafePath("the stored best checkpoint is not a mapping",
                                  "the session cannot be resumed; start a new run with its config")
             contained(self.workdir, st.best.get("path"), "best checkpoint")
-        if st.ta_model and self.config.ta.backend == "local":
-            from engine.ta.local import is_base_ref
-
-            if not is_base_ref(self.config, st.ta_model):
-                contained(self.workdir, st.ta_model, "TA adapter")
+        if st.ta_model:
+            self._ta_model_ref(st.ta_model)
 
     # ---- setup -----------------------------------------------------------------------
     def _setup(self) -> None:
@@ -249,7 +270,7 @@ class Engine:
 
                 self.finetune = build_finetune(cfg, self.device)
             if self.state.ta_model:
-                self.ta.use_model(self.state.ta_model)
+                self.ta.use_model(self._ta_model_ref(self.state.ta_model))
         self.prompt_examples = tuple(self.ta.prompt_examples()) if self.ta is not None else ()
         if not self.state.description:
             self.state.description = cfg.data.description or self.data.default_description
@@ -656,7 +677,7 @@ class Engine:
                                            label_names=list(self.data.label_names),
                                            metric=self.metric, task=self.data.task)
                     for window, target in windows]
-        path = self.workdir / "windows" / f"epoch-{st.epoch}.jsonl"
+        path = contained(self.workdir, f"windows/epoch-{st.epoch}.jsonl", "windows file")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(examples, path)
         self.emit(WindowsBuilt(epoch=st.epoch, windows=examples, path=str(path)))
@@ -668,7 +689,7 @@ class Engine:
         cfg, st = self.config, self.state
         backend = self.finetune
         record = next((r for r in st.epochs if r["epoch"] == st.epoch), {})
-        path = self.workdir / "windows" / f"epoch-{st.epoch}.jsonl"
+        path = contained(self.workdir, f"windows/epoch-{st.epoch}.jsonl", "windows file")
         from engine.history import read_jsonl
 
         examples = read_jsonl(path) if path.exists() else []
@@ -699,7 +720,7 @@ class Engine:
         else:
             # Tuning builds up across epochs (as in the paper): continue from the current
             # tuned TA (an OpenAI fine-tuned model id, or a local adapter directory).
-            base = st.ta_model or cfg.finetune.model or cfg.ta.model
+            base = self._ta_model_ref(st.ta_model) if st.ta_model else (cfg.finetune.model or cfg.ta.model)
             try:
                 job_id = backend.submit(examples, base, self.workdir, st.epoch)
             except GptaError as exc:
@@ -745,8 +766,8 @@ class Engine:
             st.job = None
             raise
         if status.status == "succeeded" and status.model:
-            self.ta.use_model(status.model)
-            st.ta_model = status.model
+            st.ta_model = self._stored_ta_model(status.model)
+            self.ta.use_model(self._ta_model_ref(st.ta_model))
             self.emit(TAModelChanged(epoch=st.epoch, model=self.ta.model_name,
                                      reason=f"fine-tune job {job_id} succeeded"))
         self._job_done(record, job_id, status.status, status.message)

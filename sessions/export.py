@@ -337,16 +337,8 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
         raise UsageError(f"a session named {name!r} already exists in {str(store.root)!r}",
                          f"delete it first (`gpta delete {name}`) or import under another name")
     windows = _read_window_files(src / "windows")  # validated before anything is written
-    store.write_imported(name, _scrub(data))
-    folder = store.session_dir(name)
-    try:
-        if windows:
-            (folder / "windows").mkdir()
-            for fname, text in windows.items():
-                atomic_write_text(folder / "windows" / fname, text)
-    except BaseException:
-        store.delete(name)  # an import completes or leaves nothing behind
-        raise
+    store.write_imported(name, _scrub(data),
+                         {f"windows/{fname}": text for fname, text in windows.items()})
     return name
 
 
@@ -398,9 +390,23 @@ def _check_import_shape(data: dict, path: Path) -> dict:
         if not isinstance(table, str) or not isinstance(rows, dict) or not all(
                 isinstance(doc, dict) for doc in rows.values()):
             raise UsageError(f"{str(path)!r}: table {table!r} is not a mapping of records", fix)
+        bad = next((key for key in rows if not (key.isascii() and key.isdigit())), None)
+        if bad is not None:
+            raise UsageError(f"{str(path)!r}: table {table!r} has a record id {bad!r} that is not "
+                             "a number", fix)
     rec = data.get(T_SESSION, {}).get("1")
     if not isinstance(rec, dict):
         raise UsageError(f"{str(path)!r} holds no session record", "export the session again")
+    from engine.config import RunConfig
+    from engine.errors import GptaError as _GptaError
+
+    try:
+        RunConfig.from_dict(rec.get("config") if isinstance(rec.get("config"), dict) else {},
+                            "exported config")
+    except _GptaError as exc:
+        raise UsageError(f"{str(path)!r}: {exc.problem}", fix) from None
+    except (TypeError, AttributeError, ValueError):
+        raise UsageError(f"{str(path)!r}: the session's config has the wrong shape", fix) from None
     for key, kind in (("config", dict), ("status", str), ("state", (dict, type(None))),
                       ("best", (dict, type(None))), ("finished", (dict, type(None)))):
         if key in rec and not isinstance(rec[key], kind):

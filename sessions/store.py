@@ -18,8 +18,10 @@ when a process dies lies after the last checkpoint, and the engine replays it on
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -58,7 +60,7 @@ SESSIONS_DIR = "sessions"
 DB_FILE = "session.json"
 LOCK_FILE = "session.lock"
 STATUSES = SESSION_STATUSES
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # .match + \Z: no trailing newline
 
 # Engine statuses (StatusChanged / RunFinished) -> session statuses. A stopped run is saved
 # and resumable, which is what "paused" means for a session nobody is running.
@@ -326,6 +328,10 @@ class SessionStore:
 
     def delete(self, name: str) -> None:
         """Delete a session and its artifacts; refuses while a process writes it."""
+        if self.session_dir(name).is_symlink():
+            raise UsageError(f"session folder {str(self.session_dir(name))!r} is a symbolic link; "
+                             "gpta deletes only folders it created",
+                             "remove the link yourself (rm, not rm -r)")
         if not self.session_dir(name).is_dir():
             raise UsageError(f"no session named {name!r} in {str(self.root)!r}",
                              "run `gpta list` to see the saved sessions")
@@ -340,24 +346,34 @@ class SessionStore:
         finally:
             lock.release()
 
-    def write_imported(self, name: str, data: dict) -> None:
-        """Create session `name` from complete database data (used by import)."""
+    def write_imported(self, name: str, data: dict, files: dict[str, str] | None = None) -> None:
+        """Create session `name` from complete database data and text files (relative paths
+        such as "windows/epoch-1.jsonl"), used by import. Everything is written into a hidden
+        staging folder that is renamed into place at the end: an import completes or leaves
+        nothing behind."""
         self.root.mkdir(parents=True, exist_ok=True)
         folder = self.session_dir(name)
+        exists = UsageError(f"a session named {name!r} already exists in {str(self.root)!r}",
+                            f"delete it first (`gpta delete {name}`) or import under another name")
+        if os.path.lexists(folder):
+            raise exists
+        staging = Path(tempfile.mkdtemp(prefix=".import-", dir=self.root))
         try:
-            folder.mkdir()
-        except FileExistsError:
-            raise UsageError(f"a session named {name!r} already exists in {str(self.root)!r}",
-                             f"delete it first (`gpta delete {name}`) or import under another name"
-                             ) from None
-        lock = self._acquire(name)
-        try:
-            AtomicJSONStorage(folder / DB_FILE).write(data)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+            AtomicJSONStorage(staging / DB_FILE).write(data)
+            for rel, text in (files or {}).items():
+                target = staging / rel
+                if staging.resolve() not in target.resolve().parents:
+                    raise UsageError(f"import file name {rel!r} leaves the session folder",
+                                     "import the folder written by `gpta export`, unedited")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text, encoding="utf-8")
+            try:
+                os.mkdir(folder)  # claims the name; rename then replaces the empty folder
+            except FileExistsError:
+                raise exists from None
+            os.replace(staging, folder)
         finally:
-            lock.release()
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _app_version() -> str:
@@ -797,7 +813,7 @@ class SessionHandle:
             rows = []
             for doc in sorted(self._t(T_WINDOWS).all(), key=lambda d: d.doc_id):
                 if epoch is None or doc.doc_id == epoch:
-                    rows.extend({"epoch": doc.doc_id, **copy.deepcopy(w)} for w in doc["windows"])
+                    rows.extend({**copy.deepcopy(w), "epoch": doc.doc_id} for w in doc["windows"])
             return rows
 
     def jobs(self) -> list[dict]:

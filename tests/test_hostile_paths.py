@@ -87,9 +87,9 @@ def _edit_state(db: Path, **fields) -> None:
 
 
 @pytest.mark.parametrize("field,ref", [
-    ("checkpoint", "../../victim"),
+    ("checkpoint", "../../../victim"),
     ("checkpoint", "ABS"),
-    ("best", "../../victim/keep"),
+    ("best", "../../../victim/keep"),
     ("best", "ABS"),
 ])
 def test_resume_of_a_crafted_state_touches_nothing_outside(tiny_bert_dir, sentiment_csv, tmp_path,
@@ -97,8 +97,8 @@ def test_resume_of_a_crafted_state_touches_nothing_outside(tiny_bert_dir, sentim
     home = tmp_path / "home"
     db = _stopped_session(tiny_bert_dir, sentiment_csv, home, "crafted")
     target = str(victim) if ref == "ABS" else ref
-    # The victim lies two levels above the session folder: home/crafted -> tmp_path.
-    assert (home / "crafted" / "../../victim").resolve() == victim.resolve()
+    # The victim lies three levels above the session folder: home/sessions/crafted -> tmp_path.
+    assert (SessionStore(home).session_dir("crafted") / "../../../victim").resolve() == victim.resolve()
     if field == "checkpoint":
         _edit_state(db, checkpoint=target)
     else:
@@ -119,7 +119,7 @@ def test_old_checkpoint_deletion_is_contained(tiny_bert_dir, sentiment_csv, tmp_
         with pytest.raises(UnsafePath):
             engine._remove_checkpoint(str(victim))
         with pytest.raises(UnsafePath):
-            engine._remove_checkpoint("../../victim")
+            engine._remove_checkpoint("../../../victim")
     finally:
         handle.close()
     assert (victim / "keep" / "precious.txt").exists()
@@ -209,3 +209,82 @@ def test_import_refuses_a_linked_windows_folder(tiny_bert_dir, sentiment_csv, tm
     with pytest.raises(UsageError, match="not a plain folder"):
         import_session(SessionStore(), out, name="linkdir")
     assert not SessionStore().session_dir("linkdir").exists()
+
+
+def test_a_stored_local_ta_adapter_outside_the_session_is_refused(tiny_bert_dir, sentiment_csv,
+                                                                  tmp_path, victim):
+    from engine.loop import Engine
+
+    from test_engine import CountingTA
+
+    cfg = tiny_config(tiny_bert_dir, sentiment_csv, "adapter", ta={"backend": "local"})
+    workdir = tmp_path / "session"
+    workdir.mkdir()
+    for ref in ("../victim", str(victim), "gemma-3-270m-other"):
+        state = RunState(phase="training", checkpoint="checkpoints/step-0", ta_model=ref).to_dict()
+        engine = Engine(cfg, workdir, resume=state, ta=CountingTA())
+        if ref.startswith("gemma"):
+            # not the base model's name, so an adapter folder: inside the session, only
+            assert engine._ta_model_ref(ref) == str((workdir / ref).resolve())
+            continue
+        with pytest.raises(UnsafePath):
+            engine._check_stored_paths()
+    engine = Engine(cfg, workdir, resume=RunState().to_dict(), ta=CountingTA())
+    assert engine._ta_model_ref(cfg.ta.model) == cfg.ta.model       # the base model by name
+    inside = workdir / "ta-adapters" / "epoch-1"
+    assert engine._stored_ta_model(str(inside)) == "ta-adapters/epoch-1"  # stored relative
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda p: p["database"]["session"]["1"].update(config={"data": []}), "must be a table"),
+    (lambda p: p["database"]["session"]["1"].update(config={"mode": "evil"}), "mode"),
+    (lambda p: p["database"].setdefault("windows", {}).update({"abc": {"windows": []}}), "not a number"),
+])
+def test_import_refuses_configs_and_ids_of_the_wrong_shape(tiny_bert_dir, sentiment_csv, tmp_path,
+                                                           gpta_home, edit, match):
+    out = _export_of_stopped(tiny_bert_dir, sentiment_csv, tmp_path)
+    _edit_export(out, edit)
+    store = SessionStore()
+    with pytest.raises(UsageError, match=match):
+        import_session(store, out, name="shape")
+    assert not store.session_dir("shape").exists()
+
+
+def test_import_is_staged_and_leaves_nothing_when_a_write_fails(tiny_bert_dir, sentiment_csv,
+                                                                tmp_path, gpta_home, monkeypatch):
+    out = _export_of_stopped(tiny_bert_dir, sentiment_csv, tmp_path)
+    windows = out / "windows"
+    windows.mkdir(exist_ok=True)
+    (windows / "epoch-1.jsonl").write_text('{"messages": []}\n')
+    real = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if self.name.startswith("epoch-"):
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    store = SessionStore()
+    with pytest.raises(OSError):
+        import_session(store, out, name="staged")
+    assert not os.path.lexists(store.session_dir("staged"))
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".import-")]
+    monkeypatch.setattr(Path, "write_text", real)
+    import_session(store, out, name="staged")
+    assert (store.session_dir("staged") / "windows" / "epoch-1.jsonl").is_file()
+
+
+def test_names_with_a_newline_and_linked_session_folders_are_refused(gpta_home, tmp_path):
+    from sessions.store import validate_name
+
+    with pytest.raises(UsageError):
+        validate_name("evil\n")
+    store = SessionStore()
+    store.root.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("x")
+    store.session_dir("linked").symlink_to(elsewhere)
+    with pytest.raises(UsageError, match="symbolic link"):
+        store.delete("linked")
+    assert (elsewhere / "keep.txt").exists() and not (elsewhere / "session.lock").exists()

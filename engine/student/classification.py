@@ -85,7 +85,7 @@ class ClassificationStudent(TaskStudent):
 
     def _check_labels(self) -> None:
         n = len(self.label_names)
-        for split in ("train", "validation", "test"):
+        for split in ("train", "validation", "test", "selection"):
             for i, row in enumerate(self.data.split(split)):
                 label = row["label"]
                 try:

@@ -72,7 +72,7 @@ class QAStudent(TaskStudent):
         self.placement = self.spec.placement_for(text(self.template.head), text(self.template.mid),
                                                  text(self.template.tail))
         self.allow_null = any(not row["answers"]["text"]
-                              for split in ("train", "validation", "test")
+                              for split in ("train", "validation", "test", "selection")
                               for row in data.split(split))
         self._splits: dict[str, QAExamples] = {}
 

@@ -201,7 +201,7 @@ class TaskStudent(Student):
         """Hook run right after the model and tokenizer load, before the optimizer is built."""
 
     def _check_rows(self) -> None:
-        for split in ("train", "validation", "test"):
+        for split in ("train", "validation", "test", "selection"):
             rows = self.data.split(split)
             if not rows:
                 raise DataError(f"the {split} split is empty", f"use a dataset with {split} rows")

@@ -220,7 +220,7 @@ def model_label(name: str) -> str:
 def is_base_ref(config: Any, ref: str) -> bool:
     """Whether a stored TA model reference names the base model (not an adapter directory)."""
     ref = (ref or "").strip()
-    return ref in ("", config.ta.model, model_label(config.ta.model)) or is_default_ta(ref)
+    return ref in ("", config.ta.model, model_label(config.ta.model))  # what use_model takes as the base
 
 
 def load_causal_lm(name: str, device: str = "cpu", dtype: Any = None,
