@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 from engine import prompts
 from engine.config import RunConfig
 from engine.controls import Controls
-from engine.errors import GptaError, StopRun, TAError, TAUnavailable
+from engine.errors import GptaError, StopRun, TAError, TAUnavailable, strip_control
 from engine.events import (
     CheckpointSaved,
     DescriptionChanged,
@@ -95,6 +95,7 @@ class Engine:
         return self.bus.emit(event)
 
     def notice(self, message: str, level: str = "warning") -> None:
+        message = strip_control(message)  # echoes file contents and TA replies
         log.debug("%s: %s", level, message)
         self.emit(Notice(level=level, message=message))
 
