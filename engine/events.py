@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+from engine.errors import GptaError
+
 log = logging.getLogger("gpta.events")
 
 PHASES = ("setup", "training", "validating", "collecting", "windows", "finetuning", "testing", "done")
@@ -318,6 +320,9 @@ class EventBus:
         for listener in listeners:
             try:
                 listener(event)
+            except GptaError as exc:  # e.g. the session cannot be written: its owner reports it
+                ok = False
+                log.info("event listener %r could not handle %s: %s", listener, event.kind, exc)
             except Exception:  # noqa: BLE001 - a broken listener must not kill training
                 ok = False
                 log.exception("event listener %r failed on %s", listener, event.kind)

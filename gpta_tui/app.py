@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from rich.markup import escape
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from engine.config import PRESETS, RunConfig
-from engine.errors import GptaError
+from engine.errors import GptaError, strip_control
 from gpta_tui import form
 from gpta_tui.run_control import RunController, load_past
 from gpta_tui.screens.confirm import ConfirmScreen
@@ -93,9 +94,9 @@ class GptaApp(App[None]):
         try:
             self._store().delete(name)
         except GptaError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(str(exc), severity="error", markup=False)
         else:
-            self.notify(f"Deleted {name}.")
+            self.notify(f"Deleted {name}.", markup=False)
 
     def export_session(self, name: str, out_dir: str) -> None:
         from sessions.export import export_session
@@ -107,9 +108,9 @@ class GptaApp(App[None]):
             finally:
                 handle.close()
         except GptaError as exc:
-            self.notify(str(exc), severity="error", timeout=6)
+            self.notify(str(exc), severity="error", timeout=6, markup=False)
         else:
-            self.notify(f"Exported {name} to {written}", timeout=5)
+            self.notify(f"Exported {name} to {written}", timeout=5, markup=False)
 
     # ---- screens -------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -127,7 +128,7 @@ class GptaApp(App[None]):
         try:
             empty = not self.list_sessions()
         except GptaError as exc:
-            self.notify(str(exc), severity="error", timeout=8)
+            self.notify(str(exc), severity="error", timeout=8, markup=False)
             return
         if empty:
             self.new_session(first_launch=True)
@@ -159,7 +160,7 @@ class GptaApp(App[None]):
         try:
             state = load_past(self.home, name)
         except GptaError as exc:
-            self.notify(str(exc), severity="error", timeout=8)
+            self.notify(str(exc), severity="error", timeout=8, markup=False)
             return
         elsewhere = self._store().is_locked(name)
         if resume and state.status != "finished" and not elsewhere:
@@ -168,7 +169,7 @@ class GptaApp(App[None]):
             return
         if elsewhere:
             self.notify(f"{name} is running in another gpta process: showing what it has saved.",
-                        severity="warning", timeout=6)
+                        severity="warning", timeout=6, markup=False)
         self.push_screen(RunScreen(state, None, clock=self.clock))
 
     def start_run(self, config: RunConfig) -> None:
@@ -177,7 +178,7 @@ class GptaApp(App[None]):
     def _busy(self) -> bool:
         if self.controller is not None and self.controller.running:
             self.notify(f"Session {self.controller.name} is running: one run at a time.",
-                        severity="warning")
+                        severity="warning", markup=False)
             return True
         return False
 
@@ -222,7 +223,7 @@ class GptaApp(App[None]):
         if event.state == WorkerState.ERROR:
             error = event.worker.error
             text = str(error) if isinstance(error, GptaError) else f"{type(error).__name__}: {error}"
-            self.notify(f"Run failed: {text}", severity="error", timeout=10)
+            self.notify(f"Run failed: {text}", severity="error", timeout=10, markup=False)
             if controller.state.status != "failed":  # it failed before the engine could say so
                 changed = controller.note(f"the run stopped with an error: {text}", "error")
                 controller.state.status, controller.state.status_reason = "failed", text
@@ -232,7 +233,8 @@ class GptaApp(App[None]):
         elif controller.result is not None and not self._quitting:
             status = controller.result.status
             self.notify(f"Run {status}. Esc: back to the sessions.",
-                        severity="information" if status == "finished" else "warning", timeout=6)
+                        severity="information" if status == "finished" else "warning", timeout=6,
+                        markup=False)
 
     # ---- actions -------------------------------------------------------------------
     def action_help(self) -> None:
@@ -255,7 +257,8 @@ class GptaApp(App[None]):
             return
         job = controller.state.active_job
         if job is not None:
-            question = (f"Fine-tune job {job.job_id} ({job.backend}) is still {job.status}. Quitting "
+            question = (f"Fine-tune job {escape(strip_control(job.job_id))} ({job.backend}) is still "
+                        f"{escape(strip_control(job.status))}. Quitting "
                         "cancels it; the session is saved and resumes from this epoch's fine-tune. "
                         "Quit?")
             self.push_screen(ConfirmScreen(question, yes="Quit", no="Stay", danger=True),

@@ -18,6 +18,7 @@ when a process dies lies after the last checkpoint, and the engine replays it on
 from __future__ import annotations
 
 import copy
+import errno
 import re
 import shutil
 import threading
@@ -88,6 +89,23 @@ def _clean(doc: dict) -> dict:
         if key in out:
             out[key] = [{k: v for k, v in item.items() if k not in _INTERNAL} for item in out[key]]
     return out
+
+
+class SessionWriteError(GptaError):
+    """The session database could not be written (disk full, read-only folder, ...). The
+    file on disk still holds the last complete write, so the session stays resumable."""
+
+    def __init__(self, path: Path, name: str, exc: OSError, new: bool = False):
+        self.errno = exc.errno
+        then = "run it again" if new else f"`gpta resume {name}`"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = f"free space on that disk, then {then}"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = f"make {str(Path(path).parent)!r} writable, then {then}"
+        else:
+            fix = f"fix the problem with that disk, then {then}"
+        super().__init__(f"cannot write session database {str(path)!r} "
+                         f"({exc.strerror or type(exc).__name__})", fix)
 
 
 def validate_name(name: str) -> str:
@@ -252,9 +270,12 @@ class SessionStore:
             handle = SessionHandle(self, name, data, lock=lock)
             handle._storage.write(data)
             handle.flush()
-        except BaseException:
+        except BaseException as exc:
             lock.release()
             shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(exc, SessionWriteError):  # nothing is left to resume
+                raise GptaError(exc.problem, exc.fix.replace(f"`gpta resume {name}`",
+                                                             "run it again")) from None
             raise
         return handle
 
@@ -333,7 +354,10 @@ class SessionStore:
                              ) from None
         lock = self._acquire(name)
         try:
-            AtomicJSONStorage(folder / DB_FILE).write(data)
+            try:
+                AtomicJSONStorage(folder / DB_FILE).write(data)
+            except OSError as exc:
+                raise SessionWriteError(folder / DB_FILE, name, exc, new=True) from None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -574,6 +598,8 @@ class SessionHandle:
         self._last_flush = time.monotonic()
         self._seq = int(self._rec().get("seq", 0))
         self._config: RunConfig | None = None
+        self.write_error: SessionWriteError | None = None  # the last failed write, if any
+        self.on_write_error: Callable[[SessionWriteError], None] | None = None
         self._ta_index: dict[int, int] = {}
         self._job_index: dict[tuple[int, str], int] = {}
         self._reindex()
@@ -637,9 +663,23 @@ class SessionHandle:
         with self._mutex:
             if self._closed or self._file_lock is None:
                 return
-            self._storage.flush()
+            self._write()
             self._steps_since_flush = 0
             self._last_flush = time.monotonic()
+
+    def _write(self) -> None:
+        """Write pending changes; an OSError becomes one SessionWriteError (the file keeps the
+        last complete write, the changes stay in memory for the next try), and the first one
+        is reported to `on_write_error` (the runner stops the engine with it)."""
+        try:
+            self._storage.flush()
+        except OSError as exc:
+            error = SessionWriteError(self.path, self.name, exc)
+            first, self.write_error = self.write_error is None, error
+            if first and self.on_write_error is not None:
+                self.on_write_error(error)
+            raise error from None
+        self.write_error = None
 
     def close(self) -> None:
         """Flush, mark a run that ended without a final status as interrupted, unlock."""
@@ -651,7 +691,7 @@ class SessionHandle:
                     if self._saw_events and self._rec().get("status") == "running":
                         self._set_rec(status="interrupted",
                                       status_reason="the run ended without a final status")
-                    self._storage.flush()
+                    self._write()
             finally:
                 self._closed = True
                 self._db.close()

@@ -8,14 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, one_line, score, when
+from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, literal, one_line, score, when
 from gpta_tui.widgets.key_bar import KeyBar
 
 # Statuses a session can be resumed from ("finished" opens read-only; "unreadable" cannot open).
@@ -98,22 +97,26 @@ class SessionsScreen(Screen[None]):
             self.rows = [session_row(item) for item in self.app.list_sessions()]
         except Exception as exc:  # noqa: BLE001 - shown, not fatal
             self.rows = []
-            self.notify(f"Could not list sessions: {exc}", severity="error")
+            self.notify(f"Could not list sessions: {exc}", severity="error", markup=False)
         self.rows.sort(key=lambda r: r.updated or 0.0, reverse=True)
         table.clear()
         now = self.app.clock() if hasattr(self.app, "clock") else None
         for row in self.rows:
             style = STATUS_STYLE.get(row.status, "")
-            table.add_row(Text(row.name, style="bold"), row.mode, one_line(row.dataset, 40),
-                          Text(f"{STATUS_ICON.get(row.status, '·')} {row.status}", style=style),
-                          row.epoch, Text(row.best, style="green"), when(row.updated, now), key=row.name)
+            dataset = literal(one_line(row.dataset, 40))
+            if row.status == "unreadable":  # the reason, where the dataset would be
+                dataset = literal(one_line(row.error, 60), style="red")
+            table.add_row(literal(row.name, style="bold"), literal(row.mode), dataset,
+                          literal(f"{STATUS_ICON.get(row.status, '·')} {row.status}", style=style),
+                          literal(row.epoch), literal(row.best, style="green"),
+                          literal(when(row.updated, now)), key=row.name)
         names = [r.name for r in self.rows]
         if current in names:
             table.move_cursor(row=names.index(current), animate=False)
         empty = self.query_one("#sessions-empty", Static)
         empty.update("" if self.rows else "No sessions yet. Press n to start one.")
         self.query_one("#sessions-title", Static).update(
-            f"Sessions · {len(self.rows)} saved in {self.app.home_label}")
+            literal(f"Sessions · {len(self.rows)} saved in {self.app.home_label}"))
 
     @property
     def selected(self) -> SessionRow | None:
@@ -131,7 +134,8 @@ class SessionsScreen(Screen[None]):
         if row is None:
             return
         if row.status == "unreadable":
-            self.notify(row.error or f"Session {row.name} cannot be read.", severity="error", timeout=8)
+            self.notify(row.error or f"Session {row.name} cannot be read.", severity="error",
+                        timeout=8, markup=False)
             return
         self.app.open_session(row.name, resume=row.resumable)
 
