@@ -5,6 +5,7 @@ Keys: enter/r open or resume, n new, d delete (asks first), x export, q quit.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,8 +105,9 @@ class SessionsScreen(Screen[None]):
         for row in self.rows:
             style = STATUS_STYLE.get(row.status, "")
             dataset = literal(one_line(row.dataset, 40))
-            if row.status == "unreadable":  # the reason, where the dataset would be
-                dataset = literal(one_line(row.error, 60), style="red")
+            if row.status == "unreadable":  # the reason (the row names the session already)
+                reason = re.sub(r"^session database '[^']*' ", "", row.error)
+                dataset = literal(one_line(reason, 60), style="red")
             table.add_row(literal(row.name, style="bold"), literal(row.mode), dataset,
                           literal(f"{STATUS_ICON.get(row.status, '·')} {row.status}", style=style),
                           literal(row.epoch), literal(row.best, style="green"),
