@@ -474,6 +474,8 @@ def _shape_problem(data: dict) -> str | None:
     rec = data.get(T_SESSION, {}).get("1")
     if rec is None:
         return "no session record"
+    if "config" not in rec:
+        return "the session record has no config"
     problem = _fields_problem(rec, _RECORD_TYPES, "session record")
     if problem:
         return problem
@@ -492,6 +494,11 @@ def _shape_problem(data: dict) -> str | None:
             problem = _event_problem(cls, rec[key])
             if problem:
                 return f"session record {key}: {problem}"
+    if rec.get("run_started"):
+        try:  # the config a front end shows when it replays the run
+            RunConfig.from_dict(rec["run_started"]["config"], "stored run start")
+        except GptaError as exc:
+            return exc.problem
     for table, cls in _EVENT_TABLES.items():
         for doc in data.get(table, {}).values():
             problem = _event_problem(cls, doc, replayed=table != T_JOBS)
