@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from engine.errors import ConfigError
 from engine.tasks import check_metric, default_metric
@@ -154,6 +156,7 @@ class RunConfig:
             if isinstance(section, dict):
                 for key in SECRET_FIELDS:
                     section.pop(key, None)
+        out["ta"]["base_url"] = strip_url_credentials(out["ta"].get("base_url", ""))
         return out
 
     @classmethod
@@ -293,6 +296,16 @@ PRESETS["paper"]["finetune"] = {"backend": "openai"}
 PAPER_SEQ2SEQ_STUDENT = "facebook/bart-base"
 
 
+def strip_url_credentials(url: str) -> str:
+    """`url` without a user:password@ part (kept in memory for the client, never stored)."""
+    if not isinstance(url, str) or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def _section_types(obj: Any) -> dict[str, Any]:
     return typing.get_type_hints(type(obj))
 
@@ -307,6 +320,9 @@ def _coerce(key: str, value: Any, typ: Any, source: str) -> Any:
             return value
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}",
+                                  f"give {key} an ordinary number (not nan or inf)")
             return float(value)
     elif typ is str:
         if isinstance(value, str):
@@ -364,7 +380,7 @@ def build_config(preset: str | None = None, file: str | Path | None = None,
     """Defaults <- preset <- TOML file <- overrides (a nested mapping, e.g. from CLI flags)."""
     file_data = load_toml(file) if file else {}
     chosen = preset or file_data.get("preset") or "default"
-    if chosen not in PRESETS:
+    if not isinstance(chosen, str) or chosen not in PRESETS:
         raise ConfigError(f"unknown preset {chosen!r}", f"use one of {', '.join(PRESETS)}")
     cfg = RunConfig()
     apply_mapping(cfg, PRESETS[chosen], f"preset {chosen}")

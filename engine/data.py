@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from engine.config import DataConfig
-from engine.errors import DataError
+from engine.errors import DataError, strip_control
 from engine import resources
 
 SPLITS = ("train", "validation", "test", "selection")
@@ -295,9 +295,34 @@ def _decode(path: Path, encoding: str | None) -> tuple[str, list[str]]:
         return raw.decode("latin-1"), [f"{path.name} is not valid UTF-8; read it as latin-1"]
 
 
-def _read_delimited(path: Path, delimiter: str, encoding: str | None = None
-                    ) -> tuple[Table, list[str]]:
+def _sniff_delimiter(path: Path, text: str, delimiter: str) -> tuple[str, list[str]]:
+    """The delimiter of a ".csv" file that is really tab- (or ;, |) separated.
+
+    Only a first line that reads as one column with `delimiter` is sniffed, so a comma file
+    whose text holds tabs keeps its commas. Returns (delimiter, warnings)."""
+    first = text.split("\n", 1)[0]
+    try:
+        columns = next(csv.reader([first], delimiter=delimiter), [])
+    except csv.Error:
+        return delimiter, []
+    if len(columns) > 1 or not any(d in first for d in "\t;|"):
+        return delimiter, []
+    try:
+        found = csv.Sniffer().sniff(text[:65536], delimiters="\t;|").delimiter
+    except csv.Error:
+        raise DataError(f"{path.name} has a single column with {delimiter!r} as separator, and "
+                        "its separator could not be detected",
+                        "separate columns with commas, or name a tab-separated file .tsv") from None
+    shown = {"\t": "tab"}.get(found, repr(found))
+    return found, [f"{path.name} is {shown}-separated, not comma-separated; read it that way"]
+
+
+def _read_delimited(path: Path, delimiter: str, encoding: str | None = None,
+                    sniff: bool = False) -> tuple[Table, list[str]]:
     text, warnings = _decode(path, encoding)
+    if sniff:
+        delimiter, sniffed = _sniff_delimiter(path, text, delimiter)
+        warnings += sniffed
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader, None)
@@ -311,8 +336,9 @@ def _read_delimited(path: Path, delimiter: str, encoding: str | None = None
                         "fix the quoting on that line") from None
     index: dict[str, int] = {}
     for i, name in enumerate(header):
-        if name.strip():
-            index.setdefault(name.strip(), i)
+        name = strip_control(name).strip()
+        if name:
+            index.setdefault(name, i)
 
     def read(column: str) -> list:
         i = index[column]
@@ -328,6 +354,8 @@ def _read_json(path: Path) -> tuple[Table, list[str]]:
     except json.JSONDecodeError:
         # Many ".json" files are really JSON Lines.
         return _read_jsonl(path, text), warnings
+    except RecursionError:
+        raise _too_deep(path) from None
     if isinstance(data, dict):
         lists = {k: v for k, v in data.items() if isinstance(v, list)}
         if lists and len(lists) == len(data) and not all(
@@ -343,6 +371,12 @@ def _read_json(path: Path) -> tuple[Table, list[str]]:
                     "or one object per line (.jsonl)")
 
 
+def _too_deep(path: Path, lineno: int | None = None) -> DataError:
+    where = f"{path.name} line {lineno}" if lineno else path.name
+    return DataError(f"{where} is nested too deeply to read as JSON",
+                     'write flat records such as {"text": "...", "label": "..."}')
+
+
 def _read_jsonl(path: Path, text: str | None = None) -> Table:
     if text is None:
         text = _decode(path, None)[0]
@@ -352,6 +386,8 @@ def _read_jsonl(path: Path, text: str | None = None) -> Table:
             continue
         try:
             rec = json.loads(line)
+        except RecursionError:
+            raise _too_deep(path, lineno) from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{path.name} line {lineno} is not valid JSON ({exc.msg})",
                             "write one JSON object per line") from None
@@ -427,7 +463,7 @@ def _load_local(name: str, path: Path) -> Source:
     suffix = path.suffix.lower()
     warnings: list[str] = []
     if suffix == ".csv":
-        table, warnings = _read_delimited(path, ",")
+        table, warnings = _read_delimited(path, ",", sniff=True)
     elif suffix == ".tsv":
         table, warnings = _read_delimited(path, "\t")
     elif suffix == ".json":
@@ -606,6 +642,8 @@ def _pick_column(source: Source, role: str, configured: str, hint: str,
 
 
 _MISSING = object()
+#: label cells that mean "no label" (pandas and spreadsheets write these), compared lowercased
+MISSING_LABELS = frozenset({"nan", "none", "null"})
 _INT_RE = re.compile(r"[+-]?\d+")
 
 
@@ -623,8 +661,8 @@ def _clean_label(value: Any, class_names: list[str] | None) -> Any:
     if isinstance(value, (list, tuple, dict)):
         raise TypeError
     if isinstance(value, str):
-        value = value.strip()
-        return value if value else _MISSING
+        value = strip_control(value).strip()
+        return value if value and value.lower() not in MISSING_LABELS else _MISSING
     return value if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 

@@ -6,6 +6,17 @@
 
 from __future__ import annotations
 
+import re
+
+# C0 and C1 control characters except tab and newline, DEL, and the Unicode bidirectional
+# overrides: none of them belongs in text shown to a user, and ESC/BEL reach the terminal.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def strip_control(text: object) -> str:
+    """`text` as a string without control characters (tab and newline are kept)."""
+    return _CONTROL.sub("", str(text))
+
 
 class GptaError(Exception):
     """A failure a user can act on. `str()` is one line: "problem. Fix: fix"."""
@@ -13,8 +24,9 @@ class GptaError(Exception):
     exit_code = 1
 
     def __init__(self, problem: str, fix: str | None = None):
-        self.problem = " ".join(str(problem).split())
-        self.fix = " ".join(fix.split()) if fix else None
+        # Errors echo file contents, paths and TA replies: never control bytes, one line.
+        self.problem = " ".join(strip_control(problem).split())
+        self.fix = " ".join(strip_control(fix).split()) if fix else None
         super().__init__(str(self))
 
     def __str__(self) -> str:

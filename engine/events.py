@@ -8,11 +8,15 @@ Every event is a frozen dataclass with a stable `kind` string, serialisable with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
+
+from engine.errors import GptaError
 
 log = logging.getLogger("gpta.events")
 
@@ -43,6 +47,47 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     cls = _REGISTRY[d.pop("kind")]
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _matches(value: Any, typ: Any) -> bool:
+    if typ is Any:
+        return True
+    args = typing.get_args(typ)
+    if args:  # a union such as float | None
+        return any(_matches(value, a) for a in args)
+    if typ is type(None):
+        return value is None
+    if isinstance(value, bool) and typ is not bool:
+        return False
+    if typ is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, typ)
+
+
+@functools.lru_cache(maxsize=None)
+def _field_specs(cls: type[Event]) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, type, required) of each field of an event class, computed once per class."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name], f.default is dataclasses.MISSING
+                  and f.default_factory is dataclasses.MISSING) for f in dataclasses.fields(cls))
+
+
+def shape_problem(cls: type[Event], d: Any) -> str | None:
+    """Why the stored dict `d` cannot be rebuilt as a `cls` event (a required field missing or
+    a field of the wrong type), or None. Stored data is untrusted: check before use."""
+    if not isinstance(d, dict):
+        return f"a {type(d).__name__} where a {cls.kind} record belongs"
+    if "kind" in d and d["kind"] != cls.kind:
+        return f"a {d['kind']!r} record where a {cls.kind} record belongs"
+    for name, typ, required in _field_specs(cls):
+        if name not in d:
+            if required:
+                return f"a {cls.kind} record without {name!r}"
+            continue
+        if not _matches(d[name], typ):
+            return (f"a {cls.kind} record whose {name!r} is a {type(d[name]).__name__}, "
+                    f"not {getattr(typ, '__name__', None) or typ}")
+    return None
 
 
 @_register
@@ -275,6 +320,9 @@ class EventBus:
         for listener in listeners:
             try:
                 listener(event)
+            except GptaError as exc:  # e.g. the session cannot be written: its owner reports it
+                ok = False
+                log.info("event listener %r could not handle %s: %s", listener, event.kind, exc)
             except Exception:  # noqa: BLE001 - a broken listener must not kill training
                 ok = False
                 log.exception("event listener %r failed on %s", listener, event.kind)

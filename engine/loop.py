@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 from engine import prompts
 from engine.config import RunConfig
 from engine.controls import Controls
-from engine.errors import GptaError, StopRun, TAError, TAUnavailable
+from engine.errors import GptaError, StopRun, TAError, TAUnavailable, strip_control
 from engine.events import (
     CheckpointSaved,
     DescriptionChanged,
@@ -100,6 +100,7 @@ class Engine:
         return self.bus.emit(event)
 
     def notice(self, message: str, level: str = "warning") -> None:
+        message = strip_control(message)  # echoes file contents and TA replies
         log.debug("%s: %s", level, message)
         self.emit(Notice(level=level, message=message))
 
@@ -130,10 +131,20 @@ class Engine:
         target = contained(self.workdir, name, "checkpoint")
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.student.save(tmp, training_state=training_state)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        try:
+            tmp.mkdir(parents=True)
+            self.student.save(tmp, training_state=training_state)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        except (OSError, RuntimeError) as exc:
+            # torch reports a full disk as a RuntimeError from its zip writer
+            if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise GptaError(f"cannot write checkpoint {str(target)!r} ({why})",
+                            "free space on that disk (or make the session folder writable), "
+                            "then resume the session") from None
 
     def save_checkpoint(self, weights: bool = True) -> None:
         """Write the student's training state (if it changed) and emit the matching RunState.
@@ -300,7 +311,10 @@ class Engine:
                 if not isinstance(exc, GptaError):
                     log.exception("run failed")
                 if self.student is not None and self.state.phase != "setup":
-                    self.save_checkpoint()
+                    try:
+                        self.save_checkpoint()
+                    except GptaError as again:  # e.g. the disk is full: the first error says it
+                        log.info("no checkpoint after the failure: %s", again)
                 self._finish("failed", message)
                 raise
             # Out of memory: leave this block, which drops the exception, its traceback and
@@ -624,7 +638,12 @@ class Engine:
 
     def _ta_unavailable(self, exc: TAUnavailable) -> None:
         """Persistent provider trouble: pause (interactive) or stop (headless), resumable."""
-        self.notice(f"{exc} — the session is saved; fix it and resume", "error")
+        if self.state.phase == "setup" and not self.resumed and self.on_ta_unavailable == "stop":
+            # Nothing is trained or checkpointed yet: a new run that stops here is not worth
+            # keeping, and its front end removes it (gpta run says so).
+            self.notice(f"{exc} — the run stops before training started", "error")
+        else:
+            self.notice(f"{exc} — the session is saved; fix it and resume", "error")
         if self.on_ta_unavailable == "pause":
             self.controls.pause()
             self.state.status_reason = str(exc)

@@ -20,7 +20,7 @@ import json
 import re
 from typing import Any
 
-from engine.errors import UsageError
+from engine.errors import UsageError, strip_control
 
 #: keys whose values are taken first from a JSON object, in this order
 PREFIX_KEYS = ("prefixes", "prefix", "new_prefixes", "candidates", "suggestions")
@@ -178,8 +178,9 @@ def parse_prefixes(text: str) -> list[str]:
 
 # ---- cleaning -----------------------------------------------------------------------------------
 def normalize_prefix(text: str) -> str:
-    """Collapse whitespace and strip wrapping quotes/backticks (repeatedly: ``"'a'"`` -> ``a``)."""
-    text = " ".join(str(text).split())
+    """Drop control characters (ESC, BEL, ...), collapse whitespace and strip wrapping
+    quotes/backticks (repeatedly: ``"'a'"`` -> ``a``)."""
+    text = " ".join(strip_control(text).split())
     while len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
         text = " ".join(text[1:-1].split())
     return text
@@ -229,7 +230,7 @@ def clean_prefixes(candidates: list[str], *, known: set[str] | frozenset[str] = 
     accepted: list[str] = []
     rejected: list[tuple[str, str]] = []
     for raw in candidates:
-        collapsed = " ".join(raw.split()) if isinstance(raw, str) else repr(raw)
+        collapsed = " ".join(strip_control(raw).split()) if isinstance(raw, str) else repr(raw)
         text = normalize_prefix(raw) if isinstance(raw, str) else ""
         if not text:
             reason, text = "empty", collapsed

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from textual import events
+from rich.markup import escape
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from engine.config import PRESETS, RunConfig
-from engine.errors import GptaError
+from engine.errors import GptaError, strip_control
 from gpta_tui import form
 from gpta_tui.run_control import RunController, load_past
 from gpta_tui.screens.confirm import ConfirmScreen
@@ -106,9 +107,9 @@ class GptaApp(App[None]):
         try:
             self._store().delete(name)
         except GptaError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(str(exc), severity="error", markup=False)
         else:
-            self.notify(f"Deleted {name}.")
+            self.notify(f"Deleted {name}.", markup=False)
 
     def export_session(self, name: str, out_dir: str) -> None:
         from sessions.export import export_session
@@ -120,9 +121,9 @@ class GptaApp(App[None]):
             finally:
                 handle.close()
         except GptaError as exc:
-            self.notify(str(exc), severity="error", timeout=6)
+            self.notify(str(exc), severity="error", timeout=6, markup=False)
         else:
-            self.notify(f"Exported {name} to {written}", timeout=5)
+            self.notify(f"Exported {name} to {written}", timeout=5, markup=False)
 
     # ---- screens -------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -142,7 +143,7 @@ class GptaApp(App[None]):
         try:
             empty = not self.list_sessions()
         except GptaError as exc:
-            self.notify(str(exc), severity="error", timeout=8)
+            self.notify(str(exc), severity="error", timeout=8, markup=False)
             return
         if empty:
             self.new_session(first_launch=True)
@@ -204,7 +205,7 @@ class GptaApp(App[None]):
         try:
             state = load_past(self.home, name)
         except GptaError as exc:
-            self.notify(str(exc), severity="error", timeout=8)
+            self.notify(str(exc), severity="error", timeout=8, markup=False)
             return
         elsewhere = self._store().is_locked(name)
         self.show_sessions()
@@ -215,7 +216,7 @@ class GptaApp(App[None]):
             return
         if elsewhere:
             self.notify(f"{name} is running in another gpta process: showing what it has saved.",
-                        severity="warning", timeout=6)
+                        severity="warning", timeout=6, markup=False)
         self.push_screen(RunScreen(state, None, clock=self.clock))
 
     def start_run(self, config: RunConfig, engine_kwargs: dict | None = None) -> None:
@@ -230,7 +231,7 @@ class GptaApp(App[None]):
     def _busy(self) -> bool:
         if self.controller is not None and self.controller.running:
             self.notify(f"Session {self.controller.name} is running: one run at a time.",
-                        severity="warning")
+                        severity="warning", markup=False)
             return True
         return False
 
@@ -275,7 +276,7 @@ class GptaApp(App[None]):
         if event.state == WorkerState.ERROR:
             error = event.worker.error
             text = str(error) if isinstance(error, GptaError) else f"{type(error).__name__}: {error}"
-            self.notify(f"Run failed: {text}", severity="error", timeout=10)
+            self.notify(f"Run failed: {text}", severity="error", timeout=10, markup=False)
             if controller.state.status != "failed":  # it failed before the engine could say so
                 changed = controller.note(f"the run stopped with an error: {text}", "error")
                 controller.state.status, controller.state.status_reason = "failed", text
@@ -285,7 +286,8 @@ class GptaApp(App[None]):
         elif controller.result is not None and not self._quitting:
             status = controller.result.status
             self.notify(f"Run {status}. Esc: back to the sessions.",
-                        severity="information" if status == "finished" else "warning", timeout=6)
+                        severity="information" if status == "finished" else "warning", timeout=6,
+                        markup=False)
 
     # ---- actions -------------------------------------------------------------------
     def action_help(self) -> None:
@@ -308,7 +310,8 @@ class GptaApp(App[None]):
             return
         job = controller.state.active_job
         if job is not None:
-            question = (f"Fine-tune job {job.job_id} ({job.backend}) is still {job.status}. Quitting "
+            question = (f"Fine-tune job {escape(strip_control(job.job_id))} ({job.backend}) is still "
+                        f"{escape(strip_control(job.status))}. Quitting "
                         "cancels it; the session is saved and resumes from this epoch's fine-tune. "
                         "Quit?")
             self.push_screen(ConfirmScreen(question, yes="Quit", no="Stay", danger=True),

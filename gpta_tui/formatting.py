@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 import unicodedata
 
+from rich.text import Text
+
+from engine.errors import strip_control
+
 STATUS_STYLE = {
     "new": "dim",
     "running": "bold green",
@@ -15,10 +19,11 @@ STATUS_STYLE = {
     "failed": "bold red",
     "finished": "bold cyan",
     "created": "dim",
+    "unreadable": "bold red",
 }
 STATUS_ICON = {
     "running": "●", "paused": "⏸", "stopping": "◌", "stopped": "■", "interrupted": "◐",
-    "failed": "✖", "finished": "✔", "new": "○", "created": "○",
+    "failed": "✖", "finished": "✔", "new": "○", "created": "○", "unreadable": "⚠",
 }
 LEVEL_STYLE = {"info": "dim", "warning": "yellow", "error": "bold red"}
 LEVEL_ICON = {"info": "·", "warning": "⚠", "error": "✖"}
@@ -71,3 +76,9 @@ def one_line(text: str, width: int) -> str:
 
 def score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def literal(text: object, style: str = "") -> Text:
+    """Text from users, files or the TA for a widget: shown as written (never parsed as
+    markup), without control characters."""
+    return Text(strip_control(text), style=style)

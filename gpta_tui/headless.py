@@ -12,6 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from engine import events as ev
+from engine.errors import strip_control
+
+
+def lit(value: object) -> str:
+    """Text from users, files or the TA as Rich prints it literally (markup escaped, control
+    characters dropped)."""
+    return escape(strip_control(value))
 
 
 class HeadlessView:
@@ -53,9 +60,10 @@ class HeadlessView:
         data, student, ta = e.config["data"], e.config["student"], e.config["ta"]
         verb = "resuming" if e.resumed else "starting"
         teacher = "none" if e.mode == "baseline" else f"{ta['backend']}:{ta['model']}"
-        self._say(f"[bold]{verb} {e.name or 'run'}[/]: mode {e.mode}, dataset {data['dataset']} "
-                  f"({data['train_size']} train / {data['val_size']} val / {data['test_size']} test), "
-                  f"student {student['model']}, TA {teacher}, device {e.device}")
+        self._say(f"[bold]{verb} {lit(e.name or 'run')}[/]: " + lit(
+            f"mode {e.mode}, dataset {data['dataset']} "
+            f"({data['train_size']} train / {data['val_size']} val / {data['test_size']} test), "
+            f"student {student['model']}, TA {teacher}, device {e.device}"))
 
     def on_phase(self, e: ev.PhaseChanged) -> None:
         if e.phase in ("training", "collecting", "finetuning", "windows", "testing"):
@@ -72,13 +80,13 @@ class HeadlessView:
 
     def on_validation(self, e: ev.ValidationResult) -> None:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in e.metrics.items())
-        self._say(f"epoch {e.epoch}: validation {metrics} with prefix {escape(repr(e.prefix))}")
+        self._say(lit(f"epoch {e.epoch}: validation {metrics} with prefix {e.prefix!r}"))
 
     def on_prefix_scored(self, e: ev.PrefixScored) -> None:
         if self._task is not None:
-            self.progress.update(self._task, info=f"{e.score:.4f} {e.prefix[:40]!r}")
+            self.progress.update(self._task, info=lit(f"{e.score:.4f} {e.prefix[:40]!r}"))
         if self.verbose:
-            self._say(f"  {e.score:.4f}  {escape(e.prefix)}" + ("  (known)" if e.reused else ""))
+            self._say(f"  {e.score:.4f}  {lit(e.prefix)}" + ("  (known)" if e.reused else ""))
 
     def on_prefix_accuracy(self, e: ev.PrefixFindingAccuracy) -> None:
         self._say(f"epoch {e.epoch}: TA prefix-finding accuracy {e.accuracy:.2%} "
@@ -88,7 +96,7 @@ class HeadlessView:
         pass
 
     def on_windows(self, e: ev.WindowsBuilt) -> None:
-        self._say(f"epoch {e.epoch}: {len(e.windows)} dialogue-gradient windows -> {e.path}")
+        self._say(lit(f"epoch {e.epoch}: {len(e.windows)} dialogue-gradient windows -> {e.path}"))
 
     def on_finetune(self, e: ev.FinetuneUpdate) -> None:
         if e.status == "running" and e.total_steps and self._task is not None:
@@ -96,18 +104,18 @@ class HeadlessView:
                                  info=f"loss {e.loss:.4f}" if e.loss is not None else "")
             return
         if e.message or e.status in ("succeeded", "failed", "cancelled", "timeout", "skipped"):
-            self._say(f"epoch {e.epoch}: fine-tune ({e.backend}) {e.job_id or '-'} {e.status}"
-                      + (f": {escape(e.message)}" if e.message else ""))
+            self._say(lit(f"epoch {e.epoch}: fine-tune ({e.backend}) {e.job_id or '-'} {e.status}"
+                          + (f": {e.message}" if e.message else "")))
 
     def on_ta_model(self, e: ev.TAModelChanged) -> None:
-        self._say(f"epoch {e.epoch}: TA now answers with {e.model}")
+        self._say(lit(f"epoch {e.epoch}: TA now answers with {e.model}"))
 
     def on_description(self, e: ev.DescriptionChanged) -> None:
         self._say(f"description v{e.version} applies from TA request {e.applies_from_request}")
 
     def on_notice(self, e: ev.Notice) -> None:
         style = {"error": "red", "warning": "yellow"}.get(e.level, "dim")
-        self._say(f"[{style}]{e.level}: {escape(e.message)}[/]")
+        self._say(f"[{style}]{lit(e.level)}: {lit(e.message)}[/]")
 
     def on_finished(self, e: ev.RunFinished) -> None:
         self.finished = e
@@ -118,7 +126,7 @@ class HeadlessView:
 
 def summary_table(e: ev.RunFinished) -> Table:
     metric = e.summary.get("metric", "accuracy")
-    table = Table(title=f"Run {e.status}" + (f" — {e.reason}" if e.reason else ""),
+    table = Table(title=lit(f"Run {e.status}" + (f" — {e.reason}" if e.reason else "")),
                   show_header=True, header_style="bold")
     table.add_column("epoch", justify="right")
     table.add_column("training prefix")
@@ -134,7 +142,7 @@ def summary_table(e: ev.RunFinished) -> Table:
                       f"{r['prefix_accuracy']:.0%}" if "prefix_accuracy" in r else "-",
                       (r.get("finetune") or {}).get("status", "-"))
     if e.test_metrics:
-        table.caption = (f"best epoch {e.best_epoch}, prefix {e.best_prefix!r}: test "
+        table.caption = lit(f"best epoch {e.best_epoch}, prefix {e.best_prefix!r}: test "
                          + ", ".join(f"{k} {v:.4f}" for k, v in e.test_metrics.items())
                          + " | no prefix: "
                          + ", ".join(f"{k} {v:.4f}" for k, v in e.test_metrics_no_prefix.items())
@@ -144,4 +152,5 @@ def summary_table(e: ev.RunFinished) -> Table:
 
 
 def _short(text: str, n: int = 48) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+    text = text if len(text) <= n else text[: n - 1] + "…"
+    return lit(text)

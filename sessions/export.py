@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UsageError
+from engine.errors import GptaError, UsageError
 from sessions.curves import write_curves
 from sessions.storage import DatabaseUnreadable, atomic_write_text, read_json_file
 from sessions.store import (SCHEMA_VERSION, T_SESSION, SessionHandle, SessionStore, _check_schema,
@@ -324,7 +324,14 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
         raise UsageError(f"{str(path)!r} has a session name that is not a string",
                          "import it under a name: gpta import DIR --name NAME")
     name = validate_name(name or stored_name)
-    data = _check_import_shape(_check_schema(copy.deepcopy(payload["database"]), name, path), path)
+    data = _check_import_shape(copy.deepcopy(payload["database"]), path)
+    try:  # the schema, then every table, record and field readers use
+        data = _check_schema(data, name, path)
+    except GptaError as exc:
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(exc.problem, "import the folder written by `gpta export`, unedited") \
+            from None
     rec = data[T_SESSION]["1"]
     rec["name"] = name
     rec.setdefault("config", {})["name"] = name
@@ -414,7 +421,6 @@ def _check_import_shape(data: dict, path: Path) -> dict:
                              f"({type(rec[key]).__name__})", fix)
     state = rec.get("state")
     if state:
-        from engine.errors import GptaError
         from engine.paths import contained
         from engine.state import RunState
 

@@ -62,7 +62,16 @@ def start_session(config: RunConfig, home: Path | str | None = None, *,
         handle.close()
         store.delete(handle.name)
         raise
+    _stop_on_write_error(handle, engine)
     return handle, engine
+
+
+def _stop_on_write_error(handle: SessionHandle, engine) -> None:
+    """A session that cannot be written (disk full) stops its run at the next step boundary:
+    the stored state stays at the last complete write, and closing the handle raises the
+    one-line SessionWriteError that says how to continue."""
+    controls = engine.controls  # not the engine: the handle must not keep the student alive
+    handle.on_write_error = lambda _error: controls.stop()
 
 
 def resume_session(name: str, home: Path | str | None = None, *,
@@ -119,6 +128,7 @@ def resume_session(name: str, home: Path | str | None = None, *,
     except BaseException:
         handle.close()
         raise
+    _stop_on_write_error(handle, engine)
     return handle, engine
 
 

@@ -18,6 +18,7 @@ when a process dies lies after the last checkpoint, and the engine replays it on
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import re
 import shutil
@@ -34,7 +35,12 @@ from tinydb.table import Document, Table
 
 from engine.config import SECRET_FIELDS, RunConfig
 from engine.errors import GptaError, UsageError
-from engine.events import (CheckpointSaved, Event, StatusChanged, event_from_dict)
+from engine.events import (CheckpointSaved, DescriptionChanged, Event, FinetuneUpdate,
+                           HistoryUpdated, Notice, PhaseChanged, PrefixFindingAccuracy,
+                           PrefixScored, Progress, RunFinished, RunStarted, StatusChanged,
+                           TAModelChanged, TARequest, TAResponse, TrainStep, ValidationResult,
+                           WindowsBuilt, event_from_dict, shape_problem)
+from engine.state import RunState
 from sessions.status import ENGINE_TO_SESSION, SESSION_STATUSES
 from sessions.storage import (AtomicJSONStorage, BufferedStorage, DatabaseUnreadable,
                               read_json_file, stale_temp_files)
@@ -97,6 +103,23 @@ def _clean(doc: dict) -> dict:
         if key in out:
             out[key] = [{k: v for k, v in item.items() if k not in _INTERNAL} for item in out[key]]
     return out
+
+
+class SessionWriteError(GptaError):
+    """The session database could not be written (disk full, read-only folder, ...). The
+    file on disk still holds the last complete write, so the session stays resumable."""
+
+    def __init__(self, path: Path, name: str, exc: OSError, new: bool = False):
+        self.errno = exc.errno
+        then = "run it again" if new else f"`gpta resume {name}`"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = f"free space on that disk, then {then}"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = f"make {str(Path(path).parent)!r} writable, then {then}"
+        else:
+            fix = f"fix the problem with that disk, then {then}"
+        super().__init__(f"cannot write session database {str(path)!r} "
+                         f"({exc.strerror or type(exc).__name__})", fix)
 
 
 def validate_name(name: str) -> str:
@@ -273,9 +296,12 @@ class SessionStore:
             handle = SessionHandle(self, name, data, lock=lock)
             handle._storage.write(data)
             handle.flush()
-        except BaseException:
+        except BaseException as exc:
             lock.release()
             shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(exc, SessionWriteError):  # nothing is left to resume
+                raise GptaError(exc.problem, exc.fix.replace(f"`gpta resume {name}`",
+                                                             "run it again")) from None
             raise
         return handle
 
@@ -314,7 +340,7 @@ class SessionStore:
             data = read_json_file(path)
             if data is None:
                 raise DatabaseUnreadable(path, "the file disappeared")
-            if not isinstance(data.get(T_META, {}).get("1", {}).get("schema"), int):
+            if not isinstance(_meta_doc(data).get("schema"), int):
                 raise DatabaseUnreadable(path, "no schema version: not a gpta-tui session database")
         except DatabaseUnreadable as exc:
             backup = _backup_corrupt(path)
@@ -359,7 +385,10 @@ class SessionStore:
             raise exists
         staging = Path(tempfile.mkdtemp(prefix=".import-", dir=self.root))
         try:
-            AtomicJSONStorage(staging / DB_FILE).write(data)
+            try:
+                AtomicJSONStorage(staging / DB_FILE).write(data)
+            except OSError as exc:
+                raise SessionWriteError(folder / DB_FILE, name, exc, new=True) from None
             for rel, text in (files or {}).items():
                 target = staging / rel
                 if staging.resolve() not in target.resolve().parents:
@@ -389,9 +418,166 @@ def _meta() -> dict:
     return {"schema": SCHEMA_VERSION, "app": "gpta-tui", "app_version": _app_version()}
 
 
+def _meta_doc(data: Any) -> dict:
+    """The meta document of raw database data, or {} when the data has no such mapping."""
+    table = data.get(T_META) if isinstance(data, dict) else None
+    doc = table.get("1") if isinstance(table, dict) else None
+    return doc if isinstance(doc, dict) else {}
+
+
+_NUMBER = (int, float)
+# The session record's fields that readers use, with the types they must have.
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "status": (str,), "status_reason": (str,), "mode": (str,), "phase": (str,),
+    "config": (dict,), "epoch": (int,), "step": (int,), "seq": (int,), "checkpoint_seq": (int,),
+    "best": (dict,), "state": (dict, type(None)), "resumes": (list,), "created": _NUMBER,
+    "updated": _NUMBER, "checkpoint_ts": _NUMBER, "checkpoint_path": (str,), "ta_model": (str,),
+    "finished": (dict, type(None)), "imported_from": (str,), "metric": (str,),
+    "label_names": (list,), "device": (str,), "task": (str,),
+}
+_BEST_TYPES: dict[str, tuple[type, ...]] = {"score": _NUMBER, "epoch": (int,), "prefix": (str,),
+                                            "metrics": (dict,)}
+# Tables whose documents are stored events, and the event each holds.
+_EVENT_TABLES = {T_VAL: ValidationResult, T_ACC: PrefixFindingAccuracy, T_SCORED: PrefixScored,
+                 T_HISTORY: HistoryUpdated, T_WINDOWS: WindowsBuilt, T_DESC: DescriptionChanged,
+                 T_NOTICES: Notice, T_MODELS: TAModelChanged, T_TA: TARequest, T_JOBS: FinetuneUpdate}
+_METRIC_FIELDS = ("metrics", "val_metrics", "test_metrics", "test_metrics_no_prefix")
+
+
+def _typed(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
+def _fields_problem(doc: dict, types: dict[str, tuple[type, ...]], what: str) -> str | None:
+    for key, allowed in types.items():
+        if key in doc and not _typed(doc[key], allowed):
+            return f"{what} field {key!r} has the wrong type ({type(doc[key]).__name__})"
+    return None
+
+
+_BOOKKEEPING_TYPES: dict[str, tuple[type, ...]] = {"_seq": (int,), "superseded": (bool,)}
+
+
+def _event_problem(cls: type, doc: Any, replayed: bool = True) -> str | None:
+    """`shape_problem` plus what readers use: a `kind` on records replayed as events, the
+    bookkeeping fields, metric values that are numbers, history rows that are [prefix,
+    score] pairs, windows that are mappings."""
+    problem = shape_problem(cls, doc)
+    if problem:
+        return problem
+    if replayed and "kind" not in doc:
+        return f"a {cls.kind} record without its kind"
+    problem = _fields_problem(doc, _BOOKKEEPING_TYPES, f"{cls.kind} record")
+    if problem:
+        return problem
+    for key in _METRIC_FIELDS:
+        if key in doc and not all(_typed(v, _NUMBER) for v in doc[key].values()):
+            return f"a {cls.kind} record with a {key} value that is not a number"
+    if cls is HistoryUpdated and not all(
+            isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and _typed(r[1], _NUMBER)
+            for r in doc["history"]):
+        return "a history record whose rows are not [prefix, score] pairs"
+    if cls is WindowsBuilt and not all(isinstance(w, dict) and _chat_ok(w.get("messages", []))
+                                       for w in doc["windows"]):
+        return "a windows record whose windows are not chat messages"
+    if cls is TARequest and not _chat_ok(doc["messages"]):
+        return "a TA request whose messages are not chat messages"
+    if cls is TAResponse and not (
+            all(isinstance(t, str) for t in doc["texts"] + doc["prefixes"])
+            and all(_typed(v, _NUMBER) for v in doc["usage"].values())
+            and all(isinstance(r, list) and all(isinstance(x, str) for x in r)
+                    for r in doc["rejected"])):
+        return "a TA response whose texts, prefixes, rejections or token counts have the wrong type"
+    if cls is RunStarted and not all(isinstance(n, str) for n in doc.get("label_names", [])):
+        return "a run start whose label names are not strings"
+    return None
+
+
+def _chat_ok(messages: Any) -> bool:
+    """A list of {"role": str, "content": str} messages."""
+    return isinstance(messages, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role", ""), str)
+        and isinstance(m.get("content", ""), str) for m in messages)
+
+
+def _shape_problem(data: dict) -> str | None:
+    """Why raw database data cannot be read as a session (wrong-shaped tables, records or
+    fields), or None. Readers then never meet a value of an unexpected type."""
+    for table, docs in data.items():
+        if not isinstance(docs, dict):
+            return f"table {table!r} is a {type(docs).__name__}, not a mapping"
+        for doc_id, doc in docs.items():
+            if not str(doc_id).isdigit():
+                return f"table {table!r} has a record id {doc_id!r} that is not a number"
+            if not isinstance(doc, dict):
+                return f"table {table!r} record {doc_id} is a {type(doc).__name__}, not a mapping"
+    rec = data.get(T_SESSION, {}).get("1")
+    if rec is None:
+        return "no session record"
+    if "config" not in rec:
+        return "the session record has no config"
+    problem = _fields_problem(rec, _RECORD_TYPES, "session record")
+    if problem:
+        return problem
+    problem = _fields_problem(rec.get("best") or {}, _BEST_TYPES, "best result")
+    if problem:
+        return problem
+    try:
+        RunConfig.from_dict(rec.get("config", {}), "stored config")
+        if rec.get("state"):
+            RunState.from_dict(rec["state"])
+    except GptaError as exc:
+        return exc.problem
+    for key, cls in (("run_started", RunStarted), ("phase_event", PhaseChanged),
+                     ("finished", RunFinished), ("progress", Progress)):
+        if rec.get(key) is not None:
+            problem = _event_problem(cls, rec[key])
+            if problem:
+                return f"session record {key}: {problem}"
+    if rec.get("run_started"):
+        try:  # the config a front end shows when it replays the run
+            RunConfig.from_dict(rec["run_started"]["config"], "stored run start")
+        except GptaError as exc:
+            return exc.problem
+    for table, cls in _EVENT_TABLES.items():
+        for doc in data.get(table, {}).values():
+            problem = _event_problem(cls, doc, replayed=table != T_JOBS)
+            if problem:
+                return f"table {table!r}: {problem}"
+            nested = {T_TA: ("responses", TAResponse), T_JOBS: ("updates", FinetuneUpdate)}.get(table)
+            if nested:
+                items = doc.get(nested[0])
+                if not isinstance(items, list):
+                    return f"table {table!r}: {nested[0]} is a {type(items).__name__}, not a list"
+                for item in items:
+                    problem = _event_problem(nested[1], item)
+                    if problem:
+                        return f"table {table!r} {nested[0]}: {problem}"
+    for doc in data.get(T_LOSS, {}).values():
+        points = doc.get("points")
+        if not isinstance(points, dict):
+            return "table 'loss' has a record without a mapping of points"
+        for key, point in points.items():
+            problem = _event_problem(TrainStep, point, replayed=False)
+            if problem or not str(key).isdigit():
+                return f"table 'loss': {problem or f'point key {key!r} is not a step number'}"
+    return None
+
+
+def _check_shape(data: dict, name: str, path: Path) -> dict:
+    """`data` if every table, record and field has the shape readers expect; else a one-line
+    GptaError naming the file and what is wrong."""
+    problem = _shape_problem(data)
+    if problem:
+        raise GptaError(f"session database {str(path)!r} has the wrong shape ({problem})",
+                        f"restore a good copy over it, or remove the session with "
+                        f"`gpta delete {name}`")
+    return data
+
+
 def _check_schema(data: dict, name: str, path: Path) -> dict:
     """Refuse newer schemas, migrate older ones (in memory), pass current ones through."""
-    meta = data.get(T_META, {}).get("1", {})
+    meta = _meta_doc(data)
     version = meta.get("schema")
     if not isinstance(version, int):
         raise GptaError(f"session database {str(path)!r} has no schema version",
@@ -408,8 +594,8 @@ def _check_schema(data: dict, name: str, path: Path) -> dict:
                              "open it with the gpta-tui release that created it and export it")
         data = migrate(copy.deepcopy(data))
         version += 1
-        data.setdefault(T_META, {})["1"] = {**data.get(T_META, {}).get("1", {}), "schema": version}
-    return data
+        data.setdefault(T_META, {})["1"] = {**_meta_doc(data), "schema": version}
+    return _check_shape(data, name, path)
 
 
 def _backup_corrupt(path: Path) -> Path:
@@ -459,6 +645,8 @@ class SessionHandle:
         self._last_flush = time.monotonic()
         self._seq = int(self._rec().get("seq", 0))
         self._config: RunConfig | None = None
+        self.write_error: SessionWriteError | None = None  # the last failed write, if any
+        self.on_write_error: Callable[[SessionWriteError], None] | None = None
         self._ta_index: dict[int, int] = {}
         self._job_index: dict[tuple[int, str], int] = {}
         self._reindex()
@@ -522,9 +710,23 @@ class SessionHandle:
         with self._mutex:
             if self._closed or self._file_lock is None:
                 return
-            self._storage.flush()
+            self._write()
             self._steps_since_flush = 0
             self._last_flush = time.monotonic()
+
+    def _write(self) -> None:
+        """Write pending changes; an OSError becomes one SessionWriteError (the file keeps the
+        last complete write, the changes stay in memory for the next try), and the first one
+        is reported to `on_write_error` (the runner stops the engine with it)."""
+        try:
+            self._storage.flush()
+        except OSError as exc:
+            error = SessionWriteError(self.path, self.name, exc)
+            first, self.write_error = self.write_error is None, error
+            if first and self.on_write_error is not None:
+                self.on_write_error(error)
+            raise error from None
+        self.write_error = None
 
     def close(self) -> None:
         """Flush, mark a run that ended without a final status as interrupted, unlock."""
@@ -536,7 +738,7 @@ class SessionHandle:
                     if self._saw_events and self._rec().get("status") == "running":
                         self._set_rec(status="interrupted",
                                       status_reason="the run ended without a final status")
-                    self._storage.flush()
+                    self._write()
             finally:
                 self._closed = True
                 self._db.close()

@@ -32,9 +32,11 @@ class FakeTaskData:
     test: list[dict]
     default_description: str = "Tweets labelled with their sentiment."
     warnings: list[str] = field(default_factory=list)
+    selection: list[dict] = field(default_factory=list)
 
     def split(self, name: str) -> list[dict]:
-        return {"train": self.train, "validation": self.validation, "test": self.test}[name]
+        return {"train": self.train, "validation": self.validation, "test": self.test,
+                "selection": self.selection}[name]
 
 
 def make_data(n: int = 300, seed: int = 0) -> FakeTaskData:

@@ -20,10 +20,11 @@ import os
 import re
 import time
 from typing import Any, Callable, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import openai
 
+from engine.config import strip_url_credentials
 from engine.errors import GptaError, TAError, TAUnavailable, UsageError
 from engine.retry import RetryPolicy, call_with_retry, parse_retry_after
 from engine.ta.base import TAReply, TeachingAssistant
@@ -133,6 +134,15 @@ class OpenAIEndpoint:
                  what: str = "OpenAI endpoint", policy: RetryPolicy | None = None):
         self.url = resolve_base_url(base_url)
         self.shown_url = display_url(self.url)
+        # Credentials in the URL (user:password@host) go to the HTTP client as basic auth, not
+        # in the URL it logs ("HTTP Request: POST <url>") and puts in its errors.
+        parts = urlsplit(self.url)
+        self._password = unquote(parts.password or "")
+        client_kwargs: dict[str, Any] = {}
+        if parts.username is not None or parts.password is not None:
+            self.url = strip_url_credentials(self.url)
+            client_kwargs["http_client"] = openai.DefaultHttpxClient(
+                auth=(unquote(parts.username or ""), self._password), timeout=timeout_s)
         self.what = what
         self.key_hint = key_hint
         self.timeout_s = float(timeout_s)
@@ -140,14 +150,14 @@ class OpenAIEndpoint:
         self.sleep = sleep
         self.on_retry = on_retry
         self.client = openai.OpenAI(base_url=self.url, api_key=api_key, max_retries=0,
-                                    timeout=self.timeout_s)
+                                    timeout=self.timeout_s, **client_kwargs)
 
     def __repr__(self) -> str:
         return f"OpenAIEndpoint(url={self.shown_url!r}, timeout_s={self.timeout_s:g})"
 
     def redact(self, text: str) -> str:
-        """`text` with this endpoint's key (and key-like strings) scrubbed."""
-        return redact(text, getattr(self.client, "api_key", None))
+        """`text` with this endpoint's key and URL password (and key-like strings) scrubbed."""
+        return redact(redact(text, getattr(self.client, "api_key", None)), self._password)
 
     def call(self, action: str, fn: Callable[[openai.OpenAI], T],
              check: Callable[[T], T] | None = None, *, not_found_fix: str = "",
@@ -317,7 +327,9 @@ class OpenAITA(TeachingAssistant):
                             "max tokens); some models accept only temperature 1")
         latency = time.monotonic() - started[0]
         contents = [getattr(c.message, "content", None) for c in response.choices]
-        texts = [c for c in contents if isinstance(c, str) and c.strip()]
+        # A reply that echoes the key (a proxy's debug output, a prompt-injected model) is
+        # redacted before it is stored, shown or parsed.
+        texts = [self.endpoint.redact(c) for c in contents if isinstance(c, str) and c.strip()]
         return TAReply(texts=texts, usage=_usage(response), latency_s=latency,
                        model=str(getattr(response, "model", "") or self._model))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from engine.config import FINETUNE_BACKENDS, MODES, PRESETS, TA_BACKENDS, build_config
 from engine.controls import Controls
 from engine.errors import UsageError
+from gpta_tui.headless import lit
 
 # flag -> (section, key, type); section None = top level
 RUN_FLAGS: dict[str, tuple[str | None, str, type]] = {
@@ -124,39 +125,51 @@ def register(subparsers) -> None:
     resume.add_argument("--device", default=None, help=HELP["device"] + " (default: the session's)")
     resume.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=None,
                         help="rows per scoring pass (e.g. after running out of GPU memory)")
+    resume.add_argument("--ta-base-url", dest="ta_base_url", default=None,
+                        help="OpenAI-compatible endpoint for this run; credentials in it "
+                             "(user:password@host) are used but never stored")
     resume.set_defaults(handler=cmd_resume)
 
 
 def _drive(handle, engine, view, new: bool = False) -> int:
-    """Run the engine in this thread; Ctrl-C asks it to stop at the next step boundary.
+    """Run the engine in this thread; Ctrl-C or SIGTERM asks it to stop at the next step
+    boundary (saved, resumable; exit 130 or 143), a second one aborts.
 
-    A new session whose run fails before it got past setup (bad dataset, missing model)
-    holds nothing worth keeping: it is deleted, so bad input leaves nothing half-written.
+    A new session whose run fails before it got past setup (bad dataset, missing model, an
+    unreachable TA) holds nothing worth keeping: it is deleted, and the user is told so.
     """
     controls: Controls = engine.controls
+    received: list[int] = []
 
-    def on_sigint(signum, frame):  # first Ctrl-C: graceful stop; second: hard interrupt
+    def on_signal(signum, frame):  # first: graceful stop; second: hard interrupt
         if controls.stop_requested:
+            if signum == signal.SIGTERM:
+                raise SystemExit(128 + signum)
             raise KeyboardInterrupt
-        view.console.print("[yellow]stopping at the next step boundary "
-                           "(Ctrl-C again to abort)...[/]")
+        received.append(signum)
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        view.console.print(f"[yellow]{what}: stopping at the next step boundary "
+                           f"({what} again to abort)...[/]")
         controls.stop()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         finished = engine.run()
     except BaseException:
         handle.close()
         if new and engine.state.phase == "setup":
             handle.store.delete(handle.name)
+            view.console.print(f"removed the new session {lit(handle.name)}: it failed before "
+                               "training started, so there is nothing to resume")
         raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         view.close()
-        handle.close()
+        handle.close()  # raises a one-line error if the session could not be written
     if finished.status == "stopped":
-        view.console.print(f"session saved; continue with: gpta resume {handle.name}")
-        return 130
+        view.console.print(f"session saved; continue with: gpta resume {lit(handle.name)}")
+        return 128 + (received[0] if received else signal.SIGINT)
     return 0
 
 
@@ -177,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_paper_preset(args, config)
     view = HeadlessView(verbose=args.verbose)
     handle, engine = start_session(config, args.home, listeners=[view], controls=Controls())
-    view.console.print(f"session [bold]{handle.name}[/] in {handle.dir}")
+    view.console.print(f"session [bold]{lit(handle.name)}[/] in {lit(handle.dir)}")
     return _drive(handle, engine, view, new=True)
 
 
@@ -191,6 +204,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.eval_batch_size is not None:
         overrides["student"] = {"eval_batch_size": args.eval_batch_size}
     view = HeadlessView(verbose=args.verbose)
+    if args.ta_base_url:
+        overrides["ta"] = {"base_url": args.ta_base_url}
     handle, engine = resume_session(args.name, args.home, listeners=[view], controls=Controls(),
                                     overrides=overrides or None)
     return _drive(handle, engine, view)

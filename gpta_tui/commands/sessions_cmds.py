@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from engine.errors import UsageError
+from engine.errors import UsageError, strip_control
 from sessions.store import SessionStore, format_ts
 
 STATUS_STYLE = {"running": "green", "paused": "yellow", "interrupted": "magenta",
@@ -53,6 +54,12 @@ def _console() -> Console:
 METRIC_SHORT = {"accuracy": "acc", "macro_f1": "F1"}
 
 
+def _lit(value: object) -> str:
+    """Stored text (paths, names, prefixes, messages) as Rich shows it literally: no markup
+    is parsed and no control byte reaches the terminal."""
+    return escape(strip_control(value))
+
+
 def _metric(value: float | None, name: str) -> str:
     return "-" if value is None else f"{METRIC_SHORT.get(name, name)} {value:.4f}"
 
@@ -62,21 +69,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     sessions = store.list()
     console = _console()
     if not sessions:
-        console.print(f"No sessions in {store.root}. Start one with `gpta run`.")
+        console.print(f"No sessions in {_lit(store.root)}. Start one with `gpta run`.")
         return 0
-    table = Table(title=f"Sessions in {store.root}", title_justify="left")
+    table = Table(title=f"Sessions in {_lit(store.root)}", title_justify="left")
     for column in ("name", "mode", "dataset", "status", "epoch", "best metric", "updated"):
         table.add_column(column, no_wrap=column in ("name", "status", "best metric", "updated"))
     for s in sessions:
         style = STATUS_STYLE.get(s.status, "")
         status = f"[{style}]{s.status}[/]" if style else s.status
         epoch = f"{s.epoch}/{s.epochs}" if s.epochs else "-"
-        table.add_row(s.name, s.mode, s.dataset, status, epoch,
-                      _metric(s.best_metric, s.metric), format_ts(s.updated))
+        table.add_row(_lit(s.name), _lit(s.mode), _lit(s.dataset), status, epoch,
+                      _lit(_metric(s.best_metric, s.metric)), format_ts(s.updated))
     console.print(table)
     for s in sessions:
         if s.error:
-            console.print(f"[red]{s.name}[/]: {s.error}")
+            console.print(f"[red]{_lit(s.name)}[/]: {_lit(s.error)}")
     return 0
 
 
@@ -93,22 +100,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold")
     info.add_column()
-    reason = f" ({rec['status_reason']})" if rec.get("status_reason") else ""
-    info.add_row("session", f"{handle.name}  [dim]{handle.dir}[/]")
-    info.add_row("status", f"[{STATUS_STYLE.get(rec['status'], '')}]{rec['status']}[/]{reason}")
-    info.add_row("mode", f"{cfg.get('mode')}  seed {cfg.get('seed')}")
-    info.add_row("dataset", str(cfg.get("data", {}).get("dataset")))
-    info.add_row("student", f"{cfg.get('student', {}).get('model')} "
-                            f"({cfg.get('student', {}).get('tuning')})")
+    reason = f" ({_lit(rec['status_reason'])})" if rec.get("status_reason") else ""
+    status = _lit(rec["status"])
+    info.add_row("session", f"{_lit(handle.name)}  [dim]{_lit(handle.dir)}[/]")
+    info.add_row("status", f"[{STATUS_STYLE.get(rec['status'], '')}]{status}[/]{reason}"
+                 if STATUS_STYLE.get(rec["status"]) else status + reason)
+    info.add_row("mode", _lit(f"{cfg.get('mode')}  seed {cfg.get('seed')}"))
+    info.add_row("dataset", _lit(cfg.get("data", {}).get("dataset")))
+    info.add_row("student", _lit(f"{cfg.get('student', {}).get('model')} "
+                                 f"({cfg.get('student', {}).get('tuning')})"))
     ta = cfg.get("ta", {})
-    info.add_row("TA", f"{ta.get('backend')} {ta.get('model')}"
-                       + (f" -> {rec['ta_model']}" if rec.get("ta_model") else ""))
-    info.add_row("progress", f"epoch {rec.get('epoch')}/{cfg.get('loop', {}).get('epochs')}, "
-                             f"phase {rec.get('phase')}, step {rec.get('step')}")
+    info.add_row("TA", _lit(f"{ta.get('backend')} {ta.get('model')}"
+                            + (f" -> {rec['ta_model']}" if rec.get("ta_model") else "")))
+    info.add_row("progress", _lit(f"epoch {rec.get('epoch')}/{cfg.get('loop', {}).get('epochs')}, "
+                                  f"phase {rec.get('phase')}, step {rec.get('step')}"))
     best = rec.get("best") or {}
     if best:
-        info.add_row("best", f"epoch {best.get('epoch')}: {_metric(best.get('score'), metric)}  "
-                             f"{best.get('prefix', '')!r}")
+        info.add_row("best", _lit(f"epoch {best.get('epoch')}: {_metric(best.get('score'), metric)}"
+                                  f"  {best.get('prefix', '')!r}"))
     info.add_row("created", format_ts(rec.get("created")))
     info.add_row("updated", format_ts(rec.get("updated")))
     if rec.get("resumes"):
@@ -123,16 +132,16 @@ def cmd_show(args: argparse.Namespace) -> int:
             table.add_column(column)
         for v in validations:
             acc = accuracy.get(v["epoch"])
-            table.add_row(str(v["epoch"]), v["prefix"] or "(none)",
+            table.add_row(str(v["epoch"]), _lit(v["prefix"]) or "(none)",
                           f"{v['metrics'].get(metric, float('nan')):.4f}",
                           f"{acc['accuracy']:.2f}" if acc else "-")
         console.print(table)
     finished = rec.get("finished") or {}
     if finished.get("test_metrics"):
-        console.print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in finished["test_metrics"].items())
-                      + ("   without prefix: " + ", ".join(
-                          f"{k} {v:.4f}" for k, v in finished["test_metrics_no_prefix"].items())
-                         if finished.get("test_metrics_no_prefix") else ""))
+        console.print(_lit("test: " + ", ".join(f"{k} {v:.4f}" for k, v in finished["test_metrics"].items())
+                           + ("   without prefix: " + ", ".join(
+                               f"{k} {v:.4f}" for k, v in finished["test_metrics_no_prefix"].items())
+                              if finished.get("test_metrics_no_prefix") else "")))
     calls = handle.ta_calls()
     if calls:
         tokens = sum(int((r.get("usage") or {}).get("total_tokens", 0) or 0)
@@ -141,7 +150,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                       f"fine-tune jobs: {len(handle.jobs())}")
     problems = [n for n in handle.notices() if n["level"] in ("warning", "error")]
     for n in problems[-5:]:
-        console.print(f"[{'red' if n['level'] == 'error' else 'yellow'}]{n['level']}[/]: {n['message']}")
+        console.print(f"[{'red' if n['level'] == 'error' else 'yellow'}]{_lit(n['level'])}[/]: "
+                      f"{_lit(n['message'])}")
     return 0
 
 

@@ -6,6 +6,7 @@ app is running is shown live (status, epoch, best) from its dashboard state.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from textual.widgets import DataTable, Static
 
 from textual.widgets import Footer
 
-from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, one_line, score, when
+from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, literal, one_line, score, when
 from sessions.status import resumable, shown
 
 COLUMNS = (("name", "name"), ("mode", "mode"), ("dataset", "dataset"), ("status", "status"),
@@ -130,16 +131,21 @@ class SessionsScreen(Screen[None]):
             self.rows = [self._row(item) for item in self.app.list_sessions()]
         except Exception as exc:  # noqa: BLE001 - shown, not fatal
             self.rows = []
-            self.notify(f"Could not list sessions: {exc}", severity="error")
+            self.notify(f"Could not list sessions: {exc}", severity="error", markup=False)
         self.rows.sort(key=lambda r: r.updated or 0.0, reverse=True)
         table.clear()
         now = self.app.clock() if hasattr(self.app, "clock") else None
         for row in self.rows:
             style = STATUS_STYLE.get(row.status, "")
-            table.add_row(Text(row.name, style="bold"), row.mode, one_line(row.dataset, 40),
-                          Text(f"{STATUS_ICON.get(row.status, '·')} {row.status}", style=style),
-                          row.epoch, Text(row.best, style="green"), Text(row.test, style="bold cyan"),
-                          when(row.updated, now), key=row.name)
+            dataset = literal(one_line(row.dataset, 40))
+            if row.status == "unreadable":  # the reason (the row names the session already)
+                reason = re.sub(r"^session database '[^']*' ", "", row.error)
+                dataset = literal(one_line(reason, 60), style="red")
+            table.add_row(literal(row.name, style="bold"), literal(row.mode), dataset,
+                          literal(f"{STATUS_ICON.get(row.status, '·')} {row.status}", style=style),
+                          literal(row.epoch), literal(row.best, style="green"),
+                          literal(row.test, style="bold cyan"),
+                          literal(when(row.updated, now)), key=row.name)
         names = [r.name for r in self.rows]
         if current in names:
             table.move_cursor(row=names.index(current), animate=False)
@@ -147,7 +153,7 @@ class SessionsScreen(Screen[None]):
         empty = self.query_one("#sessions-empty", Static)
         empty.update("" if self.rows else "No sessions yet. Press n to start one.")
         self.query_one("#sessions-title", Static).update(
-            f"Sessions · {len(self.rows)} saved in {self.app.home_label}")
+            literal(f"Sessions · {len(self.rows)} saved in {self.app.home_label}"))
 
     def _row(self, item: Any) -> SessionRow:
         status = getattr(item, "status", "")
@@ -171,7 +177,8 @@ class SessionsScreen(Screen[None]):
         if row is None:
             return
         if row.status == "unreadable":
-            self.notify(row.error or f"Session {row.name} cannot be read.", severity="error", timeout=8)
+            self.notify(row.error or f"Session {row.name} cannot be read.", severity="error",
+                        timeout=8, markup=False)
             return
         self.app.open_session(row.name, resume=row.resumable)
 
