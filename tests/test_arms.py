@@ -8,7 +8,7 @@ import random
 import pytest
 
 from engine import events as ev
-from engine.arms import RandomWordsTA, static_instruction, word_vocabulary
+from engine.arms import RANDOM_PREFIX_WORDS, RandomWordsTA, static_instruction, word_vocabulary
 from engine.parsing import COPIED, clean_prefixes, copy_similarity
 from engine.ta import transcript
 from engine.ta.base import TAReply, TeachingAssistant
@@ -28,7 +28,7 @@ def test_random_words_are_reproducible_and_within_the_length_range():
     assert one.texts != ta.propose([], n=5, temperature=1.0, seed=12).texts
     rng = random.Random(0)
     lengths = {len(ta.prefix(rng).split()) for _ in range(300)}
-    assert min(lengths) == 6 and max(lengths) == 16
+    assert (min(lengths), max(lengths)) == RANDOM_PREFIX_WORDS == (8, 24)
 
 
 def test_static_instruction_names_the_labels():
@@ -112,7 +112,8 @@ def test_random_prefix_spends_gptas_budget_on_random_words(tiny_bert_dir, sentim
     assert requests and all(r.backend == "random-words" for r in requests)
     assert all(r["history_size"] == 6 for r in engine.state.epochs)  # the same k as GPTA
     scored = [e.prefix for e in rec.of(ev.PrefixScored) if not e.reused]
-    assert all(6 <= len(p.split()) <= 16 for p in scored)
+    lo, hi = RANDOM_PREFIX_WORDS
+    assert all(lo <= len(p.split()) <= hi for p in scored)
     assert all(j.status == "skipped" for j in rec.of(ev.FinetuneUpdate))
     # reproducible: the same seed gives the same prefixes
     again, rec2, _ = _run_arm(tiny_bert_dir, sentiment_csv, tmp_path / "again", "random-prefix")
