@@ -499,6 +499,7 @@ class RunResult:
     best_selection: float | None = None  # the chosen (checkpoint, prefix) on the selection split
     copied: int = 0                      # TA prefixes rejected as copies of the prompt's examples
     prefix_words: list[int] = field(default_factory=list)  # word count of every new scored prefix
+    history_sizes: list[int] = field(default_factory=list)  # prefixes ranked per epoch (<= k)
 
     @property
     def done(self) -> bool:
@@ -560,6 +561,8 @@ def collect_results(spec: CompareSpec, home: Path | str | None = None,
             best_selection=(best.get("selection_metrics") or {}).get(metric),
             copied=int((finished.get("summary") or {}).get("copied_from_prompt", 0) or 0),
             prefix_words=scored_words,
+            history_sizes=[int(e.get("history_size", 0) or 0) for e in
+                           (finished.get("summary") or {}).get("epochs", []) if isinstance(e, dict)],
             best_epoch=best.get("epoch"), best_prefix=best.get("prefix", ""),
             val_curve=list(zip(series.epochs, series.val)),
             loss_curve=list(zip(series.epochs, series.train_loss)),
@@ -802,7 +805,7 @@ def runs_csv(results: list[RunResult], metric: str) -> str:
     w.writerow(["session", "mode", "seed", "train_size", "max_windows", "status", f"test_{metric}",
                 f"test_{metric}_no_prefix", f"best_val_{metric}", f"best_selection_{metric}",
                 "best_epoch", "best_prefix", "val_per_epoch", "train_loss_per_epoch", "ta_requests",
-                "copied_from_prompt", "mean_prefix_words", "wall_s"])
+                "copied_from_prompt", "mean_prefix_words", "history_size_per_epoch", "wall_s"])
     for r in results:
         words = statistics.fmean(r.prefix_words) if r.prefix_words else None
         w.writerow([r.run.session, r.run.arm, r.run.seed, r.run.train_size,
@@ -811,7 +814,7 @@ def runs_csv(results: list[RunResult], metric: str) -> str:
                     r.best_epoch or "", r.best_prefix,
                     ";".join(f"{v:.6f}" for _, v in r.val_curve),
                     ";".join(f"{v:.6f}" for _, v in r.loss_curve), r.ta_requests, r.copied,
-                    _num(words), _num(r.wall_s)])
+                    _num(words), ";".join(map(str, r.history_sizes)), _num(r.wall_s)])
     return buf.getvalue()
 
 
@@ -992,8 +995,8 @@ def report_markdown(spec: CompareSpec, results: list[RunResult], table: CompareT
         lines += [f"Not included (not finished): {', '.join(table.missing)}.", ""]
     lines += ["## Runs", "", f"| Session | Mode | Seed | n | Status | Test {table.metric} | "
               f"Without prefix | Val | Selection | Epoch | Chosen prefix | Train loss per epoch | "
-              f"TA requests | Copies rejected | Words per prefix | Time |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              f"TA requests | Copies rejected | Words per prefix | Ranked per epoch | Time |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         prefix = " ".join(r.best_prefix.split()).replace("|", "\\|") if r.best_prefix else "(none)"
         words = f"{statistics.fmean(r.prefix_words):.1f}" if r.prefix_words else "-"
@@ -1001,7 +1004,8 @@ def report_markdown(spec: CompareSpec, results: list[RunResult], table: CompareT
         lines.append(f"| {r.run.session} | {r.run.arm} | {r.run.seed} | {r.run.train_size} | "
                      f"{r.status} | {_f(r.test)} | {_f(r.test_no_prefix)} | {_f(r.best_val)} | "
                      f"{_f(r.best_selection)} | {r.best_epoch or '-'} | {prefix} | {losses} | "
-                     f"{r.ta_requests} | {r.copied} | {words} | {_fmt_wall(r.wall_s)} |")
+                     f"{r.ta_requests} | {r.copied} | {words} | "
+                     f"{'/'.join(map(str, r.history_sizes)) or '-'} | {_fmt_wall(r.wall_s)} |")
     charts = list(charts)
     if charts:
         lines += ["", "## Charts", ""]
