@@ -92,9 +92,11 @@ class FakeData:
     def __init__(self, task: str, train: list[dict], validation: list[dict], test: list[dict]):
         self.task, self.label_names = task, []
         self.train, self.validation, self.test = train, validation, test
+        self.selection: list[dict] = []
 
     def split(self, name: str) -> list[dict]:
-        return {"train": self.train, "validation": self.validation, "test": self.test}[name]
+        return {"train": self.train, "validation": self.validation, "test": self.test,
+                "selection": self.selection}[name]
 
 
 @pytest.fixture(scope="session")
