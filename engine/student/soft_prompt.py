@@ -77,7 +77,10 @@ class SoftPromptModel(FrozenEncoderModel):
         self.tuning = tuning
         self.slots = virtual_tokens
         config = backbone.config
-        self.peft = get_peft_model(backbone, peft_config(tuning, config, virtual_tokens))
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                    category=FutureWarning)
+            self.peft = get_peft_model(backbone, peft_config(tuning, config, virtual_tokens))
         dropout = float(getattr(config, "hidden_dropout_prob", 0.1) or 0.0)
         self.head = classifier_head(config.hidden_size, num_labels, dropout)
 
