@@ -53,12 +53,31 @@ class FrozenEncoderStudent(ClassificationStudent):
     """A classification student whose encoder is frozen; subclasses build `self.model` (a
     FrozenEncoderModel) and name their checkpoint files and identifying metadata."""
 
+    #: the student.tuning values this student implements
+    tunings: tuple[str, ...] = ()
     weights_file = "frozen.safetensors"
     meta_file = "frozen.json"
     #: metadata keys that must match between a checkpoint and the student loading it
     meta_keys: tuple[str, ...] = ("tuning",)
     #: values assumed for keys that checkpoints of older versions lack
     meta_defaults: dict[str, Any] = {}
+
+    def __init__(self, cfg: Any, data: Any, epochs: int, seed: int, device: str,
+                 virtual_tokens: int):
+        from engine.errors import ConfigError
+
+        if cfg.tuning not in self.tunings:
+            raise ConfigError(f"invalid value {cfg.tuning!r} for student.tuning",
+                              f"use one of {', '.join(self.tunings)} (or another student)")
+        if virtual_tokens < 1:
+            raise ConfigError(f"invalid number of virtual tokens {virtual_tokens}", "use 1 or more")
+        self.tuning = cfg.tuning
+        self.virtual_tokens = virtual_tokens
+        self._prepare(cfg, data)
+        super().__init__(cfg, data, epochs, seed, device)
+
+    def _prepare(self, cfg: Any, data: Any) -> None:
+        """Hook: check and derive what loading the model needs (runs before it loads)."""
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]

@@ -237,26 +237,23 @@ class LTuningStudent(FrozenEncoderStudent):
                  "hidden_size", "num_hidden_layers")
     meta_defaults = {"lt_map": "pooled"}  # checkpoints written before the token map existed
 
+    tunings = LT_TUNINGS
+
     def __init__(self, cfg: StudentConfig, data: Any, epochs: int, seed: int, device: str,
                  virtual_tokens: int = VIRTUAL_TOKENS):
-        if cfg.tuning not in LT_TUNINGS:
-            raise ConfigError(f"invalid value {cfg.tuning!r} for student.tuning",
-                              f"use one of {', '.join(LT_TUNINGS)} (or the full-tuning student)")
+        super().__init__(cfg, data, epochs, seed, device, virtual_tokens)
+        self.negatives = min(cfg.negatives, len(self.label_names) - 1)
+        self._pair_weights = self._balanced_weights()
+
+    def _prepare(self, cfg: StudentConfig, data: Any) -> None:
         if cfg.negatives < 1:
             raise ConfigError(f"invalid value {cfg.negatives!r} for student.negatives",
                               "use a number greater than 0")
         if cfg.lt_objective not in LT_OBJECTIVES:
             raise ConfigError(f"invalid value {cfg.lt_objective!r} for student.lt_objective",
                               f"use one of {', '.join(LT_OBJECTIVES)}")
-        if virtual_tokens < 1:
-            raise ConfigError(f"invalid number of virtual tokens {virtual_tokens}", "use 1 or more")
-        self.tuning = cfg.tuning
         self.objective = cfg.lt_objective
-        self.virtual_tokens = virtual_tokens
         self.label_texts = verbalize(cfg.verbalizer, list(data.label_names))
-        super().__init__(cfg, data, epochs, seed, device)
-        self.negatives = min(cfg.negatives, len(self.label_names) - 1)
-        self._pair_weights = self._balanced_weights()
 
     # ---- setup ---------------------------------------------------------------------
     def _load_pretrained(self, name: str):

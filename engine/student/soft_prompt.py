@@ -121,16 +121,11 @@ class SoftPromptStudent(FrozenEncoderStudent):
     meta_file = "soft_prompt.json"
     meta_keys = ("tuning", "label_names", "virtual_tokens", "hidden_size", "num_hidden_layers")
 
+    tunings = SOFT_PROMPT_TUNINGS
+
     def __init__(self, cfg: StudentConfig, data: Any, epochs: int, seed: int, device: str,
                  virtual_tokens: int = VIRTUAL_TOKENS):
-        if cfg.tuning not in SOFT_PROMPT_TUNINGS:
-            raise ConfigError(f"invalid value {cfg.tuning!r} for student.tuning",
-                              f"use one of {', '.join(SOFT_PROMPT_TUNINGS)} (or another student)")
-        if virtual_tokens < 1:
-            raise ConfigError(f"invalid number of virtual tokens {virtual_tokens}", "use 1 or more")
-        self.tuning = cfg.tuning
-        self.virtual_tokens = virtual_tokens
-        super().__init__(cfg, data, epochs, seed, device)
+        super().__init__(cfg, data, epochs, seed, device, virtual_tokens)
 
     def _load_pretrained(self, name: str):
         classifier, tokenizer = super()._load_pretrained(name)
