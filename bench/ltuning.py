@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     p.add_argument("--csv", type=Path, default=RAW, help="raw results, one row per finished run")
+    p.add_argument("--acceptance-csv", type=Path, default=None,
+                   help="raw rows of the defaults-only acceptance check, shown in their own section")
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--no-write", action="store_true", help="do not rewrite the results document")
     p.add_argument("--render-only", action="store_true", help="only rewrite the document from --csv")
@@ -195,49 +197,37 @@ def spread(values: list[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def render(rows: list[dict[str, str]], csv_path: Path) -> str:
-    """The results document from the raw CSV rows."""
+def shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def settings(rows: list[dict[str, str]]) -> str:
+    """One line: the data and training settings the rows share."""
+    first = rows[0]
+    lt = next((r for r in rows if r["tuning"].startswith("lt-")), {})
+    return (f"twitter-sentiment, {first['train_rows']} train / {first['val_rows']} validation / "
+            f"{first['test_rows']} test rows drawn per seed; all-MiniLM-L6-v2, max_length "
+            f"{first['max_length']}, batch {first['batch_size']}, {first['epochs']} epoch(s), "
+            "empty text prefix; L-Tuning objective "
+            f"{lt.get('lt_objective') or 'softmax'}, map {lt.get('lt_map') or 'pooled'}")
+
+
+def table(rows: list[dict[str, str]]) -> list[str]:
+    """Mean ± std per tuning over the seeds of `rows`, with the gap to full fine-tuning."""
     by_tuning: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         by_tuning.setdefault(row["tuning"], []).append(row)
-    order = [t for t in TUNINGS if t in by_tuning]
-    first = rows[0]
-    dates = sorted(r["date"] for r in rows)
-    loads = [float(r["load_avg"]) for r in rows]
-    try:
-        shown = csv_path.resolve().relative_to(ROOT)
-    except ValueError:
-        shown = csv_path
+    full = by_tuning.get("full")
+    full_acc = statistics.fmean(float(r["test_accuracy"]) for r in full) if full else None
     lines = [
-        "# L-Tuning vs prefix / prompt tuning vs full fine-tuning",
-        "",
-        f"Written by `python -m bench.ltuning` from the raw results in `{shown}` (one row per "
-        "finished run; `python -m bench.ltuning --render-only` rewrites this file from it). "
-        "Students: `engine/student/classification.py` (full), `engine/student/ltuning.py` "
-        "(lt-prefix, lt-prompt: Kowsher et al. 2024, arXiv 2402.01643) and "
-        "`engine/student/soft_prompt.py` (prefix, prompt: peft's PrefixTuning / PromptTuning on "
-        "the same frozen encoder).",
-        "",
-        f"- Data: twitter-sentiment, {first['train_rows']} train / {first['val_rows']} "
-        f"validation / {first['test_rows']} test rows, drawn per seed",
-        f"- Student: all-MiniLM-L6-v2, max_length {first['max_length']}, batch "
-        f"{first['batch_size']}, {first['epochs']} epoch(s), empty text prefix; L-Tuning "
-        f"objective {by_tuning.get('lt-prefix', [{}])[0].get('lt_objective') or 'softmax'}, "
-        f"map {by_tuning.get('lt-prefix', [{}])[0].get('lt_map') or 'pooled'}; every tuning with "
-        "its default learning rate (engine.config.DEFAULT_LR)",
-        f"- Machine: {first['cpu']}; torch {first['torch']}, transformers "
-        f"{first['transformers']}, peft {first['peft']}; {first['threads']} torch thread per run; "
-        f"runs from {dates[0]} to {dates[-1]}; 1-minute load average at the start of a run "
-        f"{min(loads):.2f} to {max(loads):.2f} (2 cores shared with other work: wall times vary "
-        "by tens of percent)",
-        "",
         "| tuning | lr | seeds | trainable params | of total | train s / epoch | peak memory "
         "| test accuracy | test macro-F1 | accuracy vs full | top class share |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    full = by_tuning.get("full")
-    full_acc = statistics.fmean(float(r["test_accuracy"]) for r in full) if full else None
-    for tuning in order:
+    for tuning in [t for t in TUNINGS if t in by_tuning]:
         rs = by_tuning[tuning]
         accuracy = [float(r["test_accuracy"]) for r in rs]
         versus = f"{statistics.fmean(accuracy) - full_acc:+.3f}" if full_acc is not None else "–"
@@ -249,26 +239,88 @@ def render(rows: list[dict[str, str]], csv_path: Path) -> str:
             f"| {spread([float(r['peak_rss_mb']) for r in rs], 0)} MB "
             f"| {spread(accuracy)} | {spread([float(r['test_macro_f1']) for r in rs])} "
             f"| {versus} | {spread([100 * float(r['top_share']) for r in rs], 0)}% |")
-    majority = spread([float(r["majority"]) for r in rows if r["tuning"] == order[0]])
-    lines += [
+    majority = sorted({(r["seed"], r["majority"]) for r in rows})
+    lines += ["", "Majority-class test accuracy: " + ", ".join(
+        f"{float(m):.3f} (seed {seed})" for seed, m in majority) + ".", ""]
+    for tuning in [t for t in TUNINGS if t in by_tuning]:
+        lines.append("- " + verdict(tuning, by_tuning[tuning], full_acc))
+    return lines
+
+
+#: a tuning "learns" when its mean test accuracy clears the majority class by this much and
+#: fewer than this share of its predictions go to one label
+LEARNS_MARGIN = 0.05
+LEARNS_TOP_SHARE = 0.9
+
+
+def verdict(tuning: str, rows: list[dict[str, str]], full_acc: float | None) -> str:
+    """Whether a tuning learns (against the majority class) and its distance from full."""
+    accuracy = statistics.fmean(float(r["test_accuracy"]) for r in rows)
+    majority = statistics.fmean(float(r["majority"]) for r in rows)
+    top = statistics.fmean(float(r["top_share"]) for r in rows)
+    learns = accuracy >= majority + LEARNS_MARGIN and top < LEARNS_TOP_SHARE
+    text = (f"{tuning}: {'learns' if learns else 'does not learn'} (test accuracy "
+            f"{accuracy:.3f} against the majority class's {majority:.3f}, "
+            f"{100 * top:.0f}% of predictions on one label)")
+    if full_acc is not None and tuning != "full":
+        gap = accuracy - full_acc
+        text += f"; {abs(gap) * 100:.1f} points {'below' if gap < 0 else 'above'} full fine-tuning"
+    return text + "."
+
+
+def render(rows: list[dict[str, str]], csv_path: Path, missing: list[tuple[str, int]],
+           acceptance: list[dict[str, str]], acceptance_path: Path) -> str:
+    """The results document from the raw CSV rows (and the acceptance check's, if any)."""
+    every = rows + acceptance
+    first = every[0]
+    dates = sorted(r["date"] for r in every)
+    loads = [float(r["load_avg"]) for r in every]
+    lines = [
+        "# L-Tuning vs prefix / prompt tuning vs full fine-tuning",
         "",
-        f"Mean ± sample standard deviation over the seeds listed. Majority-class test accuracy: "
-        f"{majority}. \"top class share\": the share of test predictions that go to the most "
-        "often predicted label (100%: one label for every row). Peak memory: the run process's "
-        "peak resident set (VmHWM), Python, torch and the model included. \"train s / epoch\" "
-        "is the wall time of the training steps only; an L-Tuning step scores every text against "
-        "all K labels (K forward passes per row).",
+        f"Written by `python -m bench.ltuning` from the raw results in `{shown(csv_path)}` "
+        "(one row per finished run; `python -m bench.ltuning --render-only` rewrites this file "
+        "from it). Students: `engine/student/classification.py` (full), "
+        "`engine/student/ltuning.py` (lt-prefix, lt-prompt: Kowsher et al. 2024, arXiv "
+        "2402.01643) and `engine/student/soft_prompt.py` (prefix, prompt: peft's PrefixTuning / "
+        "PromptTuning on the same frozen encoder). Every tuning runs with its default learning "
+        "rate (engine.config.DEFAULT_LR), as `gpta run --tuning X` does without `--lr`.",
+        "",
+        f"- Machine: {first['cpu']}, 2 cores shared with other work; torch {first['torch']}, "
+        f"transformers {first['transformers']}, peft {first['peft']}; {first['threads']} torch "
+        f"thread per run; runs from {dates[0]} to {dates[-1]}; 1-minute load average at the "
+        f"start of a run {min(loads):.2f} to {max(loads):.2f}, so wall times are slow and vary "
+        "by tens of percent",
+        "- Peak memory: the run process's peak resident set (VmHWM), Python, torch and the "
+        "model included. \"train s / epoch\": the training steps only; an L-Tuning step scores "
+        "every text against all K = 3 labels (K forward and backward passes per row). \"top "
+        "class share\": the share of test predictions that go to the most often predicted "
+        "label (100%: one label for every row). Mean ± sample standard deviation over seeds.",
         "",
     ]
+    if rows:
+        lines += ["## The comparison", "", f"Settings: {settings(rows)}.", "", *table(rows), ""]
+    if missing:
+        lines += ["Not run (the grid did not finish in the time available): " + ", ".join(
+            f"{tuning} seed {seed}" for tuning, seed in missing) + ".", ""]
+    if acceptance:
+        lines += [
+            "## Acceptance check: defaults only", "",
+            f"`--tuning lt-prefix` / `--tuning lt-prompt` with nothing else set, raw rows in "
+            f"`{shown(acceptance_path)}`. Settings: {settings(acceptance)}.", "",
+            *table(acceptance), ""]
     return "\n".join(lines)
 
 
 def write_doc(args: argparse.Namespace) -> None:
     rows = read_rows(args.csv)
-    if not rows:
+    acceptance = read_rows(args.acceptance_csv) if args.acceptance_csv else []
+    if not rows and not acceptance:
         print(f"{args.csv} holds no runs; nothing to render", file=sys.stderr)
         return
-    text = render(rows, args.csv)
+    done = {(r["tuning"], r["seed"]) for r in rows}
+    missing = [(t, seed) for seed in args.seeds for t in args.tunings if (t, str(seed)) not in done]
+    text = render(rows, args.csv, missing, acceptance, args.acceptance_csv)
     print(text)
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)

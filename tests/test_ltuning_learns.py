@@ -237,3 +237,32 @@ def test_each_tuning_picks_its_learning_rate_unless_the_user_sets_one(tmp_path):
     stored = build_config(None, None, {"student": {"tuning": "prefix", "lr": 7e-3}}).to_dict()
     assert RunConfig.from_dict(stored).student.lr == 7e-3
     assert DEFAULT_LR["full"] == StudentConfig().lr
+
+
+# ---- the benchmark's document ------------------------------------------------------------
+def test_bench_document_comes_from_the_raw_csv(tmp_path):
+    from bench.ltuning import FIELDS, append_row, read_rows, render
+
+    def row(tuning, seed, accuracy, top):
+        values = dict.fromkeys(FIELDS, "x")
+        values.update(tuning=tuning, seed=seed, lr=DEFAULT_LR[tuning], train_rows=2000,
+                      val_rows=100, test_rows=300, epochs=1, max_length=64, batch_size=16,
+                      trainable=100, total=1000, train_s_per_epoch=10.0, peak_rss_mb=900,
+                      test_accuracy=accuracy, test_macro_f1=accuracy - 0.1, top_share=top,
+                      majority=0.43, threads=1, load_avg="1.00", date=f"2026-01-0{seed} 10:00 UTC",
+                      lt_objective="softmax", lt_map="pooled")
+        return values
+
+    path = tmp_path / "runs.csv"
+    for r in (row("full", 1, 0.70, 0.5), row("full", 2, 0.66, 0.5),
+              row("lt-prompt", 1, 0.43, 1.0)):
+        append_row(path, r)
+    rows = read_rows(path)
+    assert [r["tuning"] for r in rows] == ["full", "full", "lt-prompt"]
+    text = render(rows, path, [("lt-prompt", 2)], [], path)
+    assert "| full | 2e-05 | 1, 2 | 100 | 10.00% |" in text
+    assert "0.680 ± 0.028" in text  # mean ± sample std of 0.70 and 0.66
+    assert "- full: learns (test accuracy 0.680" in text
+    assert "- lt-prompt: does not learn (test accuracy 0.430" in text
+    assert "25.0 points below full fine-tuning" in text
+    assert "Not run (the grid did not finish in the time available): lt-prompt seed 2." in text
