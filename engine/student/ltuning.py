@@ -25,7 +25,10 @@ targets follows its class frequency (0.60 / 0.56 / 0.31 on the 600-row twitter-s
 split), and most of the match logit's variance comes from the text alone. A head that learns
 label priors lowers that loss at once, while the label-text interaction (the only part that
 tells labels apart for one text) is a small, slow signal: the students got stuck predicting
-the most frequent label for every row (docs/LTUNING_RESULTS.md, issue 16). The softmax is
+the most frequent label for every row (issue 16). Measured on the old lt-prefix student after 2
+epochs: mean match probabilities per label 0.57 / 0.57 / 0.33 (the positive-target rates), logit
+spread across test rows at most 0.024 against a 1.0 gap between labels, and no text signal
+left once the per-label means were removed (accuracy 0.357). The softmax is
 invariant to anything that shifts all K logits of a text alike, so its whole gradient goes to
 the interaction; the balanced binary loss removes the prior's reward.
 
