@@ -307,8 +307,16 @@ def render(rows: list[dict[str, str]], csv_path: Path, missing: list[tuple[str, 
         lines += [
             "## Acceptance check: defaults only", "",
             f"`--tuning lt-prefix` / `--tuning lt-prompt` with nothing else set, raw rows in "
-            f"`{shown(acceptance_path)}`. Settings: {settings(acceptance)}.", "",
+            f"`{shown(acceptance_path)}`. Settings: {settings(acceptance)}. The bench uses "
+            "max_length 64 where the config default is 96: rows are padded to the longest of "
+            "their batch, so this only cuts the few tweets longer than 64 tokens.", "",
             *table(acceptance), ""]
+        rejected = ROOT / "docs" / "ltuning_rejected_lr.csv"
+        for r in read_rows(rejected):
+            lines += [f"Rejected default: {r['tuning']} at lr {float(r['lr']):g} (seed {r['seed']}, "
+                      f"same settings) reached test accuracy {float(r['test_accuracy']):.3f} with "
+                      f"{100 * float(r['top_share']):.0f}% of predictions on one label; raw row in "
+                      f"`{shown(rejected)}`.", ""]
     return "\n".join(lines)
 
 
