@@ -299,7 +299,12 @@ def render(rows: list[dict[str, str]], csv_path: Path, missing: list[tuple[str, 
         "",
     ]
     if rows:
-        lines += ["## The comparison", "", f"Settings: {settings(rows)}.", "", *table(rows), ""]
+        test_rows = int(rows[0]["test_rows"])
+        lines += ["## The comparison", "", f"Settings: {settings(rows)}.", "", *table(rows), "",
+                  f"Caveats: every tuning at its default learning rate, none tuned per run "
+                  f"(full fine-tuning's 2e-5 for {rows[0]['epochs']} epoch(s) is a short budget "
+                  f"for it); one test accuracy on {test_rows} rows carries a standard error of "
+                  f"about {100 * (0.25 / test_rows) ** 0.5:.0f} points.", ""]
     if missing:
         lines += ["Not run (the grid did not finish in the time available): " + ", ".join(
             f"{tuning} seed {seed}" for tuning, seed in missing) + ".", ""]
