@@ -1,29 +1,37 @@
-"""Full fine-tuning vs L-Tuning (lt-prefix, lt-prompt) on the offline default data and model.
+"""Full fine-tuning vs L-Tuning (lt-prefix, lt-prompt) vs the L-Tuning paper's baselines
+(peft prefix and prompt tuning) on the offline default data and model, over several seeds.
 
-    python -m bench.ltuning                       # twitter-sentiment, MiniLM, ~10 min on 2 cores
-    python -m bench.ltuning --train-size 1000 --epochs 3 --threads 2
-    python -m bench.ltuning --tunings lt-prefix --no-write
+    python -m bench.ltuning                              # 2,000 rows, 3 seeds, 5 tunings, 1 thread
+    python -m bench.ltuning --tunings lt-prefix,lt-prompt --train-size 600 --epochs 3 \\
+        --seeds 42 --csv docs/ltuning_acceptance.csv --no-write
+    python -m bench.ltuning --render-only                # rewrite the doc from the CSV
 
-Every student is built by `engine.student.build_student` from the same seeded splits and trained
-with the same text prefix (empty by default, as in the baseline mode) for the same number of
-epochs. Reported per tuning: trainable / total parameters, checkpoint sizes (weights only, and
-with optimizer + scheduler as the GPTA loop saves them), training wall time and rows per second,
-validation metrics after every epoch, test metrics, and the time to score a batch of 5 text
-prefixes on the validation split (the hot path of GPTA's history collection; L-Tuning scores
-every label, so it costs about K forward passes per row).
+Every (tuning, seed) run is one child process (`--one`), so its peak memory is its own; it
+appends one row to the raw CSV as soon as it finishes, so a long grid that is interrupted keeps
+what it finished, and a rerun skips the (tuning, seed) pairs the CSV already holds. Each student
+is built by `engine.student.build_student` from the seed's splits, with the tuning's default
+learning rate (engine.config.DEFAULT_LR) unless `--lr TUNING=VALUE`, and trained with the same
+text prefix (empty by default, as in the baseline mode).
 
-Results go to docs/LTUNING_RESULTS.md (the whole file is rewritten) unless --no-write.
+Per run: trainable / total parameters, training wall time per epoch, the process's peak
+resident memory (VmHWM: model, data, training and evaluation), validation metrics after the
+last epoch, test accuracy and macro-F1, and the share of the most often predicted label.
+docs/LTUNING_RESULTS.md is rewritten from the CSV (mean ± sample std over seeds) unless
+--no-write.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
+import json
 import os
 import platform
 import shutil
+import statistics
+import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,234 +39,341 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "LTUNING_RESULTS.md"
-TUNINGS = ("full", "lt-prefix", "lt-prompt")
-SCORED_PREFIXES = [
-    "Classify the sentiment of this tweet:",
-    "Is the mood of this tweet negative, neutral or positive?",
-    "Tweet:",
-    "Read the tweet carefully and decide its sentiment.",
-    "Sentiment (negative / neutral / positive) of the following text:",
-]
+RAW = ROOT / "docs" / "ltuning_runs.csv"
+TUNINGS = ("full", "lt-prefix", "lt-prompt", "prefix", "prompt")
+FIELDS = ["tuning", "seed", "lr", "lt_objective", "lt_map", "train_rows", "val_rows", "test_rows",
+          "epochs", "max_length", "batch_size", "trainable", "total", "train_s_per_epoch",
+          "peak_rss_mb", "val_accuracy", "test_accuracy", "test_macro_f1", "top_share",
+          "majority", "threads", "load_avg", "date", "cpu", "torch", "transformers", "peft"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.ltuning", description=__doc__.split("\n")[0])
     p.add_argument("--tunings", default=",".join(TUNINGS),
-                   help="comma-separated subset of full, lt-prefix, lt-prompt")
+                   help="comma-separated subset of " + ", ".join(TUNINGS))
+    p.add_argument("--seeds", default="42,43,44", help="comma-separated seeds (data split and init)")
     p.add_argument("--model", default="all-MiniLM-L6-v2")
     p.add_argument("--dataset", default="twitter-sentiment")
-    p.add_argument("--train-size", type=int, default=600)
+    p.add_argument("--train-size", type=int, default=2000)
     p.add_argument("--val-size", type=int, default=100)
     p.add_argument("--test-size", type=int, default=300)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-batch-size", type=int, default=64)
-    p.add_argument("--lr-full", type=float, default=5e-5, help="learning rate of full fine-tuning")
-    p.add_argument("--lr-lt", type=float, default=3e-3, help="learning rate of the L-Tuning maps")
-    p.add_argument("--negatives", type=int, default=1)
-    p.add_argument("--verbalizer", default="The text has {label} sentiment.")
+    p.add_argument("--lr", action="append", default=[], metavar="TUNING=VALUE",
+                   help="learning rate of one tuning (default: engine.config.DEFAULT_LR)")
+    p.add_argument("--lt-objective", default="softmax", help="softmax or binary (L-Tuning)")
+    p.add_argument("--lt-map", default="pooled", help="pooled or token (L-Tuning)")
     p.add_argument("--prefix", default="", help="GPTA text prefix used for training and testing")
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
+    p.add_argument("--csv", type=Path, default=RAW, help="raw results, one row per finished run")
+    p.add_argument("--acceptance-csv", type=Path, default=None,
+                   help="raw rows of the defaults-only acceptance check, shown in their own section")
     p.add_argument("--output", type=Path, default=RESULTS)
-    p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--no-write", action="store_true", help="do not rewrite the results document")
+    p.add_argument("--render-only", action="store_true", help="only rewrite the document from --csv")
+    p.add_argument("--one", nargs=2, metavar=("TUNING", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.tunings = [t.strip() for t in args.tunings.split(",") if t.strip()]
     unknown = [t for t in args.tunings if t not in TUNINGS]
     if unknown or not args.tunings:
         p.error(f"--tunings: use names from {', '.join(TUNINGS)}")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        args.lrs = {t: float(v) for t, v in (item.split("=", 1) for item in args.lr)}
+    except ValueError:
+        p.error("--seeds takes integers, --lr takes TUNING=VALUE, e.g. --lr lt-prefix=3e-3")
+    if set(args.lrs) - set(TUNINGS):
+        p.error(f"--lr: use tunings from {', '.join(TUNINGS)}")
     return args
 
 
-def machine_info(device: str) -> dict[str, str]:
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    from engine.device import device_label
-
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "torch threads": str(torch.get_num_threads()),
-            "device": device_label(device), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "os": f"{platform.system()} {platform.release()}"}
+    return platform.processor() or platform.machine()
 
 
-def dir_bytes(path: Path, names: set[str] | None = None) -> int:
-    return sum(f.stat().st_size for f in path.iterdir()
-               if f.is_file() and (names is None or f.name in names))
+def peak_rss_mb() -> float:
+    """The process's peak resident memory (VmHWM), MB; ru_maxrss where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def counts(student: Any) -> tuple[int, int]:
-    params = list(student.model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+def run_one(tuning: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train and test one student in this process; the CSV row."""
+    import peft
+    import torch
+    import transformers
 
-
-def run_one(tuning: str, args: argparse.Namespace, data: Any, device: str) -> dict[str, Any]:
-    from engine.config import RunConfig
+    from engine.config import DataConfig, build_config
+    from engine.data import load_task_data
+    from engine.device import resolve_device
     from engine.metrics import classification_metrics
     from engine.student import build_student
 
-    cfg = RunConfig(seed=args.seed)
-    cfg.loop.epochs = args.epochs
-    s = cfg.student
-    s.model, s.tuning, s.max_length = args.model, tuning, args.max_length
-    s.batch_size, s.eval_batch_size = args.batch_size, args.eval_batch_size
-    s.negatives, s.verbalizer = args.negatives, args.verbalizer
-    s.lr = args.lr_full if tuning == "full" else args.lr_lt
-    cfg.validate()
-    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    student_cfg = {"model": args.model, "tuning": tuning, "max_length": args.max_length,
+                   "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
+                   "lt_objective": args.lt_objective, "lt_map": args.lt_map}
+    if tuning in args.lrs:
+        student_cfg["lr"] = args.lrs[tuning]
+    cfg = build_config("default", overrides={
+        "seed": seed, "student": student_cfg, "loop": {"epochs": args.epochs},
+        "data": {"dataset": args.dataset, "train_size": args.train_size,
+                 "val_size": args.val_size, "test_size": args.test_size}})
+    data = load_task_data(DataConfig(dataset=args.dataset, train_size=args.train_size,
+                                     val_size=args.val_size, test_size=args.test_size), seed)
     student = build_student(cfg, data, device)
-    result: dict[str, Any] = {"tuning": tuning, "lr": s.lr, "load_s": time.perf_counter() - started}
-    result["trainable"], result["total"] = counts(student)
-    train_s, val = 0.0, []
+    params = list(student.model.parameters())
+    train_s = 0.0
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
         losses = [r.loss for r in student.train_epoch(args.prefix, epoch)]
         train_s += time.perf_counter() - t0
-        metrics = student.evaluate(args.prefix, "validation")
-        val.append(metrics)
-        print(f"  {tuning} epoch {epoch}: mean loss {sum(losses) / len(losses):.4f}, "
-              f"val accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
-              flush=True)
-    result.update(train_s=train_s, rows_per_s=len(data.train) * args.epochs / train_s, val=val)
-    t0 = time.perf_counter()
+        print(f"  {tuning} seed {seed} epoch {epoch}: mean loss {sum(losses) / len(losses):.4f} "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    val = student.evaluate(args.prefix, "validation")
     predictions = student.prefix_logits([args.prefix], "test")[0].argmax(-1).tolist()
-    result["test_s"] = time.perf_counter() - t0
-    result["test"] = classification_metrics([row["label"] for row in data.test], predictions)
-    result["top_share"] = max(Counter(predictions).values()) / len(predictions)
-    t0 = time.perf_counter()
-    student.score_prefixes(SCORED_PREFIXES, "validation")
-    result["score_s"] = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        weights, current = Path(tmp) / "weights", Path(tmp) / "current"
-        student.save(weights, training_state=False)
-        t0 = time.perf_counter()
-        student.save(current, training_state=True)
-        result["save_s"] = time.perf_counter() - t0
-        result["weights_bytes"] = dir_bytes(weights, {"model.safetensors", "ltuning.safetensors"})
-        result["checkpoint_bytes"] = dir_bytes(current)
-    result["wall_s"] = time.perf_counter() - started
-    return result
+    labels = [row["label"] for row in data.test]
+    test = classification_metrics(labels, predictions)
+    return {
+        "tuning": tuning, "seed": seed, "lr": cfg.student.lr,
+        "lt_objective": args.lt_objective if tuning.startswith("lt-") else "",
+        "lt_map": args.lt_map if tuning.startswith("lt-") else "",
+        "train_rows": len(data.train), "val_rows": len(data.validation),
+        "test_rows": len(data.test), "epochs": args.epochs, "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "total": sum(p.numel() for p in params),
+        "train_s_per_epoch": round(train_s / args.epochs, 1), "peak_rss_mb": round(peak_rss_mb()),
+        "val_accuracy": round(val["accuracy"], 4), "test_accuracy": round(test["accuracy"], 4),
+        "test_macro_f1": round(test["macro_f1"], 4),
+        "top_share": round(max(Counter(predictions).values()) / len(predictions), 4),
+        "majority": round(max(Counter(labels).values()) / len(labels), 4),
+        "threads": torch.get_num_threads(), "load_avg": f"{os.getloadavg()[0]:.2f}",
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu_name(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
 
 
-def mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
-def render(results: list[dict], args: argparse.Namespace, info: dict[str, str], wall_s: float,
-           data: Any) -> str:
-    from engine.student.ltuning import VIRTUAL_TOKENS
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file()
+    with path.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
-    command = "python -m bench.ltuning " + " ".join(sys.argv[1:])
+
+def spread(values: list[float], digits: int = 3) -> str:
+    """mean ± sample standard deviation (just the value for one run)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def settings(rows: list[dict[str, str]]) -> str:
+    """One line: the data and training settings the rows share."""
+    first = rows[0]
+    lt = next((r for r in rows if r["tuning"].startswith("lt-")), {})
+    return (f"twitter-sentiment, {first['train_rows']} train / {first['val_rows']} validation / "
+            f"{first['test_rows']} test rows drawn per seed; all-MiniLM-L6-v2, max_length "
+            f"{first['max_length']}, batch {first['batch_size']}, {first['epochs']} epoch(s), "
+            "empty text prefix; L-Tuning objective "
+            f"{lt.get('lt_objective') or 'softmax'}, map {lt.get('lt_map') or 'pooled'}")
+
+
+def table(rows: list[dict[str, str]]) -> list[str]:
+    """Mean ± std per tuning over the seeds of `rows`, with the gap to full fine-tuning."""
+    by_tuning: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_tuning.setdefault(row["tuning"], []).append(row)
+    full = by_tuning.get("full")
+    full_acc = statistics.fmean(float(r["test_accuracy"]) for r in full) if full else None
     lines = [
-        "# L-Tuning vs full fine-tuning",
-        "",
-        "Written by `bench/ltuning.py`; rerun it to refresh this file. Students: "
-        "`engine/student/classification.py` (full) and `engine/student/ltuning.py` (lt-prefix, "
-        "lt-prompt: Kowsher et al. 2024, arXiv 2402.01643).",
-        "",
-        f"- Command: `{command.strip()}`",
-        f"- Date: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; "
-        f"whole benchmark {wall_s / 60:.1f} min",
-        "- Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()),
-        f"- Data: {args.dataset} ({', '.join(data.label_names)}), seed {args.seed}: "
-        f"{len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test rows",
-        f"- Student: {args.model}, max_length {args.max_length}, batch {args.batch_size}, "
-        f"{args.epochs} epochs, text prefix {args.prefix!r}; lr {args.lr_full:g} (full) / "
-        f"{args.lr_lt:g} (L-Tuning), {args.negatives} wrong label(s) per example, "
-        f"verbalizer {args.verbalizer!r}, {VIRTUAL_TOKENS} virtual tokens",
-        "",
-        "| tuning | trainable params | of total | weights | checkpoint (+optimizer) "
-        "| train time | train rows/s | val accuracy by epoch | test accuracy | test macro-F1 "
-        "| top class share | score 5 prefixes |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| tuning | lr | seeds | trainable params | of total | train s / epoch | peak memory "
+        "| test accuracy | test macro-F1 | accuracy vs full | top class share |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
-        val = " → ".join(f"{m['accuracy']:.3f}" for m in r["val"])
+    for tuning in [t for t in TUNINGS if t in by_tuning]:
+        rs = by_tuning[tuning]
+        accuracy = [float(r["test_accuracy"]) for r in rs]
+        versus = f"{statistics.fmean(accuracy) - full_acc:+.3f}" if full_acc is not None else "–"
+        trainable, total = int(rs[0]["trainable"]), int(rs[0]["total"])
         lines.append(
-            f"| {r['tuning']} | {r['trainable']:,} | {100 * r['trainable'] / r['total']:.1f}% "
-            f"| {mb(r['weights_bytes'])} | {mb(r['checkpoint_bytes'])} | {r['train_s']:.0f} s "
-            f"| {r['rows_per_s']:.1f} | {val} | {r['test']['accuracy']:.3f} "
-            f"| {r['test']['macro_f1']:.3f} | {r['top_share']:.0%} | {r['score_s']:.1f} s |")
-    majority = max(sum(1 for row in data.test if row["label"] == k)
-                   for k in range(len(data.label_names))) / len(data.test)
-    lines += [
+            f"| {tuning} | {float(rs[0]['lr']):g} | {', '.join(r['seed'] for r in rs)} "
+            f"| {trainable:,} | {100 * trainable / total:.2f}% "
+            f"| {spread([float(r['train_s_per_epoch']) for r in rs], 0)} "
+            f"| {spread([float(r['peak_rss_mb']) for r in rs], 0)} MB "
+            f"| {spread(accuracy)} | {spread([float(r['test_macro_f1']) for r in rs])} "
+            f"| {versus} | {spread([100 * float(r['top_share']) for r in rs], 0)}% |")
+    majority = sorted({(r["seed"], r["majority"]) for r in rows})
+    lines += ["", "Majority-class test accuracy: " + ", ".join(
+        f"{float(m):.3f} (seed {seed})" for seed, m in majority) + ".", ""]
+    for tuning in [t for t in TUNINGS if t in by_tuning]:
+        lines.append("- " + verdict(tuning, by_tuning[tuning], full_acc))
+    return lines
+
+
+#: a tuning "learns" when its mean test accuracy clears the majority class by this much and
+#: fewer than this share of its predictions go to one label
+LEARNS_MARGIN = 0.05
+LEARNS_TOP_SHARE = 0.9
+
+
+def verdict(tuning: str, rows: list[dict[str, str]], full_acc: float | None) -> str:
+    """Whether a tuning learns (against the majority class) and its distance from full."""
+    accuracy = statistics.fmean(float(r["test_accuracy"]) for r in rows)
+    majority = statistics.fmean(float(r["majority"]) for r in rows)
+    top = statistics.fmean(float(r["top_share"]) for r in rows)
+    learns = accuracy >= majority + LEARNS_MARGIN and top < LEARNS_TOP_SHARE
+    text = (f"{tuning}: {'learns' if learns else 'does not learn'} (test accuracy "
+            f"{accuracy:.3f} against the majority class's {majority:.3f}, "
+            f"{100 * top:.0f}% of predictions on one label)")
+    if full_acc is not None and tuning != "full":
+        gap = accuracy - full_acc
+        text += f"; {abs(gap) * 100:.1f} points {'below' if gap < 0 else 'above'} full fine-tuning"
+    return text + "."
+
+
+def render(rows: list[dict[str, str]], csv_path: Path, missing: list[tuple[str, int]],
+           acceptance: list[dict[str, str]], acceptance_path: Path) -> str:
+    """The results document from the raw CSV rows (and the acceptance check's, if any)."""
+    every = rows + acceptance
+    first = every[0]
+    dates = sorted(r["date"] for r in every)
+    loads = [float(r["load_avg"]) for r in every]
+    lines = [
+        "# L-Tuning vs prefix / prompt tuning vs full fine-tuning",
         "",
-        f"Majority-class test accuracy: {majority:.3f}; \"top class share\" is the share of "
-        "test predictions that go to the most often predicted label (100%: one label for every "
-        "row). \"score 5 prefixes\" is "
-        f"`score_prefixes` of 5 text prefixes on the {len(data.validation)} validation rows "
-        "(what GPTA does for every TA request). Rows/s counts training examples; an L-Tuning "
-        f"example is {1 + min(args.negatives, len(data.label_names) - 1)} (text, label) pairs. "
-        "Weights: the trainable state a checkpoint stores (full: the whole model; L-Tuning: "
-        "label maps + head, the frozen backbone is the configured model). Wall times come from a "
-        "machine shared with other work and vary by tens of percent between runs.",
+        f"Written by `python -m bench.ltuning` from the raw results in `{shown(csv_path)}` "
+        "(one row per finished run; `python -m bench.ltuning --render-only` rewrites this file "
+        "from it). Students: `engine/student/classification.py` (full), "
+        "`engine/student/ltuning.py` (lt-prefix, lt-prompt: Kowsher et al. 2024, arXiv "
+        "2402.01643) and `engine/student/soft_prompt.py` (prefix, prompt: peft's PrefixTuning / "
+        "PromptTuning on the same frozen encoder). Every tuning runs with its default learning "
+        "rate (engine.config.DEFAULT_LR), as `gpta run --tuning X` does without `--lr`.",
         "",
-        f"Caveats: one seed, {len(data.train)} training rows and {args.epochs} epochs, one "
-        "learning rate per method (not tuned per method beyond a quick check), accuracies on "
-        f"{len(data.test)} test rows carry a standard error of about "
-        f"{100 * (0.25 / max(1, len(data.test))) ** 0.5:.0f} points.",
+        f"- Machine: {first['cpu']}, 2 cores shared with other work; torch {first['torch']}, "
+        f"transformers {first['transformers']}, peft {first['peft']}; {first['threads']} torch "
+        f"thread per run; runs from {dates[0]} to {dates[-1]}; 1-minute load average at the "
+        f"start of a run {min(loads):.2f} to {max(loads):.2f}, so wall times are slow and vary "
+        "by tens of percent",
+        "- Peak memory: the run process's peak resident set (VmHWM), Python, torch and the "
+        "model included. \"train s / epoch\": the training steps only; an L-Tuning step scores "
+        "every text against all K = 3 labels (K forward and backward passes per row). \"top "
+        "class share\": the share of test predictions that go to the most often predicted "
+        "label (100%: one label for every row). Mean ± sample standard deviation over seeds.",
         "",
     ]
-    full = next((r for r in results if r["tuning"] == "full"), None)
-    if full is not None:
-        for r in results:
-            if r is full:
-                continue
-            accuracy = r["test"]["accuracy"] - full["test"]["accuracy"]
-            macro_f1 = r["test"]["macro_f1"] - full["test"]["macro_f1"]
-            lines.append(
-                f"- {r['tuning']}: {r['trainable'] / full['trainable']:.1%} of full fine-tuning's "
-                f"trainable parameters, {r['rows_per_s'] / full['rows_per_s']:.2f}x its training "
-                f"throughput, test accuracy {accuracy:+.3f} and macro-F1 {macro_f1:+.3f} against "
-                f"it, prefix scoring {r['score_s'] / full['score_s']:.1f}x as long.")
-        lines.append("")
+    if rows:
+        test_rows = int(rows[0]["test_rows"])
+        lines += ["## The comparison", "", f"Settings: {settings(rows)}.", "", *table(rows), "",
+                  f"Caveats: every tuning at its default learning rate, none tuned per run "
+                  f"(full fine-tuning's 2e-5 for {rows[0]['epochs']} epoch(s) is a short budget "
+                  f"for it); one test accuracy on {test_rows} rows carries a standard error of "
+                  f"about {100 * (0.25 / test_rows) ** 0.5:.0f} points.", ""]
+    if missing:
+        lines += ["Not run (the grid did not finish in the time available): " + ", ".join(
+            f"{tuning} seed {seed}" for tuning, seed in missing) + ".", ""]
+    if acceptance:
+        lines += [
+            "## Acceptance check: defaults only", "",
+            f"`--tuning lt-prefix` / `--tuning lt-prompt` with nothing else set, raw rows in "
+            f"`{shown(acceptance_path)}`. Settings: {settings(acceptance)}. The bench uses "
+            "max_length 64 where the config default is 96: rows are padded to the longest of "
+            "their batch, so this only cuts the few tweets longer than 64 tokens.", "",
+            *table(acceptance), ""]
+        rejected = ROOT / "docs" / "ltuning_rejected_lr.csv"
+        for r in read_rows(rejected):
+            lines += [f"Rejected default: {r['tuning']} at lr {float(r['lr']):g} (seed {r['seed']}, "
+                      f"same settings) reached test accuracy {float(r['test_accuracy']):.3f} with "
+                      f"{100 * float(r['top_share']):.0f}% of predictions on one label; raw row in "
+                      f"`{shown(rejected)}`.", ""]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    from engine.config import DataConfig
-    from engine.data import load_task_data
-    from engine.device import resolve_device
-
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    started = time.perf_counter()
-    data = load_task_data(DataConfig(dataset=args.dataset, train_size=args.train_size,
-                                     val_size=args.val_size, test_size=args.test_size), args.seed)
-    info = machine_info(device)
-    print(f"{len(data.train)} train / {len(data.validation)} val / {len(data.test)} test rows; "
-          f"{info['cpu']}, {info['torch threads']} threads, {info['device']}", flush=True)
-    results = []
-    for tuning in args.tunings:
-        results.append(run_one(tuning, args, data, device))
-        r = results[-1]
-        print(f"{tuning}: {r['trainable']:,} trainable params, {r['rows_per_s']:.1f} rows/s, "
-              f"test accuracy {r['test']['accuracy']:.3f} ({r['wall_s']:.0f} s)", flush=True)
-    text = render(results, args, info, time.perf_counter() - started, data)
-    print()
+def write_doc(args: argparse.Namespace) -> None:
+    rows = read_rows(args.csv)
+    acceptance = read_rows(args.acceptance_csv) if args.acceptance_csv else []
+    if not rows and not acceptance:
+        print(f"{args.csv} holds no runs; nothing to render", file=sys.stderr)
+        return
+    done = {(r["tuning"], r["seed"]) for r in rows}
+    missing = [(t, seed) for seed in args.seeds for t in args.tunings if (t, str(seed)) not in done]
+    text = render(rows, args.csv, missing, acceptance, args.acceptance_csv)
     print(text)
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.output.with_name(args.output.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         shutil.move(str(tmp), args.output)
-        print(f"wrote {args.output}")
+        print(f"wrote {args.output}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.one:
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args)), flush=True)
+        return 0
+    if args.render_only:
+        write_doc(args)
+        return 0
+    done = {(r["tuning"], r["seed"]) for r in read_rows(args.csv)}
+    child_argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
+    for seed in args.seeds:  # seed by seed: after the first, every tuning has a result
+        for tuning in args.tunings:
+            if (tuning, str(seed)) in done:
+                print(f"{tuning} seed {seed}: in {args.csv} already, skipped", flush=True)
+                continue
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "bench.ltuning", *child_argv,
+                                   "--one", tuning, str(seed)],
+                                  cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                print(f"{tuning} seed {seed}: failed (exit {proc.returncode})", flush=True)
+                continue
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            append_row(args.csv, row)
+            print(f"{tuning} seed {seed}: test accuracy {row['test_accuracy']:.3f}, macro-F1 "
+                  f"{row['test_macro_f1']:.3f}, {row['train_s_per_epoch']:.0f} s/epoch, "
+                  f"{row['peak_rss_mb']} MB ({time.perf_counter() - t0:.0f} s)", flush=True)
+    write_doc(args)
     return 0
 
 

@@ -33,7 +33,17 @@ MODES_WITH_TA = ("gpta", "gpta-data", "frozen-ta")
 MODES_TUNING_TA = ("gpta", "gpta-data")
 TA_BACKENDS = ("local", "openai", "scripted")
 FINETUNE_BACKENDS = ("auto", "none", "local", "openai")
-TUNINGS = ("full", "lt-prefix", "lt-prompt")
+TUNINGS = ("full", "lt-prefix", "lt-prompt", "prefix", "prompt")
+LT_OBJECTIVES = ("softmax", "binary")
+LT_MAPS = ("pooled", "token")
+#: student.lr when no layer (preset, TOML, flag) sets it: full fine-tuning moves pretrained
+#: weights a little; the frozen-encoder tunings train new maps from scratch and need far larger
+#: steps. The prefix maps (lt-prefix, prefix) end in per-layer keys and values that no LayerNorm
+#: rescales, and Adam moves each of the 384 weights feeding an output by about lr per step, so
+#: they take 10x less than the prompt maps (whose output passes the embedding LayerNorm):
+#: lt-prefix at 1e-2 diverged on MiniLM (docs/LTUNING_RESULTS.md). The resolved value is what
+#: the config records.
+DEFAULT_LR = {"full": 2e-5, "lt-prefix": 1e-3, "lt-prompt": 1e-2, "prefix": 1e-3, "prompt": 3e-2}
 METRICS = ("accuracy", "macro_f1", "f1", "exact_match", "rouge1", "rouge2", "rougeL", "neg_loss")
 SECRET_FIELDS = {"api_key"}
 
@@ -72,9 +82,15 @@ class StudentConfig:
     amp: bool = True
     checkpoint_every: int = 50
     # L-Tuning (tuning = lt-prefix | lt-prompt): how a label name becomes the text the frozen
-    # model encodes, and how many wrong labels are sampled per training example
+    # model encodes; the objective (softmax: cross-entropy over all K label-match scores;
+    # binary: the paper's (text, label) framing, `negatives` sampled wrong labels per example,
+    # positives and negatives balanced per label); the label map (pooled: attention pooling
+    # into a fixed number of slots + MLP; token: the paper's linear map of every label token,
+    # prefix length = label length)
     verbalizer: str = "The text has {label} sentiment."
     negatives: int = 1
+    lt_objective: str = "softmax"
+    lt_map: str = "pooled"
     num_beams: int = 4          # summarization: beam search width
     gen_max_length: int = 64    # summarization: longest generated / reference summary (tokens)
     doc_stride: int = 128       # extractive QA: context tokens shared by consecutive windows
@@ -164,6 +180,7 @@ class RunConfig:
         cfg = cls()
         apply_mapping(cfg, data, source)
         _default_metric_unless_given(cfg, data)
+        _default_lr_unless_given(cfg, data)
         cfg.validate()
         return cfg
 
@@ -184,6 +201,11 @@ class RunConfig:
                       f"use one of {', '.join(FINETUNE_BACKENDS)}")
         if self.student.tuning not in TUNINGS:
             raise bad("student.tuning", self.student.tuning, f"use one of {', '.join(TUNINGS)}")
+        if self.student.lt_objective not in LT_OBJECTIVES:
+            raise bad("student.lt_objective", self.student.lt_objective,
+                      f"use one of {', '.join(LT_OBJECTIVES)}")
+        if self.student.lt_map not in LT_MAPS:
+            raise bad("student.lt_map", self.student.lt_map, f"use one of {', '.join(LT_MAPS)}")
         if self.student.metric not in METRICS:
             raise bad("student.metric", self.student.metric, f"use one of {', '.join(METRICS)}")
         check_metric(self.data.task, self.student.metric)  # also rejects an unknown data.task
@@ -388,12 +410,19 @@ def build_config(preset: str | None = None, file: str | Path | None = None,
         apply_mapping(cfg, file_data, str(file))
     if overrides:
         apply_mapping(cfg, overrides, "command line")
-    _default_metric_unless_given(cfg, PRESETS[chosen], file_data, overrides or {})
-    if chosen == "paper" and cfg.data.task == "summarization" and not any(
-            isinstance(layer.get("student"), dict) and "model" in layer["student"]
-            for layer in (file_data, overrides or {})):
+    layers = (PRESETS[chosen], file_data, overrides or {})
+    _default_metric_unless_given(cfg, *layers)
+    _default_lr_unless_given(cfg, *layers)
+    if chosen == "paper" and cfg.data.task == "summarization" and not _given(
+            "model", (file_data, overrides or {})):
         cfg.student.model = PAPER_SEQ2SEQ_STUDENT
     return cfg.validate()
+
+
+def _given(key: str, layers: tuple[dict[str, Any], ...]) -> bool:
+    """Whether any layer sets student.<key>."""
+    return any(isinstance(layer.get("student"), dict) and key in layer["student"]
+               for layer in layers)
 
 
 def paper_preset_problem(cfg: RunConfig) -> str | None:
@@ -419,7 +448,12 @@ def paper_preset_problem(cfg: RunConfig) -> str | None:
 
 def _default_metric_unless_given(cfg: RunConfig, *layers: dict[str, Any]) -> None:
     """Rank by the task's default metric (engine.tasks) unless a layer sets student.metric."""
-    given = any(isinstance(layer.get("student"), dict) and "metric" in layer["student"]
-                for layer in layers)
-    if not given:
+    if not _given("metric", layers):
         cfg.student.metric = default_metric(cfg.data.task)
+
+
+def _default_lr_unless_given(cfg: RunConfig, *layers: dict[str, Any]) -> None:
+    """Train with the tuning's own learning rate (DEFAULT_LR) unless a layer sets student.lr.
+    The resolved value is stored in the config, so sessions, exports and resume keep it."""
+    if not _given("lr", layers):
+        cfg.student.lr = DEFAULT_LR.get(cfg.student.tuning, cfg.student.lr)

@@ -25,10 +25,14 @@ from engine.student.ltuning import (
     LTuningStudent,
     verbalize,
 )
+from engine.student.soft_prompt import SoftPromptStudent
 from fake_ta import SeededTA
 
 LABELS = ["positive", "negative", "neutral"]
 TUNINGS = ["lt-prefix", "lt-prompt"]
+# every frozen-encoder variant whose resume must be exact: (tuning, extra StudentConfig fields)
+VARIANTS = [("lt-prefix", {}), ("lt-prompt", {}), ("lt-prefix", {"lt_objective": "binary"}),
+            ("lt-prompt", {"lt_map": "token"}), ("prefix", {}), ("prompt", {})]
 PREFIXES = ["", "Tweet sentiment:", "Is this positive, negative or neutral?", "Tweet sentiment:"]
 
 
@@ -62,8 +66,8 @@ def make_student(model_dir: Path, tuning: str, data=None, epochs: int = 2, seed:
     base = dict(model=str(model_dir), tuning=tuning, lr=3e-3, batch_size=16, eval_batch_size=32,
                 max_length=32)
     base.update(kw)
-    return LTuningStudent(StudentConfig(**base), data or make_data(), epochs=epochs, seed=seed,
-                          device="cpu")
+    kind = SoftPromptStudent if tuning in ("prefix", "prompt") else LTuningStudent
+    return kind(StudentConfig(**base), data or make_data(), epochs=epochs, seed=seed, device="cpu")
 
 
 def trainable(student: LTuningStudent) -> dict[str, torch.Tensor]:
@@ -77,7 +81,7 @@ def test_only_the_label_maps_and_head_receive_gradients(tiny_bert_dir, tuning):
     backbone = {n: p.detach().clone() for n, p in student.model.backbone.named_parameters()}
     before = trainable(student)
     names = {n.split(".")[0] for n in before}
-    assert names == {"pool", "proj", "head"}
+    assert names == {"pool", "proj", "head", "label_vector"}
 
     next(iter(student.train_epoch("Tweet:", 1)))  # one optimizer step; grads stay on the params
     for name, param in student.model.backbone.named_parameters():
@@ -96,7 +100,7 @@ def test_parameter_counts(tiny_bert_dir, tuning):
     h, layers, s = 32, 2, VIRTUAL_TOKENS
     out = 2 * layers * h if tuning == "lt-prefix" else h
     maps = s * h + (h * h + h) + (h * out + out)
-    head = (h * h + h) + (h + 1)
+    head = (h * h + h) + (h * h + h) + (h * h + h)  # head to H, label vectors H -> H
     counts = student.parameter_counts()
     assert counts["trainable"] == maps + head
     backbone = sum(p.numel() for p in student.model.backbone.parameters())
@@ -224,20 +228,20 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("tuning", TUNINGS)
-def test_resume_replays_bit_identical_losses_and_weights(tiny_bert_dir, tmp_path, tuning,
+@pytest.mark.parametrize("tuning,extra", VARIANTS)
+def test_resume_replays_bit_identical_losses_and_weights(tiny_bert_dir, tmp_path, tuning, extra,
                                                          one_thread):
     data = make_data(160)
-    straight = make_student(tiny_bert_dir, tuning, data)
+    straight = make_student(tiny_bert_dir, tuning, data, **extra)
     expected = [r.loss for r in straight.train_epoch("Tweet:", 1)]
 
-    interrupted = make_student(tiny_bert_dir, tuning, data)
+    interrupted = make_student(tiny_bert_dir, tuning, data, **extra)
     k = 3
     head = [r.loss for r in itertools.islice(interrupted.train_epoch("Tweet:", 1), k)]
     assert head == expected[:k]
     interrupted.save(tmp_path / "ckpt", training_state=True)
 
-    resumed = make_student(tiny_bert_dir, tuning, data)
+    resumed = make_student(tiny_bert_dir, tuning, data, **extra)
     resumed.load(tmp_path / "ckpt", training_state=True)
     tail = list(resumed.train_epoch("Tweet:", 1, start_step=k))
     assert [r.epoch_step for r in tail] == list(range(k + 1, straight.steps_per_epoch() + 1))
@@ -335,6 +339,10 @@ def test_build_student_dispatches_on_tuning(tiny_bert_dir):
         student = build_student(cfg, data, "cpu")
         assert isinstance(student, LTuningStudent) and student.tuning == tuning
         assert student.seed == 3 and student.epochs == cfg.loop.epochs
+    for tuning in ("prefix", "prompt"):
+        cfg.student.tuning = tuning
+        student = build_student(cfg, data, "cpu")
+        assert isinstance(student, SoftPromptStudent) and student.tuning == tuning
     cfg.student.tuning = "full"
     assert type(build_student(cfg, data, "cpu")) is ClassificationStudent
 
@@ -346,7 +354,7 @@ class WordTA(SeededTA):
                           "opinion"])
 
 
-@pytest.mark.parametrize("tuning", TUNINGS)
+@pytest.mark.parametrize("tuning", [*TUNINGS, "prefix", "prompt"])
 def test_engine_runs_with_ltuning(tiny_bert_dir, sentiment_csv, tmp_path, tuning):
     cfg = build_config("default", overrides={
         "seed": 3, "device": "cpu",
@@ -360,9 +368,10 @@ def test_engine_runs_with_ltuning(tiny_bert_dir, sentiment_csv, tmp_path, tuning
     engine = Engine(cfg, tmp_path, ta=WordTA(), listeners=[seen.append])
     done = engine.run()
     assert done.status == "finished", done.reason
-    assert isinstance(engine.student, LTuningStudent) and engine.student.tuning == tuning
+    assert engine.student.tuning == tuning
     assert set(done.test_metrics) == {"accuracy", "macro_f1"}
     assert len([e for e in seen if isinstance(e, ev.TrainStep)]) == 2 * 4
     best = tmp_path / engine.state.best["path"]
-    assert {WEIGHTS_FILE, META_FILE} <= {p.name for p in best.iterdir()}
+    student = engine.student
+    assert {student.weights_file, student.meta_file} <= {p.name for p in best.iterdir()}
     assert [e for e in seen if isinstance(e, ev.PrefixScored)]

@@ -6,7 +6,8 @@ import argparse
 import signal
 from pathlib import Path
 
-from engine.config import FINETUNE_BACKENDS, MODES, PRESETS, TA_BACKENDS, build_config
+from engine.config import (DEFAULT_LR, FINETUNE_BACKENDS, MODES, PRESETS, TA_BACKENDS,
+                           build_config)
 from engine.controls import Controls
 from engine.errors import UsageError
 from gpta_tui.headless import lit
@@ -28,6 +29,8 @@ RUN_FLAGS: dict[str, tuple[str | None, str, type]] = {
     "test_size": ("data", "test_size", int),
     "student_model": ("student", "model", str),
     "tuning": ("student", "tuning", str),
+    "lt_objective": ("student", "lt_objective", str),
+    "lt_map": ("student", "lt_map", str),
     "lr": ("student", "lr", float),
     "batch_size": ("student", "batch_size", int),
     "eval_batch_size": ("student", "eval_batch_size", int),
@@ -54,7 +57,14 @@ HELP = {
     "metric": "validation metric that ranks prefixes and checkpoints (default: the task's own)",
     "description": "dataset description d shown to the TA (default: the dataset's own)",
     "student_model": "encoder by hub name or local path (default all-MiniLM-L6-v2, offline)",
-    "tuning": "full | lt-prefix | lt-prompt (L-Tuning: frozen encoder; use --lr around 3e-3)",
+    "tuning": "full (default) | lt-prefix | lt-prompt (L-Tuning) | prefix | prompt (peft "
+              "prefix / prompt tuning); all but full freeze the encoder",
+    "lt_objective": "L-Tuning objective: softmax (default: cross-entropy over all labels) | "
+                    "binary (the paper's (text, label) pairs, balanced per label)",
+    "lt_map": "L-Tuning label map: pooled (default: 8 pooled slots + MLP) | token (the paper's "
+              "linear map of every label token; prefix length = label length)",
+    "lr": "learning rate (default: the tuning's own, " + ", ".join(
+        f"{t} {v:g}" for t, v in DEFAULT_LR.items()) + ")",
     "ta_backend": " | ".join(TA_BACKENDS) + " (default local)",
     "ta_model": "local: causal LM name/path (default gemma-3-270m, offline); openai: model id",
     "ta_base_url": "OpenAI-compatible endpoint (default $OPENAI_BASE_URL)",
