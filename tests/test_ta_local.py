@@ -126,7 +126,7 @@ def test_default_gemma_never_uses_a_chat_template(chat_lm_dir):
 
 
 # ---- generation ---------------------------------------------------------------------------------
-def test_n_sequences_from_one_generate_call(tiny_ta, monkeypatch):
+def test_stock_generate_gets_the_engine_settings(tiny_ta, monkeypatch):
     calls = []
     original = tiny_ta.model.generate
 
@@ -135,11 +135,49 @@ def test_n_sequences_from_one_generate_call(tiny_ta, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(tiny_ta.model, "generate", counting_generate)
+    monkeypatch.setattr(tiny_ta, "fast", False)
     reply = tiny_ta.propose(messages(), n=5, temperature=0.9, seed=1)
     assert len(reply.texts) == 5
     assert len(calls) == 1
     assert calls[0]["num_return_sequences"] == 5 and calls[0]["do_sample"] is True
     assert calls[0]["temperature"] == 0.9 and calls[0]["top_p"] == 1.0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_fast_path_samples_what_stock_generate_samples(tiny_causal_lm_dir, temperature):
+    """Same seed -> the same texts and usage from the fast path and from model.generate (the
+    same warpers and random stream; only float rounding could ever differ)."""
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=12, top_p=0.9)
+    history = [("Read the tweet.", 0.41)]
+    for seed, extra in ((3, []), (4, [("Is it happy?", 0.52)]), (5, [("Is it sad?", 0.55)])):
+        history = history + extra
+        msgs = messages(history=history)
+        ta.fast = True
+        fast = ta.propose(msgs, n=4, temperature=temperature, seed=seed)
+        prefilled = ta.last_timings["prefilled"]
+        ta.fast = False
+        stock = ta.propose(msgs, n=4, temperature=temperature, seed=seed)
+        assert fast.texts == stock.texts
+        assert fast.usage == stock.usage
+    assert prefilled < fast.usage["prompt_tokens"]  # the shared prefix was reused
+
+
+def test_prefix_cache_does_not_change_what_is_sampled(tiny_causal_lm_dir):
+    """A warm prefix cache (an uninterrupted run) and a cold one (a resumed run) compute the
+    same numbers: the prompt is always prefilled in the same fixed chunks."""
+    warm = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=10, prefill_chunk=16)
+    cold = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=10, prefill_chunk=16)
+    first = messages(history=[("Read the tweet.", 0.41)])
+    second = messages(history=[("Read the tweet.", 0.41), ("Is it happy?", 0.52)])
+    warm.propose(first, n=2, temperature=1.0, seed=1)
+    warm.propose(second, n=2, temperature=1.0, seed=1)
+    a = warm.propose(second, n=3, temperature=1.0, seed=9)
+    assert warm.last_timings["prefilled"] < a.usage["prompt_tokens"]
+    b = cold.propose(second, n=3, temperature=1.0, seed=9)
+    assert cold.last_timings["prefilled"] == b.usage["prompt_tokens"]
+    assert a.texts == b.texts
+    warm.use_model("")  # switching the model forgets the cached prefix
+    assert warm.generator.prefix.cache is None
 
 
 def test_seeded_sampling_is_reproducible(tiny_ta):
