@@ -377,3 +377,58 @@ def test_a_failed_build_leaves_no_cache_dir(fake_chunks, tmp_path, monkeypatch):
     names = [p.name for p in (tmp_path / "cache").iterdir()]
     assert local_mod.DEFAULT_DIR_NAME not in names
     assert not [n for n in names if n.startswith(f".{local_mod.DEFAULT_DIR_NAME}")]
+
+
+# ---- interruptible generation -------------------------------------------------------------------
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_stop_request_ends_generation_between_tokens(tiny_causal_lm_dir, fast):
+    from engine.errors import StopRun
+
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=40)
+    ta.fast = fast
+    polls = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return len(polls) > 5
+
+    with pytest.raises(StopRun):
+        ta.propose(messages(), n=3, temperature=1.0, seed=1, should_stop=should_stop)
+    assert len(polls) == 6  # asked once per token (or prefill chunk), gave up at the first yes
+    # the TA stays usable and a replay of the request gives what an undisturbed call gives
+    again = ta.propose(messages(), n=3, temperature=1.0, seed=1)
+    fresh = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=40)
+    fresh.fast = fast
+    assert again.texts == fresh.propose(messages(), n=3, temperature=1.0, seed=1).texts
+
+
+def test_stop_table_marks_eos_and_tokens_holding_a_stop_character(tiny_ta):
+    from engine.ta.generate import stop_token_table
+
+    tok = tiny_ta.tokenizer
+    table = stop_token_table(tok, len(tok), tr.STOP_STRINGS, {tok.sep_token_id})
+    quote = tok.convert_tokens_to_ids('"')
+    word = tok.convert_tokens_to_ids("hello")
+    assert table[quote] and table[tok.sep_token_id] and not table[word]
+    with pytest.raises(ValueError):
+        stop_token_table(tok, len(tok), ("###",), set())
+
+
+def test_exact_bf16_head_keeps_the_float32_top_k():
+    """The candidates found in bf16 hold the float32 top-k, with float32 logits."""
+    import torch
+
+    from engine.ta.generate import ExactBf16Head
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(5000, 64, generator=gen) * 0.05
+    hidden = torch.randn(4, 64, generator=gen) * 20
+    head = ExactBf16Head(weight)
+    exact = hidden @ weight.T
+    for k in (1, 50):
+        got = head(hidden, k)
+        want_idx = exact.topk(k, dim=1).indices
+        assert torch.equal(got.topk(k, dim=1).indices.sort(1).values, want_idx.sort(1).values)
+        # float32 values (same up to summation order) for the kept tokens
+        torch.testing.assert_close(got.gather(1, want_idx), exact.gather(1, want_idx), rtol=1e-5, atol=1e-5)
+    assert head.used == 2 and head.fallbacks == 0

