@@ -263,8 +263,13 @@ def test_job_trains_on_the_open_tas_weights_and_gives_them_back(tiny_causal_lm_d
                                                                monkeypatch, finished):
     import engine.finetune.local_lora as lora_mod
 
+    import weakref
+
+    import engine.ta.local as local_mod
+
     ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=6)
-    ta.use_model(finished[3].model)  # the TA answers with last epoch's adapter
+    monkeypatch.setattr(local_mod, "_LIVE", weakref.WeakSet([ta]))  # only this TA is open
+    ta.use_model(finished[4].model)  # the TA answers with last epoch's adapter
     before = ta.propose(prompts.build_messages("Sys.", "Tweets."), n=2, temperature=1.0, seed=4).texts
 
     def no_second_copy(*_args, **_kwargs):

@@ -432,3 +432,24 @@ def test_exact_bf16_head_keeps_the_float32_top_k():
         # float32 values (same up to summation order) for the kept tokens
         torch.testing.assert_close(got.gather(1, want_idx), exact.gather(1, want_idx), rtol=1e-5, atol=1e-5)
     assert head.used == 2 and head.fallbacks == 0
+
+
+def test_dequantization_reports_progress_while_it_runs():
+    """The ticker reports while the work runs (a tiny interval; the work waits for two
+    reports, so no timing decides the outcome) and stops when it ends."""
+    import time
+
+    seen: list[str] = []
+    two = threading.Event()
+
+    def status(message: str) -> None:
+        seen.append(message)
+        if len(seen) >= 2:
+            two.set()
+
+    with local_mod._ticking(status, "dequantizing", time.perf_counter(), every_s=0.01, typical_s=90):
+        assert two.wait(60)
+    count = len(seen)
+    time.sleep(0.05)
+    assert len(seen) == count  # silent once done
+    assert all(m.startswith("dequantizing: ") and "left" in m for m in seen[:2])

@@ -111,12 +111,15 @@ class ExactBf16Head:
 
     The bf16 product finds candidates; their logits are then recomputed in float32 from the
     float32 weights, and every other token gets -inf. A token of the true top-k always is a
-    candidate: bf16 rounding of h and w moves a logit by at most
-    ``b = (3u + u^2 + d*2^-24) * |h|_2 * max_j |w_j|_2`` (u = 2^-8, d the hidden size; one u
-    is the rounding of the bf16 output, |logit| <= |h| max|w|), so every true top-k token has a
-    bf16 logit >= (the k-th largest bf16 logit) - 2b. The top-k warper then keeps exactly
-    the tokens float32 would keep, with float32 logits; what is sampled is float32 sampling.
-    When too many tokens fall inside the margin, that step uses the float32 head.
+    candidate. With h^ = bf16(h), w^ = bf16(w), u = 2^-8 and d the hidden size, a logit moves by
+    at most ``b_in = |h - h^| max|w| + |h^| max|w - w^| + d 2^-24 |h^| max|w^|`` (rounding the
+    inputs, then float32 accumulation) plus ``u (|logit| + b_in)`` (rounding the bf16 output);
+    every logit that matters lies below the largest bf16 logit + b_in and above the k-th
+    largest - b_in, so one margin b covers them all, and every true top-k token has a bf16
+    logit >= (the k-th largest bf16 logit) - 2b. The top-k warper then keeps exactly the tokens
+    float32 would keep, with float32 logits: what is sampled is float32 sampling. When more
+    than MAX_CANDIDATES tokens fall inside the margin (a very flat distribution), that step
+    uses the float32 head.
     """
 
     CANDIDATES = 1024  # one top-k pass of this size per step; more only when the margin needs it
@@ -128,10 +131,9 @@ class ExactBf16Head:
         self.w32 = weight.detach()
         self.w16 = self.w32.to(torch.bfloat16)
         self.max_norm = float(self.w32.norm(dim=1).max())
-        u = 2.0 ** -8
-        # input rounding (2u + u^2), fp32 accumulation (d * 2^-24) and the bf16 output's
-        # rounding (u * |logit|, with |logit| <= |h| * max|w|), 1% slack
-        self.factor = (3 * u + u * u + self.w32.shape[1] * 2.0 ** -24) * 1.01
+        self.max_norm16 = float(self.w16.float().norm(dim=1).max())
+        self.max_rounding = float((self.w32 - self.w16.float()).norm(dim=1).max())
+        self.accumulation = self.w32.shape[1] * 2.0 ** -24
         self.used = 0
         self.fallbacks = 0
 
@@ -139,22 +141,30 @@ class ExactBf16Head:
         """float32 logits (n, V): exact for the candidates, -inf elsewhere."""
         import torch
 
-        approx = hidden.to(torch.bfloat16) @ self.w16.T
-        margin = self.factor * hidden.float().norm(dim=1) * self.max_norm
+        h32 = hidden.float()
+        h16 = hidden.to(torch.bfloat16)
+        approx = h16 @ self.w16.T
+        h16f = h16.float()
+        norm16 = h16f.norm(dim=1)
+        b_in = ((h32 - h16f).norm(dim=1) * self.max_norm + norm16 * self.max_rounding
+                + self.accumulation * norm16 * self.max_norm16)
+        u = 2.0 ** -8
         count = max(self.CANDIDATES, k + 1)
         while True:
             values, idx = approx.topk(min(count, approx.shape[1]), dim=1)
             values = values.float()
+            size = torch.maximum(values[:, 0].abs(), values[:, k - 1].abs())
+            margin = (b_in + u * (size + 2 * b_in)) * 1.01
             # every token outside the candidates is below the last candidate; enough when
             # that is under (k-th largest) - 2 * margin for every row (one transfer)
             if count >= approx.shape[1] or bool(((values[:, k - 1] - 2 * margin) > values[:, -1]).all()):
                 break
             if count >= self.MAX_CANDIDATES:
                 self.fallbacks += 1
-                return hidden.float() @ self.w32.T
+                return h32 @ self.w32.T
             count *= 4
         self.used += 1
-        exact = torch.bmm(self.w32[idx], hidden.float()[:, :, None]).squeeze(2)
+        exact = torch.bmm(self.w32[idx], h32[:, :, None]).squeeze(2)
         out = torch.full(approx.shape, float("-inf"), dtype=torch.float32, device=approx.device)
         return out.scatter_(1, idx, exact)
 

@@ -78,6 +78,31 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextmanager
+def _ticking(on_status: StatusFn | None, what: str, started: float, every_s: float = 15.0,
+             typical_s: float = 90.0) -> Iterator[None]:
+    """Report `what` every `every_s` seconds (elapsed, and a rough time left) until done."""
+    if on_status is None:
+        yield
+        return
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(every_s):
+            elapsed = time.perf_counter() - started
+            left = typical_s - elapsed
+            rest = f", about {left:.0f} s left" if left > 5 else ", nearly done"
+            on_status(f"{what}: {elapsed:.0f} s{rest}")
+
+    ticker = threading.Thread(target=tick, name="gpta-dequantize-progress", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+
+
 # ---- the offline default: Gemma 3 270M from the GGUF chunk packages ------------------------------
 def _expected_sha256() -> str:
     try:
@@ -188,7 +213,8 @@ def default_ta_dir(on_status: StatusFn | None = None) -> Path:
         started = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_DIR_NAME}.", dir=root))
         try:
-            _dequantize(gguf, tmp)
+            with _ticking(on_status, "dequantizing Gemma 3 270M", started):
+                _dequantize(gguf, tmp)
             if target.exists():  # an incomplete leftover from an older version
                 shutil.rmtree(target)
             os.replace(tmp, target)
