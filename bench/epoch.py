@@ -35,7 +35,8 @@ class PhaseRecorder:
     process_time() at each phase event, inner call timings (attributed to the phase they ran
     in), RSS at each phase's end and work counters."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, ta_fast: bool = True) -> None:
+        self.ta_fast = ta_fast
         self.timer = CallTimer(device)
         self.timer.phase = "startup"
         self.engine: Any = None
@@ -62,6 +63,8 @@ class PhaseRecorder:
             self.timer.wrap(student, "evaluate", "evaluate")
             if ta is not None:
                 self.timer.wrap(ta, "propose", "TA propose")
+                if hasattr(ta, "fast"):  # the local TA: its fast path, or stock generate
+                    ta.fast = self.ta_fast
         elif event.kind == "train_step":
             self.counts["training steps"] += 1
         elif event.kind == "prefix_scored" and not event.reused:
@@ -81,11 +84,11 @@ class PhaseRecorder:
         return dict(out)
 
 
-def run_once(cfg, device: str, workdir: Path) -> dict[str, Any]:
+def run_once(cfg, device: str, workdir: Path, ta_fast: bool = True) -> dict[str, Any]:
     """One engine run; phase walls, inner timings, counts and RSS."""
     from engine.loop import Engine
 
-    recorder = PhaseRecorder(device)
+    recorder = PhaseRecorder(device, ta_fast)
     started = time.time()
     engine = Engine(cfg, workdir, listeners=[recorder])
     recorder.engine = engine
@@ -98,7 +101,8 @@ def run_once(cfg, device: str, workdir: Path) -> dict[str, Any]:
     return {"phases": recorder.phase_seconds(started, ended), "cpu": dict(recorder.cpu),
             "inner": dict(recorder.timer.seconds), "inner_cpu": dict(recorder.timer.cpu),
             "counts": dict(recorder.counts), "rss": recorder.rss, "total": ended - started,
-            "test": finished.test_metrics}
+            "test": finished.test_metrics,
+            "prefixes": [e.prefix for e in recorder.events if e.kind == "prefix_scored"]}
 
 
 def main() -> None:
@@ -108,6 +112,9 @@ def main() -> None:
                         help="TA fine-tune backend (auto: local LoRA for the local TA, else none); "
                              "it runs between epochs only, so with --epochs 2 or more")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--ta-path", default="fast", choices=("fast", "stock"),
+                        help="local TA only: its own generation path, or stock model.generate "
+                             "(the path before #19; same sampled texts, for comparison)")
     args = parser.parse_args()
     device = prepare(args)
     machine = machine_info(device)
@@ -124,11 +131,15 @@ def main() -> None:
         gc.collect()
         before = rss_mib()
         with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
-            runs.append({**run_once(cfg, device, Path(tmp)), "rss_before": before})
+            runs.append({**run_once(cfg, device, Path(tmp), args.ta_path == "fast"),
+                         "rss_before": before})
         progress(f"repeat {r + 1}/{args.repeats}: {runs[-1]['total']:.1f}s")
 
     phases = [p for p in PHASE_ORDER if any(p in run["phases"] for run in runs)]
-    report = Report(f"epoch-{args.ta}-ta", f"One GPTA run on the smoke preset, {args.ta} TA", device,
+    stock = args.ta == "local" and args.ta_path == "stock"
+    report = Report(f"epoch-{args.ta}-ta" + ("-stock" if stock else ""),
+                    f"One GPTA run on the smoke preset, {args.ta} TA"
+                    + (" (stock model.generate)" if stock else ""), device,
                     settings={"preset": "smoke", "epochs": args.epochs, "TA": ta_name,
                               "finetune": args.finetune, "train rows": cfg.data.train_size,
                               "validation rows": cfg.data.val_size, "test rows": cfg.data.test_size,
@@ -177,7 +188,12 @@ def main() -> None:
               f"{per_second(pairs, 'inner_cpu', 'collecting', 'scoring')}"],
              ["RSS before each run (psutil)",
               ", ".join(f"{run['rss_before']:.0f}" for run in runs) + " MiB"],
-             ["peak RSS of the process over all runs (getrusage)", f"{peak_rss_mib():.0f} MiB"]]
+             ["peak RSS of the process over all runs (getrusage)", f"{peak_rss_mib():.0f} MiB"],
+             [f"TA propose share of the run ({clock} s)",
+              f"{100 * float(inner_median(None, 'TA propose')) / median([sum(run[('cpu' if clock == 'CPU' else 'phases')].values()) for run in runs]):.0f}%"],
+             ["test metrics (first run)", ", ".join(f"{k} {v:.4f}" for k, v in runs[0]["test"].items()
+                                                    if isinstance(v, (int, float)))],
+             ["prefixes scored (first run)", " | ".join(runs[0]["prefixes"])]]
     gpu = gpu_peak_mib(device)
     if gpu is not None:
         facts.append(["peak CUDA memory allocated", f"{gpu:.0f} MiB"])

@@ -71,7 +71,8 @@ class RandomWordsTA(TeachingAssistant):
         words = [rng.choice(self.vocabulary) for _ in range(n)]
         return (" ".join(words)).capitalize() + "."
 
-    def propose(self, messages: list[dict], n: int, temperature: float, seed: int) -> TAReply:
+    def propose(self, messages: list[dict], n: int, temperature: float, seed: int,
+                should_stop=None) -> TAReply:
         started = time.perf_counter()
         rng = random.Random(f"gpta-random-prefix|{seed}")
         prefixes = [self.prefix(rng) for _ in range(max(1, int(n)))]

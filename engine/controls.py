@@ -1,7 +1,9 @@
 """Thread-safe controls a front end sends to a running engine.
 
 The engine polls `checkpoint()` at step boundaries (after every training step, every
-scored prefix, every TA request, every fine-tune poll). Nothing is ever killed mid-step.
+scored prefix, every TA request, every fine-tune poll). Nothing is ever killed mid-step,
+except a TA request: the TA polls `stop_requested` while it generates or waits, gives up, and
+the engine replays that request on resume.
 """
 
 from __future__ import annotations

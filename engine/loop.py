@@ -574,7 +574,22 @@ class Engine:
         return prompts.build_messages(self._system_prompt(), user)
 
     def _ask_ta(self, messages: list[dict], n: int) -> list[str] | None:
-        """One TA request with bounded retries on unusable replies. None if nothing usable."""
+        """One TA request with bounded retries on unusable replies. None if nothing usable.
+
+        A stop during the request (the TA gives up mid-generation, or a boundary between
+        attempts) rolls the state back to before the request, so the checkpoint written on
+        the way out is the last boundary and a resume replays the same request: same request
+        id, same seeds, same numbers.
+        """
+        st = self.state
+        before = (st.request_id, st.ta_tokens, st.ta_cost, st.ta_exhausted)
+        try:
+            return self._request(messages, n)
+        except StopRun:
+            st.request_id, st.ta_tokens, st.ta_cost, st.ta_exhausted = before
+            raise
+
+    def _request(self, messages: list[dict], n: int) -> list[str] | None:
         cfg, st = self.config, self.state
         if not self._budget_left():
             return None
@@ -630,8 +645,9 @@ class Engine:
 
     def _call_ta(self, messages: list[dict], n: int, seed: int):
         try:
-            return self.ta.propose(messages, n=n, temperature=self.config.ta.temperature, seed=seed)
-        except GptaError:
+            return self.ta.propose(messages, n=n, temperature=self.config.ta.temperature, seed=seed,
+                                   should_stop=lambda: self.controls.stop_requested)
+        except (GptaError, StopRun):
             raise
         except Exception as exc:  # noqa: BLE001 - a backend bug must not kill the run
             raise TAError(f"TA backend error: {type(exc).__name__}: {exc}") from exc

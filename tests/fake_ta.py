@@ -49,7 +49,7 @@ class SeededTA(TeachingAssistant):
         words = [self.words[(r + 5 * i) % len(self.words)] for i in range(2 + r % 4)]
         return " ".join([*([lead] if lead else []), *words, str(r)])
 
-    def propose(self, messages, n, temperature, seed):
+    def propose(self, messages, n, temperature, seed, **_):
         self.calls.append(messages)
         user = messages[-1]["content"]
         prompt = len(user.split()) if self.prompt_tokens is None else self.prompt_tokens

@@ -65,7 +65,7 @@ class CopyingTA(TeachingAssistant):
     def prompt_examples(self) -> list[str]:
         return [p for _, p in transcript.EXAMPLES]
 
-    def propose(self, messages, n, temperature, seed):
+    def propose(self, messages, n, temperature, seed, should_stop=None):
         self.calls += 1
         prefixes = [transcript.EXAMPLES[0][1]] + [f"Fresh prefix number {self.calls} {i}" for i in range(n - 1)]
         from engine.prompts import assistant_message

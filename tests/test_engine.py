@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from engine import events as ev
 from engine.config import build_config
 from engine.controls import Controls
-from engine.errors import TAError, TAUnavailable
+from engine.errors import StopRun, TAError, TAUnavailable
 from engine.finetune.base import FinetuneBackend, JobStatus
 from engine.loop import Engine
 from fake_ta import SeededTA
@@ -362,7 +363,7 @@ def test_failed_and_timed_out_jobs_keep_the_previous_ta(tiny_bert_dir, sentiment
 
 
 class DownTA(CountingTA):
-    def propose(self, messages, n, temperature, seed):
+    def propose(self, messages, n, temperature, seed, **_):
         if len(self.calls) >= 1:
             raise TAUnavailable("endpoint http://127.0.0.1:9/v1 unreachable", "start it or fix --ta-base-url")
         return super().propose(messages, n, temperature, seed)
@@ -407,3 +408,61 @@ def test_failed_checkpoint_listener_keeps_the_previous_checkpoint(tiny_bert_dir,
     kept = {p for p in saved if p and (tmp_path / p).is_dir()}
     # the last checkpoint a listener managed to record still exists on disk
     assert "checkpoints/step-0" in kept
+
+
+class SlowTA(CountingTA):
+    """Generates 'slowly' on call number `slow_call`: polls should_stop for up to `limit_s`,
+    as the local TA does between tokens. `started` is set once that call is under way."""
+
+    def __init__(self, slow_call: int, limit_s: float = 120.0, **kw):
+        super().__init__(**kw)
+        self.slow_call, self.limit_s = slow_call, limit_s
+        self.started = threading.Event()
+        self.stopped_after: float | None = None
+
+    def propose(self, messages, n, temperature, seed, should_stop=None, **_):
+        if len(self.calls) + 1 == self.slow_call and should_stop is not None:
+            self.started.set()
+            began = time.monotonic()
+            while time.monotonic() - began < self.limit_s:
+                if should_stop():
+                    self.stopped_after = time.monotonic() - began
+                    raise StopRun()
+                time.sleep(0.01)
+        return super().propose(messages, n, temperature, seed)
+
+
+@pytest.mark.parametrize("slow_call", [1, 3])  # s0 in setup; a request while collecting
+def test_stop_during_a_ta_request_is_prompt_and_resume_replays_it(tiny_bert_dir, sentiment_csv,
+                                                                  tmp_path, slow_call):
+    cfg = tiny_config(tiny_bert_dir, sentiment_csv)
+    straight_engine, straight = run_engine(cfg, tmp_path / "a", jobs=FakeJobs(polls=3))
+    straight_engine.run()
+
+    controls, ta = Controls(), SlowTA(slow_call)
+    first, part1 = run_engine(cfg, tmp_path / "b", controls=controls, ta=ta, jobs=FakeJobs(polls=3))
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(done=first.run()))
+    worker.start()
+    assert ta.started.wait(120)
+    asked = time.monotonic()
+    controls.stop()
+    worker.join(120)
+    left_after = time.monotonic() - asked
+    assert outcome["done"].status == "stopped"
+    assert left_after < 30  # generous: the slow request alone would take 120 s
+    requests = part1.of(ev.TARequest)
+    state = part1.of(ev.CheckpointSaved)[-1].state
+    # the abandoned request is not counted: the resume asks it again with the same id
+    assert state["request_id"] == requests[-1].request_id - 1
+    second, part2 = run_engine(cfg, tmp_path / "b", resume=json.loads(json.dumps(state)),
+                               jobs=FakeJobs(polls=3))
+    assert second.run().status == "finished"
+    assert part2.of(ev.TARequest)[0].request_id == requests[-1].request_id
+    merged = Recorder()
+    merged.events = part1.events + part2.events
+    got, want = _fingerprint(merged), _fingerprint(straight)
+    assert got["losses"] == want["losses"]
+    assert got["history"] == want["history"]
+    assert got["test"] == want["test"] and got["best"] == want["best"]
+    assert got["val"][-1] == want["val"][-1]

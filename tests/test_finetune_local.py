@@ -188,3 +188,102 @@ def test_engine_runs_gpta_with_the_local_ta_and_local_lora(tiny_bert_dir, tiny_c
     assert (tmp_path / "ta-adapters" / "epoch-1" / "adapter_config.json").is_file()
     epoch2 = [e for e in seen if isinstance(e, ev.TAResponse) and e.epoch == 2]
     assert epoch2 and all(e.usage["total_tokens"] > 0 for e in epoch2)
+
+
+# ---- precision, cache and memory (#21.5) ------------------------------------------------------
+def _fake_cuda(monkeypatch, native_bf16: bool):
+    """Pretend a CUDA GPU is present; `native_bf16` is what it supports without emulation."""
+    import contextlib
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", lambda *_: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: native_bf16 or including_emulation)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_only_on_gpus_that_run_it_natively(monkeypatch, native):
+    import torch
+
+    from engine.finetune.local_lora import autocast_dtype
+    from engine.ta.local import ta_dtype
+
+    _fake_cuda(monkeypatch, native)
+    want = torch.bfloat16 if native else torch.float32
+    assert ta_dtype("cuda") == want and ta_dtype("cuda:0") == want
+    assert autocast_dtype("cuda") == (torch.bfloat16 if native else None)  # never fp16
+    assert ta_dtype("cpu") == torch.float32 and autocast_dtype("cpu") is None
+    assert ta_dtype("cuda", "float32") == torch.float32  # an explicit choice wins
+
+
+def test_train_step_builds_no_cache_and_autocasts(tiny_causal_lm_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from engine.finetune.local_lora import _train_step
+    from engine.ta.local import load_causal_lm
+
+    model, tok = load_causal_lm(str(tiny_causal_lm_dir))
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    seen: list = []
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    calls: list = []
+    forward = model.forward
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return forward(*args, **kwargs)
+
+    model.forward = recording
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    batch = [([5, 6, 7, 8], [9, 10]), ([5, 6], [11])]
+    loss32 = _train_step(model, opt, params, batch, tok.pad_token_id, "cpu")
+    loss16 = _train_step(model, opt, params, batch, tok.pad_token_id, "cpu", torch.bfloat16)
+    assert all(c["use_cache"] is False for c in calls) and len(calls) == 2
+    assert seen == [torch.float32, torch.bfloat16]  # the second step ran under bf16 autocast
+    assert abs(loss32 - loss16) < 0.5  # same data, one small step apart, bf16 rounding
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_causal_lm_dir, tmp_path):
+    plain, checkpointed = backend(tiny_causal_lm_dir, epochs=2), backend(tiny_causal_lm_dir, epochs=2)
+    checkpointed.gradient_checkpointing = True
+    losses = []
+    for i, be in enumerate((plain, checkpointed)):
+        job = be.submit(examples(), str(tiny_causal_lm_dir), tmp_path / str(i), epoch=1)
+        assert be.wait(job, timeout=600).status == "succeeded"
+        losses.append(be.losses(job))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
+
+
+def test_job_trains_on_the_open_tas_weights_and_gives_them_back(tiny_causal_lm_dir, tmp_path,
+                                                               monkeypatch, finished):
+    import engine.finetune.local_lora as lora_mod
+
+    import weakref
+
+    import engine.ta.local as local_mod
+
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=6)
+    monkeypatch.setattr(local_mod, "_LIVE", weakref.WeakSet([ta]))  # only this TA is open
+    ta.use_model(finished[4].model)  # the TA answers with last epoch's adapter
+    before = ta.propose(prompts.build_messages("Sys.", "Tweets."), n=2, temperature=1.0, seed=4).texts
+
+    def no_second_copy(*_args, **_kwargs):
+        raise AssertionError("the job loaded a second copy of the TA")
+
+    monkeypatch.setattr(lora_mod, "load_causal_lm", no_second_copy)
+    be = backend(tiny_causal_lm_dir, epochs=1)
+    job = be.submit(examples(), str(tiny_causal_lm_dir), tmp_path, epoch=2)
+    final = be.wait(job, timeout=600)
+    assert final.status == "succeeded", final.message
+    assert any("TA's own weights" in e for e in final.events)
+    # the loan is over: the old adapter is back, nothing of the job's LoRA is left
+    assert not ta.lent and ta.adapter is not None and ta.adapter.name == "epoch-1"
+    after = ta.propose(prompts.build_messages("Sys.", "Tweets."), n=2, temperature=1.0, seed=4).texts
+    assert after == before
+    ta.use_model("")
+    assert not any("lora" in name for name, _ in ta.model.named_modules())

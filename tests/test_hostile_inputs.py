@@ -183,7 +183,7 @@ def test_a_new_session_whose_first_ta_request_fails_is_removed_and_says_so(
     from gpta_tui.headless import HeadlessView
 
     class DownTA(SeededTA):
-        def propose(self, messages, n, temperature, seed):
+        def propose(self, messages, n, temperature, seed, should_stop=None):
             raise TAUnavailable("the TA endpoint is down", "start it")
 
     cfg = tiny_config(tiny_bert_dir, sentiment_csv, "down")

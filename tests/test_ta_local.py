@@ -126,7 +126,7 @@ def test_default_gemma_never_uses_a_chat_template(chat_lm_dir):
 
 
 # ---- generation ---------------------------------------------------------------------------------
-def test_n_sequences_from_one_generate_call(tiny_ta, monkeypatch):
+def test_stock_generate_gets_the_engine_settings(tiny_ta, monkeypatch):
     calls = []
     original = tiny_ta.model.generate
 
@@ -135,11 +135,49 @@ def test_n_sequences_from_one_generate_call(tiny_ta, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(tiny_ta.model, "generate", counting_generate)
+    monkeypatch.setattr(tiny_ta, "fast", False)
     reply = tiny_ta.propose(messages(), n=5, temperature=0.9, seed=1)
     assert len(reply.texts) == 5
     assert len(calls) == 1
     assert calls[0]["num_return_sequences"] == 5 and calls[0]["do_sample"] is True
     assert calls[0]["temperature"] == 0.9 and calls[0]["top_p"] == 1.0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_fast_path_samples_what_stock_generate_samples(tiny_causal_lm_dir, temperature):
+    """Same seed -> the same texts and usage from the fast path and from model.generate (the
+    same warpers and random stream; only float rounding could ever differ)."""
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=12, top_p=0.9)
+    history = [("Read the tweet.", 0.41)]
+    for seed, extra in ((3, []), (4, [("Is it happy?", 0.52)]), (5, [("Is it sad?", 0.55)])):
+        history = history + extra
+        msgs = messages(history=history)
+        ta.fast = True
+        fast = ta.propose(msgs, n=4, temperature=temperature, seed=seed)
+        prefilled = ta.last_timings["prefilled"]
+        ta.fast = False
+        stock = ta.propose(msgs, n=4, temperature=temperature, seed=seed)
+        assert fast.texts == stock.texts
+        assert fast.usage == stock.usage
+    assert prefilled < fast.usage["prompt_tokens"]  # the shared prefix was reused
+
+
+def test_prefix_cache_does_not_change_what_is_sampled(tiny_causal_lm_dir):
+    """A warm prefix cache (an uninterrupted run) and a cold one (a resumed run) compute the
+    same numbers: the prompt is always prefilled in the same fixed chunks."""
+    warm = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=10, prefill_chunk=16)
+    cold = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=10, prefill_chunk=16)
+    first = messages(history=[("Read the tweet.", 0.41)])
+    second = messages(history=[("Read the tweet.", 0.41), ("Is it happy?", 0.52)])
+    warm.propose(first, n=2, temperature=1.0, seed=1)
+    warm.propose(second, n=2, temperature=1.0, seed=1)
+    a = warm.propose(second, n=3, temperature=1.0, seed=9)
+    assert warm.last_timings["prefilled"] < a.usage["prompt_tokens"]
+    b = cold.propose(second, n=3, temperature=1.0, seed=9)
+    assert cold.last_timings["prefilled"] == b.usage["prompt_tokens"]
+    assert a.texts == b.texts
+    warm.use_model("")  # switching the model forgets the cached prefix
+    assert warm.generator.prefix.cache is None
 
 
 def test_seeded_sampling_is_reproducible(tiny_ta):
@@ -339,3 +377,79 @@ def test_a_failed_build_leaves_no_cache_dir(fake_chunks, tmp_path, monkeypatch):
     names = [p.name for p in (tmp_path / "cache").iterdir()]
     assert local_mod.DEFAULT_DIR_NAME not in names
     assert not [n for n in names if n.startswith(f".{local_mod.DEFAULT_DIR_NAME}")]
+
+
+# ---- interruptible generation -------------------------------------------------------------------
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_stop_request_ends_generation_between_tokens(tiny_causal_lm_dir, fast):
+    from engine.errors import StopRun
+
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=40)
+    ta.fast = fast
+    polls = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return len(polls) > 5
+
+    with pytest.raises(StopRun):
+        ta.propose(messages(), n=3, temperature=1.0, seed=1, should_stop=should_stop)
+    assert len(polls) == 6  # asked once per token (or prefill chunk), gave up at the first yes
+    # the TA stays usable and a replay of the request gives what an undisturbed call gives
+    again = ta.propose(messages(), n=3, temperature=1.0, seed=1)
+    fresh = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=40)
+    fresh.fast = fast
+    assert again.texts == fresh.propose(messages(), n=3, temperature=1.0, seed=1).texts
+
+
+def test_stop_table_marks_eos_and_tokens_holding_a_stop_character(tiny_ta):
+    from engine.ta.generate import stop_token_table
+
+    tok = tiny_ta.tokenizer
+    table = stop_token_table(tok, len(tok), tr.STOP_STRINGS, {tok.sep_token_id})
+    quote = tok.convert_tokens_to_ids('"')
+    word = tok.convert_tokens_to_ids("hello")
+    assert table[quote] and table[tok.sep_token_id] and not table[word]
+    with pytest.raises(ValueError):
+        stop_token_table(tok, len(tok), ("###",), set())
+
+
+def test_exact_bf16_head_keeps_the_float32_top_k():
+    """The candidates found in bf16 hold the float32 top-k, with float32 logits."""
+    import torch
+
+    from engine.ta.generate import ExactBf16Head
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(5000, 64, generator=gen) * 0.05
+    hidden = torch.randn(4, 64, generator=gen) * 20
+    head = ExactBf16Head(weight)
+    exact = hidden @ weight.T
+    for k in (1, 50):
+        got = head(hidden, k)
+        want_idx = exact.topk(k, dim=1).indices
+        assert torch.equal(got.topk(k, dim=1).indices.sort(1).values, want_idx.sort(1).values)
+        # float32 values (same up to summation order) for the kept tokens
+        torch.testing.assert_close(got.gather(1, want_idx), exact.gather(1, want_idx), rtol=1e-5, atol=1e-5)
+    assert head.used == 2 and head.fallbacks == 0
+
+
+def test_dequantization_reports_progress_while_it_runs():
+    """The ticker reports while the work runs (a tiny interval; the work waits for two
+    reports, so no timing decides the outcome) and stops when it ends."""
+    import time
+
+    seen: list[str] = []
+    two = threading.Event()
+
+    def status(message: str) -> None:
+        seen.append(message)
+        if len(seen) >= 2:
+            two.set()
+
+    with local_mod._ticking(status, "dequantizing", time.perf_counter(), every_s=0.01, typical_s=90):
+        assert two.wait(60)
+    count = len(seen)
+    time.sleep(0.05)
+    assert len(seen) == count  # silent once done
+    assert all(m.startswith("dequantizing: ") and "left" in m for m in seen[:2])

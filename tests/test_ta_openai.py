@@ -361,3 +361,19 @@ def test_backoff_jitter_stays_in_range():
         full = min(0.5 * 2 ** (retry - 1), 30.0)
         for _ in range(20):
             assert full * 0.75 <= policy.backoff(retry, rng) <= full
+
+
+def test_a_stop_abandons_the_request_in_flight(fake_openai):
+    """A slow reply (30 s) is abandoned as soon as the user stops; the TA works afterwards."""
+    import time
+
+    from engine.errors import StopRun
+
+    fake_openai.add_fault(delay_s=30)
+    ta = make_ta(fake_openai, [], timeout_s=60)
+    asked = time.monotonic()
+    with pytest.raises(StopRun):
+        ta.propose(MESSAGES, 4, 1.0, 0, should_stop=lambda: bool(chat_requests(fake_openai)))
+    assert time.monotonic() - asked < 20  # generous: the reply itself would take 30 s
+    assert ta.propose(MESSAGES, 4, 1.0, 0).texts  # a fresh client answers the next request
+    assert ta.propose(MESSAGES, 4, 1.0, 0, should_stop=lambda: False).texts

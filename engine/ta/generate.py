@@ -1,0 +1,372 @@
+"""Fast sampling for the local TA: the same distribution as `model.generate`, less work.
+
+`model.generate(num_return_sequences=n)` copies the prompt n times and prefills every copy,
+then decodes. For the TA's request shape (a prompt of several hundred tokens, n = 3..5
+completions of ~24 tokens) that prefill is most of the time, and most of the prompt (system
+message, worked examples, description) is the same in every request of an epoch. Here:
+
+* the prompt is prefilled **once** (batch 1), then its KV cache is repeated for the n rows;
+* the prompt is prefilled in chunks whose boundaries are fixed multiples of `chunk` tokens, and
+  the KV cache at the deepest chunk boundary shared with the previous prompt is kept, so the
+  next request only prefills from there. Because the chunking depends on the prompt alone, a
+  request computes bit-identical numbers whether its prefix came from the cache or not: a
+  resumed run (cold cache) samples exactly what the uninterrupted run sampled;
+* intermediate chunks run the decoder only (no 262k-way vocabulary head); the head runs once
+  per step on the last position;
+* sampling is transformers' own: logits in float32, its temperature / top-k / top-p warpers,
+  `torch.multinomial` on every row each step (finished rows too, so the random stream is
+  consumed exactly as `generate` consumes it), finished rows continue with the pad token;
+* the stop test is one table lookup per step on the device (which tokens contain a stop
+  character, which are EOS) and one transfer of the "all finished" flag per step, instead of
+  decoding every growing sequence every step;
+* `should_stop()` is polled every token; when it says so, generation raises StopRun.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from engine.errors import StopRun
+
+StopCheck = Callable[[], bool]
+
+
+def stop_token_table(tokenizer: Any, vocab_size: int, stops: Sequence[str],
+                     eos_ids: set[int]) -> Any:
+    """A bool tensor over the vocabulary: token i ends a sequence (EOS, or it contains a stop).
+
+    Exact for single-character stop strings (the transcript's closing quote and newline): a
+    decoded text contains such a character iff one of its tokens' pieces does (UTF-8
+    continuation bytes never equal an ASCII character, so byte-fallback pieces cannot combine
+    into one).
+    """
+    import torch
+
+    if any(len(s) != 1 for s in stops):
+        raise ValueError(f"token-level stop detection needs one-character stop strings, got {stops!r}")
+    table = torch.zeros(vocab_size, dtype=torch.bool)
+    if stops:
+        ids = list(range(min(vocab_size, len(tokenizer))))
+        pieces = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
+        hits = [i for i, piece in zip(ids, pieces) if any(s in piece for s in stops)]
+        table[hits] = True
+    for i in eos_ids:
+        if 0 <= i < vocab_size:
+            table[i] = True
+    return table
+
+
+def logits_warpers(temperature: float, top_k: int, top_p: float) -> list:
+    """The warpers `generate(do_sample=True, ...)` applies, in its order."""
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+
+    warpers: list = []
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(float(temperature)))
+    if top_k and top_k != 0:
+        warpers.append(TopKLogitsWarper(top_k=int(top_k), min_tokens_to_keep=1))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=float(top_p), min_tokens_to_keep=1))
+    return warpers
+
+
+def _cache_keyword(model: Any) -> str:
+    """transformers 5.24 renamed `past_key_values` to `cache` (the old name warns)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _decoder(model: Any) -> Any | None:
+    """The transformer body without the LM head (LoRA layers included), if the model has one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    getter = getattr(base, "get_decoder", None)
+    try:
+        decoder = getter() if getter is not None else None
+    except (AttributeError, NotImplementedError):
+        return None
+    return decoder if decoder is not None and decoder is not base else None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512-BF16 or AMX): a fixed fact of the
+    machine, so the choice it drives never changes between two runs on it."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return False
+    return any(flag in text.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+class ExactBf16Head:
+    """The vocabulary head in bf16, made exact for top-k sampling.
+
+    The bf16 product finds candidates; their logits are then recomputed in float32 from the
+    float32 weights, and every other token gets -inf. A token of the true top-k always is a
+    candidate. With h^ = bf16(h), w^ = bf16(w), u = 2^-8 and d the hidden size, a logit moves by
+    at most ``b_in = |h - h^| max|w| + |h^| max|w - w^| + d 2^-24 |h^| max|w^|`` (rounding the
+    inputs, then float32 accumulation) plus ``u (|logit| + b_in)`` (rounding the bf16 output);
+    every logit that matters lies below the largest bf16 logit + b_in and above the k-th
+    largest - b_in, so one margin b covers them all, and every true top-k token has a bf16
+    logit >= (the k-th largest bf16 logit) - 2b. The top-k warper then keeps exactly the tokens
+    float32 would keep, with float32 logits: what is sampled is float32 sampling. When more
+    than MAX_CANDIDATES tokens fall inside the margin (a very flat distribution), that step
+    uses the float32 head.
+    """
+
+    CANDIDATES = 1024  # one top-k pass of this size per step; more only when the margin needs it
+    MAX_CANDIDATES = 4096
+
+    def __init__(self, weight: Any) -> None:
+        import torch
+
+        self.w32 = weight.detach()
+        self.w16 = self.w32.to(torch.bfloat16)
+        self.max_norm = float(self.w32.norm(dim=1).max())
+        self.max_norm16 = float(self.w16.float().norm(dim=1).max())
+        self.max_rounding = float((self.w32 - self.w16.float()).norm(dim=1).max())
+        self.accumulation = self.w32.shape[1] * 2.0 ** -24
+        self.used = 0
+        self.fallbacks = 0
+
+    def __call__(self, hidden: Any, k: int) -> Any:
+        """float32 logits (n, V): exact for the candidates, -inf elsewhere."""
+        import torch
+
+        h32 = hidden.float()
+        h16 = hidden.to(torch.bfloat16)
+        approx = h16 @ self.w16.T
+        h16f = h16.float()
+        norm16 = h16f.norm(dim=1)
+        b_in = ((h32 - h16f).norm(dim=1) * self.max_norm + norm16 * self.max_rounding
+                + self.accumulation * norm16 * self.max_norm16)
+        u = 2.0 ** -8
+        count = max(self.CANDIDATES, k + 1)
+        while True:
+            values, idx = approx.topk(min(count, approx.shape[1]), dim=1)
+            values = values.float()
+            size = torch.maximum(values[:, 0].abs(), values[:, k - 1].abs())
+            margin = (b_in + u * (size + 2 * b_in)) * 1.01
+            # every token outside the candidates is below the last candidate; enough when
+            # that is under (k-th largest) - 2 * margin for every row (one transfer)
+            if count >= approx.shape[1] or bool(((values[:, k - 1] - 2 * margin) > values[:, -1]).all()):
+                break
+            if count >= self.MAX_CANDIDATES:
+                self.fallbacks += 1
+                return h32 @ self.w32.T
+            count *= 4
+        self.used += 1
+        exact = torch.bmm(self.w32[idx], h32[:, :, None]).squeeze(2)
+        out = torch.full(approx.shape, float("-inf"), dtype=torch.float32, device=approx.device)
+        return out.scatter_(1, idx, exact)
+
+
+def exact_head_for(model: Any, top_k: int, enabled: bool | None = None) -> "ExactBf16Head | None":
+    """An ExactBf16Head for a float32 model on a bf16-capable CPU with a plain linear head."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    plain = (type(head) is torch.nn.Linear and head.bias is None
+             and getattr(config, "final_logit_softcapping", None) is None
+             and head.weight.dtype == torch.float32 and head.weight.device.type == "cpu")
+    if not plain or top_k <= 0:
+        return None
+    if enabled is None:
+        enabled = cpu_has_bf16()
+    return ExactBf16Head(head.weight) if enabled else None
+
+
+@dataclass
+class GenerationResult:
+    rows: list[list[int]]  # generated ids per row (up to and including the stop token)
+    prompt_tokens: int
+    prefilled: int  # prompt tokens actually run through the model (the rest came from the cache)
+    timings: dict = field(default_factory=dict)  # seconds: prefill, decode
+
+
+class PrefixKV:
+    """The KV cache at one chunk boundary of the previous prompt, for the next request."""
+
+    def __init__(self) -> None:
+        self.ids: tuple[int, ...] = ()
+        self.cache: Any = None
+        self.previous: tuple[int, ...] = ()
+
+    def clear(self) -> None:
+        self.ids, self.cache, self.previous = (), None, ()
+
+
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class FastGenerator:
+    """Samples n completions of one prompt (see the module docstring)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, stops: Sequence[str], eos_ids: set[int],
+                 pad_token_id: int, chunk: int = 32, bf16_head: bool | None = None) -> None:
+        if chunk < 1:
+            raise ValueError("chunk must be positive")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stops = tuple(stops)
+        self.eos_ids = set(eos_ids)
+        self.pad_token_id = int(pad_token_id)
+        self.chunk = int(chunk)
+        self.prefix = PrefixKV()
+        self._table: Any = None
+        self._kw: str | None = None
+        self.bf16_head = bf16_head  # None: where the CPU has native bf16 (see ExactBf16Head)
+        self._head: Any = False  # False: not decided yet for this model
+
+    def _forward(self, module: Any, ids: Any, cache: Any, **extra: Any) -> Any:
+        if self._kw is None:
+            self._kw = _cache_keyword(self.model)
+        return module(input_ids=ids, use_cache=True, **{self._kw: cache}, **extra)
+
+    def reset(self, model: Any | None = None) -> None:
+        """Forget the cached prefix (the model or its adapter changed)."""
+        if model is not None:
+            self.model = model
+            self._kw = None
+            self._head = False
+        self.prefix.clear()
+
+    def _stop_table(self, vocab_size: int, device: Any) -> Any:
+        if self._table is None or self._table.shape[0] != vocab_size:
+            self._table = stop_token_table(self.tokenizer, vocab_size, self.stops, self.eos_ids)
+        return self._table.to(device)
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        config = getattr(self.model, "config", None)
+        try:
+            return DynamicCache(config=config)
+        except TypeError:  # pragma: no cover - older transformers
+            return DynamicCache()
+
+    def head(self, top_k: int) -> "ExactBf16Head | None":
+        if self._head is False:
+            self._head = exact_head_for(self.model, top_k, self.bf16_head)
+        return self._head
+
+    def _logits(self, ids: Any, cache: Any, decoder: Any, k: int) -> Any:
+        """float32 next-token logits of the last position after feeding `ids`."""
+        head = self._head if decoder is not None else None
+        if head:
+            hidden = self._forward(decoder, ids, cache).last_hidden_state[:, -1, :]
+            return head(hidden, k)
+        return self._forward(self.model, ids, cache, logits_to_keep=1).logits[:, -1, :].float()
+
+    def _prefill(self, ids: list[int], device: Any, should_stop: StopCheck | None,
+                 k: int, stable: int = 0) -> tuple[Any, Any, int]:
+        """(cache, last-position logits, tokens run) for the prompt, reusing the shared prefix."""
+        import torch
+
+        total = len(ids)
+        start, cache = 0, None
+        kept = self.prefix
+        if kept.cache is not None and 0 < len(kept.ids) < total and tuple(ids[:len(kept.ids)]) == kept.ids:
+            start, cache = len(kept.ids), copy.deepcopy(kept.cache)
+        depth = start  # how deep the kept prefix reaches into this prompt (0: unusable)
+        if cache is None:
+            cache = self._new_cache()
+        # the boundary to keep for the next request: the deepest chunk boundary this prompt
+        # shares with the previous one, or inside the part the caller says is stable (the
+        # first request has no previous one); always short of the last token, which needs logits
+        shared = max(_shared(ids, kept.previous), min(stable, total))
+        keep_at = (min(shared, total - 1) // self.chunk) * self.chunk
+        decoder = _decoder(self.model)
+        pos, logits = start, None
+        while pos < total:
+            if should_stop is not None and should_stop():
+                raise StopRun()
+            end = min(total, (pos // self.chunk + 1) * self.chunk)
+            piece = torch.tensor([ids[pos:end]], device=device)
+            if end < total and decoder is not None:
+                self._forward(decoder, piece, cache)
+            else:
+                logits = self._logits(piece, cache, decoder, k)
+            pos = end
+            if pos == keep_at and keep_at > depth:
+                kept.ids, kept.cache = tuple(ids[:pos]), copy.deepcopy(cache)
+        kept.previous = tuple(ids)
+        return cache, logits, total - start
+
+    def generate(self, prompt_ids: list[int], n: int, *, max_new_tokens: int, temperature: float,
+                 top_k: int, top_p: float, should_stop: StopCheck | None = None,
+                 stable: int = 0) -> GenerationResult:
+        """n sampled completions (temperature > 0) or one greedy completion (temperature 0).
+
+        The caller seeds torch's RNG (as for `generate`). `stable`: how many leading prompt
+        tokens the caller expects the next requests to share (only where the prefix cache is
+        cut; what is computed never depends on it).
+        """
+        import time
+
+        import torch
+
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        device = next(self.model.parameters()).device
+        t0 = time.perf_counter()
+        sample = temperature > 0
+        k = int(top_k) if sample else 1
+        if k > 0:
+            self.head(k)
+        decoder = _decoder(self.model)
+        cache, logits, prefilled = self._prefill(list(prompt_ids), device, should_stop, k, stable)
+        t1 = time.perf_counter()
+        rows = n if sample else 1
+        warpers = logits_warpers(temperature, top_k, top_p) if sample else []
+        table = self._stop_table(logits.shape[-1], logits.device)
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        logits = logits.float().expand(rows, -1)
+        unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+        lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=device)
+        out = torch.empty((rows, max_new_tokens), dtype=torch.long, device=device)
+        pad = torch.tensor(self.pad_token_id, device=device)
+        produced = torch.zeros((rows, 0), dtype=torch.long, device=device)
+        step = 0
+        while True:
+            scores = logits
+            for warp in warpers:
+                scores = warp(produced, scores)
+            if sample:
+                probs = torch.nn.functional.softmax(scores, dim=-1)
+                token = torch.multinomial(probs, num_samples=1).squeeze(1)
+            else:
+                token = torch.argmax(scores, dim=-1)
+            token = torch.where(unfinished, token, pad)
+            out[:, step] = token
+            ended = unfinished & table[token]
+            lengths = torch.where(ended, step + 1, lengths)
+            unfinished = unfinished & ~ended
+            step += 1
+            if step >= max_new_tokens or not bool(unfinished.any()):  # one transfer per step
+                break
+            if should_stop is not None and should_stop():
+                raise StopRun()
+            produced = out[:, :step]
+            logits = self._logits(token[:, None], cache, decoder, k)
+        lengths = lengths.clamp(max=step).tolist()
+        generated = out[:, :step].tolist()
+        t2 = time.perf_counter()
+        return GenerationResult(rows=[g[:k] for g, k in zip(generated, lengths)],
+                                prompt_tokens=len(prompt_ids), prefilled=prefilled,
+                                timings={"prefill": t1 - t0, "decode": t2 - t1, "steps": step})
