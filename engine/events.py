@@ -220,6 +220,7 @@ class FinetuneUpdate(Event):
     loss: float | None = None
     eta_s: float | None = None
     model: str = ""
+    accuracy: float | None = None  # the job's training token accuracy (assistant tokens)
 
 
 @_register

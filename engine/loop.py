@@ -777,13 +777,14 @@ class Engine:
                     self.emit(FinetuneUpdate(epoch=st.epoch, backend=backend.name, job_id=job_id,
                                              status=status.status, message=message,
                                              step=status.step, total_steps=status.total_steps,
-                                             loss=status.loss, eta_s=status.eta_s))
+                                             loss=status.loss, eta_s=status.eta_s,
+                                             accuracy=status.accuracy))
                 if status.status != last_status:
                     self.emit(FinetuneUpdate(epoch=st.epoch, backend=backend.name, job_id=job_id,
                                              status=status.status, message=status.message,
                                              step=status.step, total_steps=status.total_steps,
                                              loss=status.loss, eta_s=status.eta_s,
-                                             model=status.model))
+                                             model=status.model, accuracy=status.accuracy))
                     last_status = status.status
                 if status.done:
                     break
@@ -800,6 +801,8 @@ class Engine:
             backend.cancel(job_id)
             st.job = None
             raise
+        if status.accuracy is not None:  # paper Figure 4, second reading: the job's own accuracy
+            record["finetune_train_accuracy"] = status.accuracy
         if status.status == "succeeded" and status.model:
             st.ta_model = self._stored_ta_model(status.model)
             self.ta.use_model(self._ta_model_ref(st.ta_model))

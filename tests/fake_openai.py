@@ -410,8 +410,10 @@ class FakeOpenAI:
     def _metrics(self, job: FakeJob, step: int) -> None:
         job.step = step
         loss = round(2.0 / (1 + step), 4)
+        accuracy = round(step / (step + 1), 4)  # as OpenAI's metrics events: train_mean_token_accuracy
         self._event(job, f"Step {step}/{job.total_steps}: training loss={loss}", kind="metrics",
-                    data={"step": step, "total_steps": job.total_steps, "train_loss": loss})
+                    data={"step": step, "total_steps": job.total_steps, "train_loss": loss,
+                          "train_mean_token_accuracy": accuracy})
 
     def _advance(self, job: FakeJob) -> None:
         if job.status == "validating_files":

@@ -62,6 +62,12 @@ def test_job_succeeds_and_loss_goes_down(finished):
     assert len(losses) == 20
     assert sum(losses[-4:]) / 4 < losses[0]
     assert final.loss == losses[-1] and final.eta_s == 0.0
+    # the job's own token accuracy on the answers (paper Figure 4, second reading) climbs
+    log = json.loads((workdir / "ta-adapters" / "epoch-1" / "training_log.json").read_text())
+    accuracies = log["token_accuracies"]
+    assert len(accuracies) == 20 and all(0.0 <= a <= 1.0 for a in accuracies)
+    assert final.accuracy == accuracies[-1]
+    assert sum(accuracies[-4:]) / 4 > accuracies[0]
     events = first.events + final.events
     assert any(e.startswith("step 1/20 loss ") for e in events)
     assert any("adapter saved" in e for e in events)
@@ -185,6 +191,9 @@ def test_engine_runs_gpta_with_the_local_ta_and_local_lora(tiny_bert_dir, tiny_c
     assert [e.model for e in changed] == [f"{tiny_causal_lm_dir.name}+epoch-1"]
     steps = [e for e in seen if isinstance(e, ev.FinetuneUpdate) and e.message.startswith("step ")]
     assert steps and steps[-1].step == steps[-1].total_steps == 2  # 4 windows, batch 2
+    assert all(e.accuracy is not None and 0.0 <= e.accuracy <= 1.0 for e in steps)
+    epoch1 = next(r for r in done.summary["epochs"] if r["epoch"] == 1)
+    assert epoch1["finetune_train_accuracy"] == steps[-1].accuracy
     assert (tmp_path / "ta-adapters" / "epoch-1" / "adapter_config.json").is_file()
     epoch2 = [e for e in seen if isinstance(e, ev.TAResponse) and e.epoch == 2]
     assert epoch2 and all(e.usage["total_tokens"] > 0 for e in epoch2)
@@ -241,8 +250,9 @@ def test_train_step_builds_no_cache_and_autocasts(tiny_causal_lm_dir):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
     batch = [([5, 6, 7, 8], [9, 10]), ([5, 6], [11])]
-    loss32 = _train_step(model, opt, params, batch, tok.pad_token_id, "cpu")
-    loss16 = _train_step(model, opt, params, batch, tok.pad_token_id, "cpu", torch.bfloat16)
+    loss32, acc32 = _train_step(model, opt, params, batch, tok.pad_token_id, "cpu")
+    loss16, _ = _train_step(model, opt, params, batch, tok.pad_token_id, "cpu", torch.bfloat16)
+    assert 0.0 <= acc32 <= 1.0 and acc32 * 3 == round(acc32 * 3)  # 3 answer tokens in the batch
     assert all(c["use_cache"] is False for c in calls) and len(calls) == 2
     assert seen == [torch.float32, torch.bfloat16]  # the second step ran under bf16 autocast
     assert abs(loss32 - loss16) < 0.5  # same data, one small step apart, bf16 rounding

@@ -167,6 +167,7 @@ def test_poll_walks_statuses_surfaces_events_once_and_returns_the_model(fake_ope
     final = polls[-1]
     assert final.done and final.model == f"ft:gpt-4o-mini:gpta:{job.n}"
     assert final.step == final.total_steps == 10 and final.loss == pytest.approx(2 / 11, abs=1e-3)
+    assert final.accuracy == pytest.approx(10 / 11, abs=1e-3)  # the job's own token accuracy
     assert polls[2].step == 5 and polls[2].eta_s is not None
     assert ft.poll(job_id).events == []  # nothing new
 

@@ -23,6 +23,9 @@ class JobStatus:
     loss: float | None = None
     eta_s: float | None = None
     model: str = ""  # the tuned model reference once succeeded
+    # the job's own training accuracy on the assistant tokens (paper Figure 4, second reading):
+    # OpenAI jobs report train_mean_token_accuracy; the local LoRA job computes it per step
+    accuracy: float | None = None
     events: list[str] = field(default_factory=list)  # new job events since last poll
 
     @property

@@ -62,7 +62,9 @@ class _Job:
     loss: float | None = None
     eta_s: float | None = None
     model: str = ""
+    accuracy: float | None = None  # token accuracy of the last step's assistant tokens
     losses: list[float] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     paused: bool = False
     cancelled: bool = False
@@ -113,7 +115,9 @@ def _truncate(prompt: list[int], target: list[int], max_length: int) -> tuple[li
 
 def _save_adapter(model: Any, workdir: Path, epoch: int, log: dict) -> Path:
     """Write the adapter to a temporary sibling, then swap it into ta-adapters/epoch-N."""
-    root = Path(workdir) / ADAPTERS_DIR
+    from engine.paths import contained
+
+    root = contained(workdir, ADAPTERS_DIR, "TA adapters folder")  # a linked folder is refused
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"epoch-{epoch}"
     tmp = Path(tempfile.mkdtemp(prefix=f".epoch-{epoch}.", dir=root))
@@ -177,7 +181,7 @@ class LocalLoRAFinetune(FinetuneBackend):
             events, job.events = job.events, []
             return JobStatus(job.job_id, job.status, message=job.message, step=job.step,
                              total_steps=job.total_steps, loss=job.loss, eta_s=job.eta_s,
-                             model=job.model, events=events)
+                             model=job.model, events=events, accuracy=job.accuracy)
 
     def set_paused(self, job_id: str, paused: bool) -> None:
         job = self._jobs.get(job_id)
@@ -322,19 +326,21 @@ class LocalLoRAFinetune(FinetuneBackend):
                 job.checkpoint()
                 t0 = time.perf_counter()
                 batch = [encoded[i] for i in order[start:start + batch_size]]
-                loss = _train_step(model, optimizer, params, batch, pad_id, device, amp)
+                loss, accuracy = _train_step(model, optimizer, params, batch, pad_id, device, amp)
                 step += 1
                 busy_s += time.perf_counter() - t0
                 eta = busy_s / step * (total - step)
                 with job.cond:
                     job.losses.append(loss)
-                job.note(f"step {step}/{total} loss {loss:.4f}", step=step, loss=loss, eta_s=eta)
+                    job.accuracies.append(accuracy)
+                job.note(f"step {step}/{total} loss {loss:.4f} token accuracy {accuracy:.3f}",
+                         step=step, loss=loss, accuracy=accuracy, eta_s=eta)
         job.checkpoint()
         log = {"base_model": base_name, "continued_from": str(adapter) if adapter else "",
                "prompt_format": "chat" if chat else "transcript", "examples": len(encoded),
                "epochs": cfg.epochs, "batch_size": batch_size, "lr": cfg.lr, "lora_r": cfg.lora_r,
                "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout, "seed": seed,
-               "losses": list(job.losses)}
+               "losses": list(job.losses), "token_accuracies": list(job.accuracies)}
         path = _save_adapter(model, job.workdir, job.epoch, log)
         job.note(f"adapter saved to {path}", status="succeeded", model=str(path), eta_s=0.0,
                  message=f"{step} steps, final loss {job.loss:.4f}" if job.loss is not None else "")
@@ -385,10 +391,15 @@ def _train_step(model: Any, optimizer: Any, params: list, batch: list[tuple[list
         except TypeError:  # a model without logits_to_keep computes them all
             logits = model(**inputs, use_cache=False).logits
     logits = logits[:, -keep:, :]
-    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                           labels[:, length - keep + 1:].reshape(-1).to(device), ignore_index=-100)
+    targets = labels[:, length - keep + 1:].reshape(-1).to(device)
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1])
+    loss = F.cross_entropy(flat.float(), targets, ignore_index=-100)
+    with torch.no_grad():  # the job's own training accuracy: argmax hits on the answer tokens
+        answer = targets != -100
+        hits = (flat.detach().argmax(-1) == targets) & answer
+        accuracy = float(hits.sum()) / max(1, int(answer.sum()))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    return float(loss.detach()), accuracy

@@ -225,11 +225,13 @@ class OpenAIFinetune(FinetuneBackend):
             eta = max(0.0, finish - time.time())
         tuned = str(getattr(job, "fine_tuned_model", "") or "") if status == "succeeded" else ""
         loss = metrics.get("train_loss")
+        accuracy = metrics.get("train_mean_token_accuracy")
         return JobStatus(
             job_id=job_id, status=status,
             message=self.endpoint.redact(" ".join(message.split())),
             step=int(metrics.get("step") or 0), total_steps=int(metrics.get("total_steps") or 0),
             loss=float(loss) if isinstance(loss, (int, float)) else None,
+            accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
             eta_s=eta, model=tuned,
             events=[self.endpoint.redact(_event_text(e)) for e in events])
 
