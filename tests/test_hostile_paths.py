@@ -288,3 +288,16 @@ def test_names_with_a_newline_and_linked_session_folders_are_refused(gpta_home, 
     with pytest.raises(UsageError, match="symbolic link"):
         store.delete("linked")
     assert (elsewhere / "keep.txt").exists() and not (elsewhere / "session.lock").exists()
+
+
+def test_show_json_prints_no_raw_control_characters(gpta_home, capsys):
+    from gpta_tui.cli import main
+    from test_sessions_helpers import small_config
+
+    cfg = small_config("ctl")
+    cfg.data.description = "tweets \x1b[31mred\x1b[0m and a C1 \x9b byte"
+    SessionStore().create(cfg).close()
+    assert main(["show", "ctl", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert not any(ord(c) < 32 and c not in "\n" or 0x7F <= ord(c) <= 0x9F for c in out)
+    assert "\\u001b[31mred" in out and "\\u009b" in out

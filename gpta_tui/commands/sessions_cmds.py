@@ -90,9 +90,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     handle = _store(args).open(args.name)
     rec = handle.record()
+    # ensure_ascii: every control character (C0 and C1) is printed as a \uXXXX escape, never raw
     if args.json:
         rec.pop("state", None)
-        print(json.dumps(rec, indent=2, ensure_ascii=False, default=str))
+        print(json.dumps(rec, indent=2, ensure_ascii=True, default=str))
         return 0
     cfg = rec.get("config", {})
     metric = cfg.get("student", {}).get("metric", "accuracy")
