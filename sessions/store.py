@@ -41,6 +41,7 @@ from engine.events import (CheckpointSaved, DescriptionChanged, Event, FinetuneU
                            TAModelChanged, TARequest, TAResponse, TrainStep, ValidationResult,
                            WindowsBuilt, event_from_dict, shape_problem)
 from engine.state import RunState
+from engine.paths import SESSION_NAME_RE
 from sessions.status import ENGINE_TO_SESSION, SESSION_STATUSES
 from sessions.storage import (AtomicJSONStorage, BufferedStorage, DatabaseUnreadable,
                               read_json_file, stale_temp_files)
@@ -66,7 +67,7 @@ SESSIONS_DIR = "sessions"
 DB_FILE = "session.json"
 LOCK_FILE = "session.lock"
 STATUSES = SESSION_STATUSES
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # .match + \Z: no trailing newline
+NAME_RE = SESSION_NAME_RE  # defined once, in engine/paths.py
 
 # Engine statuses (StatusChanged / RunFinished) -> session statuses. A stopped run is saved
 # and resumable, which is what "paused" means for a session nobody is running.
