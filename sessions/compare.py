@@ -30,7 +30,8 @@ from engine.experiments import (Band, CompareSpec, RunResult, RunSpec, Setting, 
                                 epoch_bands, low_resource_setting, record_metric,
                                 spec_differences)
 from engine.fsutil import write_text_atomic
-from sessions.runner import RESUME_OVERRIDABLE, resume_session, start_session
+from sessions.runner import RESUME_OVERRIDABLE, resume_session, run_session, start_session
+from sessions.status import session_status
 from sessions.store import SessionStore
 
 MANIFEST = "manifest.json"
@@ -177,7 +178,9 @@ def run_compare(spec: CompareSpec, home: Path | str | None = None, out_dir: Path
         ran.append(run.session)
         t0 = time.perf_counter()
         try:
-            finished = engine.run()
+            # a new run that fails during setup (bad dataset, missing model) is deleted: a
+            # rerun starts it afresh
+            finished = run_session(handle, engine, new=True)
             result, message = finished.status, finished.reason
         except GptaError as exc:
             result, message = "failed", str(exc)
@@ -189,19 +192,15 @@ def run_compare(spec: CompareSpec, home: Path | str | None = None, out_dir: Path
             _save_manifest(out, manifest)
             raise
         finally:
-            handle.close()
             for view in listeners:
                 close = getattr(view, "close", None)
                 if callable(close):
                     close()
         entry["wall_s"] = round(entry["wall_s"] + time.perf_counter() - t0, 2)
-        entry["status"] = {"stopped": "paused"}.get(result, result)
+        entry["status"] = session_status(result)
         entry["message"] = message
         if result == "finished":
             entry["ended"] = time.time()
-        elif result == "failed" and engine.state.phase == "setup":
-            # nothing worth keeping (bad dataset, missing model): a rerun starts it afresh
-            store.delete(run.session)
         _save_manifest(out, manifest)
         if result == "stopped":
             status = "stopped"
