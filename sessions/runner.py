@@ -56,7 +56,8 @@ def start_session(config: RunConfig, home: Path | str | None = None, *,
     try:
         config.name = handle.name
         engine = Engine(config, handle.dir, controls=controls,
-                        listeners=[handle.listener, *listeners], **engine_kwargs)
+                        listeners=[handle.listener, *listeners],
+                        record_checkpoint=handle.record_checkpoint, **engine_kwargs)
     except BaseException:
         handle.close()
         store.delete(handle.name)
@@ -123,7 +124,8 @@ def resume_session(name: str, home: Path | str | None = None, *,
         if pending is not None and state and pending != state.get("description"):
             controls.set_description(pending)  # a description the user set after the checkpoint
         engine = Engine(config, handle.dir, controls=controls, resume=state,
-                        listeners=[handle.listener, *listeners], **engine_kwargs)
+                        listeners=[handle.listener, *listeners],
+                        record_checkpoint=handle.record_checkpoint, **engine_kwargs)
     except BaseException:
         handle.close()
         raise
