@@ -23,7 +23,6 @@ from sessions.runner import start_session
 from sessions.store import DB_FILE, SessionStore
 
 from fake_ta import SeededTA
-from tests.fake_openai import fake_openai  # noqa: F401
 from test_sessions_helpers import SyntheticRun, feed, small_config
 from test_sessions_resume import tiny_config
 
