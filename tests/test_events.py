@@ -28,7 +28,8 @@ def test_every_event_kind_has_a_no_op_method_on_the_base():
 def test_every_handler_of_a_consumer_resolves_to_an_event_kind(consumer):
     assert issubclass(consumer, ev.EventHandler)
     reachable = {ev.handler_name(cls) for cls in ev.event_classes()}
-    mine = {name for name, member in vars(consumer).items()
+    mine = {name for cls in consumer.__mro__ if cls not in (ev.EventHandler, object)
+            for name, member in vars(cls).items()
             if name.startswith("on_") and inspect.isfunction(member)}
     stray = sorted(name for name in mine if name not in reachable)
     assert not stray, f"{consumer.__name__} has handlers no event reaches: {stray}"
