@@ -401,7 +401,7 @@ def _check_import_shape(data: dict, path: Path) -> dict:
         if bad is not None:
             raise UsageError(f"{str(path)!r}: table {table!r} has a record id {bad!r} that is not "
                              "a number", fix)
-    rec = data.get(Table, {}).get("1")
+    rec = data.get(Table.SESSION, {}).get("1")
     if not isinstance(rec, dict):
         raise UsageError(f"{str(path)!r} holds no session record", "export the session again")
     from engine.config import RunConfig
