@@ -201,7 +201,7 @@ class TaskStudent(Student):
     def _check_rows(self) -> None:
         for split in ("train", "validation", "test", "selection"):
             rows = self.data.split(split)
-            if not rows:
+            if not rows and split != "selection":  # no selection split: choose on validation
                 raise DataError(f"the {split} split is empty", f"use a dataset with {split} rows")
             for i, row in enumerate(rows):
                 missing = [k for k in self.row_keys if k not in row]
