@@ -37,9 +37,10 @@ smoke: setup
 test: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest $(PYTEST_ARGS)
 
-## Fast tests only (tiny random models; no real default weights)
+## Fast tests only: no torch models at all (no real default weights, no tiny random models),
+## the layers contract included. `make test` runs everything.
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not e2e and not torch" $(PYTEST_ARGS)
 
 ## Benchmarks (results go into BENCHMARKS.md); on a shared box: make bench BENCH_ARGS="--threads 1"
 bench: setup

@@ -86,11 +86,11 @@ def load_model(setup: Setup):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from engine.resources import resolve_student_model
-    from engine.student.classification import derive_seed
+    from engine.seeds import student_seed
 
     source = resolve_student_model(setup.model)
     n = len(setup.label_names)
-    torch.manual_seed(derive_seed(setup.seed, "init"))  # the new classification head
+    torch.manual_seed(student_seed(setup.seed, "init"))  # the new classification head
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForSequenceClassification.from_pretrained(
         source, num_labels=n, id2label=dict(enumerate(setup.label_names)),
@@ -128,16 +128,17 @@ def minimal_epoch(model, tokenizer, optimizer, scheduler, setup: Setup, epoch: i
     The row order and the per-step RNG reseed (dropout) follow the engine's recipe so that
     the two produce the same losses; both cost microseconds."""
     from engine.device import amp_dtype
-    from engine.student.classification import derive_seed, join_input
+    from engine.seeds import student_seed
+    from engine.student.classification import join_input
 
     dtype = amp_dtype(setup.device, setup.amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    generator = torch.Generator().manual_seed(derive_seed(setup.seed, "order", epoch))
+    generator = torch.Generator().manual_seed(student_seed(setup.seed, "order", epoch))
     order = torch.randperm(len(setup.rows), generator=generator).tolist()
     model.train()
     for step in range(1, setup.steps + 1):
         batch = [setup.rows[i] for i in order[(step - 1) * setup.batch_size:step * setup.batch_size]]
-        torch.manual_seed(derive_seed(setup.seed, "step", epoch, step))
+        torch.manual_seed(student_seed(setup.seed, "step", epoch, step))
         enc = tokenizer([join_input(setup.prefix, r["text"]) for r in batch], truncation=True,
                         max_length=setup.max_length, padding=True, return_tensors="pt").to(setup.device)
         labels = torch.tensor([r["label"] for r in batch], device=setup.device)

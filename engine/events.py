@@ -2,7 +2,9 @@
 
 Every event is a frozen dataclass with a stable `kind` string, serialisable with
 `event.to_dict()` and rebuilt with `event_from_dict()`. Listeners are plain callables;
-`EventBus` fans out to them and isolates their failures from the engine.
+`EventBus` fans out to them and isolates their failures from the engine. A consumer that
+treats each kind its own way subclasses `EventHandler` (one no-op `on_<kind>` method per
+event kind) and overrides the kinds it cares about.
 """
 
 from __future__ import annotations
@@ -19,9 +21,6 @@ from typing import Any, Callable, ClassVar
 from engine.errors import GptaError
 
 log = logging.getLogger("gpta.events")
-
-PHASES = ("setup", "training", "validating", "collecting", "windows", "finetuning", "testing", "done")
-
 
 @dataclass(frozen=True)
 class Event:
@@ -295,6 +294,82 @@ class RunFinished(Event):
 Listener = Callable[[Event], None]
 
 
+def handler_name(cls: type[Event]) -> str:
+    """The EventHandler method for an event class: on_<kind>."""
+    return f"on_{cls.kind}"
+
+
+class EventHandler:
+    """The one dispatch of events to code: `handle(event, *extra)` calls `on_<kind>(event,
+    *extra)`. Every method here does nothing; the headless view, the session store's
+    projections and the dashboard reducer override what they use. `extra` is passed through
+    (the store hands its stored form of the event along). tests/test_events.py checks that
+    every event kind has a method here and that no subclass defines an `on_` method no event
+    reaches."""
+
+    def handle(self, event: Event, *extra: Any) -> Any:
+        return getattr(self, handler_name(type(event)))(event, *extra)
+
+    def on_run_started(self, event: RunStarted, *extra: Any) -> Any:
+        return None
+
+    def on_phase(self, event: PhaseChanged, *extra: Any) -> Any:
+        return None
+
+    def on_progress(self, event: Progress, *extra: Any) -> Any:
+        return None
+
+    def on_train_step(self, event: TrainStep, *extra: Any) -> Any:
+        return None
+
+    def on_validation(self, event: ValidationResult, *extra: Any) -> Any:
+        return None
+
+    def on_ta_request(self, event: TARequest, *extra: Any) -> Any:
+        return None
+
+    def on_ta_response(self, event: TAResponse, *extra: Any) -> Any:
+        return None
+
+    def on_prefix_scored(self, event: PrefixScored, *extra: Any) -> Any:
+        return None
+
+    def on_history(self, event: HistoryUpdated, *extra: Any) -> Any:
+        return None
+
+    def on_windows(self, event: WindowsBuilt, *extra: Any) -> Any:
+        return None
+
+    def on_finetune(self, event: FinetuneUpdate, *extra: Any) -> Any:
+        return None
+
+    def on_ta_model(self, event: TAModelChanged, *extra: Any) -> Any:
+        return None
+
+    def on_prefix_accuracy(self, event: PrefixFindingAccuracy, *extra: Any) -> Any:
+        return None
+
+    def on_description(self, event: DescriptionChanged, *extra: Any) -> Any:
+        return None
+
+    def on_status(self, event: StatusChanged, *extra: Any) -> Any:
+        return None
+
+    def on_checkpoint(self, event: CheckpointSaved, *extra: Any) -> Any:
+        return None
+
+    def on_notice(self, event: Notice, *extra: Any) -> Any:
+        return None
+
+    def on_finished(self, event: RunFinished, *extra: Any) -> Any:
+        return None
+
+
+def event_classes() -> list[type[Event]]:
+    """Every event class, in registration order."""
+    return list(_REGISTRY.values())
+
+
 class EventBus:
     """Fan-out to listeners. A listener that raises is logged and kept away from the engine."""
 
@@ -313,18 +388,16 @@ class EventBus:
 
         return unsubscribe
 
-    def emit(self, event: Event) -> bool:
-        """Deliver to every listener; True if none of them raised."""
+    def emit(self, event: Event) -> None:
+        """Deliver to every listener. Listeners observe: a failing one is logged, and decides
+        nothing (what the engine must know was recorded goes through Engine's
+        `record_checkpoint`)."""
         with self._lock:
             listeners = list(self._listeners)
-        ok = True
         for listener in listeners:
             try:
                 listener(event)
             except GptaError as exc:  # e.g. the session cannot be written: its owner reports it
-                ok = False
                 log.info("event listener %r could not handle %s: %s", listener, event.kind, exc)
             except Exception:  # noqa: BLE001 - a broken listener must not kill training
-                ok = False
                 log.exception("event listener %r failed on %s", listener, event.kind)
-        return ok

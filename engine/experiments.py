@@ -1,24 +1,23 @@
-"""Experiments: the paper's comparison as ordinary sessions, its statistics, and prefix transfer.
+"""Experiments: the plan of the paper's comparison, its statistics, tables, charts and reports,
+and prefix transfer. Pure data: the orchestration that runs the plan as sessions (the manifest,
+output folders, reading results back) is `sessions/compare.py`.
 
     spec = CompareSpec.create("cmp", base_config, arms=["baseline", "gpta"], seeds=[42, 43],
                               train_sizes=[500])
-    outcome = run_compare(spec, home)        # each run is a session: cmp-gpta-s42-n500, ...
-    table = build_table(spec, outcome.results)
-    write_reports(spec, outcome.results, outcome.out_dir)  # results.md, results.csv, runs.csv, PNGs
+    outcome = sessions.compare.run_compare(spec, home)   # cmp-gpta-s42-n500, ...
+    results = sessions.compare.collect_results(spec, home, outcome.manifest)
+    table = build_table(spec, results)
+    write_reports(spec, results, outcome.out_dir)  # results.md, results.csv, runs.csv, PNGs
 
 A comparison runs every arm x seed x train size (x `finetune.max_windows`, the TA data-scale
 ablation of the paper's Table 2) as a session named `<name>-<arm>-s<seed>-n<size>[-w<windows>]`,
-so each one is listed, resumable and exportable like any other. A manifest
-(`<out>/manifest.json`) records the plan; running the same comparison again skips finished
-sessions and resumes unfinished ones. All numbers in the reports are read back from the
-sessions' own records (test metric of the best checkpoint, validation per epoch, loss).
+so each one is listed, resumable and exportable like any other. All numbers in the reports are
+read back from the sessions' own records (test metric of the best checkpoint, validation per
+epoch, loss) into `RunResult`s.
 
 Arms: `baseline`, `gpta`, `gpta-data` (the engine's modes) and, with a prefix set from
 `export_prefix_set`, `fixed` (train with the transferred best prefix, TA unused) and `seeded`
 (GPTA starting from the transferred prefixes), the paper's prefix transfer (section 5.3).
-
-This module keeps the engine free of storage: the functions that open sessions import
-`sessions` lazily, and everything else works on plain data.
 """
 
 from __future__ import annotations
@@ -27,19 +26,17 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from engine.config import MODES, RunConfig
-from engine.controls import Controls
-from engine.errors import DataError, GptaError, UsageError
+from engine.errors import DataError, UsageError
+from engine.fsutil import write_text_atomic
+from engine.paths import SESSION_NAME_RE
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "gpta-compare"
 PREFIX_SET_FORMAT = "gpta-prefix-set"
 TRANSFER_ARMS = ("fixed", "seeded")
 ARMS = (*MODES, *TRANSFER_ARMS)
@@ -70,7 +67,7 @@ def top_prefixes(handle, top: int = 5) -> list[dict]:
     ranked = sorted((r for r in history if r["epoch"] == last), key=lambda r: r["rank"])
     out: list[dict] = []
     if best.get("prefix"):
-        score = best.get("score", (best.get("metrics") or {}).get(_metric_of(rec)))
+        score = best.get("score", (best.get("metrics") or {}).get(record_metric(rec)))
         out.append({"prefix": best["prefix"], "score": score, "epoch": best.get("epoch")})
     for row in ranked:
         if all(row["prefix"] != o["prefix"] for o in out):
@@ -78,7 +75,8 @@ def top_prefixes(handle, top: int = 5) -> list[dict]:
     return out[:top]
 
 
-def _metric_of(rec: dict) -> str:
+def record_metric(rec: dict) -> str:
+    """The metric a session record is scored by."""
     return rec.get("metric") or rec.get("config", {}).get("student", {}).get("metric", "accuracy")
 
 
@@ -96,10 +94,10 @@ def export_prefix_set(handle, path: Path | str, top: int = 5) -> dict:
         "source": {"session": handle.name, "dataset": cfg.get("data", {}).get("dataset", ""),
                    "task": cfg.get("data", {}).get("task", ""), "mode": cfg.get("mode", ""),
                    "student": cfg.get("student", {}).get("model", ""),
-                   "metric": _metric_of(rec), "seed": cfg.get("seed")},
+                   "metric": record_metric(rec), "seed": cfg.get("seed")},
         "prefixes": top_prefixes(handle, top),
     }
-    _write_atomic(Path(path), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(Path(path), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return data
 
 
@@ -189,9 +187,7 @@ class CompareSpec:
         return spec.validate()
 
     def validate(self) -> "CompareSpec":
-        from sessions.store import NAME_RE
-
-        if not NAME_RE.match(self.name or ""):
+        if not SESSION_NAME_RE.match(self.name or ""):
             raise UsageError(f"invalid comparison name {self.name!r}",
                              "use letters, digits, '.', '_' or '-', starting with a letter or digit")
         for label, values in (("--modes", self.arms), ("--seeds", self.seeds),
@@ -274,214 +270,21 @@ class CompareSpec:
 
 def spec_differences(a: CompareSpec, b: CompareSpec) -> list[str]:
     """Dotted keys where two plans differ (to explain why a comparison cannot continue)."""
-    return _diff(a.to_dict(), b.to_dict())
+    return dotted_differences(a.to_dict(), b.to_dict())
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def dotted_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two nested mappings differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
-            out.extend(_diff(a.get(key), b.get(key), f"{prefix}{key}."))
+            out.extend(dotted_differences(a.get(key), b.get(key), f"{prefix}{key}."))
         return out
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def default_out_dir(home: Path | str | None, name: str) -> Path:
-    from sessions.store import SessionStore
-
-    return SessionStore(home).home / "compare" / name
-
-
 # ==========================================================================================
-# The manifest
-# ==========================================================================================
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_manifest(out_dir: Path | str) -> dict | None:
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GptaError(f"comparison manifest {str(path)!r} is unreadable ({exc})",
-                        "restore it, or remove the folder and run the comparison again "
-                        "(finished sessions are reused)") from None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise GptaError(f"{str(path)!r} is not a gpta comparison manifest",
-                        "choose another --out folder")
-    return data
-
-
-def _new_manifest(spec: CompareSpec) -> dict:
-    now = time.time()
-    return {"format": MANIFEST_FORMAT, "version": 1, "name": spec.name, "created": now,
-            "updated": now, "spec": spec.to_dict(), "runs": {}}
-
-
-def _save_manifest(out_dir: Path, manifest: dict) -> None:
-    manifest["updated"] = time.time()
-    _write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-
-
-def load_spec(out_dir: Path | str) -> CompareSpec:
-    """The plan of the comparison saved in `out_dir` (to resume it with its own settings)."""
-    manifest = read_manifest(out_dir)
-    if manifest is None:
-        raise UsageError(f"no comparison in {str(out_dir)!r} (no {MANIFEST})",
-                         "check --name / --out, or start it with its options")
-    return CompareSpec.from_dict(manifest["spec"])
-
-
-# ==========================================================================================
-# Running
-# ==========================================================================================
-@dataclass
-class CompareOutcome:
-    spec: CompareSpec
-    out_dir: Path
-    manifest: dict
-    status: str              # finished | stopped | failed
-    ran: list[str]           # sessions run (started or resumed) by this call
-    skipped: list[str]       # sessions already finished
-    failed: dict[str, str]   # session -> error message
-    wall_s: float
-
-
-EngineKwargs = Callable[[RunConfig], dict]
-ListenersFor = Callable[[RunSpec, int, int], list]
-
-
-def _comparable(config: dict) -> dict:
-    """A config as a complete dict (fields added since it was stored get their defaults)
-    without what may legitimately differ (name, resume-only settings)."""
-    from sessions.runner import RESUME_OVERRIDABLE
-
-    out = RunConfig.from_dict(config, "stored config").to_dict()
-    out.pop("name", None)
-    for key in RESUME_OVERRIDABLE:
-        section, _, sub = key.rpartition(".")
-        (out.get(section, {}) if section else out).pop(sub, None)
-    return out
-
-
-def run_compare(spec: CompareSpec, home: Path | str | None = None, out_dir: Path | str | None = None,
-                *, controls: Controls | None = None, engine_kwargs: EngineKwargs | None = None,
-                listeners_for: ListenersFor | None = None, say: Callable[[str], None] = lambda s: None,
-                keep_going: bool = False) -> CompareOutcome:
-    """Run (or continue) every run of `spec` as a session; finished sessions are skipped.
-
-    Stops at the first failed run unless `keep_going`; a user stop (controls.stop()) ends the
-    current run at a step boundary, saved and resumable. `engine_kwargs(config)` may supply
-    engine parts (tests pass fake TAs); `listeners_for(run, i, total)` gives each run's
-    listeners (a progress view).
-    """
-    from sessions.runner import resume_session, start_session
-    from sessions.store import SessionStore
-
-    spec.validate()
-    store = SessionStore(home)
-    out = Path(out_dir) if out_dir else default_out_dir(home, spec.name)
-    manifest = read_manifest(out)
-    if manifest is None:
-        manifest = _new_manifest(spec)
-    else:
-        saved = CompareSpec.from_dict(manifest["spec"])
-        diff = spec_differences(saved, spec)
-        if diff:
-            raise UsageError(f"comparison {spec.name!r} in {str(out)!r} was started with other "
-                             f"settings (they differ in {', '.join(diff[:5])})",
-                             "continue it with `gpta compare --resume --name NAME`, or choose "
-                             "another --name / --out")
-    _save_manifest(out, manifest)
-    controls = controls or Controls()
-    plan = spec.runs()
-    ran, skipped, failed = [], [], {}
-    status = "finished"
-    started = time.perf_counter()
-    for i, run in enumerate(plan, 1):
-        config = spec.run_config(run)
-        entry = manifest["runs"].setdefault(run.session, {
-            "arm": run.arm, "seed": run.seed, "train_size": run.train_size,
-            "max_windows": run.max_windows, "status": "pending", "wall_s": 0.0})
-        if store.exists(run.session):
-            with store.open(run.session) as reader:
-                stored, stored_status = reader.record().get("config", {}), reader.status
-            if _comparable(stored) != _comparable(config.to_dict()):
-                diff = _diff(_comparable(stored), _comparable(config.to_dict()))
-                raise UsageError(f"session {run.session!r} exists but was not made by comparison "
-                                 f"{spec.name!r} (its settings differ in {', '.join(diff[:5])})",
-                                 f"delete it (`gpta delete {run.session}`) or choose another --name")
-            if stored_status == "finished":
-                entry["status"] = "finished"
-                skipped.append(run.session)
-                say(f"[{i}/{len(plan)}] {run.session}: finished earlier, skipped")
-                _save_manifest(out, manifest)
-                continue
-        kwargs = engine_kwargs(config) if engine_kwargs else {}
-        listeners = listeners_for(run, i, len(plan)) if listeners_for else []
-        if store.exists(run.session):
-            say(f"[{i}/{len(plan)}] {run.session}: resuming")
-            handle, engine = resume_session(run.session, home, listeners=listeners,
-                                            controls=controls, **kwargs)
-        else:
-            say(f"[{i}/{len(plan)}] {run.session}: starting")
-            handle, engine = start_session(config, home, listeners=listeners, controls=controls,
-                                           **kwargs)
-        entry["status"] = "running"
-        entry.setdefault("started", time.time())
-        _save_manifest(out, manifest)
-        ran.append(run.session)
-        t0 = time.perf_counter()
-        try:
-            finished = engine.run()
-            result, message = finished.status, finished.reason
-        except GptaError as exc:
-            result, message = "failed", str(exc)
-        except Exception as exc:  # noqa: BLE001 - the engine logged it; the comparison goes on
-            result, message = "failed", f"{type(exc).__name__}: {exc}"
-        except BaseException:
-            entry["status"] = "interrupted"
-            entry["wall_s"] = round(entry["wall_s"] + time.perf_counter() - t0, 2)
-            _save_manifest(out, manifest)
-            raise
-        finally:
-            handle.close()
-            for view in listeners:
-                close = getattr(view, "close", None)
-                if callable(close):
-                    close()
-        entry["wall_s"] = round(entry["wall_s"] + time.perf_counter() - t0, 2)
-        entry["status"] = {"stopped": "paused"}.get(result, result)
-        entry["message"] = message
-        if result == "finished":
-            entry["ended"] = time.time()
-        elif result == "failed" and engine.state.phase == "setup":
-            # nothing worth keeping (bad dataset, missing model): a rerun starts it afresh
-            store.delete(run.session)
-        _save_manifest(out, manifest)
-        if result == "stopped":
-            status = "stopped"
-            break
-        if result == "failed":
-            failed[run.session] = message
-            status = "failed"
-            say(f"[{i}/{len(plan)}] {run.session}: failed: {message}")
-            if not keep_going:
-                break
-    manifest["wall_s"] = round(manifest.get("wall_s", 0.0) + time.perf_counter() - started, 2)
-    _save_manifest(out, manifest)
-    return CompareOutcome(spec, out, manifest, status, ran, skipped, failed,
-                          round(time.perf_counter() - started, 2))
-
-
-# ==========================================================================================
-# Reading results back from the sessions
+# Results (read back from the sessions by sessions/compare.py)
 # ==========================================================================================
 @dataclass
 class RunResult:
@@ -506,69 +309,6 @@ class RunResult:
         return self.status == "finished" and self.test is not None
 
 
-@dataclass
-class EpochSeries:
-    """What the over-fitting view plots for one session."""
-
-    metric: str
-    epochs: list[int]
-    val: list[float]          # validation metric after each epoch's training
-    train_loss: list[float]   # mean training loss of each epoch (NaN if no steps recorded)
-
-
-def session_epoch_series(handle) -> EpochSeries:
-    """Validation metric and mean training loss per epoch of one session (for charts)."""
-    rec = handle.record()
-    metric = _metric_of(rec)
-    val = {int(v["epoch"]): float(v["metrics"][metric]) for v in handle.validations()
-           if metric in v.get("metrics", {})}
-    losses: dict[int, list[float]] = {}
-    for point in handle.loss_points():
-        losses.setdefault(int(point["epoch"]), []).append(float(point["loss"]))
-    epochs = sorted(val)
-    return EpochSeries(metric, epochs, [val[e] for e in epochs],
-                       [statistics.fmean(losses[e]) if losses.get(e) else math.nan for e in epochs])
-
-
-def collect_results(spec: CompareSpec, home: Path | str | None = None,
-                    manifest: dict | None = None) -> list[RunResult]:
-    """One RunResult per planned run, read from its session (status "missing" if none)."""
-    from sessions.store import SessionStore
-
-    store = SessionStore(home)
-    metric = spec.metric
-    walls = {k: v.get("wall_s") for k, v in ((manifest or {}).get("runs") or {}).items()}
-    results = []
-    for run in spec.runs():
-        if not store.exists(run.session):
-            results.append(RunResult(run, "missing", wall_s=walls.get(run.session)))
-            continue
-        with store.open(run.session) as handle:
-            rec = handle.record()
-            series = session_epoch_series(handle)
-            status = handle.status
-            scored_words = [len(str(s.get("prefix", "")).split()) for s in handle.scored_prefixes()
-                            if not s.get("reused") and int(s.get("request_id", 0)) > 0]
-        finished = rec.get("finished") or {}
-        best = rec.get("best") or {}
-        test = (finished.get("test_metrics") or {}).get(metric)
-        no_prefix = (finished.get("test_metrics_no_prefix") or {}).get(metric)
-        results.append(RunResult(
-            run, status,
-            test=float(test) if status == "finished" and test is not None else None,
-            test_no_prefix=float(no_prefix) if status == "finished" and no_prefix is not None else None,
-            best_val=(best.get("metrics") or {}).get(metric, best.get("score")),
-            best_selection=(best.get("selection_metrics") or {}).get(metric),
-            copied=int((finished.get("summary") or {}).get("copied_from_prompt", 0) or 0),
-            prefix_words=scored_words,
-            history_sizes=[int(e.get("history_size", 0) or 0) for e in
-                           (finished.get("summary") or {}).get("epochs", []) if isinstance(e, dict)],
-            best_epoch=best.get("epoch"), best_prefix=best.get("prefix", ""),
-            val_curve=list(zip(series.epochs, series.val)),
-            loss_curve=list(zip(series.epochs, series.train_loss)),
-            ta_requests=int((finished.get("summary") or {}).get("ta_requests", 0) or 0),
-            wall_s=walls.get(run.session)))
-    return results
 
 
 # ==========================================================================================
@@ -604,12 +344,13 @@ class PairedTest:
     mean_diff: float | None
     t: float | None
     p: float | None
-    method: str  # "scipy.stats.ttest_rel", "built-in t distribution", or why there is no test
+    method: str  # "scipy.stats.ttest_rel", or why there is no test
 
 
 def paired_t_test(a: list[float], b: list[float]) -> PairedTest:
-    """Two-sided paired t-test of a - b (scipy.stats.ttest_rel when installed, else the same
-    statistic with a built-in Student t distribution)."""
+    """Two-sided paired t-test of a - b (scipy.stats.ttest_rel)."""
+    from scipy import stats  # imported here: scipy takes a while to load
+
     if len(a) != len(b):
         raise ValueError("paired samples need the same length")
     diffs = [x - y for x, y in zip(a, b)]
@@ -621,46 +362,8 @@ def paired_t_test(a: list[float], b: list[float]) -> PairedTest:
         return PairedTest(n, mean, None, None, "one pair: no test")
     if statistics.stdev(diffs) == 0:
         return PairedTest(n, mean, None, None, "identical differences: no test")
-    try:
-        from scipy import stats
-    except ImportError:
-        sd = statistics.stdev(diffs)
-        t = mean / (sd / math.sqrt(n))
-        return PairedTest(n, mean, t, student_t_two_sided_p(t, n - 1), "built-in t distribution")
     res = stats.ttest_rel(a, b)
     return PairedTest(n, mean, float(res.statistic), float(res.pvalue), "scipy.stats.ttest_rel")
-
-
-def student_t_two_sided_p(t: float, df: int) -> float:
-    """P(|T| >= |t|) for Student's t with df degrees of freedom: I_{df/(df+t^2)}(df/2, 1/2)."""
-    return _betainc(df / 2.0, 0.5, df / (df + t * t))
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b) by its continued fraction (modified Lentz)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on the other side
-        return 1.0 - _betainc(b, a, 1.0 - x)
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    f = d
-    for m in range(1, 500):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            f *= c * d
-        if abs(c * d - 1.0) < 1e-15:
-            break
-    return math.exp(log_front) * f / a
 
 
 # ==========================================================================================
@@ -732,13 +435,13 @@ def build_table(spec: CompareSpec, results: list[RunResult]) -> CompareTable:
     return CompareTable(spec.metric, list(spec.arms), settings, cells, avg_rank, gains, missing)
 
 
-def _f(value: float | None, digits: int = 4, signed: bool = False) -> str:
+def _fmt(value: float | None, digits: int = 4, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _p(value: float | None) -> str:
+def _fmt_p(value: float | None) -> str:
     if value is None:
         return "-"
     return "<0.001" if value < 0.001 else f"{value:.3f}"
@@ -758,10 +461,10 @@ def table_markdown(table: CompareTable) -> str:
             if c.mean is None:
                 row.append("-")
                 continue
-            text = f"{_f(c.mean)} ± {_f(c.std)}" if c.std is not None else f"{_f(c.mean)}"
+            text = f"{_fmt(c.mean)} ± {_fmt(c.std)}" if c.std is not None else f"{_fmt(c.mean)}"
             text += f" ({c.rank:g})"
             row.append(f"**{text}**" if c.rank == best[s] else text)
-        row.append(_f(table.avg_rank[arm], 2))
+        row.append(_fmt(table.avg_rank[arm], 2))
         lines.append("| " + " | ".join(row) + " |")
     out = "\n".join(lines) + "\n"
     for reference in dict.fromkeys(g.reference for g in table.gains):
@@ -773,7 +476,7 @@ def table_markdown(table: CompareTable) -> str:
                 g = next(g.test for g in table.gains
                          if g.arm == arm and g.setting == s and g.reference == reference)
                 row.append("-" if g.mean_diff is None else
-                           f"{_f(g.mean_diff, signed=True)} (p={_p(g.p)}, n={g.n})")
+                           f"{_fmt(g.mean_diff, signed=True)} (p={_fmt_p(g.p)}, n={g.n})")
             lines.append("| " + " | ".join(row) + " |")
         out += "\n" + "\n".join(lines) + "\n"
     return out
@@ -791,10 +494,10 @@ def table_csv(table: CompareTable) -> str:
             g, r = (next((g.test for g in table.gains if g.arm == arm and g.setting == s
                           and g.reference == ref), None) for ref in REFERENCE_ARMS)
             w.writerow([arm, s.train_size, "" if s.max_windows is None else s.max_windows,
-                        table.metric, len(c.values), _num(c.mean), _num(c.std), _num(c.rank),
-                        _num(table.avg_rank[arm]), _num(g.mean_diff if g else None),
-                        _num(g.p if g else None), g.method if g else "",
-                        _num(r.mean_diff if r else None), _num(r.p if r else None),
+                        table.metric, len(c.values), _csv_num(c.mean), _csv_num(c.std), _csv_num(c.rank),
+                        _csv_num(table.avg_rank[arm]), _csv_num(g.mean_diff if g else None),
+                        _csv_num(g.p if g else None), g.method if g else "",
+                        _csv_num(r.mean_diff if r else None), _csv_num(r.p if r else None),
                         ";".join(f"s{k}={v:.6f}" for k, v in sorted(c.values.items()))])
     return buf.getvalue()
 
@@ -809,16 +512,16 @@ def runs_csv(results: list[RunResult], metric: str) -> str:
     for r in results:
         words = statistics.fmean(r.prefix_words) if r.prefix_words else None
         w.writerow([r.run.session, r.run.arm, r.run.seed, r.run.train_size,
-                    "" if r.run.max_windows is None else r.run.max_windows, r.status, _num(r.test),
-                    _num(r.test_no_prefix), _num(r.best_val), _num(r.best_selection),
+                    "" if r.run.max_windows is None else r.run.max_windows, r.status, _csv_num(r.test),
+                    _csv_num(r.test_no_prefix), _csv_num(r.best_val), _csv_num(r.best_selection),
                     r.best_epoch or "", r.best_prefix,
                     ";".join(f"{v:.6f}" for _, v in r.val_curve),
                     ";".join(f"{v:.6f}" for _, v in r.loss_curve), r.ta_requests, r.copied,
-                    _num(words), ";".join(map(str, r.history_sizes)), _num(r.wall_s)])
+                    _csv_num(words), ";".join(map(str, r.history_sizes)), _csv_num(r.wall_s)])
     return buf.getvalue()
 
 
-def _num(value: float | None) -> str:
+def _csv_num(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
@@ -864,18 +567,6 @@ def low_resource_setting(spec: CompareSpec) -> Setting:
     """The over-fitting view's setting: the smallest train size (first window count)."""
     return min(spec.settings(), key=lambda s: s.train_size)
 
-
-def overfitting_series(name: str, home: Path | str | None = None, out_dir: Path | str | None = None,
-                       setting: Setting | None = None) -> dict[str, dict[str, Band]]:
-    """For a saved comparison: {arm: {"val": Band, "loss": Band}} per epoch in the
-    low-resource setting (or `setting`). What the TUI draws for the paper's Figure 3."""
-    out = Path(out_dir) if out_dir else default_out_dir(home, name)
-    spec = load_spec(out)
-    results = collect_results(spec, home, read_manifest(out))
-    setting = setting or low_resource_setting(spec)
-    val = epoch_bands(results, setting, spec.arms, "val")
-    loss = epoch_bands(results, setting, spec.arms, "loss")
-    return {arm: {"val": val[arm], "loss": loss.get(arm, Band([], [], [], []))} for arm in val}
 
 
 def _plot_band(ax, band: Band, label: str) -> None:
@@ -1002,8 +693,8 @@ def report_markdown(spec: CompareSpec, results: list[RunResult], table: CompareT
         words = f"{statistics.fmean(r.prefix_words):.1f}" if r.prefix_words else "-"
         losses = " → ".join(f"{v:.3f}" for _, v in r.loss_curve) or "-"
         lines.append(f"| {r.run.session} | {r.run.arm} | {r.run.seed} | {r.run.train_size} | "
-                     f"{r.status} | {_f(r.test)} | {_f(r.test_no_prefix)} | {_f(r.best_val)} | "
-                     f"{_f(r.best_selection)} | {r.best_epoch or '-'} | {prefix} | {losses} | "
+                     f"{r.status} | {_fmt(r.test)} | {_fmt(r.test_no_prefix)} | {_fmt(r.best_val)} | "
+                     f"{_fmt(r.best_selection)} | {r.best_epoch or '-'} | {prefix} | {losses} | "
                      f"{r.ta_requests} | {r.copied} | {words} | "
                      f"{'/'.join(map(str, r.history_sizes)) or '-'} | {_fmt_wall(r.wall_s)} |")
     charts = list(charts)
@@ -1034,6 +725,6 @@ def write_reports(spec: CompareSpec, results: list[RunResult], out_dir: Path | s
         md += f"\n{chart_note}\n"
     for name, text in (("results.md", md), ("results.csv", table_csv(table)),
                        ("runs.csv", runs_csv(results, spec.metric))):
-        _write_atomic(out / name, text)
+        write_text_atomic(out / name, text)
         files[name] = out / name
     return files

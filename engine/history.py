@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from engine.errors import ConfigError, DataError
+from engine.fsutil import write_text_atomic
 
 Pair = tuple[str, float]
 Window = tuple[list[Pair], str]
@@ -118,43 +117,11 @@ def cap_windows(windows: list, max_windows: int) -> list:
 
 
 def write_jsonl(examples: list[dict], path: Path) -> None:
-    """Write one JSON object per line (UTF-8), atomically.
-
-    Everything is serialised into a temporary file beside `path`, flushed and fsynced, then
-    moved over `path` with `os.replace`; if anything fails the old file is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for example in examples:
-                fh.write(json.dumps(example, ensure_ascii=False, allow_nan=False))
-                fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable where the platform allows opening directories."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write one JSON object per line (UTF-8), atomically (engine.fsutil): if anything fails,
+    a value that is not JSON included, the old file is left untouched."""
+    text = "".join(json.dumps(example, ensure_ascii=False, allow_nan=False) + "\n"
+                   for example in examples)
+    write_text_atomic(Path(path), text)
 
 
 def read_jsonl(path: Path) -> list[dict]:

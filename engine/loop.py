@@ -19,12 +19,11 @@ writes it, so a run can stop at any step boundary and resume from the last check
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from engine import prompts
 from engine.config import RunConfig
@@ -53,34 +52,39 @@ from engine.events import (
     WindowsBuilt,
 )
 from engine.finetune.base import FinetuneBackend
+from engine.fsutil import replace_dir
 from engine.history import History, build_windows, cap_windows, write_jsonl
 from engine.parsing import COPIED, clean_prefixes, parse_prefixes
 from engine.paths import contained
 from engine.pricing import estimate_cost, price_for
-from engine.state import RunState
+from engine.seeds import engine_seed
+from engine.state import Phase, RunState
 from engine.ta.base import TeachingAssistant
+
+if TYPE_CHECKING:  # typing only: the student and data modules load torch / datasets
+    from engine.data import TaskData
+    from engine.student.base import Student
 
 log = logging.getLogger("gpta.engine")
 
 Listener = Callable[[Event], None]
 
 
-def derive_seed(*parts: object) -> int:
-    """A stable 31-bit seed from any parts (independent of PYTHONHASHSEED)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
 class Engine:
     def __init__(self, config: RunConfig, workdir: Path | str, *, controls: Controls | None = None,
                  listeners: Iterable[Listener] = (), resume: dict | None = None,
-                 student=None, ta: TeachingAssistant | None = None,
-                 finetune: FinetuneBackend | None = None, data=None,
-                 on_ta_unavailable: str = "stop"):
+                 student: Student | None = None, ta: TeachingAssistant | None = None,
+                 finetune: FinetuneBackend | None = None, data: TaskData | None = None,
+                 on_ta_unavailable: str = "stop",
+                 record_checkpoint: Callable[[CheckpointSaved], None] | None = None):
+        """`record_checkpoint(event)` records a new resume state durably (the session store)
+        and raises if it cannot; only then is the previous checkpoint deleted. Listeners are
+        observers: their failures never decide what is kept."""
         self.config = config.copy().validate()
         self.workdir = Path(workdir)
         self.controls = controls or Controls()
         self.bus = EventBus(list(listeners))
+        self.record_checkpoint = record_checkpoint
         self.state = RunState.from_dict(resume) if resume else RunState()
         self.resumed = resume is not None
         self.student = student
@@ -96,8 +100,8 @@ class Engine:
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         return self.bus.subscribe(listener)
 
-    def emit(self, event: Event) -> bool:
-        return self.bus.emit(event)
+    def emit(self, event: Event) -> None:
+        self.bus.emit(event)
 
     def notice(self, message: str, level: str = "warning") -> None:
         message = strip_control(message)  # echoes file contents and TA replies
@@ -118,10 +122,6 @@ class Engine:
         self.controls.checkpoint(self._on_pause)
 
     @property
-    def cfg(self) -> RunConfig:
-        return self.config
-
-    @property
     def metric(self) -> str:
         return self.config.student.metric
 
@@ -134,8 +134,7 @@ class Engine:
         try:
             tmp.mkdir(parents=True)
             self.student.save(tmp, training_state=training_state)
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
+            replace_dir(tmp, target)
         except (OSError, RuntimeError) as exc:
             # torch reports a full disk as a RuntimeError from its zip writer
             if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
@@ -151,22 +150,16 @@ class Engine:
 
         Weights only change in training, so a checkpoint is named by its global step. The new
         checkpoint is a fresh directory; the previous one is removed only after the
-        CheckpointSaved listeners (the session store) have recorded the new state, so a crash
+        session store has recorded the new state (record_checkpoint), so a crash
         at any moment leaves the stored state pointing at a complete checkpoint.
         """
         previous = self.state.checkpoint
-        if weights and self.student is not None and self.state.phase not in ("setup", "done"):
+        if weights and self.student is not None and self.state.phase not in (Phase.SETUP, Phase.DONE):
             name = f"checkpoints/step-{self.state.step}"
             if name != previous:
                 self._write_student(name, training_state=True)
                 self.state.checkpoint = name
-        recorded = self.emit(CheckpointSaved(epoch=self.state.epoch, phase=self.state.phase,
-                                             step=self.state.step, state=self.state.to_dict(),
-                                             path=self.state.checkpoint))
-        # If a listener (the session store) failed to record the new state, its stored state
-        # may still point at the previous checkpoint: keep that one.
-        if recorded and previous and previous != self.state.checkpoint:
-            self._remove_checkpoint(previous)
+        self._checkpoint_saved(previous, self.state.checkpoint)
 
     def _save_best(self, epoch: int, score: float, prefix: str, metrics: dict, **extra) -> None:
         previous = self.state.best.get("path")
@@ -174,10 +167,28 @@ class Engine:
         self._write_student(name, training_state=False)
         self.state.best = {"epoch": epoch, "score": score, "prefix": prefix,
                            "metrics": metrics, "path": name, **extra}
-        recorded = self.emit(CheckpointSaved(epoch=self.state.epoch, phase=self.state.phase,
-                                             step=self.state.step, state=self.state.to_dict(),
-                                             path=self.state.checkpoint))
-        if recorded and previous and previous != name:
+        self._checkpoint_saved(previous, name)
+
+    def _checkpoint_saved(self, previous: str | None, current: str) -> None:
+        """Record the current state (record_checkpoint), tell the listeners (CheckpointSaved),
+        then delete the `previous` checkpoint folder if it is not `current` -- but only when
+        the state was recorded: a state that failed to record (disk full) may still be the
+        stored one, and it points at `previous`."""
+        event = CheckpointSaved(epoch=self.state.epoch, phase=self.state.phase,
+                                step=self.state.step, state=self.state.to_dict(),
+                                path=self.state.checkpoint)
+        recorded = True
+        if self.record_checkpoint is not None:
+            try:
+                self.record_checkpoint(event)
+            except GptaError as exc:  # e.g. the session cannot be written: its owner reports it
+                recorded = False
+                log.info("checkpoint state not recorded: %s", exc)
+            except Exception:  # noqa: BLE001 - keep the old checkpoint, let the run go on
+                recorded = False
+                log.exception("recording the checkpoint state failed")
+        self.emit(event)
+        if recorded and previous and previous != current:
             self._remove_checkpoint(previous)
 
     def _local_adapters(self) -> bool:
@@ -213,7 +224,7 @@ class Engine:
         st = self.state
         if st.checkpoint:
             contained(self.workdir, st.checkpoint, "checkpoint")
-        elif self.resumed and st.phase not in ("setup",):
+        elif self.resumed and st.phase not in (Phase.SETUP,):
             from engine.paths import UnsafePath
 
             raise UnsafePath(f"the stored state is in phase {st.phase!r} but names no checkpoint",
@@ -251,7 +262,7 @@ class Engine:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.resumed:
             self._check_stored_paths()
-        self.emit(PhaseChanged(epoch=self.state.epoch, phase="setup"))
+        self.emit(PhaseChanged(epoch=self.state.epoch, phase=Phase.SETUP))
         if self.data is None:
             from engine.data import load_task_data
 
@@ -261,7 +272,7 @@ class Engine:
         if cfg.mode == "gpta-data":
             self.exemplars = self.data.exemplars(cfg.data.exemplars, cfg.seed)
         if self.student is None:
-            torch.manual_seed(derive_seed(cfg.seed, "student-init"))
+            torch.manual_seed(engine_seed(cfg.seed, "student-init"))
             self.student = build_student(cfg, self.data, self.device)
         if self.resumed and self.state.checkpoint:
             self.student.load(contained(self.workdir, self.state.checkpoint, "checkpoint"),
@@ -310,7 +321,7 @@ class Engine:
                 message = str(exc) if isinstance(exc, GptaError) else f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, GptaError):
                     log.exception("run failed")
-                if self.student is not None and self.state.phase != "setup":
+                if self.student is not None and self.state.phase != Phase.SETUP:
                     try:
                         self.save_checkpoint()
                     except GptaError as again:  # e.g. the disk is full: the first error says it
@@ -356,7 +367,7 @@ class Engine:
 
     def _loop(self) -> None:
         cfg, st = self.config, self.state
-        if st.phase == "setup":
+        if st.phase == Phase.SETUP:
             if cfg.loop.seed_prefixes:  # prefix transfer: no s0 TA call
                 st.training_prefix = cfg.loop.seed_prefixes[0]
                 if cfg.collects:
@@ -367,29 +378,29 @@ class Engine:
                 st.training_prefix = static_instruction(self.data.task, list(self.data.label_names))
             elif cfg.collects:
                 st.training_prefix = self._initial_prefix()
-            st.phase = "training"
+            st.phase = Phase.TRAINING
             self.save_checkpoint()
-        while st.epoch <= cfg.loop.epochs and st.phase not in ("testing", "done"):
-            if st.phase == "training":
+        while st.epoch <= cfg.loop.epochs and st.phase not in (Phase.TESTING, Phase.DONE):
+            if st.phase == Phase.TRAINING:
                 self._train()
-            if st.phase == "validating":
+            if st.phase == Phase.VALIDATING:
                 self._validate()
-            if st.phase == "collecting":
+            if st.phase == Phase.COLLECTING:
                 self._collect()
-            if st.phase == "windows":
+            if st.phase == Phase.WINDOWS:
                 self._windows()
-            if st.phase == "finetuning":
+            if st.phase == Phase.FINETUNING:
                 self._finetune_ta()
-            if st.phase == "next":
+            if st.phase == Phase.NEXT:
                 self._next_epoch()
-        if st.phase != "done":
-            st.phase = "testing"
+        if st.phase != Phase.DONE:
+            st.phase = Phase.TESTING
 
     # ---- 1. training ---------------------------------------------------------------
     def _train(self) -> None:
         st = self.state
         total = self.student.steps_per_epoch()
-        self.emit(PhaseChanged(epoch=st.epoch, phase="training", total=total))
+        self.emit(PhaseChanged(epoch=st.epoch, phase=Phase.TRAINING, total=total))
         every = self.config.student.checkpoint_every
         for result in self.student.train_epoch(st.training_prefix, st.epoch, start_step=st.epoch_step):
             st.step += 1
@@ -399,13 +410,13 @@ class Engine:
             if result.epoch_step % every == 0 and result.epoch_step < total:
                 self.save_checkpoint()
             self._boundary()
-        st.phase = "validating"
+        st.phase = Phase.VALIDATING
         self.save_checkpoint()
 
     # ---- 2. validation ---------------------------------------------------------------
     def _validate(self) -> None:
         st = self.state
-        self.emit(PhaseChanged(epoch=st.epoch, phase="validating", total=1))
+        self.emit(PhaseChanged(epoch=st.epoch, phase=Phase.VALIDATING, total=1))
         metrics = self.student.evaluate(st.training_prefix, "validation")
         score = metrics[self.metric]
         record = {"epoch": st.epoch, "prefix": st.training_prefix, "val_metrics": metrics,
@@ -413,7 +424,7 @@ class Engine:
         st.epochs = [r for r in st.epochs if r["epoch"] != st.epoch] + [record]
         if not self.config.collects:  # baseline, static-prefix, a fixed transferred prefix
             improved = self._select({st.training_prefix: metrics})
-            st.phase = "next"
+            st.phase = Phase.NEXT
         else:
             history = History()
             history.add(st.training_prefix, score)
@@ -421,7 +432,7 @@ class Engine:
             st.history_metrics = {st.training_prefix: metrics}
             st.generated = st.better = st.epoch_requests = 0
             improved = False
-            st.phase = "collecting"
+            st.phase = Phase.COLLECTING
         self.emit(ValidationResult(epoch=st.epoch, prefix=st.training_prefix, metrics=metrics,
                                    best_epoch=int(st.best.get("epoch", st.epoch)),
                                    improved=improved))
@@ -474,7 +485,7 @@ class Engine:
         cfg, st = self.config, self.state
         history = History.from_list(st.history)
         k = cfg.loop.k
-        self.emit(PhaseChanged(epoch=st.epoch, phase="collecting", total=k))
+        self.emit(PhaseChanged(epoch=st.epoch, phase=Phase.COLLECTING, total=k))
         # Candidates carried into this epoch (the first TA call's extras, last epoch's best)
         # are re-scored by the new student before any new request.
         if st.pending:
@@ -497,7 +508,7 @@ class Engine:
             st.history = history.to_list()
             self.emit(HistoryUpdated(epoch=st.epoch, history=[list(p) for p in history.sorted()],
                                      training_prefix=st.training_prefix))
-            self.emit(Progress(epoch=st.epoch, phase="collecting", done=len(history), total=k))
+            self.emit(Progress(epoch=st.epoch, phase=Phase.COLLECTING, done=len(history), total=k))
             self.save_checkpoint(weights=False)
         if len(history) < k:
             why = st.ta_exhausted or f"{st.epoch_requests} TA requests (the per-epoch limit)"
@@ -519,7 +530,7 @@ class Engine:
         top = [p for p, _ in history.top(self.config.loop.selection_top if self._has_selection else 1)]
         self._select({p: st.history_metrics.get(p) or self.student.evaluate(p, "validation")
                       for p in top})
-        st.phase = "windows"
+        st.phase = Phase.WINDOWS
         self.save_checkpoint(weights=False)
 
     def _score_new(self, history: History, prefixes: list[str], request_id: int,
@@ -606,7 +617,7 @@ class Engine:
             if not self._budget_left():
                 return None
             attempt += 1
-            seed = derive_seed(cfg.seed, "ta", rid, attempt)
+            seed = engine_seed(cfg.seed, "ta", rid, attempt)
             started = time.perf_counter()
             try:
                 reply = self._call_ta(messages, n, seed)
@@ -654,7 +665,7 @@ class Engine:
 
     def _ta_unavailable(self, exc: TAUnavailable) -> None:
         """Persistent provider trouble: pause (interactive) or stop (headless), resumable."""
-        if self.state.phase == "setup" and not self.resumed and self.on_ta_unavailable == "stop":
+        if self.state.phase == Phase.SETUP and not self.resumed and self.on_ta_unavailable == "stop":
             # Nothing is trained or checkpointed yet: a new run that stops here is not worth
             # keeping, and its front end removes it (gpta run says so).
             self.notice(f"{exc} — the run stops before training started", "error")
@@ -705,7 +716,7 @@ class Engine:
         history = History.from_list(st.history)
         pairs = history.sorted()
         windows = cap_windows(build_windows(pairs, cfg.loop.window), cfg.finetune.max_windows)
-        self.emit(PhaseChanged(epoch=st.epoch, phase="windows", total=len(windows)))
+        self.emit(PhaseChanged(epoch=st.epoch, phase=Phase.WINDOWS, total=len(windows)))
         system = self._system_prompt()
         examples = [prompts.window_example(system, st.description, window, target,
                                            exemplars=self.exemplars or None,
@@ -716,7 +727,7 @@ class Engine:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(examples, path)
         self.emit(WindowsBuilt(epoch=st.epoch, windows=examples, path=str(path)))
-        st.phase = "finetuning"
+        st.phase = Phase.FINETUNING
         self.save_checkpoint(weights=False)
 
     # ---- 5. TA optimisation ----------------------------------------------------------
@@ -744,10 +755,10 @@ class Engine:
             self.emit(FinetuneUpdate(epoch=st.epoch, backend=getattr(backend, "name", "none"),
                                      job_id="", status="skipped", message=skip))
             record["finetune"] = {"status": "skipped", "message": skip}
-            st.phase = "next"
+            st.phase = Phase.NEXT
             self.save_checkpoint(weights=False)
             return
-        self.emit(PhaseChanged(epoch=st.epoch, phase="finetuning", total=len(examples)))
+        self.emit(PhaseChanged(epoch=st.epoch, phase=Phase.FINETUNING, total=len(examples)))
         job = st.job
         if job and job.get("epoch") == st.epoch and backend.can_attach(job["job_id"]):
             job_id = job["job_id"]
@@ -831,7 +842,7 @@ class Engine:
         record["finetune"] = {"status": status, "job_id": job_id, "message": message,
                               "model": self.ta.model_name}
         st.job = None
-        st.phase = "next"
+        st.phase = Phase.NEXT
         self.save_checkpoint(weights=False)
 
     # ---- epoch boundary and the end ----------------------------------------------------
@@ -849,7 +860,7 @@ class Engine:
         st.history_metrics = {}
         st.epoch += 1
         st.epoch_step = 0
-        st.phase = "training"
+        st.phase = Phase.TRAINING
         self.save_checkpoint(weights=False)
 
     def _finish(self, status: str, reason: str = "") -> RunFinished:
@@ -857,15 +868,15 @@ class Engine:
         test_metrics: dict = {}
         no_prefix: dict = {}
         if status == "finished":
-            st.phase = "testing"
-            self.emit(PhaseChanged(epoch=min(st.epoch, self.config.loop.epochs), phase="testing", total=2))
+            st.phase = Phase.TESTING
+            self.emit(PhaseChanged(epoch=min(st.epoch, self.config.loop.epochs), phase=Phase.TESTING, total=2))
             if st.best.get("path"):
                 self.student.load(contained(self.workdir, st.best["path"], "best checkpoint"),
                                   training_state=False)
             best_prefix = st.best.get("prefix", "")
             test_metrics = self.student.evaluate(best_prefix, "test")
             no_prefix = test_metrics if not best_prefix else self.student.evaluate("", "test")
-            st.phase = "done"
+            st.phase = Phase.DONE
             st.epoch = min(st.epoch, self.config.loop.epochs)
             self.save_checkpoint(weights=False)
         summary = {

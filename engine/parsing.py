@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from engine.errors import UsageError, strip_control
+from engine.prompts import decode_assistant_message
 
 #: keys whose values are taken first from a JSON object, in this order
 PREFIX_KEYS = ("prefixes", "prefix", "new_prefixes", "candidates", "suggestions")
@@ -167,6 +168,9 @@ def parse_prefixes(text: str) -> list[str]:
     """Candidate prefixes in a TA completion, uncleaned (see `clean_prefixes`). Never raises."""
     if not isinstance(text, str) or not text.strip():
         return []
+    found = decode_assistant_message(text)  # the format the request asks for
+    if found:
+        return found
     found = _json_candidates(text)
     if found:
         return found

@@ -9,9 +9,15 @@ strictly inside its session folder. Every call site uses this one helper.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from engine.errors import GptaError
+
+
+#: A session (and comparison) name: a file name on every platform, at most 64 characters.
+#: Use with .match; \Z (not $) so that a trailing newline does not pass.
+SESSION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 class UnsafePath(GptaError):

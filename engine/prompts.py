@@ -170,6 +170,24 @@ def assistant_message(prefixes: list[str]) -> str:
     return json.dumps({"prefixes": list(prefixes)}, ensure_ascii=False)
 
 
+def decode_assistant_message(content: object) -> list[str] | None:
+    """The prefixes of a reply in exactly the format `assistant_message` writes
+    (``{"prefixes": ["...", ...]}``, strings only), else None: the one decoder of that format.
+    Replies in any other shape go through engine.parsing's lenient parser."""
+    if not isinstance(content, str):
+        return None
+    try:
+        value = json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    items = value.get("prefixes")
+    if isinstance(items, list) and all(isinstance(p, str) for p in items):
+        return list(items)
+    return None
+
+
 def window_example(system: str, description: str, window: list[tuple[str, float]], next_prefix: str, *,
                    exemplars: list[dict] | None = None, label_names: list[str] | None = None,
                    metric: str = "accuracy", task: str = "classification") -> dict:

@@ -8,10 +8,32 @@ finetuning; after the last epoch: testing -> done.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 STATE_VERSION = 1
+
+
+class Phase(str, enum.Enum):
+    """Where a run is; stored and shown as the plain string (Phase.TRAINING == "training").
+
+    Within an epoch: training -> validating -> collecting -> windows -> finetuning -> next
+    (the hand-over to the following epoch); after the last epoch: testing -> done. setup is
+    before anything is loaded."""
+
+    SETUP = "setup"
+    TRAINING = "training"
+    VALIDATING = "validating"
+    COLLECTING = "collecting"
+    WINDOWS = "windows"
+    FINETUNING = "finetuning"
+    NEXT = "next"
+    TESTING = "testing"
+    DONE = "done"
+
+    __str__ = str.__str__  # "training", not "Phase.TRAINING", in messages and f-strings
+    __format__ = str.__format__
 
 
 @dataclass
@@ -75,8 +97,7 @@ class RunState:
         return cls(**values)
 
 
-PHASE_NAMES = ("setup", "training", "validating", "collecting", "windows", "finetuning", "next",
-               "testing", "done")
+PHASE_NAMES = tuple(p.value for p in Phase)
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     f.name: {"int": (int,), "str": (str,), "list": (list,), "dict": (dict,), "float": (float, int),

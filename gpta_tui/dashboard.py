@@ -10,7 +10,6 @@ Sections: header, chart, history, windows, finetune, log, description.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -18,6 +17,7 @@ from engine.events import (
     CheckpointSaved,
     DescriptionChanged,
     Event,
+    EventHandler,
     FinetuneUpdate,
     HistoryUpdated,
     Notice,
@@ -35,6 +35,7 @@ from engine.events import (
     ValidationResult,
     WindowsBuilt,
 )
+from engine.prompts import decode_assistant_message
 
 SECTIONS = ("header", "chart", "history", "windows", "finetune", "log", "description")
 MAX_LOG = 2000
@@ -106,13 +107,10 @@ class WindowView:
 
 def target_prefixes(assistant: str) -> list[str]:
     """The prefixes in an assistant message: a `{"prefixes": [...]}` JSON reply, else the text."""
-    try:
-        data = json.loads(assistant)
-    except ValueError:
-        return [assistant] if assistant.strip() else []
-    if isinstance(data, dict) and isinstance(data.get("prefixes"), list):
-        return [str(p) for p in data["prefixes"]]
-    return [assistant]
+    decoded = decode_assistant_message(assistant)
+    if decoded is not None:
+        return decoded
+    return [assistant] if assistant.strip() else []
 
 
 def _window_view(epoch: int, index: int, window: dict) -> WindowView:
@@ -135,7 +133,7 @@ def _metric_value(metrics: dict, metric: str) -> float | None:
     return None
 
 
-class DashboardState:
+class DashboardState(EventHandler):
     """The dashboard's model. Feed it events with `apply`; read its plain attributes."""
 
     def __init__(self, name: str = "", config: dict | None = None) -> None:
@@ -290,8 +288,7 @@ class DashboardState:
             # (earlier segments) is counted from the events that precede it.
             lo, hi = self._before_start or (event.ts, event.ts)
             self._before_start = (min(lo, event.ts), max(hi, event.ts))
-        handler = getattr(self, f"_on_{type(event).__name__}", None)
-        changed: set[str] = set(handler(event) or ()) if handler else set()
+        changed: set[str] = set(self.handle(event) or ())
         for section in changed:
             self.revisions[section] += 1
         return changed
@@ -319,7 +316,7 @@ class DashboardState:
             self._phase_t0, self._phase_done0 = ts, done
         self.progress_done, self.progress_total, self._progress_ts = done, total, ts
 
-    def _on_RunStarted(self, e: RunStarted):
+    def on_run_started(self, e: RunStarted):
         self.name = e.name or self.name
         self.mode = e.mode
         self.config = dict(e.config or self.config)
@@ -352,7 +349,7 @@ class DashboardState:
         """The engine is loading data and models (nothing has run yet in this process)."""
         return self.status in ("new", "loading") and self.setup_since is not None
 
-    def _on_PhaseChanged(self, e: PhaseChanged):
+    def on_phase(self, e: PhaseChanged):
         if e.phase == "setup" and self.status in ("new", "loading"):
             self.setup_since, self.setup_step = e.ts, "loading the data and the student"
         self._set_phase(e.epoch, e.phase, e.total, e.ts)
@@ -360,19 +357,19 @@ class DashboardState:
             self.progress_total = 0
         return {"header"}
 
-    def _on_Progress(self, e: Progress):
+    def on_progress(self, e: Progress):
         self._set_phase(e.epoch, e.phase, e.total, e.ts)
         self._set_progress(e.done, e.total, e.ts)
         return {"header"}
 
-    def _on_TrainStep(self, e: TrainStep):
+    def on_train_step(self, e: TrainStep):
         self.losses[e.step] = e.loss
         self.step_epoch[e.step] = e.epoch
         self._set_phase(e.epoch, "training", e.epoch_steps, e.ts)
         self._set_progress(e.epoch_step, e.epoch_steps, e.ts)
         return {"header", "chart"}
 
-    def _on_ValidationResult(self, e: ValidationResult):
+    def on_validation(self, e: ValidationResult):
         value = _metric_value(e.metrics, self.metric)
         changed = {"chart", "header"}
         if value is not None:
@@ -386,13 +383,13 @@ class DashboardState:
             self.best = {"epoch": e.epoch, "score": value, "prefix": e.prefix}
         return changed
 
-    def _on_TARequest(self, e: TARequest):
+    def on_ta_request(self, e: TARequest):
         self.ta_requests = max(self.ta_requests, e.request_id)
         self.examples_sent += int(getattr(e, "examples_sent", 0) or 0)
         self.ta_waiting = (e.request_id, e.ts, e.model)
         return {"header"}
 
-    def _on_TAResponse(self, e: TAResponse):
+    def on_ta_response(self, e: TAResponse):
         self.ta_tokens += int(e.usage.get("total_tokens", 0) or 0) if isinstance(e.usage, dict) else 0
         self.ta_cost += float(getattr(e, "cost", 0.0) or 0.0)
         if self.ta_waiting and self.ta_waiting[0] == e.request_id:
@@ -415,7 +412,7 @@ class DashboardState:
                                   f"TA request #{e.request_id} answered on attempt {e.attempt}"))
         return changed
 
-    def _on_PrefixScored(self, e: PrefixScored):
+    def on_prefix_scored(self, e: PrefixScored):
         if e.epoch != self.history_epoch:
             self.history_epoch, self.history = e.epoch, []
             self.new_prefixes, self.beat_best, self._latest_request = set(), set(), -1
@@ -436,7 +433,7 @@ class DashboardState:
             self.training_prefix = e.prefix
         return {"history"}
 
-    def _on_HistoryUpdated(self, e: HistoryUpdated):
+    def on_history(self, e: HistoryUpdated):
         if e.epoch != self.history_epoch:
             self.new_prefixes, self.beat_best, self._latest_request = set(), set(), -1
             self.prefix_info = {}
@@ -445,13 +442,13 @@ class DashboardState:
         self.training_prefix = e.training_prefix
         return {"history"}
 
-    def _on_WindowsBuilt(self, e: WindowsBuilt):
+    def on_windows(self, e: WindowsBuilt):
         self.windows[e.epoch] = [_window_view(e.epoch, i, w) for i, w in enumerate(e.windows, 1)]
         self.windows_path[e.epoch] = e.path
         return {"windows", self._log(e.ts, "info",
                                      f"epoch {e.epoch}: {len(e.windows)} dialogue windows built")}
 
-    def _on_FinetuneUpdate(self, e: FinetuneUpdate):
+    def on_finetune(self, e: FinetuneUpdate):
         key = f"{e.epoch}/{e.job_id}"  # skipped/failed-to-submit jobs have no id
         job = self.jobs.get(key)
         if job is None:
@@ -479,17 +476,17 @@ class DashboardState:
                 job.losses.append((e.step, e.loss))
         return changed
 
-    def _on_TAModelChanged(self, e: TAModelChanged):
+    def on_ta_model(self, e: TAModelChanged):
         self.ta_model = e.model
         self.ta_models.append((e.epoch, e.model, e.reason))
         return {"finetune", "header",
                 self._log(e.ts, "info", f"TA model now {e.model or self.ta_base_model} ({e.reason})")}
 
-    def _on_PrefixFindingAccuracy(self, e: PrefixFindingAccuracy):
+    def on_prefix_accuracy(self, e: PrefixFindingAccuracy):
         self.prefix_accuracy[e.epoch] = (e.accuracy, e.generated, e.better)
         return {"finetune"}
 
-    def _on_DescriptionChanged(self, e: DescriptionChanged):
+    def on_description(self, e: DescriptionChanged):
         self.description = e.text
         self.description_version = e.version
         self.description_from_request = e.applies_from_request
@@ -499,7 +496,7 @@ class DashboardState:
                 self._log(e.ts, "info", f"description v{e.version} in use from TA request "
                                         f"#{e.applies_from_request}")}
 
-    def _on_StatusChanged(self, e: StatusChanged):
+    def on_status(self, e: StatusChanged):
         previous, self.status, self.status_reason = self.status, e.status, e.reason
         if previous == "paused" and e.status == "running" and self.segments and e.ts:
             self.segments.append([e.ts, e.ts])
@@ -511,7 +508,7 @@ class DashboardState:
             changed.add(self._log(e.ts, level, text))
         return changed
 
-    def _on_CheckpointSaved(self, e: CheckpointSaved):
+    def on_checkpoint(self, e: CheckpointSaved):
         """The engine's RunState is the source of truth for the best result, the description
         in use (including a dataset's default one) and the TA model."""
         self.saves += 1
@@ -541,7 +538,7 @@ class DashboardState:
             changed.add("finetune")
         return changed
 
-    def _on_Notice(self, e: Notice):
+    def on_notice(self, e: Notice):
         level = e.level if e.level in ("info", "warning", "error") else "info"
         changed = {self._log(e.ts, level, e.message)}
         if self.loading and level == "info":
@@ -549,7 +546,7 @@ class DashboardState:
             changed.add("header")
         return changed
 
-    def _on_RunFinished(self, e: RunFinished):
+    def on_finished(self, e: RunFinished):
         self.finished = e
         self.ta_waiting = None
         self.status = e.status

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from engine.config import FINETUNE_BACKENDS, MODES, PRESETS, TA_BACKENDS, RunConfig, build_config
 from engine.errors import ConfigError
+from engine.paths import SESSION_NAME_RE
 from engine.resources import looks_like_path
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = SESSION_NAME_RE  # the store's rule, defined once in engine/paths.py
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def lit(value: object) -> str:
     return escape(strip_control(value))
 
 
-class HeadlessView:
+class HeadlessView(ev.EventHandler):
     """Listener that shows a run in a terminal (or plain lines when not a TTY)."""
 
     def __init__(self, console: Console | None = None, verbose: bool = False):
@@ -37,9 +37,7 @@ class HeadlessView:
 
     # listener -------------------------------------------------------------------------
     def __call__(self, event: ev.Event) -> None:
-        handler = getattr(self, f"on_{event.kind}", None)
-        if handler:
-            handler(event)
+        self.handle(event)
 
     def close(self) -> None:
         self.progress.stop()

@@ -151,7 +151,7 @@ class RunController:
                 callback()
 
     def _run(self) -> RunFinished:
-        from sessions.runner import resume_session, start_session
+        from sessions.runner import resume_session, run_session, start_session
 
         # Interactive: an unreachable TA pauses the run (the user fixes it and resumes).
         kwargs = {"listeners": [self.buffer], "controls": self.controls,
@@ -162,10 +162,14 @@ class RunController:
             handle, engine = start_session(self.config, self.home, **kwargs)
         self.handle, self.engine = handle, engine
         self.name = handle.name
+
+        def removed(name: str) -> None:
+            self.buffer(Notice(level="warning", message=f"removed the new session {name}: it "
+                               "failed before training started, so there is nothing to resume"))
+
         try:
-            return engine.run()
+            return run_session(handle, engine, new=not self.resume, on_removed=removed)
         finally:
-            handle.close()
             # The run is over: nothing may keep its models (GPU memory) alive for the next run.
             self.engine = None
 

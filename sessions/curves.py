@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 from engine.errors import GptaError
+from engine.fsutil import write_bytes_atomic
 
 
 def _last_step(loss: list[tuple[int, int, float]]) -> dict[int, int]:
@@ -94,19 +93,6 @@ def curves_png(loss: list[tuple[int, int, float]], val: list[tuple[int, float]],
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_curves(out_dir: Path | str, loss: list[tuple[int, int, float]],
                  val: list[tuple[int, float]], metric: str, best_epoch: int | None,
                  title: str, *, with_loss_csv: bool = True) -> list[Path]:
@@ -120,7 +106,7 @@ def write_curves(out_dir: Path | str, loss: list[tuple[int, int, float]],
             files["loss.csv"] = loss_csv(loss).encode()
         written = []
         for name, data in files.items():
-            _atomic_write(out / name, data)
+            write_bytes_atomic(out / name, data)
             written.append(out / name)
     except OSError as exc:
         raise GptaError(f"cannot write the curves to {str(out)!r}: {exc.strerror or exc}",

@@ -32,7 +32,7 @@ from typing import Any
 from engine.errors import GptaError, UsageError
 from sessions.curves import write_curves
 from sessions.storage import DatabaseUnreadable, atomic_write_text, read_json_file
-from sessions.store import (SCHEMA_VERSION, T_SESSION, SessionHandle, SessionStore, _check_schema,
+from sessions.store import (SCHEMA_VERSION, Table, SessionHandle, SessionStore, _check_schema,
                             _scrub, format_ts, validate_name)
 
 EXPORT_FORMAT = "gpta-session-export"
@@ -332,7 +332,7 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
             raise
         raise UsageError(exc.problem, "import the folder written by `gpta export`, unedited") \
             from None
-    rec = data[T_SESSION]["1"]
+    rec = data[Table.SESSION]["1"]
     rec["name"] = name
     rec.setdefault("config", {})["name"] = name
     rec["imported_from"] = str(src.resolve())
@@ -401,7 +401,7 @@ def _check_import_shape(data: dict, path: Path) -> dict:
         if bad is not None:
             raise UsageError(f"{str(path)!r}: table {table!r} has a record id {bad!r} that is not "
                              "a number", fix)
-    rec = data.get(T_SESSION, {}).get("1")
+    rec = data.get(Table.SESSION, {}).get("1")
     if not isinstance(rec, dict):
         raise UsageError(f"{str(path)!r} holds no session record", "export the session again")
     from engine.config import RunConfig

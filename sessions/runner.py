@@ -1,19 +1,18 @@
 """Start and resume engine runs as persisted sessions.
 
     handle, engine = start_session(config, home, listeners=[view])
-    try:
-        engine.run()            # blocking; run it in a worker thread in a UI
-    finally:
-        handle.close()          # flush and release the session's lock
+    finished = run_session(handle, engine, new=True)   # blocking; a UI runs it in a thread
 
 `resume_session` reopens a saved session for writing and builds the engine from its last
-checkpoint: the run continues in the same phase as if it had never stopped.
+checkpoint: the run continues in the same phase as if it had never stopped. `run_session` is
+the one run loop that `gpta run`/`resume`, the TUI and `gpta compare` share: run to the end,
+close the session, delete a new session whose run failed during setup.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from engine.config import RunConfig, apply_mapping
 from engine.controls import Controls
@@ -57,7 +56,8 @@ def start_session(config: RunConfig, home: Path | str | None = None, *,
     try:
         config.name = handle.name
         engine = Engine(config, handle.dir, controls=controls,
-                        listeners=[handle.listener, *listeners], **engine_kwargs)
+                        listeners=[handle.listener, *listeners],
+                        record_checkpoint=handle.record_checkpoint, **engine_kwargs)
     except BaseException:
         handle.close()
         store.delete(handle.name)
@@ -124,7 +124,8 @@ def resume_session(name: str, home: Path | str | None = None, *,
         if pending is not None and state and pending != state.get("description"):
             controls.set_description(pending)  # a description the user set after the checkpoint
         engine = Engine(config, handle.dir, controls=controls, resume=state,
-                        listeners=[handle.listener, *listeners], **engine_kwargs)
+                        listeners=[handle.listener, *listeners],
+                        record_checkpoint=handle.record_checkpoint, **engine_kwargs)
     except BaseException:
         handle.close()
         raise
@@ -132,9 +133,24 @@ def resume_session(name: str, home: Path | str | None = None, *,
     return handle, engine
 
 
-def run_session(handle: SessionHandle, engine) -> RunFinished:
-    """Run the engine to its end in this thread, then close the session."""
+def run_session(handle: SessionHandle, engine, *, new: bool = False,
+                on_removed: Callable[[str], None] | None = None) -> RunFinished:
+    """Run the engine to its end in this thread, then close the session; return its RunFinished
+    (status finished or stopped; `sessions.status.session_status` maps it to the stored word).
+
+    The engine's error is raised after the session is closed. A `new` session whose run ended
+    (an error, or an abort) before it got past setup (bad dataset, missing model, an
+    unreachable TA) holds nothing worth keeping: it is deleted and `on_removed(name)` is
+    called. Closing raises SessionWriteError (one line) if the session could not be written.
+    """
     try:
         return engine.run()
+    except BaseException:
+        handle.close()
+        if new and engine.state.phase == "setup":
+            handle.store.delete(handle.name)
+            if on_removed is not None:
+                on_removed(handle.name)
+        raise
     finally:
         handle.close()

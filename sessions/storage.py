@@ -14,27 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tinydb.storages import Storage
 
 from engine.errors import GptaError
+from engine.fsutil import stale_temp_files, write_text_atomic
 
-TMP_PREFIX = "."
-TMP_SUFFIX = ".tmp"
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files readable by the owner only; written files get the usual mode.
-_FILE_MODE = 0o666 & ~_current_umask()
-
+__all__ = ["AtomicJSONStorage", "BufferedStorage", "DatabaseUnreadable", "atomic_write_text",
+           "read_json_file", "stale_temp_files"]
 
 class DatabaseUnreadable(GptaError):
     """The database file exists but is not a readable JSON object."""
@@ -45,46 +34,9 @@ class DatabaseUnreadable(GptaError):
         super().__init__(f"session database {str(self.path)!r} is unreadable ({reason})")
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable: fsync the folder that holds it (not possible on Windows)."""
-    if os.name == "nt":  # pragma: no cover
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically: temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.",
-                               suffix=TMP_SUFFIX)
-    try:
-        try:
-            mode = path.stat().st_mode & 0o777
-        except FileNotFoundError:
-            mode = _FILE_MODE
-        os.chmod(tmp, mode)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def stale_temp_files(path: Path) -> list[Path]:
-    """Temp files a killed writer of `path` may have left behind."""
-    path = Path(path)
-    return sorted(path.parent.glob(f"{TMP_PREFIX}{path.name}.*{TMP_SUFFIX}"))
+    """Replace `path` with `text` atomically (engine.fsutil: temp file, fsync, rename)."""
+    write_text_atomic(path, text, mkdir=False)
 
 
 def read_json_file(path: Path) -> dict | None:

@@ -18,6 +18,7 @@ when a process dies lies after the last checkpoint, and the engine replays it on
 from __future__ import annotations
 
 import copy
+import enum
 import errno
 import os
 import re
@@ -31,19 +32,22 @@ from typing import Any, Callable
 
 import filelock
 from tinydb import TinyDB
-from tinydb.table import Document, Table
+from tinydb.table import Document
+from tinydb.table import Table as TinyTable
 
 from engine.config import SECRET_FIELDS, RunConfig
 from engine.errors import GptaError, UsageError
-from engine.events import (CheckpointSaved, DescriptionChanged, Event, FinetuneUpdate,
+from engine.events import (CheckpointSaved, DescriptionChanged, Event, EventHandler, FinetuneUpdate,
                            HistoryUpdated, Notice, PhaseChanged, PrefixFindingAccuracy,
                            PrefixScored, Progress, RunFinished, RunStarted, StatusChanged,
                            TAModelChanged, TARequest, TAResponse, TrainStep, ValidationResult,
                            WindowsBuilt, event_from_dict, shape_problem)
 from engine.state import RunState
+from engine.fsutil import stale_temp_files
+from engine.paths import SESSION_NAME_RE
 from sessions.status import ENGINE_TO_SESSION, SESSION_STATUSES
 from sessions.storage import (AtomicJSONStorage, BufferedStorage, DatabaseUnreadable,
-                              read_json_file, stale_temp_files)
+                              read_json_file)
 
 SCHEMA_VERSION = 2
 # Raw database upgrades: MIGRATIONS[v] turns the data of schema v into schema v + 1.
@@ -66,16 +70,33 @@ SESSIONS_DIR = "sessions"
 DB_FILE = "session.json"
 LOCK_FILE = "session.lock"
 STATUSES = SESSION_STATUSES
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # .match + \Z: no trailing newline
+NAME_RE = SESSION_NAME_RE  # defined once, in engine/paths.py
 
 # Engine statuses (StatusChanged / RunFinished) -> session statuses. A stopped run is saved
 # and resumable, which is what "paused" means for a session nobody is running.
 _STATUS_MAP = ENGINE_TO_SESSION  # defined once, in sessions/status.py
 
-# Tables
-T_META, T_SESSION, T_LOSS, T_VAL, T_ACC = "meta", "session", "loss", "validations", "prefix_accuracy"
-T_SCORED, T_HISTORY, T_WINDOWS, T_JOBS, T_TA = "scored", "history", "windows", "jobs", "ta_calls"
-T_DESC, T_NOTICES, T_MODELS = "descriptions", "notices", "ta_models"
+
+
+class Table(str, enum.Enum):
+    """The database's tables (one name each; the members are the stored strings)."""
+
+    META = "meta"                        # app version and schema of the file
+    SESSION = "session"                  # the session record (doc 1): config, status, state
+    LOSS = "loss"                        # training loss points, one document per epoch
+    VALIDATIONS = "validations"          # ValidationResult per epoch
+    PREFIX_ACCURACY = "prefix_accuracy"  # PrefixFindingAccuracy per epoch
+    SCORED = "scored"                    # every PrefixScored
+    HISTORY = "history"                  # HistoryUpdated per epoch
+    WINDOWS = "windows"                  # WindowsBuilt per epoch
+    JOBS = "jobs"                        # fine-tune jobs with their updates
+    TA_CALLS = "ta_calls"                # TA requests with their responses
+    DESCRIPTIONS = "descriptions"        # DescriptionChanged per version
+    NOTICES = "notices"                  # every Notice
+    TA_MODELS = "ta_models"              # TAModelChanged per epoch
+
+    __str__ = str.__str__
+    __format__ = str.__format__
 
 # Kinds written at the next batch boundary rather than at once (all are followed by a
 # checkpoint, which flushes, or replayed after a resume).
@@ -223,7 +244,7 @@ class SessionStore:
                                           metric="", updated=(path / DB_FILE).stat().st_mtime,
                                           path=path, error=str(exc)))
                 continue
-            rec = dict(data.get(T_SESSION, {}).get("1", {}))
+            rec = dict(data.get(Table.SESSION, {}).get("1", {}))
             status = self._effective_status(name, rec.get("status", "interrupted"))
             cfg = rec.get("config", {})
             best = rec.get("best") or {}
@@ -244,7 +265,7 @@ class SessionStore:
             data = _check_schema(read_json_file(path) or {}, name, path)
         except (GptaError, OSError):
             return {}
-        finished = dict(data.get(T_SESSION, {}).get("1", {})).get("finished") or {}
+        finished = dict(data.get(Table.SESSION, {}).get("1", {})).get("finished") or {}
         metrics = finished.get("test_metrics") if isinstance(finished, dict) else None
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
                 and not isinstance(v, bool)} if isinstance(metrics, dict) else {}
@@ -292,7 +313,7 @@ class SessionStore:
                 "epoch": 1, "phase": "setup", "step": 0, "best": {}, "state": None,
                 "checkpoint_seq": 0, "seq": 0, "resumes": [], "ta_model": "",
             }
-            data = {T_META: {"1": _meta()}, T_SESSION: {"1": record}}
+            data = {Table.META: {"1": _meta()}, Table.SESSION: {"1": record}}
             handle = SessionHandle(self, name, data, lock=lock)
             handle._storage.write(data)
             handle.flush()
@@ -325,9 +346,10 @@ class SessionStore:
                     shutil.copy2(path, backup)
                 handle._storage.write(data)
                 handle.flush()
-            if write and handle._rec().get("status") == "running":
-                handle._set_rec(status="interrupted",
-                                status_reason="the process running it ended without saving a status")
+            if write and handle._session_record().get("status") == "running":
+                handle._update_session_record(
+                    status="interrupted",
+                    status_reason="the process running it ended without saving a status")
                 handle.flush()
         except BaseException:
             if lock is not None:
@@ -348,7 +370,7 @@ class SessionStore:
                             f"a copy was kept as {str(backup)!r}",
                             f"restore a good copy over it, or remove the session with "
                             f"`gpta delete {name}`") from None
-        version = data[T_META]["1"]["schema"]
+        version = data[Table.META]["1"]["schema"]
         data = _check_schema(data, name, path)
         return data, (version if version != SCHEMA_VERSION else None)
 
@@ -420,7 +442,7 @@ def _meta() -> dict:
 
 def _meta_doc(data: Any) -> dict:
     """The meta document of raw database data, or {} when the data has no such mapping."""
-    table = data.get(T_META) if isinstance(data, dict) else None
+    table = data.get(Table.META) if isinstance(data, dict) else None
     doc = table.get("1") if isinstance(table, dict) else None
     return doc if isinstance(doc, dict) else {}
 
@@ -438,9 +460,11 @@ _RECORD_TYPES: dict[str, tuple[type, ...]] = {
 _BEST_TYPES: dict[str, tuple[type, ...]] = {"score": _NUMBER, "epoch": (int,), "prefix": (str,),
                                             "metrics": (dict,)}
 # Tables whose documents are stored events, and the event each holds.
-_EVENT_TABLES = {T_VAL: ValidationResult, T_ACC: PrefixFindingAccuracy, T_SCORED: PrefixScored,
-                 T_HISTORY: HistoryUpdated, T_WINDOWS: WindowsBuilt, T_DESC: DescriptionChanged,
-                 T_NOTICES: Notice, T_MODELS: TAModelChanged, T_TA: TARequest, T_JOBS: FinetuneUpdate}
+_EVENT_TABLES = {Table.VALIDATIONS: ValidationResult, Table.PREFIX_ACCURACY: PrefixFindingAccuracy,
+                 Table.SCORED: PrefixScored, Table.HISTORY: HistoryUpdated,
+                 Table.WINDOWS: WindowsBuilt, Table.DESCRIPTIONS: DescriptionChanged,
+                 Table.NOTICES: Notice, Table.TA_MODELS: TAModelChanged,
+                 Table.TA_CALLS: TARequest, Table.JOBS: FinetuneUpdate}
 _METRIC_FIELDS = ("metrics", "val_metrics", "test_metrics", "test_metrics_no_prefix")
 
 
@@ -511,7 +535,7 @@ def _shape_problem(data: dict) -> str | None:
                 return f"table {table!r} has a record id {doc_id!r} that is not a number"
             if not isinstance(doc, dict):
                 return f"table {table!r} record {doc_id} is a {type(doc).__name__}, not a mapping"
-    rec = data.get(T_SESSION, {}).get("1")
+    rec = data.get(Table.SESSION, {}).get("1")
     if rec is None:
         return "no session record"
     if "config" not in rec:
@@ -541,10 +565,11 @@ def _shape_problem(data: dict) -> str | None:
             return exc.problem
     for table, cls in _EVENT_TABLES.items():
         for doc in data.get(table, {}).values():
-            problem = _event_problem(cls, doc, replayed=table != T_JOBS)
+            problem = _event_problem(cls, doc, replayed=table != Table.JOBS)
             if problem:
                 return f"table {table!r}: {problem}"
-            nested = {T_TA: ("responses", TAResponse), T_JOBS: ("updates", FinetuneUpdate)}.get(table)
+            nested = {Table.TA_CALLS: ("responses", TAResponse),
+                      Table.JOBS: ("updates", FinetuneUpdate)}.get(table)
             if nested:
                 items = doc.get(nested[0])
                 if not isinstance(items, list):
@@ -553,7 +578,7 @@ def _shape_problem(data: dict) -> str | None:
                     problem = _event_problem(nested[1], item)
                     if problem:
                         return f"table {table!r} {nested[0]}: {problem}"
-    for doc in data.get(T_LOSS, {}).values():
+    for doc in data.get(Table.LOSS, {}).values():
         points = doc.get("points")
         if not isinstance(points, dict):
             return "table 'loss' has a record without a mapping of points"
@@ -594,7 +619,7 @@ def _check_schema(data: dict, name: str, path: Path) -> dict:
                              "open it with the gpta-tui release that created it and export it")
         data = migrate(copy.deepcopy(data))
         version += 1
-        data.setdefault(T_META, {})["1"] = {**_meta_doc(data), "schema": version}
+        data.setdefault(Table.META, {})["1"] = {**_meta_doc(data), "schema": version}
     return _check_shape(data, name, path)
 
 
@@ -617,12 +642,10 @@ def _backup_corrupt(path: Path) -> Path:
     return backup
 
 
-class SessionHandle:
-    """One open session. A writer (opened with write=True) holds the session's lock and
-    persists engine events through `listener`; every handle offers the read API.
-
-    All methods are thread-safe: the engine thread writes while a UI thread reads.
-    """
+class SessionLifecycle:
+    """An open session's database (in memory, written by `flush`), its lock and `close`, and
+    the record every part reads: config, status, last state. SessionWriter and SessionReader
+    build on it; `SessionHandle` is all three."""
 
     flush_steps = 25        # loss points buffered at most this many steps ...
     flush_seconds = 5.0     # ... or this many seconds
@@ -643,10 +666,11 @@ class SessionHandle:
         self._resume_prepared = False
         self._steps_since_flush = 0
         self._last_flush = time.monotonic()
-        self._seq = int(self._rec().get("seq", 0))
+        self._seq = int(self._session_record().get("seq", 0))
         self._config: RunConfig | None = None
         self.write_error: SessionWriteError | None = None  # the last failed write, if any
         self.on_write_error: Callable[[SessionWriteError], None] | None = None
+        self._recorded_checkpoint: CheckpointSaved | None = None
         self._ta_index: dict[int, int] = {}
         self._job_index: dict[tuple[int, str], int] = {}
         self._reindex()
@@ -656,34 +680,34 @@ class SessionHandle:
     def writable(self) -> bool:
         return self._file_lock is not None and not self._closed
 
-    def _t(self, name: str) -> Table:
-        return self._db.table(name, cache_size=0)
+    def _table(self, name: Table) -> TinyTable:
+        return self._db.table(name.value, cache_size=0)
 
-    def _rec(self) -> dict:
-        doc = self._t(T_SESSION).get(doc_id=1)
+    def _session_record(self) -> dict:
+        doc = self._table(Table.SESSION).get(doc_id=1)
         return dict(doc) if doc else {}
 
-    def _set_rec(self, **fields: Any) -> None:
-        self._t(T_SESSION).update(fields, doc_ids=[1])
+    def _update_session_record(self, **fields: Any) -> None:
+        self._table(Table.SESSION).update(fields, doc_ids=[1])
 
     def _reindex(self) -> None:
         self._ta_index = {}
-        for doc in sorted(self._t(T_TA).all(), key=lambda d: d.get("_seq", 0)):
+        for doc in sorted(self._table(Table.TA_CALLS).all(), key=lambda d: d.get("_seq", 0)):
             if not doc.get("superseded"):
                 self._ta_index[int(doc["request_id"])] = doc.doc_id
-        self._job_index = {(int(d["epoch"]), d["job_id"]): d.doc_id for d in self._t(T_JOBS).all()}
+        self._job_index = {(int(d["epoch"]), d["job_id"]): d.doc_id for d in self._table(Table.JOBS).all()}
 
     @property
     def config(self) -> RunConfig:
         with self._mutex:
             if self._config is None:
-                self._config = RunConfig.from_dict(self._rec()["config"], f"session {self.name}")
+                self._config = RunConfig.from_dict(self._session_record()["config"], f"session {self.name}")
             return self._config.copy()
 
     @property
     def status(self) -> str:
         with self._mutex:
-            stored = self._rec().get("status", "interrupted")
+            stored = self._session_record().get("status", "interrupted")
             if self.writable:
                 return stored
             return self.store._effective_status(self.name, stored)
@@ -691,7 +715,7 @@ class SessionHandle:
     @property
     def last_state(self) -> dict | None:
         with self._mutex:
-            state = self._rec().get("state")
+            state = self._session_record().get("state")
             return copy.deepcopy(state) if state else None
 
     def reload(self) -> None:
@@ -702,7 +726,7 @@ class SessionHandle:
             data, _ = self.store._load(self.name, self.path, write=False)
             self._storage._data = data
             self._db.clear_cache()
-            self._seq = int(self._rec().get("seq", 0))
+            self._seq = int(self._session_record().get("seq", 0))
             self._config = None
             self._reindex()
 
@@ -735,8 +759,8 @@ class SessionHandle:
                 return
             try:
                 if self._file_lock is not None:
-                    if self._saw_events and self._rec().get("status") == "running":
-                        self._set_rec(status="interrupted",
+                    if self._saw_events and self._session_record().get("status") == "running":
+                        self._update_session_record(status="interrupted",
                                       status_reason="the run ended without a final status")
                     self._write()
             finally:
@@ -745,7 +769,7 @@ class SessionHandle:
                 if self._file_lock is not None:
                     self._file_lock.release()
 
-    def __enter__(self) -> "SessionHandle":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -755,9 +779,33 @@ class SessionHandle:
         mode = "writer" if self.writable else "reader"
         return f"SessionHandle({self.name!r}, {mode}, {str(self.dir)!r})"
 
-    # ---- writing: the engine listener -------------------------------------------------
+    def _points(self) -> list[dict]:
+        points = [p for doc in self._table(Table.LOSS).all() for p in doc["points"].values()]
+        return sorted(points, key=lambda p: p["step"])
+
+
+class SessionWriter(SessionLifecycle, EventHandler):
+    """The writing side: the engine's `listener` and `record_checkpoint`, the projections of
+    each event kind into the tables (`on_<kind>`, engine.events.EventHandler), and the
+    resume truncation (`begin_resume`)."""
+
+    # ---- the engine listener -----------------------------------------------------------
+    def record_checkpoint(self, event: CheckpointSaved) -> None:
+        """Record a new resume state durably, or raise (SessionWriteError): the engine's
+        `record_checkpoint`, which deletes the previous checkpoint only after this returned.
+        The same event reaching `listener` afterwards is not recorded twice."""
+        with self._mutex:
+            self._recorded_checkpoint = event
+            self._persist(event)
+
     def listener(self, event: Event) -> None:
         """Persist one engine event. Subscribe it to the engine (thread-safe)."""
+        with self._mutex:
+            if event is self._recorded_checkpoint:
+                return
+            self._persist(event)
+
+    def _persist(self, event: Event) -> None:
         with self._mutex:
             if not self.writable:
                 raise GptaError(f"session {self.name!r} is not open for writing",
@@ -765,8 +813,8 @@ class SessionHandle:
             self._seq += 1
             d = _scrub(event.to_dict())
             d["_seq"] = self._seq
-            getattr(self, f"_on_{event.kind}", self._on_ignored)(event, d)
-            self._set_rec(updated=_now(), seq=self._seq)
+            self.handle(event, d)
+            self._update_session_record(updated=_now(), seq=self._seq)
             self._saw_events = True
             if event.kind == "train_step":
                 self._steps_since_flush += 1
@@ -774,27 +822,24 @@ class SessionHandle:
                     or time.monotonic() - self._last_flush >= self.flush_seconds):
                 self.flush()
 
-    def _on_ignored(self, event: Event, d: dict) -> None:
-        pass
-
-    def _on_run_started(self, event: Event, d: dict) -> None:
+    def on_run_started(self, event: Event, d: dict) -> None:
         if event.resumed and not self._resume_prepared:
             self.begin_resume()
         self._config = None
-        self._set_rec(run_started=d, config=d["config"], mode=event.mode, status="running",
+        self._update_session_record(run_started=d, config=d["config"], mode=event.mode, status="running",
                       status_reason="", device=event.device, task=event.task,
                       metric=event.metric, label_names=list(event.label_names))
 
-    def _on_phase(self, event: Event, d: dict) -> None:
-        self._set_rec(phase_event=d, epoch=event.epoch, phase=event.phase)
+    def on_phase(self, event: Event, d: dict) -> None:
+        self._update_session_record(phase_event=d, epoch=event.epoch, phase=event.phase)
 
-    def _on_progress(self, event: Event, d: dict) -> None:
-        self._set_rec(progress=d)
+    def on_progress(self, event: Event, d: dict) -> None:
+        self._update_session_record(progress=d)
 
-    def _on_train_step(self, event: Event, d: dict) -> None:
+    def on_train_step(self, event: Event, d: dict) -> None:
         # One document per epoch holding its points keyed by step: TinyDB rewrites a whole
         # table on every change, so thousands of one-point documents would cost O(n) each.
-        table, epoch = self._t(T_LOSS), int(event.epoch)
+        table, epoch = self._table(Table.LOSS), int(event.epoch)
         point = {k: v for k, v in d.items() if k != "kind"}
         if table.contains(doc_id=epoch):
             table.update(lambda doc: doc["points"].__setitem__(str(event.step), point),
@@ -802,22 +847,18 @@ class SessionHandle:
         else:
             table.insert(Document({"epoch": epoch, "points": {str(event.step): point}}, doc_id=epoch))
 
-    def _points(self) -> list[dict]:
-        points = [p for doc in self._t(T_LOSS).all() for p in doc["points"].values()]
-        return sorted(points, key=lambda p: p["step"])
+    def on_validation(self, event: Event, d: dict) -> None:
+        self._table(Table.VALIDATIONS).upsert(Document(d, doc_id=int(event.epoch)))
 
-    def _on_validation(self, event: Event, d: dict) -> None:
-        self._t(T_VAL).upsert(Document(d, doc_id=int(event.epoch)))
+    def on_prefix_accuracy(self, event: Event, d: dict) -> None:
+        self._table(Table.PREFIX_ACCURACY).upsert(Document(d, doc_id=int(event.epoch)))
 
-    def _on_prefix_accuracy(self, event: Event, d: dict) -> None:
-        self._t(T_ACC).upsert(Document(d, doc_id=int(event.epoch)))
-
-    def _on_ta_request(self, event: Event, d: dict) -> None:
+    def on_ta_request(self, event: Event, d: dict) -> None:
         d.update(responses=[], superseded=False)
-        self._ta_index[int(event.request_id)] = self._t(T_TA).insert(d)
+        self._ta_index[int(event.request_id)] = self._table(Table.TA_CALLS).insert(d)
 
-    def _on_ta_response(self, event: Event, d: dict) -> None:
-        table = self._t(T_TA)
+    def on_ta_response(self, event: Event, d: dict) -> None:
+        table = self._table(Table.TA_CALLS)
         doc_id = self._ta_index.get(int(event.request_id))
         if doc_id is None:  # the request was not recorded (listener joined late)
             doc_id = table.insert({"kind": "ta_request", "request_id": event.request_id,
@@ -829,17 +870,17 @@ class SessionHandle:
         responses = list(table.get(doc_id=doc_id)["responses"]) + [d]
         table.update({"responses": responses}, doc_ids=[doc_id])
 
-    def _on_prefix_scored(self, event: Event, d: dict) -> None:
-        self._t(T_SCORED).insert(d)
+    def on_prefix_scored(self, event: Event, d: dict) -> None:
+        self._table(Table.SCORED).insert(d)
 
-    def _on_history(self, event: Event, d: dict) -> None:
-        self._t(T_HISTORY).upsert(Document(d, doc_id=int(event.epoch)))
+    def on_history(self, event: Event, d: dict) -> None:
+        self._table(Table.HISTORY).upsert(Document(d, doc_id=int(event.epoch)))
 
-    def _on_windows(self, event: Event, d: dict) -> None:
-        self._t(T_WINDOWS).upsert(Document(d, doc_id=int(event.epoch)))
+    def on_windows(self, event: Event, d: dict) -> None:
+        self._table(Table.WINDOWS).upsert(Document(d, doc_id=int(event.epoch)))
 
-    def _on_finetune(self, event: Event, d: dict) -> None:
-        table = self._t(T_JOBS)
+    def on_finetune(self, event: Event, d: dict) -> None:
+        table = self._table(Table.JOBS)
         key = (int(event.epoch), event.job_id)
         latest = {k: d[k] for k in ("backend", "status", "message", "step", "total_steps",
                                     "loss", "eta_s")}
@@ -858,44 +899,44 @@ class SessionHandle:
             updates.append(d)
         table.update({**latest, "updates": updates, "superseded": False}, doc_ids=[doc_id])
 
-    def _on_ta_model(self, event: Event, d: dict) -> None:
-        self._t(T_MODELS).upsert(Document(d, doc_id=int(event.epoch)))
-        self._set_rec(ta_model=event.model)
+    def on_ta_model(self, event: Event, d: dict) -> None:
+        self._table(Table.TA_MODELS).upsert(Document(d, doc_id=int(event.epoch)))
+        self._update_session_record(ta_model=event.model)
 
-    def _on_description(self, event: Event, d: dict) -> None:
+    def on_description(self, event: Event, d: dict) -> None:
         d["superseded"] = False
-        self._t(T_DESC).upsert(Document(d, doc_id=int(event.version)))
+        self._table(Table.DESCRIPTIONS).upsert(Document(d, doc_id=int(event.version)))
 
-    def _on_status(self, event: Event, d: dict) -> None:
-        self._set_rec(status=_STATUS_MAP.get(event.status, event.status),
+    def on_status(self, event: Event, d: dict) -> None:
+        self._update_session_record(status=_STATUS_MAP.get(event.status, event.status),
                       status_reason=event.reason, engine_status=event.status)
 
-    def _on_checkpoint(self, event: Event, d: dict) -> None:
+    def on_checkpoint(self, event: Event, d: dict) -> None:
         state = d["state"]
         best = {k: v for k, v in (state.get("best") or {}).items() if k != "path"}
-        self._set_rec(state=state, checkpoint_seq=d["_seq"], checkpoint_ts=event.ts,
+        self._update_session_record(state=state, checkpoint_seq=d["_seq"], checkpoint_ts=event.ts,
                       checkpoint_path=event.path, epoch=event.epoch, phase=event.phase,
                       step=event.step, best=best)
         version = int(state.get("description_version", 1))
-        if state.get("description") and self._t(T_DESC).get(doc_id=version) is None:
+        if state.get("description") and self._table(Table.DESCRIPTIONS).get(doc_id=version) is None:
             # The first description is never announced by an event: record it from the state.
-            self._t(T_DESC).insert(Document(
+            self._table(Table.DESCRIPTIONS).insert(Document(
                 {"kind": "description", "version": version, "text": state["description"],
                  "applies_from_request": int(state.get("description_from_request", 1)),
                  "ts": event.ts, "_seq": d["_seq"], "superseded": False}, doc_id=version))
 
-    def _on_notice(self, event: Event, d: dict) -> None:
-        self._t(T_NOTICES).insert(d)
+    def on_notice(self, event: Event, d: dict) -> None:
+        self._table(Table.NOTICES).insert(d)
 
-    def _on_finished(self, event: Event, d: dict) -> None:
+    def on_finished(self, event: Event, d: dict) -> None:
         fields: dict[str, Any] = {"finished": d, "status": _STATUS_MAP.get(event.status, event.status),
                                   "status_reason": event.reason}
         if event.best_epoch:
-            best = dict(self._rec().get("best") or {})
+            best = dict(self._session_record().get("best") or {})
             best.update(epoch=event.best_epoch, prefix=event.best_prefix,
                         metrics=event.val_metrics)
             fields["best"] = best
-        self._set_rec(**fields)
+        self._update_session_record(**fields)
 
     def begin_resume(self) -> None:
         """Forget what the engine will replay: call before `Engine(resume=last_state)`.
@@ -910,11 +951,11 @@ class SessionHandle:
             if not self.writable:
                 raise GptaError(f"session {self.name!r} is not open for writing",
                                 "open it with write=True to resume it")
-            rec = self._rec()
+            rec = self._session_record()
             state = rec.get("state") or {}
             cp_seq = int(rec.get("checkpoint_seq", 0))
             step = int(state.get("step", 0))
-            loss = self._t(T_LOSS)
+            loss = self._table(Table.LOSS)
             for doc in loss.all():
                 later = [k for k in doc["points"] if int(k) > step]
                 if len(later) == len(doc["points"]):
@@ -922,22 +963,22 @@ class SessionHandle:
                 elif later:
                     loss.update({"points": {k: v for k, v in doc["points"].items() if int(k) <= step}},
                                 doc_ids=[doc.doc_id])
-            self._t(T_SCORED).remove(doc_ids=[d.doc_id for d in self._t(T_SCORED).all()
+            self._table(Table.SCORED).remove(doc_ids=[d.doc_id for d in self._table(Table.SCORED).all()
                                               if d.get("_seq", 0) > cp_seq])
-            for table in (T_TA, T_JOBS):
-                later = [d.doc_id for d in self._t(table).all()
+            for table in (Table.TA_CALLS, Table.JOBS):
+                later = [d.doc_id for d in self._table(table).all()
                          if d.get("_seq", 0) > cp_seq and not d.get("superseded")]
                 if later:
-                    self._t(table).update({"superseded": True}, doc_ids=later)
+                    self._table(table).update({"superseded": True}, doc_ids=later)
             version = int(state.get("description_version", 1))
-            newer = [d.doc_id for d in self._t(T_DESC).all() if d.doc_id > version]
+            newer = [d.doc_id for d in self._table(Table.DESCRIPTIONS).all() if d.doc_id > version]
             if newer:
-                self._t(T_DESC).update({"superseded": True}, doc_ids=newer)
+                self._table(Table.DESCRIPTIONS).update({"superseded": True}, doc_ids=newer)
             resumes = list(rec.get("resumes", [])) + [{
                 "ts": _now(), "epoch": int(state.get("epoch", 1)),
                 "phase": state.get("phase", "setup"), "step": step,
                 "dropped_after_seq": cp_seq}]
-            self._set_rec(resumes=resumes, epoch=int(state.get("epoch", 1)),
+            self._update_session_record(resumes=resumes, epoch=int(state.get("epoch", 1)),
                           phase=state.get("phase", "setup"), step=step)
             self._reindex()
             self._resume_prepared = True
@@ -946,7 +987,7 @@ class SessionHandle:
     def pending_description(self) -> str | None:
         """The newest description the user set that the last checkpoint does not hold."""
         with self._mutex:
-            newer = [d for d in self._t(T_DESC).all() if d.get("superseded")]
+            newer = [d for d in self._table(Table.DESCRIPTIONS).all() if d.get("superseded")]
             if not newer:
                 return None
             return max(newer, key=lambda d: d.doc_id)["text"]
@@ -954,11 +995,14 @@ class SessionHandle:
     def update_config(self, config: RunConfig) -> None:
         """Store a changed config (only fields that cannot change results; see runner)."""
         with self._mutex:
-            self._set_rec(config=_scrub(config.to_dict()))
+            self._update_session_record(config=_scrub(config.to_dict()))
             self._config = None
             self.flush()
 
-    # ---- reading ------------------------------------------------------------------
+
+class SessionReader(SessionLifecycle):
+    """The reading side: queries of the tables and the replay of the stored events."""
+
     def snapshot(self) -> dict:
         """A deep copy of the whole database (including what is not flushed yet)."""
         with self._mutex:
@@ -968,7 +1012,7 @@ class SessionHandle:
         """The session record: name, created, updated, status, mode, config, epoch, phase,
         step, best, state (the last checkpoint's RunState dict), resumes, ..."""
         with self._mutex:
-            rec = _clean(self._rec())
+            rec = _clean(self._session_record())
             rec["status"] = self.status
             return rec
 
@@ -980,18 +1024,18 @@ class SessionHandle:
     def validations(self) -> list[dict]:
         """Validation results per epoch: [{epoch, prefix, metrics, best_epoch, improved, ts}]."""
         with self._mutex:
-            return [_clean(d) for d in sorted(self._t(T_VAL).all(), key=lambda d: d.doc_id)]
+            return [_clean(d) for d in sorted(self._table(Table.VALIDATIONS).all(), key=lambda d: d.doc_id)]
 
     def prefix_accuracy(self) -> list[dict]:
         """Prefix-finding accuracy per epoch: [{epoch, accuracy, generated, better, ts}]."""
         with self._mutex:
-            return [_clean(d) for d in sorted(self._t(T_ACC).all(), key=lambda d: d.doc_id)]
+            return [_clean(d) for d in sorted(self._table(Table.PREFIX_ACCURACY).all(), key=lambda d: d.doc_id)]
 
     def scored_prefixes(self, epoch: int | None = None) -> list[dict]:
         """Every scored prefix in order: [{epoch, prefix, score, metrics, reused, request_id,
         beat_shown_best, ts}], optionally for one epoch."""
         with self._mutex:
-            docs = sorted(self._t(T_SCORED).all(), key=lambda d: d.get("_seq", 0))
+            docs = sorted(self._table(Table.SCORED).all(), key=lambda d: d.get("_seq", 0))
             return [_clean(d) for d in docs if epoch is None or d["epoch"] == epoch]
 
     def history(self, epoch: int | None = None) -> list[dict]:
@@ -999,7 +1043,7 @@ class SessionHandle:
         [{epoch, rank, prefix, score, training_prefix}] with rank 1 = the best score."""
         with self._mutex:
             rows = []
-            for doc in sorted(self._t(T_HISTORY).all(), key=lambda d: d.doc_id):
+            for doc in sorted(self._table(Table.HISTORY).all(), key=lambda d: d.doc_id):
                 if epoch is not None and doc.doc_id != epoch:
                     continue
                 pairs = doc["history"]
@@ -1013,7 +1057,7 @@ class SessionHandle:
         plus the epoch), optionally for one epoch."""
         with self._mutex:
             rows = []
-            for doc in sorted(self._t(T_WINDOWS).all(), key=lambda d: d.doc_id):
+            for doc in sorted(self._table(Table.WINDOWS).all(), key=lambda d: d.doc_id):
                 if epoch is None or doc.doc_id == epoch:
                     rows.extend({**copy.deepcopy(w), "epoch": doc.doc_id} for w in doc["windows"])
             return rows
@@ -1022,51 +1066,51 @@ class SessionHandle:
         """Fine-tune jobs: [{epoch, job_id, backend, status, message, model, step,
         total_steps, loss, eta_s, created, superseded, updates: [status history]}]."""
         with self._mutex:
-            return [_clean(d) for d in sorted(self._t(T_JOBS).all(), key=lambda d: d.get("_seq", 0))]
+            return [_clean(d) for d in sorted(self._table(Table.JOBS).all(), key=lambda d: d.get("_seq", 0))]
 
     def ta_calls(self, include_superseded: bool = False) -> list[dict]:
         """TA requests with their responses (token usage in each response's `usage`)."""
         with self._mutex:
-            docs = sorted(self._t(T_TA).all(), key=lambda d: d.get("_seq", 0))
+            docs = sorted(self._table(Table.TA_CALLS).all(), key=lambda d: d.get("_seq", 0))
             return [_clean(d) for d in docs if include_superseded or not d.get("superseded")]
 
     def ta_models(self) -> list[dict]:
         """TA model switches after fine-tuning: [{epoch, model, reason, ts}]."""
         with self._mutex:
-            return [_clean(d) for d in sorted(self._t(T_MODELS).all(), key=lambda d: d.doc_id)]
+            return [_clean(d) for d in sorted(self._table(Table.TA_MODELS).all(), key=lambda d: d.doc_id)]
 
     def descriptions(self) -> list[dict]:
         """Each dataset-description version: [{version, text, applies_from_request, ts,
         superseded}]."""
         with self._mutex:
-            return [_clean(d) for d in sorted(self._t(T_DESC).all(), key=lambda d: d.doc_id)]
+            return [_clean(d) for d in sorted(self._table(Table.DESCRIPTIONS).all(), key=lambda d: d.doc_id)]
 
     def notices(self) -> list[dict]:
         with self._mutex:
-            return [_clean(d) for d in sorted(self._t(T_NOTICES).all(), key=lambda d: d.get("_seq", 0))]
+            return [_clean(d) for d in sorted(self._table(Table.NOTICES).all(), key=lambda d: d.get("_seq", 0))]
 
     def events(self) -> list[Event]:
         """The session replayed as engine events, in their original order, for a UI to
         rebuild its view: the run start, loss points, scores, TA calls, jobs, ... and finally
         the current status (and RunFinished if the run ended)."""
         with self._mutex:
-            rec = self._rec()
+            rec = self._session_record()
             dicts: list[dict] = []
             for key in ("run_started", "phase_event"):
                 if rec.get(key):
                     dicts.append(rec[key])
             dicts.extend({**p, "kind": "train_step"} for p in self._points())
-            for table in (T_VAL, T_ACC, T_SCORED, T_HISTORY, T_WINDOWS, T_MODELS,
-                          T_NOTICES):
-                dicts.extend(self._t(table).all())
-            dicts.extend(d for d in self._t(T_DESC).all() if not d.get("superseded"))
-            for call in self._t(T_TA).all():
+            for table in (Table.VALIDATIONS, Table.PREFIX_ACCURACY, Table.SCORED, Table.HISTORY,
+                          Table.WINDOWS, Table.TA_MODELS, Table.NOTICES):
+                dicts.extend(self._table(table).all())
+            dicts.extend(d for d in self._table(Table.DESCRIPTIONS).all() if not d.get("superseded"))
+            for call in self._table(Table.TA_CALLS).all():
                 if call.get("superseded"):
                     continue
                 if call.get("backend"):
                     dicts.append(call)
                 dicts.extend(call["responses"])
-            for job in self._t(T_JOBS).all():
+            for job in self._table(Table.JOBS).all():
                 if not job.get("superseded"):
                     dicts.extend(job["updates"])
             dicts.sort(key=lambda d: d.get("_seq", 0))
@@ -1084,3 +1128,12 @@ class SessionHandle:
             if rec.get("finished"):
                 events.append(event_from_dict(copy.deepcopy(rec["finished"])))
             return events
+
+
+class SessionHandle(SessionWriter, SessionReader):
+    """One open session. A writer (opened with write=True) holds the session's lock and
+    persists engine events through `listener` (SessionWriter); every handle offers the read
+    API (SessionReader); SessionLifecycle flushes and closes.
+
+    All methods are thread-safe: the engine thread writes while a UI thread reads.
+    """

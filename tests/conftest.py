@@ -18,6 +18,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+#: Fixtures that build (or hand a test) a torch model: a test asking for one, directly or
+#: through another fixture, is marked `torch`, and `make test-fast` leaves it out.
+TORCH_MODEL_FIXTURES = frozenset({"tiny_bert_dir", "tiny_causal_lm_dir", "tiny_bart_dir"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TORCH_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.torch)
+
+
 POS = ["great", "love", "happy", "wonderful", "excellent", "amazing", "good", "nice"]
 NEG = ["awful", "hate", "sad", "terrible", "horrible", "bad", "worst", "angry"]
 NEU = ["today", "table", "monday", "street", "paper", "window", "train", "coffee"]
@@ -100,3 +111,19 @@ def gpta_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("GPTA_HOME", str(home))
     return home
+
+
+@pytest.fixture()
+def fake_openai(monkeypatch):
+    """A started FakeOpenAI on 127.0.0.1 (function scope); proxies are bypassed for it."""
+    for var in ("NO_PROXY", "no_proxy"):
+        hosts = [h for h in os.environ.get(var, "").split(",") if h]
+        monkeypatch.setenv(var, ",".join([*hosts, "127.0.0.1", "localhost"]))
+    from tests.fake_openai import FakeOpenAI
+
+    fake = FakeOpenAI().start()
+    try:
+        yield fake
+    finally:
+        fake.close()
+    assert not fake.handler_errors, f"fake OpenAI server errors: {fake.handler_errors}"

@@ -16,7 +16,7 @@ GET /v1/fine_tuning/jobs/{id}, GET /v1/fine_tuning/jobs/{id}/events, POST
 - A fine-tuning job advances validating_files -> queued -> running -> succeeded, one step
   per retrieve after the first; `.set_job_behaviour("fail" | "never")` changes that.
 
-Use the `fake_openai` fixture: `from tests.fake_openai import fake_openai  # noqa: F401`.
+Tests get a started server from the `fake_openai` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import re
 import threading
 import time
@@ -34,7 +33,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 
 DEFAULT_KEY = "sk-fake-7f3c9a1e5b2d4f60a8c1e9b7d3f5a2c4"
 BASE_MODELS = ("gpt-4o-mini-2024-07-18", "gpt-4o-mini", "gpt-4.1-nano")
@@ -560,17 +558,3 @@ def _make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
         do_GET = do_POST = do_DELETE = _serve
 
     return Handler
-
-
-@pytest.fixture()
-def fake_openai(monkeypatch):
-    """A started FakeOpenAI on 127.0.0.1 (function scope); proxies are bypassed for it."""
-    for var in ("NO_PROXY", "no_proxy"):
-        hosts = [h for h in os.environ.get(var, "").split(",") if h]
-        monkeypatch.setenv(var, ",".join([*hosts, "127.0.0.1", "localhost"]))
-    fake = FakeOpenAI().start()
-    try:
-        yield fake
-    finally:
-        fake.close()
-    assert not fake.handler_errors, f"fake OpenAI server errors: {fake.handler_errors}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine import events as ev
+from engine.data import TaskData
 from engine.finetune.base import FinetuneBackend, JobStatus
 from engine.loop import Engine
 from fake_ta import SeededTA
@@ -86,17 +87,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-class FakeData:
-    """The TaskData surface a student uses."""
-
-    def __init__(self, task: str, train: list[dict], validation: list[dict], test: list[dict]):
-        self.task, self.label_names = task, []
-        self.train, self.validation, self.test = train, validation, test
-        self.selection: list[dict] = []
-
-    def split(self, name: str) -> list[dict]:
-        return {"train": self.train, "validation": self.validation, "test": self.test,
-                "selection": self.selection}[name]
+def task_data(task: str, train: list[dict], validation: list[dict], test: list[dict]) -> TaskData:
+    """The real TaskData of generated rows (no labels, no description: the task students
+    need neither)."""
+    return TaskData(task, "generated", [], train, validation, test, "")
 
 
 @pytest.fixture(scope="session")

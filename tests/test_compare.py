@@ -110,10 +110,9 @@ def test_fixed_prefix_needs_a_seed_prefix(tiny_bert_dir, sentiment_csv):
 
 # ---- statistics by hand ------------------------------------------------------------------
 from engine.experiments import (CompareSpec, RunResult, RunSpec, Setting, build_table,  # noqa: E402
-                                collect_results, load_prefix_set, mean_std, overfitting_series,
-                                paired_t_test, ranks, read_manifest, run_compare,
-                                seed_prefix_settings, student_t_two_sided_p, table_csv,
-                                table_markdown)
+                                load_prefix_set, mean_std, paired_t_test, ranks,
+                                seed_prefix_settings, table_csv, table_markdown)
+from sessions.compare import collect_results, overfitting_series, read_manifest, run_compare  # noqa: E402
 
 
 def test_ranks_share_ties_and_mean_std_is_the_sample_std():
@@ -124,21 +123,18 @@ def test_ranks_share_ties_and_mean_std_is_the_sample_std():
     assert mean_std([0.5]) == (0.5, None) and mean_std([]) == (None, None)
 
 
-def test_paired_t_test_by_hand_and_the_builtin_fallback():
+def test_paired_t_test_by_hand():
     # differences 0.06 and 0.02: mean 0.04, sd 0.028284, t = 2, df = 1 (Cauchy): p = 1 - 2 atan(2)/pi
     import math
 
     res = paired_t_test([0.66, 0.66], [0.60, 0.64])
     assert res.n == 2 and res.mean_diff == pytest.approx(0.04)
     assert res.t == pytest.approx(2.0) and res.p == pytest.approx(1 - 2 * math.atan(2) / math.pi)
-    assert student_t_two_sided_p(2.0, 1) == pytest.approx(1 - 2 * math.atan(2) / math.pi, abs=1e-12)
-    # df = 2 has a closed form too: p = 1 - t / sqrt(2 + t^2)
-    for t in (0.3, 1.0, 4.5):
-        assert student_t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-12)
-    from scipy import stats
-
-    for t, df in ((0.1, 3), (2.2, 4), (-3.7, 9), (12.0, 30)):
-        assert student_t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
+    # df = 2 has a closed form too: p = 1 - t / sqrt(2 + t^2); differences 0.1, 0.2, 0.3 give t = 2 sqrt(3)
+    res = paired_t_test([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
+    t = 2 * math.sqrt(3)
+    assert res.t == pytest.approx(t) and res.p == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-12)
+    assert res.method == "scipy.stats.ttest_rel"
     assert paired_t_test([0.5], [0.4]).p is None
     assert paired_t_test([0.5, 0.6], [0.4, 0.5]).method.startswith("identical")
 
@@ -436,7 +432,8 @@ def test_prefix_set_files(tmp_path):
 
 
 def test_a_plan_saved_before_new_config_fields_still_matches(tiny_bert_dir, sentiment_csv):
-    from engine.experiments import _comparable, spec_differences
+    from engine.experiments import spec_differences
+    from sessions.compare import _comparable
 
     cfg = build_config("default", overrides=tiny_overrides(tiny_bert_dir, sentiment_csv))
     spec = CompareSpec.create("x", cfg, arms=["baseline"], seeds=[1])

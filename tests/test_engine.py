@@ -81,10 +81,12 @@ class Recorder:
         return [e for e in self.events if isinstance(e, cls)]
 
 
-def run_engine(cfg, workdir, ta=None, jobs=None, controls=None, resume=None, listeners=()):
+def run_engine(cfg, workdir, ta=None, jobs=None, controls=None, resume=None, listeners=(),
+               record_checkpoint=None):
     rec = Recorder()
     engine = Engine(cfg, workdir, ta=ta or CountingTA(), finetune=jobs or FakeJobs(),
-                    controls=controls, listeners=[rec, *listeners], resume=resume)
+                    controls=controls, listeners=[rec, *listeners], resume=resume,
+                    record_checkpoint=record_checkpoint)
     return engine, rec
 
 
@@ -390,23 +392,25 @@ def test_token_budget_stops_ta_calls_gracefully(tiny_bert_dir, sentiment_csv, tm
     assert "budget" in done.summary["ta_exhausted"]
 
 
-def test_failed_checkpoint_listener_keeps_the_previous_checkpoint(tiny_bert_dir, sentiment_csv,
+def test_a_failed_checkpoint_record_keeps_the_previous_checkpoint(tiny_bert_dir, sentiment_csv,
                                                                    tmp_path):
     cfg = tiny_config(tiny_bert_dir, sentiment_csv, mode="baseline",
                       loop={"epochs": 1, "k": 4, "l": 2, "window": 2})
     failing = {"on": False}
 
-    def store(event):
-        if isinstance(event, ev.CheckpointSaved) and failing["on"]:
+    def record(event):  # the session store's record_checkpoint: raises when it cannot write
+        if failing["on"]:
             raise OSError("disk full")
+
+    def watch(event):
         if isinstance(event, ev.TrainStep) and event.step == 2:
             failing["on"] = True
 
-    engine, rec = run_engine(cfg, tmp_path, listeners=[store])
+    engine, rec = run_engine(cfg, tmp_path, listeners=[watch], record_checkpoint=record)
     assert engine.run().status == "finished"
     saved = [e.path for e in rec.of(ev.CheckpointSaved)]
     kept = {p for p in saved if p and (tmp_path / p).is_dir()}
-    # the last checkpoint a listener managed to record still exists on disk
+    # the last checkpoint whose state was recorded still exists on disk
     assert "checkpoints/step-0" in kept
 
 
@@ -466,3 +470,23 @@ def test_stop_during_a_ta_request_is_prompt_and_resume_replays_it(tiny_bert_dir,
     assert got["history"] == want["history"]
     assert got["test"] == want["test"] and got["best"] == want["best"]
     assert got["val"][-1] == want["val"][-1]
+
+
+def test_a_failing_observer_does_not_decide_what_is_kept(tiny_bert_dir, sentiment_csv, tmp_path):
+    """Listeners observe: a UI listener that raises on every checkpoint blocks no clean-up."""
+    cfg = tiny_config(tiny_bert_dir, sentiment_csv, mode="baseline",
+                      loop={"epochs": 1, "k": 4, "l": 2, "window": 2})
+    recorded = []
+
+    def broken_view(event):
+        if isinstance(event, ev.CheckpointSaved):
+            raise RuntimeError("a widget bug")
+
+    engine, rec = run_engine(cfg, tmp_path, listeners=[broken_view],
+                             record_checkpoint=recorded.append)
+    assert engine.run().status == "finished"
+    saved = [e.path for e in rec.of(ev.CheckpointSaved)]
+    assert len(recorded) == len(saved) and len({p for p in saved if p}) >= 2
+    assert recorded == rec.of(ev.CheckpointSaved)  # recorded first, the same events observed
+    kept = {p for p in saved if p and (tmp_path / p).is_dir()}
+    assert kept == {saved[-1]}  # every earlier step checkpoint was removed

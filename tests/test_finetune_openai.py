@@ -12,7 +12,6 @@ from engine.config import FinetuneConfig
 from engine.errors import TAError, TAUnavailable, UsageError
 from engine.finetune.openai_ft import OpenAIFinetune, validate_examples
 from engine.ta.openai_ta import OpenAITA
-from tests.fake_openai import fake_openai  # noqa: F401
 
 SYSTEM = "You propose instructions (prefixes) for a sentiment classifier of tweets."
 RETRIEVE = r"/fine_tuning/jobs/[^/]+$"

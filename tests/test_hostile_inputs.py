@@ -23,7 +23,6 @@ from sessions.runner import start_session
 from sessions.store import DB_FILE, SessionStore
 
 from fake_ta import SeededTA
-from tests.fake_openai import fake_openai  # noqa: F401
 from test_sessions_helpers import SyntheticRun, feed, small_config
 from test_sessions_resume import tiny_config
 
@@ -197,6 +196,27 @@ def test_a_new_session_whose_first_ta_request_fails_is_removed_and_says_so(
     assert "removed the new session down" in text
     assert "session is saved" not in text and "resume" not in text.replace("to resume", "")
     assert not SessionStore(tmp_path).exists("down")
+
+
+def test_the_tui_removes_a_new_session_that_fails_in_setup_like_the_cli(tiny_bert_dir,
+                                                                        sentiment_csv, tmp_path):
+    """One run loop (sessions.runner.run_session): the TUI's controller deletes a new session
+    whose run never got past setup, and its dashboard says so."""
+    from gpta_tui.run_control import RunController
+
+    class DownTA(SeededTA):
+        def propose(self, messages, n, temperature, seed):
+            raise TAUnavailable("the TA endpoint is down", "start it")
+
+    cfg = tiny_config(tiny_bert_dir, sentiment_csv, "down-tui")
+    controller = RunController(tmp_path, name="down-tui", config=cfg,
+                               engine_kwargs={"ta": DownTA(WORDS), "on_ta_unavailable": "stop"})
+    controller.start()
+    assert controller.join(timeout=300)
+    assert isinstance(controller.error, TAUnavailable)
+    assert not SessionStore(tmp_path).exists("down-tui")
+    controller.drain()
+    assert any("removed the new session down-tui" in entry.text for entry in controller.state.log)
 
 
 def test_sigterm_saves_says_so_and_exits_143(tiny_bert_dir, sentiment_csv, tmp_path):

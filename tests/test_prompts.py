@@ -135,3 +135,18 @@ def test_exemplars_of_other_tasks_are_rendered_with_their_fields():
     text = user_prompt("Questions about plays.", [], 2, exemplars=[row], task="extractive_qa")
     assert "Who wrote Hamlet?" in text and "Hamlet is by Shakespeare." in text
     assert "Shakespeare" in text.split("Hamlet is by Shakespeare.")[1]
+
+
+def test_the_reply_format_has_one_decoder_beside_its_encoder():
+    from engine.parsing import parse_prefixes
+    from engine.prompts import assistant_message, decode_assistant_message
+    from gpta_tui.dashboard import target_prefixes
+
+    prefixes = ["Classify the tweet's mood:", 'Say "positive" or "negative":', "Ünïcode"]
+    encoded = assistant_message(prefixes)
+    assert decode_assistant_message(encoded) == prefixes
+    assert parse_prefixes(encoded) == prefixes and target_prefixes(encoded) == prefixes
+    for other in ('{"prefixes": [1, "a"]}', '{"prefix": "a"}', '["a"]', "a line", "{", None):
+        assert decode_assistant_message(other) is None
+    assert parse_prefixes('{"prefixes": [1, "a"]}') == ["a"]  # the lenient parser still reads it
+    assert target_prefixes("plain text") == ["plain text"] and target_prefixes("  ") == []

@@ -22,7 +22,6 @@ from engine.errors import TAUnavailable
 from sessions.export import export_session
 from sessions.runner import start_session
 from sessions.store import SessionStore
-from tests.fake_openai import fake_openai  # noqa: F401 - pytest fixture
 
 
 def make_config(tiny_bert_dir: Path, csv: Path, base_url: str, name: str, **ta):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 from conftest import make_sentiment_rows
 from engine.config import RunConfig, StudentConfig
 from engine.errors import ConfigError, DataError, ModelError, UsageError
+from engine.data import TaskData
 from engine.student import build_student
 from engine.student.classification import ClassificationStudent, join_input
 
@@ -20,31 +20,13 @@ PREFIXES = ["", "Sentiment of the tweet:", "Is this Positive, negative or neutra
             "Ça va — émotions ✨ (tweet)", "Sentiment of the tweet:"]
 
 
-@dataclass
-class FakeTaskData:
-    """Duck-typed stand-in for engine.data.TaskData."""
-
-    task: str
-    source: str
-    label_names: list[str]
-    train: list[dict]
-    validation: list[dict]
-    test: list[dict]
-    default_description: str = "Tweets labelled with their sentiment."
-    warnings: list[str] = field(default_factory=list)
-    selection: list[dict] = field(default_factory=list)
-
-    def split(self, name: str) -> list[dict]:
-        return {"train": self.train, "validation": self.validation, "test": self.test,
-                "selection": self.selection}[name]
-
-
-def make_data(n: int = 300, seed: int = 0) -> FakeTaskData:
+def make_data(n: int = 300, seed: int = 0) -> TaskData:
     rows = [{"text": r["text"], "label": LABELS.index(r["label"])}
             for r in make_sentiment_rows(n, seed)]
     n_train, n_val = int(n * 0.7), int(n * 0.15)
-    return FakeTaskData("classification", "generated", list(LABELS), rows[:n_train],
-                        rows[n_train:n_train + n_val], rows[n_train + n_val:])
+    return TaskData("classification", "generated", list(LABELS), rows[:n_train],
+                    rows[n_train:n_train + n_val], rows[n_train + n_val:],
+                    "Tweets labelled with their sentiment.")
 
 
 def student_cfg(model_dir: Path, **kw) -> StudentConfig:
@@ -388,7 +370,7 @@ def test_build_student_dispatches_on_task(tiny_bert_dir):
     assert isinstance(student, ClassificationStudent)
     assert student.epochs == cfg.loop.epochs and student.seed == 3
     with pytest.raises(ConfigError, match="task 'ner' has no student"):
-        build_student(cfg, FakeTaskData("ner", "x", LABELS, [], [], []), "cpu")
+        build_student(cfg, TaskData("ner", "x", LABELS, [], [], [], ""), "cpu")
     cfg.student.tuning = "lt-prefix"
     from engine.student.ltuning import LTuningStudent
 

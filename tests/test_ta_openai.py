@@ -14,7 +14,6 @@ import pytest
 from engine.errors import TAError, TAUnavailable, UsageError
 from engine.retry import RetryPolicy, call_with_retry, parse_retry_after
 from engine.ta.openai_ta import OpenAITA, display_url, redact
-from tests.fake_openai import fake_openai  # noqa: F401
 
 MESSAGES = [
     {"role": "system", "content": "You write short instructions (prefixes) for a sentiment classifier."},

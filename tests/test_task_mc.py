@@ -14,7 +14,7 @@ from engine.data import load_task_data
 from engine.errors import ConfigError, DataError
 from engine.student.multiple_choice import MultipleChoiceStudent, question_with_option
 from engine.tasks import format_exemplar
-from tests.task_fixtures import FakeData, make_mc_rows, run_engine, write_jsonl
+from tests.task_fixtures import make_mc_rows, run_engine, task_data, write_jsonl
 
 
 def mc_cfg(**kw) -> DataConfig:
@@ -24,7 +24,7 @@ def mc_cfg(**kw) -> DataConfig:
 
 def make_student(model, rows=None, seed: int = 1, epochs: int = 2, **kw) -> MultipleChoiceStudent:
     rows = rows or make_mc_rows(56, seed=2)
-    data = FakeData("multiple_choice", rows[:40], rows[40:48], rows[48:])
+    data = task_data("multiple_choice", rows[:40], rows[40:48], rows[48:])
     base = dict(model=str(model), max_length=40, lr=1e-3, batch_size=8, eval_batch_size=16)
     return MultipleChoiceStudent(StudentConfig(**{**base, **kw}), data, epochs=epochs, seed=seed,
                                  device="cpu")

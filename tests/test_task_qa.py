@@ -17,7 +17,7 @@ from engine.student.qa import QAStudent
 from engine.tasks import default_metric, format_exemplar, get_task
 from tests.task_fixtures import (
     CITIES,
-    FakeData,
+    task_data,
     fingerprint,
     make_qa_rows,
     run_engine,
@@ -39,7 +39,7 @@ def student_cfg(model, **kw) -> StudentConfig:
 
 def make_student(model, rows=None, seed: int = 1, epochs: int = 2, **kw) -> QAStudent:
     rows = rows or make_qa_rows(48, seed=3, unanswerable_every=6)
-    data = FakeData("extractive_qa", rows[:32], rows[32:40], rows[40:])
+    data = task_data("extractive_qa", rows[:32], rows[32:40], rows[40:])
     return QAStudent(student_cfg(model, **kw), data, epochs=epochs, seed=seed, device="cpu")
 
 

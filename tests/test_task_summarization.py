@@ -15,7 +15,7 @@ from engine.errors import ConfigError, DataError, ModelError
 from engine.metrics_text import rouge_scores
 from engine.student.seq2seq import Seq2SeqStudent
 from tests.task_fixtures import (  # noqa: F401 - tiny_bart_dir is a fixture
-    FakeData,
+    task_data,
     fingerprint,
     make_summarization_rows,
     run_engine,
@@ -32,7 +32,7 @@ def sum_cfg(**kw) -> DataConfig:
 
 def make_student(model, rows=None, seed: int = 1, epochs: int = 2, **kw) -> Seq2SeqStudent:
     rows = rows or make_summarization_rows(40, seed=4)
-    data = FakeData("summarization", rows[:24], rows[24:32], rows[32:])
+    data = task_data("summarization", rows[:24], rows[24:32], rows[32:])
     base = dict(model=str(model), metric="neg_loss", max_length=48, gen_max_length=10,
                 num_beams=2, lr=2e-3, batch_size=8, eval_batch_size=16)
     return Seq2SeqStudent(StudentConfig(**{**base, **kw}), data, epochs=epochs, seed=seed,

@@ -25,7 +25,6 @@ from gpta_tui.widgets.history_table import HistoryTable
 from gpta_tui.widgets.log_pane import LogPane
 from gpta_tui.widgets.loss_chart import LossChart
 from sessions.store import SessionStore
-from tests.fake_openai import fake_openai  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.anyio  # async tests run on asyncio (anyio's pytest plugin)
 

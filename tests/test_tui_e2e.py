@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_openai import fake_openai  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +19,7 @@ import openai
 from engine.config import FinetuneConfig
 from engine.errors import GptaError, UsageError
 from engine.finetune.base import FinetuneBackend, JobStatus
+from engine.fsutil import write_bytes_atomic
 from engine.ta.openai_ta import MalformedReply, OpenAIEndpoint, resolve_api_key
 
 log = logging.getLogger("gpta.finetune.openai")
@@ -83,27 +82,9 @@ def validate_examples(examples: list[dict]) -> dict:
 
 
 def write_jsonl_atomic(path: Path, examples: list[dict]) -> bytes:
-    """Write one JSON object per line (temp file + fsync + replace); return the bytes."""
+    """Write one JSON object per line atomically (engine.fsutil); return the bytes."""
     data = "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable where the platform allows it
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    write_bytes_atomic(path, data)
     return data
 
 

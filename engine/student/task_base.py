@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import math
 from abc import abstractmethod
@@ -27,6 +26,7 @@ from engine.config import StudentConfig
 from engine.device import amp_dtype, eval_batch_size
 from engine.errors import ConfigError, DataError, ModelError
 from engine.resources import looks_like_path, resolve_student_model
+from engine.seeds import student_seed
 from engine.student.base import StepResult, Student
 from engine.tasks import get_task, metric_order
 
@@ -46,10 +46,8 @@ FAMILIES = {
 }
 
 
-def derive_seed(*parts: Any) -> int:
-    """A stable 63-bit seed from any parts, e.g. derive_seed(seed, "order", epoch)."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+#: The students' seed derivation (engine/seeds.py); the old name stays for its importers.
+derive_seed = student_seed
 
 
 def join_input(prefix: str, text: str) -> str:
@@ -314,7 +312,7 @@ class TaskStudent(Student):
 
     def epoch_order(self, epoch: int) -> list[int]:
         """The permutation of training rows used in `epoch` (depends only on seed and epoch)."""
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
+        generator = torch.Generator().manual_seed(student_seed(self.seed, "order", epoch))
         return torch.randperm(len(self.data.train), generator=generator).tolist()
 
     @abstractmethod
@@ -336,7 +334,7 @@ class TaskStudent(Student):
         size = self.cfg.batch_size
         for step in range(start_step + 1, steps + 1):
             batch = [rows[i] for i in order[(step - 1) * size:step * size]]
-            torch.manual_seed(derive_seed(self.seed, "step", epoch, step))
+            torch.manual_seed(student_seed(self.seed, "step", epoch, step))
             self.model.train()
             loss = self.step_loss(prefix, batch, epoch, step)
             lr = self.optimizer.param_groups[0]["lr"]

@@ -11,10 +11,10 @@ from pathlib import Path
 from engine.config import PRESETS, build_config
 from engine.controls import Controls
 from engine.errors import UsageError
-from engine.experiments import (ARMS, CompareSpec, collect_results, default_out_dir,
-                                export_prefix_set, load_prefix_set, load_spec, read_manifest,
-                                run_compare, table_markdown, build_table, write_reports)
+from engine.experiments import (ARMS, CompareSpec, build_table, export_prefix_set,
+                                load_prefix_set, table_markdown, write_reports)
 from gpta_tui.commands.run import HELP, RUN_FLAGS, overrides_from_args
+from sessions.compare import collect_results, default_out_dir, load_spec, read_manifest, run_compare
 
 # flags of `gpta run` that a comparison sets per run itself
 OWN = {"name", "mode", "seed", "train_size", "max_windows"}

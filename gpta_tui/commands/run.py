@@ -148,6 +148,8 @@ def _drive(handle, engine, view, new: bool = False) -> int:
     A new session whose run fails before it got past setup (bad dataset, missing model, an
     unreachable TA) holds nothing worth keeping: it is deleted, and the user is told so.
     """
+    from sessions.runner import run_session
+
     controls: Controls = engine.controls
     received: list[int] = []
 
@@ -162,21 +164,17 @@ def _drive(handle, engine, view, new: bool = False) -> int:
                            f"({what} again to abort)...[/]")
         controls.stop()
 
+    def removed(name: str) -> None:
+        view.console.print(f"removed the new session {lit(name)}: it failed before "
+                           "training started, so there is nothing to resume")
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        finished = engine.run()
-    except BaseException:
-        handle.close()
-        if new and engine.state.phase == "setup":
-            handle.store.delete(handle.name)
-            view.console.print(f"removed the new session {lit(handle.name)}: it failed before "
-                               "training started, so there is nothing to resume")
-        raise
+        finished = run_session(handle, engine, new=new, on_removed=removed)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         view.close()
-        handle.close()  # raises a one-line error if the session could not be written
     if finished.status == "stopped":
         view.console.print(f"session saved; continue with: gpta resume {lit(handle.name)}")
         return 128 + (received[0] if received else signal.SIGINT)

@@ -1,0 +1,298 @@
+"""`gpta compare`'s orchestration: a comparison plan (`engine.experiments.CompareSpec`) run as
+ordinary sessions, its manifest and output folder, and its results read back from the sessions.
+
+    spec = CompareSpec.create("cmp", base_config, arms=["baseline", "gpta"], seeds=[42, 43],
+                              train_sizes=[500])
+    outcome = run_compare(spec, home)        # each run is a session: cmp-gpta-s42-n500, ...
+    results = collect_results(spec, home, outcome.manifest)
+    write_reports(spec, results, outcome.out_dir)  # engine.experiments: tables and charts
+
+A manifest (`<out>/manifest.json`) records the plan; running the same comparison again skips
+finished sessions and resumes unfinished ones. Each run goes through `sessions.runner`'s
+one run loop (`run_session`). The statistics, tables and charts are pure and live in
+`engine/experiments.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from engine.config import RunConfig
+from engine.controls import Controls
+from engine.errors import GptaError, UsageError
+from engine.experiments import (Band, CompareSpec, RunResult, RunSpec, Setting, dotted_differences,
+                                epoch_bands, low_resource_setting, record_metric,
+                                spec_differences)
+from engine.fsutil import write_text_atomic
+from sessions.runner import RESUME_OVERRIDABLE, resume_session, run_session, start_session
+from sessions.status import session_status
+from sessions.store import SessionStore
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "gpta-compare"
+
+
+def default_out_dir(home: Path | str | None, name: str) -> Path:
+    return SessionStore(home).home / "compare" / name
+
+
+
+# ==========================================================================================
+# The manifest
+# ==========================================================================================
+def read_manifest(out_dir: Path | str) -> dict | None:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GptaError(f"comparison manifest {str(path)!r} is unreadable ({exc})",
+                        "restore it, or remove the folder and run the comparison again "
+                        "(finished sessions are reused)") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise GptaError(f"{str(path)!r} is not a gpta comparison manifest",
+                        "choose another --out folder")
+    return data
+
+
+def _new_manifest(spec: CompareSpec) -> dict:
+    now = time.time()
+    return {"format": MANIFEST_FORMAT, "version": 1, "name": spec.name, "created": now,
+            "updated": now, "spec": spec.to_dict(), "runs": {}}
+
+
+def _save_manifest(out_dir: Path, manifest: dict) -> None:
+    manifest["updated"] = time.time()
+    write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+
+def load_spec(out_dir: Path | str) -> CompareSpec:
+    """The plan of the comparison saved in `out_dir` (to resume it with its own settings)."""
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise UsageError(f"no comparison in {str(out_dir)!r} (no {MANIFEST})",
+                         "check --name / --out, or start it with its options")
+    return CompareSpec.from_dict(manifest["spec"])
+
+
+# ==========================================================================================
+# Running
+# ==========================================================================================
+@dataclass
+class CompareOutcome:
+    spec: CompareSpec
+    out_dir: Path
+    manifest: dict
+    status: str              # finished | stopped | failed
+    ran: list[str]           # sessions run (started or resumed) by this call
+    skipped: list[str]       # sessions already finished
+    failed: dict[str, str]   # session -> error message
+    wall_s: float
+
+
+EngineKwargs = Callable[[RunConfig], dict]
+ListenersFor = Callable[[RunSpec, int, int], list]
+
+
+def _comparable(config: dict) -> dict:
+    """A config as a complete dict (fields added since it was stored get their defaults)
+    without what may legitimately differ (name, resume-only settings)."""
+    out = RunConfig.from_dict(config, "stored config").to_dict()
+    out.pop("name", None)
+    for key in RESUME_OVERRIDABLE:
+        section, _, sub = key.rpartition(".")
+        (out.get(section, {}) if section else out).pop(sub, None)
+    return out
+
+
+def run_compare(spec: CompareSpec, home: Path | str | None = None, out_dir: Path | str | None = None,
+                *, controls: Controls | None = None, engine_kwargs: EngineKwargs | None = None,
+                listeners_for: ListenersFor | None = None, say: Callable[[str], None] = lambda s: None,
+                keep_going: bool = False) -> CompareOutcome:
+    """Run (or continue) every run of `spec` as a session; finished sessions are skipped.
+
+    Stops at the first failed run unless `keep_going`; a user stop (controls.stop()) ends the
+    current run at a step boundary, saved and resumable. `engine_kwargs(config)` may supply
+    engine parts (tests pass fake TAs); `listeners_for(run, i, total)` gives each run's
+    listeners (a progress view).
+    """
+    spec.validate()
+    store = SessionStore(home)
+    out = Path(out_dir) if out_dir else default_out_dir(home, spec.name)
+    manifest = read_manifest(out)
+    if manifest is None:
+        manifest = _new_manifest(spec)
+    else:
+        saved = CompareSpec.from_dict(manifest["spec"])
+        diff = spec_differences(saved, spec)
+        if diff:
+            raise UsageError(f"comparison {spec.name!r} in {str(out)!r} was started with other "
+                             f"settings (they differ in {', '.join(diff[:5])})",
+                             "continue it with `gpta compare --resume --name NAME`, or choose "
+                             "another --name / --out")
+    _save_manifest(out, manifest)
+    controls = controls or Controls()
+    plan = spec.runs()
+    ran, skipped, failed = [], [], {}
+    status = "finished"
+    started = time.perf_counter()
+    for i, run in enumerate(plan, 1):
+        config = spec.run_config(run)
+        entry = manifest["runs"].setdefault(run.session, {
+            "arm": run.arm, "seed": run.seed, "train_size": run.train_size,
+            "max_windows": run.max_windows, "status": "pending", "wall_s": 0.0})
+        if store.exists(run.session):
+            with store.open(run.session) as reader:
+                stored, stored_status = reader.record().get("config", {}), reader.status
+            if _comparable(stored) != _comparable(config.to_dict()):
+                diff = dotted_differences(_comparable(stored), _comparable(config.to_dict()))
+                raise UsageError(f"session {run.session!r} exists but was not made by comparison "
+                                 f"{spec.name!r} (its settings differ in {', '.join(diff[:5])})",
+                                 f"delete it (`gpta delete {run.session}`) or choose another --name")
+            if stored_status == "finished":
+                entry["status"] = "finished"
+                skipped.append(run.session)
+                say(f"[{i}/{len(plan)}] {run.session}: finished earlier, skipped")
+                _save_manifest(out, manifest)
+                continue
+        kwargs = engine_kwargs(config) if engine_kwargs else {}
+        listeners = listeners_for(run, i, len(plan)) if listeners_for else []
+        if store.exists(run.session):
+            say(f"[{i}/{len(plan)}] {run.session}: resuming")
+            handle, engine = resume_session(run.session, home, listeners=listeners,
+                                            controls=controls, **kwargs)
+        else:
+            say(f"[{i}/{len(plan)}] {run.session}: starting")
+            handle, engine = start_session(config, home, listeners=listeners, controls=controls,
+                                           **kwargs)
+        entry["status"] = "running"
+        entry.setdefault("started", time.time())
+        _save_manifest(out, manifest)
+        ran.append(run.session)
+        t0 = time.perf_counter()
+        try:
+            # a new run that fails during setup (bad dataset, missing model) is deleted: a
+            # rerun starts it afresh
+            finished = run_session(handle, engine, new=True)
+            result, message = finished.status, finished.reason
+        except GptaError as exc:
+            result, message = "failed", str(exc)
+        except Exception as exc:  # noqa: BLE001 - the engine logged it; the comparison goes on
+            result, message = "failed", f"{type(exc).__name__}: {exc}"
+        except BaseException:
+            entry["status"] = "interrupted"
+            entry["wall_s"] = round(entry["wall_s"] + time.perf_counter() - t0, 2)
+            _save_manifest(out, manifest)
+            raise
+        finally:
+            for view in listeners:
+                close = getattr(view, "close", None)
+                if callable(close):
+                    close()
+        entry["wall_s"] = round(entry["wall_s"] + time.perf_counter() - t0, 2)
+        entry["status"] = session_status(result)
+        entry["message"] = message
+        if result == "finished":
+            entry["ended"] = time.time()
+        _save_manifest(out, manifest)
+        if result == "stopped":
+            status = "stopped"
+            break
+        if result == "failed":
+            failed[run.session] = message
+            status = "failed"
+            say(f"[{i}/{len(plan)}] {run.session}: failed: {message}")
+            if not keep_going:
+                break
+    manifest["wall_s"] = round(manifest.get("wall_s", 0.0) + time.perf_counter() - started, 2)
+    _save_manifest(out, manifest)
+    return CompareOutcome(spec, out, manifest, status, ran, skipped, failed,
+                          round(time.perf_counter() - started, 2))
+
+
+
+# ==========================================================================================
+# Reading results back from the sessions
+# ==========================================================================================
+@dataclass
+class EpochSeries:
+    """What the over-fitting view plots for one session."""
+
+    metric: str
+    epochs: list[int]
+    val: list[float]          # validation metric after each epoch's training
+    train_loss: list[float]   # mean training loss of each epoch (NaN if no steps recorded)
+
+
+def session_epoch_series(handle) -> EpochSeries:
+    """Validation metric and mean training loss per epoch of one session (for charts)."""
+    rec = handle.record()
+    metric = record_metric(rec)
+    val = {int(v["epoch"]): float(v["metrics"][metric]) for v in handle.validations()
+           if metric in v.get("metrics", {})}
+    losses: dict[int, list[float]] = {}
+    for point in handle.loss_points():
+        losses.setdefault(int(point["epoch"]), []).append(float(point["loss"]))
+    epochs = sorted(val)
+    return EpochSeries(metric, epochs, [val[e] for e in epochs],
+                       [statistics.fmean(losses[e]) if losses.get(e) else math.nan for e in epochs])
+
+
+def collect_results(spec: CompareSpec, home: Path | str | None = None,
+                    manifest: dict | None = None) -> list[RunResult]:
+    """One RunResult per planned run, read from its session (status "missing" if none)."""
+    store = SessionStore(home)
+    metric = spec.metric
+    walls = {k: v.get("wall_s") for k, v in ((manifest or {}).get("runs") or {}).items()}
+    results = []
+    for run in spec.runs():
+        if not store.exists(run.session):
+            results.append(RunResult(run, "missing", wall_s=walls.get(run.session)))
+            continue
+        with store.open(run.session) as handle:
+            rec = handle.record()
+            series = session_epoch_series(handle)
+            status = handle.status
+            scored_words = [len(str(s.get("prefix", "")).split()) for s in handle.scored_prefixes()
+                            if not s.get("reused") and int(s.get("request_id", 0)) > 0]
+        finished = rec.get("finished") or {}
+        best = rec.get("best") or {}
+        test = (finished.get("test_metrics") or {}).get(metric)
+        no_prefix = (finished.get("test_metrics_no_prefix") or {}).get(metric)
+        results.append(RunResult(
+            run, status,
+            test=float(test) if status == "finished" and test is not None else None,
+            test_no_prefix=float(no_prefix) if status == "finished" and no_prefix is not None else None,
+            best_val=(best.get("metrics") or {}).get(metric, best.get("score")),
+            best_selection=(best.get("selection_metrics") or {}).get(metric),
+            copied=int((finished.get("summary") or {}).get("copied_from_prompt", 0) or 0),
+            prefix_words=scored_words,
+            history_sizes=[int(e.get("history_size", 0) or 0) for e in
+                           (finished.get("summary") or {}).get("epochs", []) if isinstance(e, dict)],
+            best_epoch=best.get("epoch"), best_prefix=best.get("prefix", ""),
+            val_curve=list(zip(series.epochs, series.val)),
+            loss_curve=list(zip(series.epochs, series.train_loss)),
+            ta_requests=int((finished.get("summary") or {}).get("ta_requests", 0) or 0),
+            wall_s=walls.get(run.session)))
+    return results
+
+
+def overfitting_series(name: str, home: Path | str | None = None, out_dir: Path | str | None = None,
+                       setting: Setting | None = None) -> dict[str, dict[str, Band]]:
+    """For a saved comparison: {arm: {"val": Band, "loss": Band}} per epoch in the
+    low-resource setting (or `setting`). What the TUI draws for the paper's Figure 3."""
+    out = Path(out_dir) if out_dir else default_out_dir(home, name)
+    spec = load_spec(out)
+    results = collect_results(spec, home, read_manifest(out))
+    setting = setting or low_resource_setting(spec)
+    val = epoch_bands(results, setting, spec.arms, "val")
+    loss = epoch_bands(results, setting, spec.arms, "loss")
+    return {arm: {"val": val[arm], "loss": loss.get(arm, Band([], [], [], []))} for arm in val}
+
