@@ -59,6 +59,23 @@ def nice_ticks(lo: float, hi: float, count: int = 4) -> tuple[list[float], list[
     return values, [f"{v:.{decimals}f}" for v in values]
 
 
+def one_per_row(ticks: list[float], labels: list[str], lo: float, hi: float,
+                rows: int) -> tuple[list[float], list[str]]:
+    """The ticks that fall on distinct character rows of a `rows`-high axis over [lo, hi].
+    Two ticks on one row would leave the choice of label to the plotting library (which then
+    varies from run to run); keep the first of each row instead."""
+    if hi <= lo:
+        return ticks, labels
+    seen: set[int] = set()
+    kept: list[tuple[float, str]] = []
+    for value, label in zip(ticks, labels):
+        row = round((value - lo) / (hi - lo) * (rows - 1))
+        if row not in seen and lo <= value <= hi:
+            seen.add(row)
+            kept.append((value, label))
+    return [v for v, _ in kept], [lab for _, lab in kept]
+
+
 LEGEND = ("[$text-muted]━ loss[/]  [cyan]━ smoothed[/]  [green]●─ val {metric}[/]"
           "  [yellow]│ best epoch[/]")
 
@@ -91,7 +108,10 @@ def draw(plt: Plot, steps: list[int], losses: list[float], val: list[tuple[int, 
         plt.scatter(vx, vy, marker="●", color="green", yside="right")
         lo, hi = min(vy), max(vy)
         pad = max(0.01, (0.1 - (hi - lo)) / 2)  # at least 0.1 of the metric on the axis
-        ticks, labels = nice_ticks(lo - pad, hi + pad, max(2, min(5, (height - 6) // 2)))
+        lo, hi = lo - pad, hi + pad
+        plt.ylim(lo, hi, yside="right")  # the tick rows below are computed for this range
+        ticks, labels = one_per_row(*nice_ticks(lo, hi, max(2, min(5, (height - 6) // 2))),
+                                    lo, hi, max(2, height - 6))
         if ticks:
             plt.yticks(ticks, labels, yside="right")
         plt.ylabel(f"val {metric}", yside="right")
