@@ -205,7 +205,7 @@ def test_the_tui_removes_a_new_session_that_fails_in_setup_like_the_cli(tiny_ber
     from gpta_tui.run_control import RunController
 
     class DownTA(SeededTA):
-        def propose(self, messages, n, temperature, seed):
+        def propose(self, messages, n, temperature, seed, should_stop=None):
             raise TAUnavailable("the TA endpoint is down", "start it")
 
     cfg = tiny_config(tiny_bert_dir, sentiment_csv, "down-tui")
