@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ from typing import Any
 from engine.config import FinetuneConfig
 from engine.errors import DataError, GptaError
 from engine.finetune.base import FinetuneBackend, JobStatus
+from engine.fsutil import replace_dir
 from engine.resources import DEFAULT_TA
 from engine.ta.local import (encode_training_example, live_ta, load_causal_lm, model_label,
                              ta_dtype, use_chat_template)
@@ -124,13 +124,7 @@ def _save_adapter(model: Any, workdir: Path, epoch: int, log: dict) -> Path:
     try:
         model.save_pretrained(str(tmp))
         (tmp / "training_log.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
-        if target.exists():
-            old = root / f".epoch-{epoch}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine.errors import ModelError, StopRun, TAUnavailable, UsageError
+from engine.fsutil import replace_dir
 from engine.resources import DEFAULT_TA, cache_dir, gemma_gguf_chunks, is_default_ta
 from engine.ta import transcript
 from engine.ta.base import TAReply, TeachingAssistant
@@ -215,9 +216,7 @@ def default_ta_dir(on_status: StatusFn | None = None) -> Path:
         try:
             with _ticking(on_status, "dequantizing Gemma 3 270M", started):
                 _dequantize(gguf, tmp)
-            if target.exists():  # an incomplete leftover from an older version
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            replace_dir(tmp, target)  # an incomplete leftover from an older version goes
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         _say(on_status, f"Gemma 3 270M cached in {target} ({time.perf_counter() - started:.0f} s)")
