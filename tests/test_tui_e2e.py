@@ -158,9 +158,8 @@ def test_first_launch_run_quit_and_reopen(tmux_available, tmp_path, tiny_bert_di
 
 def test_quitting_during_a_slow_ta_reply_leaves_at_once_and_still_saves(
         tmux_available, tmp_path, tiny_bert_dir, sentiment_csv, fake_openai):
-    """q asks the run to stop at its next step boundary; a step can be long (here the TA takes
-    25 s to answer), so a second q leaves the screen at once and gpta-tui says it is saving,
-    then ends cleanly once the engine has saved."""
+    """q while the TA takes 25 s to answer: the in-flight request is abandoned, the session is
+    saved at the last step boundary and gpta-tui exits without waiting for the reply."""
     home = tmp_path / "home"
     fake_openai.add_fault(path="chat/completions", delay_s=25.0)
     env = {"OPENAI_API_KEY": fake_openai.api_key, "NO_PROXY": "127.0.0.1,localhost"}
@@ -172,11 +171,8 @@ def test_quitting_during_a_slow_ta_reply_leaves_at_once_and_still_saves(
         term.keys("C-s")
         term.wait_for("waiting for the TA", timeout=120, fail_on=("✖ failed",))
         term.keys("q")
-        term.wait_for("Saving the session", timeout=30)
-        term.keys("q")
-        leaving = term.wait_for("gpta-tui: waiting for the run", timeout=15)
-        assert "GPTA-TUI-EXIT" not in leaving  # still saving, in plain view
-        done = term.wait_for("GPTA-TUI-EXIT=0", timeout=180)
+        # well inside the 25 s the reply would take (a bound for a loaded machine, not a timing)
+        done = term.wait_for("GPTA-TUI-EXIT=0", timeout=20)
         assert "saved; continue with: gpta-tui --resume" in done
     finally:
         term.close()
