@@ -726,7 +726,9 @@ class Engine:
         path = contained(self.workdir, f"windows/epoch-{st.epoch}.jsonl", "windows file")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(examples, path)
-        self.emit(WindowsBuilt(epoch=st.epoch, windows=examples, path=str(path)))
+        # Session-relative, like every stored path: events are persisted and exported.
+        self.emit(WindowsBuilt(epoch=st.epoch, windows=examples,
+                               path=f"windows/epoch-{st.epoch}.jsonl"))
         st.phase = Phase.FINETUNING
         self.save_checkpoint(weights=False)
 
@@ -795,7 +797,8 @@ class Engine:
                                              status=status.status, message=status.message,
                                              step=status.step, total_steps=status.total_steps,
                                              loss=status.loss, eta_s=status.eta_s,
-                                             model=status.model, accuracy=status.accuracy))
+                                             model=self._stored_ta_model(status.model),
+                                             accuracy=status.accuracy))
                     last_status = status.status
                 if status.done:
                     break

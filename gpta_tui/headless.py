@@ -94,7 +94,7 @@ class HeadlessView(ev.EventHandler):
         pass
 
     def on_windows(self, e: ev.WindowsBuilt) -> None:
-        self._say(lit(f"epoch {e.epoch}: {len(e.windows)} dialogue-gradient windows -> {e.path}"))
+        self._say(lit(f"epoch {e.epoch}: {len(e.windows)} dialogue-gradient windows -> {e.path} (in the session folder)"))
 
     def on_finetune(self, e: ev.FinetuneUpdate) -> None:
         if e.status == "running" and e.total_steps and self._task is not None:

@@ -110,7 +110,8 @@ def test_full_gpta_loop(tiny_bert_dir, sentiment_csv, tmp_path):
     assert [len(w.windows) for w in windows] == [cfg.loop.k - cfg.loop.window] * 2
     first = windows[0].windows[0]["messages"]
     assert [m["role"] for m in first] == ["system", "user", "assistant"]
-    assert Path(windows[0].path).read_text().count("\n") == cfg.loop.k - cfg.loop.window
+    assert windows[0].path == "windows/epoch-1.jsonl"  # session-relative: events are exported
+    assert (tmp_path / windows[0].path).read_text().count("\n") == cfg.loop.k - cfg.loop.window
     # the epoch-1 job ran and the tuned model answered epoch 2; the last epoch skips tuning
     assert len(jobs.submitted) == 1
     assert rec.of(ev.TAModelChanged)[0].model == "tuned-job-1"

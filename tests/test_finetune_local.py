@@ -197,6 +197,14 @@ def test_engine_runs_gpta_with_the_local_ta_and_local_lora(tiny_bert_dir, tiny_c
     assert (tmp_path / "ta-adapters" / "epoch-1" / "adapter_config.json").is_file()
     epoch2 = [e for e in seen if isinstance(e, ev.TAResponse) and e.epoch == 2]
     assert epoch2 and all(e.usage["total_tokens"] > 0 for e in epoch2)
+    # Events are persisted and exported: no path of this machine in any of them.
+    import json
+    from dataclasses import asdict
+
+    home = str(tmp_path.resolve())
+    assert not [e for e in seen if home in json.dumps(asdict(e), default=str)]
+    done_job = [e for e in seen if isinstance(e, ev.FinetuneUpdate) and e.status == "succeeded"]
+    assert done_job[-1].model == "ta-adapters/epoch-1"
 
 
 # ---- precision, cache and memory (#21.5) ------------------------------------------------------
@@ -297,3 +305,32 @@ def test_job_trains_on_the_open_tas_weights_and_gives_them_back(tiny_causal_lm_d
     assert after == before
     ta.use_model("")
     assert not any("lora" in name for name, _ in ta.model.named_modules())
+
+
+def test_success_is_reported_only_after_the_borrowed_weights_are_back(tiny_causal_lm_dir,
+                                                                      tmp_path, monkeypatch):
+    """The engine loads the new adapter as soon as a poll says "succeeded": at that moment the
+    TA must hold its weights again, without the job's LoRA layers (a race that failed the
+    adapter load with "no attribute 'peft_config'")."""
+    import weakref
+
+    import engine.finetune.local_lora as lora_mod
+    import engine.ta.local as local_mod
+
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=6)
+    monkeypatch.setattr(local_mod, "_LIVE", weakref.WeakSet([ta]))
+    at_success = []
+    note = lora_mod._Job.note
+
+    def watching_note(job, event, **updates):
+        if updates.get("status") == "succeeded":
+            at_success.append((ta.lent, any("lora" in n for n, _ in ta.model.named_modules())))
+        return note(job, event, **updates)
+
+    monkeypatch.setattr(lora_mod._Job, "note", watching_note)
+    be = backend(tiny_causal_lm_dir, epochs=1)
+    final = be.wait(be.submit(examples(), str(tiny_causal_lm_dir), tmp_path, epoch=1), timeout=600)
+    assert final.status == "succeeded", final.message
+    assert at_success == [(False, False)]
+    ta.use_model(final.model)  # what the engine does next
+    assert ta.adapter is not None and ta.adapter.name == "epoch-1"

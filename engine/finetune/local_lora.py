@@ -259,10 +259,15 @@ class LocalLoRAFinetune(FinetuneBackend):
     def _train(self, job: _Job, conversations: list[list[dict]]) -> None:
         base_name, adapter = self._base(job)
         with self._base_weights(job, base_name, adapter) as (model, tokenizer):
-            self._train_on(job, conversations, model, tokenizer, base_name, adapter)
+            path, step = self._train_on(job, conversations, model, tokenizer, base_name, adapter)
+        # Success is reported only once a borrowed base model is back with the TA, without LoRA
+        # layers: the engine loads the new adapter onto it as soon as it sees "succeeded".
+        job.note(f"adapter saved to {ADAPTERS_DIR}/{path.name}", status="succeeded",
+                 model=str(path), eta_s=0.0,
+                 message=f"{step} steps, final loss {job.loss:.4f}" if job.loss is not None else "")
 
     def _train_on(self, job: _Job, conversations: list[list[dict]], model: Any, tokenizer: Any,
-                  base_name: str, adapter: Path | None) -> None:
+                  base_name: str, adapter: Path | None) -> tuple[Path, int]:
         import torch
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -286,14 +291,14 @@ class LocalLoRAFinetune(FinetuneBackend):
             model = get_peft_model(model, lora)
         try:
             pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            self._fit(job, model, encoded, chat, base_name, adapter, seed, pad_id)
+            return self._fit(job, model, encoded, chat, base_name, adapter, seed, pad_id)
         finally:  # a borrowed base model goes back without LoRA layers
             if self.gradient_checkpointing:
                 model.gradient_checkpointing_disable()
             model.unload()
 
     def _fit(self, job: _Job, model: Any, encoded: list, chat: bool, base_name: str,
-             adapter: Path | None, seed: int, pad_id: int) -> None:
+             adapter: Path | None, seed: int, pad_id: int) -> tuple[Path, int]:
         import torch
 
         cfg = self.cfg
@@ -335,9 +340,7 @@ class LocalLoRAFinetune(FinetuneBackend):
                "epochs": cfg.epochs, "batch_size": batch_size, "lr": cfg.lr, "lora_r": cfg.lora_r,
                "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout, "seed": seed,
                "losses": list(job.losses), "token_accuracies": list(job.accuracies)}
-        path = _save_adapter(model, job.workdir, job.epoch, log)
-        job.note(f"adapter saved to {path}", status="succeeded", model=str(path), eta_s=0.0,
-                 message=f"{step} steps, final loss {job.loss:.4f}" if job.loss is not None else "")
+        return _save_adapter(model, job.workdir, job.epoch, log), step
 
 
 def autocast_dtype(device: Any) -> Any:
