@@ -375,6 +375,12 @@ def test_build_student_dispatches_on_task(tiny_bert_dir):
     from engine.student.ltuning import LTuningStudent
 
     assert isinstance(build_student(cfg, make_data(60), "cpu"), LTuningStudent)
+    with pytest.raises(ConfigError, match="student.tuning 'lt-prefix' works only for classification"):
+        build_student(cfg, TaskData("extractive_qa", "x", [], [], [], [], ""), "cpu")
+    cfg.student.tuning = "prompt"
+    from engine.student.soft_prompt import SoftPromptStudent
+
+    assert isinstance(build_student(cfg, make_data(60), "cpu"), SoftPromptStudent)
 
 
 # ---- devices -----------------------------------------------------------------------
