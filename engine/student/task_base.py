@@ -46,10 +46,6 @@ FAMILIES = {
 }
 
 
-#: The students' seed derivation (engine/seeds.py); the old name stays for its importers.
-derive_seed = student_seed
-
-
 def join_input(prefix: str, text: str) -> str:
     """What the student reads: prefix + " " + text, or the text alone for an empty prefix."""
     return f"{prefix} {text}" if prefix.strip() else text
@@ -231,7 +227,7 @@ class TaskStudent(Student):
             source = str(path)
         elif looks_like_path(source):
             raise ModelError(f"student model path {name!r} does not exist", MODEL_FIX)
-        torch.manual_seed(derive_seed(self.seed, "init"))  # new task heads start from the seed
+        torch.manual_seed(student_seed(self.seed, "init"))  # new task heads start from the seed
         try:
             with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(source)
