@@ -8,25 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_sentiment_rows
+from conftest import SENTIMENT_LABELS, make_sentiment_rows, sentiment_task_data
 from engine.config import RunConfig, StudentConfig
 from engine.errors import ConfigError, DataError, ModelError, UsageError
 from engine.data import TaskData
 from engine.student import build_student
 from engine.student.classification import ClassificationStudent, join_input
 
-LABELS = ["positive", "negative", "neutral"]
+LABELS = SENTIMENT_LABELS
 PREFIXES = ["", "Sentiment of the tweet:", "Is this Positive, negative or neutral?!",
             "Ça va — émotions ✨ (tweet)", "Sentiment of the tweet:"]
 
 
 def make_data(n: int = 300, seed: int = 0) -> TaskData:
-    rows = [{"text": r["text"], "label": LABELS.index(r["label"])}
-            for r in make_sentiment_rows(n, seed)]
-    n_train, n_val = int(n * 0.7), int(n * 0.15)
-    return TaskData("classification", "generated", list(LABELS), rows[:n_train],
-                    rows[n_train:n_train + n_val], rows[n_train + n_val:],
-                    "Tweets labelled with their sentiment.")
+    return sentiment_task_data(n, seed, train_share=0.7, val_share=0.15)
 
 
 def student_cfg(model_dir: Path, **kw) -> StudentConfig:
