@@ -636,16 +636,23 @@ class Rows:
 RowBuilder = Callable[[Source, DataConfig], Rows]
 
 
-def _pick_column(source: Source, role: str, configured: str, hint: str,
-                 candidates: Sequence[str]) -> str:
-    columns = next(iter(source.splits.values())).columns if source.splits else []
-    key = "text_column" if role == "text" else "label_column"
+def source_columns(source: Source) -> list[str]:
+    """The columns of the source's first split (every row builder checks the others)."""
+    return next(iter(source.splits.values())).columns if source.splits else []
+
+
+def pick_column(source: Source, role: str, candidates: Sequence[str], *, configured: str = "",
+                config_key: str = "", hint: str = "", required: bool = True) -> str:
+    """The column playing `role`: configured, else the dataset's hint, else the first
+    candidate present (case-insensitive). "" if none and not required."""
+    columns = source_columns(source)
     available = ", ".join(columns) or "(none)"
+    fix = f"set data.{config_key} to one of them" if config_key else \
+        f"name a column {candidates[0]!r}"
     if configured:
         if configured not in columns:
             raise DataError(f"{role} column {configured!r} not found in {source.name!r}; "
-                            f"available columns: {available}",
-                            f"set data.{key} to one of them")
+                            f"available columns: {available}", fix)
         return configured
     if hint and hint in columns:
         return hint
@@ -653,8 +660,10 @@ def _pick_column(source: Source, role: str, configured: str, hint: str,
     for cand in candidates:
         if cand in lowered:
             return lowered[cand]
-    raise DataError(f"no {role} column found in {source.name!r}; available columns: {available}",
-                    f"set data.{key} to one of them")
+    if required:
+        raise DataError(f"no {role} column found in {source.name!r}; available columns: "
+                        f"{available}", fix)
+    return ""
 
 
 _MISSING = object()
@@ -694,10 +703,10 @@ def build_classification_rows(source: Source, cfg: DataConfig) -> Rows:
     """Rows {"text": str, "label": int}. Label names: ClassLabel names, else sorted unique
     string labels, else "0", "1", ... for int labels; data.label_names selects and orders
     named labels, or names int labels 0..N-1."""
-    text_col = _pick_column(source, "text", cfg.text_column, source.text_column,
-                            TEXT_COLUMN_CANDIDATES)
-    label_col = _pick_column(source, "label", cfg.label_column, source.label_column,
-                             LABEL_COLUMN_CANDIDATES)
+    text_col = pick_column(source, "text", TEXT_COLUMN_CANDIDATES, configured=cfg.text_column,
+                           config_key="text_column", hint=source.text_column)
+    label_col = pick_column(source, "label", LABEL_COLUMN_CANDIDATES, configured=cfg.label_column,
+                            config_key="label_column", hint=source.label_column)
     if text_col == label_col:
         raise DataError(f"text and label column are both {text_col!r}",
                         "set data.text_column and data.label_column to different columns")

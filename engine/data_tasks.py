@@ -39,7 +39,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 from engine.config import DataConfig
-from engine.data import Rows, Source
+from engine.data import Rows, Source, pick_column, source_columns
 from engine.errors import DataError
 
 QA_CONTEXT = ("context", "passage", "paragraph", "text", "article", "document")
@@ -70,35 +70,6 @@ _TASK_DESCRIPTIONS = {
 def _no_stratum(row: dict) -> Hashable:
     """Non-classification tasks are sampled without stratification."""
     return 0
-
-
-def _columns(source: Source) -> list[str]:
-    return next(iter(source.splits.values())).columns if source.splits else []
-
-
-def _pick(source: Source, role: str, candidates: Sequence[str], *, configured: str = "",
-          config_key: str = "", hint: str = "", required: bool = True) -> str:
-    """The column playing `role`: configured, else the dataset's hint, else the first
-    candidate present (case-insensitive). "" if none and not required."""
-    columns = _columns(source)
-    available = ", ".join(columns) or "(none)"
-    fix = f"set data.{config_key} to one of them" if config_key else \
-        f"name a column {candidates[0]!r}"
-    if configured:
-        if configured not in columns:
-            raise DataError(f"{role} column {configured!r} not found in {source.name!r}; "
-                            f"available columns: {available}", fix)
-        return configured
-    if hint and hint in columns:
-        return hint
-    lowered = {c.lower(): c for c in reversed(columns)}
-    for cand in candidates:
-        if cand in lowered:
-            return lowered[cand]
-    if required:
-        raise DataError(f"no {role} column found in {source.name!r}; available columns: "
-                        f"{available}", fix)
-    return ""
 
 
 def _check_present(source: Source, columns: Sequence[str]) -> None:
@@ -213,13 +184,13 @@ def _locate(context: str, text: str, start: Any) -> int | None:
 def build_qa_rows(source: Source, cfg: DataConfig) -> Rows:
     """Rows {"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}};
     "answers" is empty for unanswerable (SQuAD v2) questions."""
-    context_col = _pick(source, "context", QA_CONTEXT, configured=cfg.text_column,
-                        config_key="text_column", hint=source.text_column)
-    question_col = _pick(source, "question", QA_QUESTION)
-    answers_col = _pick(source, "answers", QA_ANSWERS, configured=cfg.label_column,
-                        config_key="label_column", hint=source.label_column)
-    start_col = _pick(source, "answer start", ("answer_start",), required=False)
-    id_col = _pick(source, "id", ("id", "example_id", "qid"), required=False)
+    context_col = pick_column(source, "context", QA_CONTEXT, configured=cfg.text_column,
+                              config_key="text_column", hint=source.text_column)
+    question_col = pick_column(source, "question", QA_QUESTION)
+    answers_col = pick_column(source, "answers", QA_ANSWERS, configured=cfg.label_column,
+                              config_key="label_column", hint=source.label_column)
+    start_col = pick_column(source, "answer start", ("answer_start",), required=False)
+    id_col = pick_column(source, "id", ("id", "example_id", "qid"), required=False)
     _check_present(source, [c for c in (context_col, question_col, answers_col) if c])
 
     seen: set[tuple[str, str]] = set()
@@ -283,7 +254,7 @@ def build_qa_rows(source: Source, cfg: DataConfig) -> Rows:
 
 def _option_columns(source: Source) -> list[str]:
     """Columns A, B, C, ... or option_0, option_1, ... (also choiceN / endingN), in order."""
-    columns = _columns(source)
+    columns = source_columns(source)
     letters = []
     for i in range(26):
         name = next((c for c in columns if c.upper() == chr(65 + i) and len(c) == 1), None)
@@ -326,16 +297,16 @@ def _label_index(value: Any, options: list[str]) -> int | None:
 
 def build_multiple_choice_rows(source: Source, cfg: DataConfig) -> Rows:
     """Rows {"article", "question", "options": [str, ...], "label": int (0-based)}."""
-    article_col = _pick(source, "article", MC_ARTICLE, configured=cfg.text_column,
-                        config_key="text_column", hint=source.text_column)
-    question_col = _pick(source, "question", MC_QUESTION)
-    label_col = _pick(source, "answer", MC_LABEL, configured=cfg.label_column,
-                      config_key="label_column", hint=source.label_column)
-    options_col = _pick(source, "options", MC_OPTIONS, required=False)
+    article_col = pick_column(source, "article", MC_ARTICLE, configured=cfg.text_column,
+                              config_key="text_column", hint=source.text_column)
+    question_col = pick_column(source, "question", MC_QUESTION)
+    label_col = pick_column(source, "answer", MC_LABEL, configured=cfg.label_column,
+                            config_key="label_column", hint=source.label_column)
+    options_col = pick_column(source, "options", MC_OPTIONS, required=False)
     option_cols = [] if options_col else _option_columns(source)
     if not options_col and not option_cols:
         raise DataError(f"no options found in {source.name!r}; available columns: "
-                        f"{', '.join(_columns(source))}",
+                        f"{', '.join(source_columns(source))}",
                         "give a list column 'options' or one column per option (A, B, ... or "
                         "option_0, option_1, ...)")
     _check_present(source, [article_col, question_col, label_col, *([options_col] if options_col
@@ -393,10 +364,10 @@ def build_multiple_choice_rows(source: Source, cfg: DataConfig) -> Rows:
 
 def build_summarization_rows(source: Source, cfg: DataConfig) -> Rows:
     """Rows {"document": str, "summary": str}."""
-    document_col = _pick(source, "document", SUM_DOCUMENT, configured=cfg.text_column,
-                         config_key="text_column", hint=source.text_column)
-    summary_col = _pick(source, "summary", SUM_SUMMARY, configured=cfg.label_column,
-                        config_key="label_column", hint=source.label_column)
+    document_col = pick_column(source, "document", SUM_DOCUMENT, configured=cfg.text_column,
+                               config_key="text_column", hint=source.text_column)
+    summary_col = pick_column(source, "summary", SUM_SUMMARY, configured=cfg.label_column,
+                              config_key="label_column", hint=source.label_column)
     _check_present(source, [document_col, summary_col])
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {}
