@@ -37,10 +37,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from engine.tasks import TUNINGS  # light: no torch
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "LTUNING_RESULTS.md"
 RAW = ROOT / "docs" / "ltuning_runs.csv"
-TUNINGS = ("full", "lt-prefix", "lt-prompt", "prefix", "prompt")
 FIELDS = ["tuning", "seed", "lr", "lt_objective", "lt_map", "train_rows", "val_rows", "test_rows",
           "epochs", "max_length", "batch_size", "trainable", "total", "train_s_per_epoch",
           "peak_rss_mb", "val_accuracy", "test_accuracy", "test_macro_f1", "top_share",

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from engine.errors import ConfigError
-from engine.tasks import check_metric, default_metric
+from engine.tasks import METRICS, TUNINGS, check_metric, default_metric
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,7 +33,6 @@ MODES_WITH_TA = ("gpta", "gpta-data", "frozen-ta")
 MODES_TUNING_TA = ("gpta", "gpta-data")
 TA_BACKENDS = ("local", "openai", "scripted")
 FINETUNE_BACKENDS = ("auto", "none", "local", "openai")
-TUNINGS = ("full", "lt-prefix", "lt-prompt", "prefix", "prompt")
 LT_OBJECTIVES = ("softmax", "binary")
 LT_MAPS = ("pooled", "token")
 #: student.lr when no layer (preset, TOML, flag) sets it: full fine-tuning moves pretrained
@@ -44,7 +43,6 @@ LT_MAPS = ("pooled", "token")
 #: lt-prefix at 1e-2 diverged on MiniLM (docs/LTUNING_RESULTS.md). The resolved value is what
 #: the config records.
 DEFAULT_LR = {"full": 2e-5, "lt-prefix": 1e-3, "lt-prompt": 1e-2, "prefix": 1e-3, "prompt": 3e-2}
-METRICS = ("accuracy", "macro_f1", "f1", "exact_match", "rouge1", "rouge2", "rougeL", "neg_loss")
 SECRET_FIELDS = {"api_key"}
 
 

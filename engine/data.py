@@ -10,7 +10,8 @@ A dataset is one of
 Loading happens in three steps:
 
 1. read the source into `Table`s, one per source split (a file is one split, "train");
-2. a task-specific row builder (`register_row_builder`) turns tables into clean rows
+2. the task's row builder (named by the task registry, `engine.tasks`; the classification one
+   is here, the others in `engine.data_tasks`) turns tables into clean rows
    (classification: ``{"text": str, "label": int}``), drops unusable rows and exact duplicate
    texts, and fixes the label names;
 3. seeded stratified sampling draws validation, then test, then train. With one pool the three
@@ -41,6 +42,7 @@ from urllib.parse import urlparse
 from engine.config import DataConfig
 from engine.errors import DataError, strip_control
 from engine import resources
+from engine.tasks import row_builder
 
 SPLITS = ("train", "validation", "test", "selection")
 SIZE_KEYS = {"train": "train_size", "validation": "val_size", "test": "test_size",
@@ -258,6 +260,22 @@ _GLUE = HubDataset(
     "nyu-mll/glue", "sentence", "label",
     "Sentences from the GLUE benchmark ({config} task), each labelled as one of: {labels}.",
     needs_config="sst2")
+_SQUAD_DESCRIPTION = (
+    "Questions posed by crowdworkers on paragraphs of English Wikipedia articles (SQuAD); the "
+    "answer to every question is a span of the paragraph.")
+_SQUAD2_DESCRIPTION = (
+    "Questions posed by crowdworkers on paragraphs of English Wikipedia articles (SQuAD 2.0); "
+    "the answer is a span of the paragraph, and about a third of the questions cannot be "
+    "answered from the paragraph (the model must then give no answer).")
+_RACE_DESCRIPTION = (
+    "English reading-comprehension exams for Chinese students aged 12-18 (RACE, "
+    "subset {config}): a passage, a question about it and four answer options, exactly one correct.")
+_CNN_DESCRIPTION = (
+    "News articles from CNN and the Daily Mail; the summary is the article's bullet-point "
+    "highlights, a few sentences that mostly reuse phrases of the article.")
+_XSUM_DESCRIPTION = (
+    "BBC news articles; the summary is the article's one-sentence introduction, a highly "
+    "abstractive answer to 'what is the article about?'.")
 KNOWN_HUB_DATASETS: dict[str, HubDataset] = {
     "yelp_review_full": HubDataset(
         "Yelp/yelp_review_full", "text", "label",
@@ -275,6 +293,14 @@ KNOWN_HUB_DATASETS: dict[str, HubDataset] = {
     "sst2": _SST2,
     "glue": _GLUE,
     "glue:sst2": HubDataset("nyu-mll/glue", "sentence", "label", _SST2.description),
+    # the GPTA paper's other tasks (engine.data_tasks builds their rows): text_column and
+    # label_column hold the main text and the target
+    "squad": HubDataset("rajpurkar/squad", "context", "answers", _SQUAD_DESCRIPTION),
+    "squad_v2": HubDataset("rajpurkar/squad_v2", "context", "answers", _SQUAD2_DESCRIPTION),
+    "race": HubDataset("ehovy/race", "article", "answer", _RACE_DESCRIPTION, needs_config="all"),
+    "cnn_dailymail": HubDataset("abisee/cnn_dailymail", "article", "highlights", _CNN_DESCRIPTION,
+                                needs_config="3.0.0"),
+    "xsum": HubDataset("EdinburghNLP/xsum", "document", "summary", _XSUM_DESCRIPTION),
 }
 for _known in list(KNOWN_HUB_DATASETS.values()):
     KNOWN_HUB_DATASETS.setdefault(_known.repo.lower(), _known)
@@ -606,30 +632,27 @@ class Rows:
     stratum: Callable[[dict], Hashable] = _stratum_key
 
 
+#: what a task's row builder is (the task registry, `engine.tasks`, names one per task)
 RowBuilder = Callable[[Source, DataConfig], Rows]
-ROW_BUILDERS: dict[str, RowBuilder] = {}
 
 
-def register_row_builder(task: str) -> Callable[[RowBuilder], RowBuilder]:
-    """Register the function that turns a `Source` into rows for `task`."""
-
-    def deco(fn: RowBuilder) -> RowBuilder:
-        ROW_BUILDERS[task] = fn
-        return fn
-
-    return deco
+def source_columns(source: Source) -> list[str]:
+    """The columns of the source's first split (every row builder checks the others)."""
+    return next(iter(source.splits.values())).columns if source.splits else []
 
 
-def _pick_column(source: Source, role: str, configured: str, hint: str,
-                 candidates: Sequence[str]) -> str:
-    columns = next(iter(source.splits.values())).columns if source.splits else []
-    key = "text_column" if role == "text" else "label_column"
+def pick_column(source: Source, role: str, candidates: Sequence[str], *, configured: str = "",
+                config_key: str = "", hint: str = "", required: bool = True) -> str:
+    """The column playing `role`: configured, else the dataset's hint, else the first
+    candidate present (case-insensitive). "" if none and not required."""
+    columns = source_columns(source)
     available = ", ".join(columns) or "(none)"
+    fix = f"set data.{config_key} to one of them" if config_key else \
+        f"name a column {candidates[0]!r}"
     if configured:
         if configured not in columns:
             raise DataError(f"{role} column {configured!r} not found in {source.name!r}; "
-                            f"available columns: {available}",
-                            f"set data.{key} to one of them")
+                            f"available columns: {available}", fix)
         return configured
     if hint and hint in columns:
         return hint
@@ -637,8 +660,10 @@ def _pick_column(source: Source, role: str, configured: str, hint: str,
     for cand in candidates:
         if cand in lowered:
             return lowered[cand]
-    raise DataError(f"no {role} column found in {source.name!r}; available columns: {available}",
-                    f"set data.{key} to one of them")
+    if required:
+        raise DataError(f"no {role} column found in {source.name!r}; available columns: "
+                        f"{available}", fix)
+    return ""
 
 
 _MISSING = object()
@@ -674,15 +699,14 @@ def _clean_text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else str(value).strip()
 
 
-@register_row_builder("classification")
 def build_classification_rows(source: Source, cfg: DataConfig) -> Rows:
     """Rows {"text": str, "label": int}. Label names: ClassLabel names, else sorted unique
     string labels, else "0", "1", ... for int labels; data.label_names selects and orders
     named labels, or names int labels 0..N-1."""
-    text_col = _pick_column(source, "text", cfg.text_column, source.text_column,
-                            TEXT_COLUMN_CANDIDATES)
-    label_col = _pick_column(source, "label", cfg.label_column, source.label_column,
-                             LABEL_COLUMN_CANDIDATES)
+    text_col = pick_column(source, "text", TEXT_COLUMN_CANDIDATES, configured=cfg.text_column,
+                           config_key="text_column", hint=source.text_column)
+    label_col = pick_column(source, "label", LABEL_COLUMN_CANDIDATES, configured=cfg.label_column,
+                            config_key="label_column", hint=source.label_column)
     if text_col == label_col:
         raise DataError(f"text and label column are both {text_col!r}",
                         "set data.text_column and data.label_column to different columns")
@@ -882,10 +906,7 @@ def sample_splits(rows: Rows, cfg: DataConfig, seed: int, source: str = "dataset
 
 def load_task_data(cfg: DataConfig, seed: int) -> TaskData:
     """Load `cfg.dataset` for `cfg.task` and draw the seeded train/validation/test splits."""
-    builder = ROW_BUILDERS.get(cfg.task)
-    if builder is None:
-        raise DataError(f"task {cfg.task!r} is not supported",
-                        f"set data.task to one of: {', '.join(ROW_BUILDERS)}")
+    builder: RowBuilder = row_builder(cfg.task)
     source = load_source(cfg)
     if not source.splits:
         raise DataError(f"{source.name!r} contains no splits", f"use {_sources_hint()}")
@@ -898,7 +919,3 @@ def load_task_data(cfg: DataConfig, seed: int) -> TaskData:
                     selection=splits.get("selection", []), default_description=description,
                     warnings=[*source.warnings, *rows.warnings, *sample_warnings])
 
-
-# The row builders of the other task types (extractive QA, multiple choice, summarization)
-# and their Hub datasets register themselves on import.
-from engine import data_tasks  # noqa: E402,F401  (imports this module's names)

@@ -1,11 +1,11 @@
-"""Row builders and Hub column maps for extractive QA, multiple choice and summarization.
+"""Row builders for extractive QA, multiple choice and summarization.
 
-Importing this module registers the builders with `engine.data` (which imports it), so
-``data.task`` may be ``extractive_qa``, ``multiple_choice`` or ``summarization`` besides
-``classification``. The splits are drawn by `engine.data.sample_splits` as for
-classification (seeded, deterministic, disjoint) but without stratification.
+The task registry (`engine.tasks`) names them, so ``data.task`` may be ``extractive_qa``,
+``multiple_choice`` or ``summarization`` besides ``classification``; this module builds on
+`engine.data`, which does not import it. The splits are drawn by `engine.data.sample_splits`
+as for classification (seeded, deterministic, disjoint) but without stratification.
 
-Hub datasets of the GPTA paper, with their columns built in:
+Hub datasets of the GPTA paper, with their columns built in (`engine.data.KNOWN_HUB_DATASETS`):
 ``squad``, ``squad_v2``, ``race:all`` / ``race:middle`` / ``race:high``,
 ``cnn_dailymail:3.0.0``, ``xsum``.
 
@@ -39,7 +39,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 from engine.config import DataConfig
-from engine.data import KNOWN_HUB_DATASETS, HubDataset, Rows, Source, register_row_builder
+from engine.data import Rows, Source, pick_column, source_columns
 from engine.errors import DataError
 
 QA_CONTEXT = ("context", "passage", "paragraph", "text", "article", "document")
@@ -52,36 +52,6 @@ MC_LABEL = ("label", "answer", "answer_idx", "answer_index", "correct", "target"
 SUM_DOCUMENT = ("document", "article", "text", "source", "dialogue", "content", "body")
 SUM_SUMMARY = ("summary", "highlights", "abstract", "target", "headline")
 _OPTION_COLUMN = re.compile(r"(option|choice|ending)_?(\d+)", re.IGNORECASE)
-
-_SQUAD_DESCRIPTION = (
-    "Questions posed by crowdworkers on paragraphs of English Wikipedia articles (SQuAD); the "
-    "answer to every question is a span of the paragraph.")
-_SQUAD2_DESCRIPTION = (
-    "Questions posed by crowdworkers on paragraphs of English Wikipedia articles (SQuAD 2.0); "
-    "the answer is a span of the paragraph, and about a third of the questions cannot be "
-    "answered from the paragraph (the model must then give no answer).")
-_RACE_DESCRIPTION = (
-    "English reading-comprehension exams for Chinese students aged 12-18 (RACE, "
-    "subset {config}): a passage, a question about it and four answer options, exactly one correct.")
-_CNN_DESCRIPTION = (
-    "News articles from CNN and the Daily Mail; the summary is the article's bullet-point "
-    "highlights, a few sentences that mostly reuse phrases of the article.")
-_XSUM_DESCRIPTION = (
-    "BBC news articles; the summary is the article's one-sentence introduction, a highly "
-    "abstractive answer to 'what is the article about?'.")
-
-#: Hub datasets of the paper: text_column/label_column hold the main text and the target.
-HUB_DATASETS: dict[str, HubDataset] = {
-    "squad": HubDataset("rajpurkar/squad", "context", "answers", _SQUAD_DESCRIPTION),
-    "squad_v2": HubDataset("rajpurkar/squad_v2", "context", "answers", _SQUAD2_DESCRIPTION),
-    "race": HubDataset("ehovy/race", "article", "answer", _RACE_DESCRIPTION, needs_config="all"),
-    "cnn_dailymail": HubDataset("abisee/cnn_dailymail", "article", "highlights", _CNN_DESCRIPTION,
-                                needs_config="3.0.0"),
-    "xsum": HubDataset("EdinburghNLP/xsum", "document", "summary", _XSUM_DESCRIPTION),
-}
-for _name, _known in HUB_DATASETS.items():
-    KNOWN_HUB_DATASETS.setdefault(_name, _known)
-    KNOWN_HUB_DATASETS.setdefault(_known.repo.lower(), _known)
 
 _TASK_DESCRIPTIONS = {
     "extractive_qa": "Questions about paragraphs from {where}; the answer to each question is a "
@@ -100,35 +70,6 @@ _TASK_DESCRIPTIONS = {
 def _no_stratum(row: dict) -> Hashable:
     """Non-classification tasks are sampled without stratification."""
     return 0
-
-
-def _columns(source: Source) -> list[str]:
-    return next(iter(source.splits.values())).columns if source.splits else []
-
-
-def _pick(source: Source, role: str, candidates: Sequence[str], *, configured: str = "",
-          config_key: str = "", hint: str = "", required: bool = True) -> str:
-    """The column playing `role`: configured, else the dataset's hint, else the first
-    candidate present (case-insensitive). "" if none and not required."""
-    columns = _columns(source)
-    available = ", ".join(columns) or "(none)"
-    fix = f"set data.{config_key} to one of them" if config_key else \
-        f"name a column {candidates[0]!r}"
-    if configured:
-        if configured not in columns:
-            raise DataError(f"{role} column {configured!r} not found in {source.name!r}; "
-                            f"available columns: {available}", fix)
-        return configured
-    if hint and hint in columns:
-        return hint
-    lowered = {c.lower(): c for c in reversed(columns)}
-    for cand in candidates:
-        if cand in lowered:
-            return lowered[cand]
-    if required:
-        raise DataError(f"no {role} column found in {source.name!r}; available columns: "
-                        f"{available}", fix)
-    return ""
 
 
 def _check_present(source: Source, columns: Sequence[str]) -> None:
@@ -240,17 +181,16 @@ def _locate(context: str, text: str, start: Any) -> int | None:
     return found[0] if start is None else min(found, key=lambda s: abs(s - start))
 
 
-@register_row_builder("extractive_qa")
 def build_qa_rows(source: Source, cfg: DataConfig) -> Rows:
     """Rows {"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}};
     "answers" is empty for unanswerable (SQuAD v2) questions."""
-    context_col = _pick(source, "context", QA_CONTEXT, configured=cfg.text_column,
-                        config_key="text_column", hint=source.text_column)
-    question_col = _pick(source, "question", QA_QUESTION)
-    answers_col = _pick(source, "answers", QA_ANSWERS, configured=cfg.label_column,
-                        config_key="label_column", hint=source.label_column)
-    start_col = _pick(source, "answer start", ("answer_start",), required=False)
-    id_col = _pick(source, "id", ("id", "example_id", "qid"), required=False)
+    context_col = pick_column(source, "context", QA_CONTEXT, configured=cfg.text_column,
+                              config_key="text_column", hint=source.text_column)
+    question_col = pick_column(source, "question", QA_QUESTION)
+    answers_col = pick_column(source, "answers", QA_ANSWERS, configured=cfg.label_column,
+                              config_key="label_column", hint=source.label_column)
+    start_col = pick_column(source, "answer start", ("answer_start",), required=False)
+    id_col = pick_column(source, "id", ("id", "example_id", "qid"), required=False)
     _check_present(source, [c for c in (context_col, question_col, answers_col) if c])
 
     seen: set[tuple[str, str]] = set()
@@ -314,7 +254,7 @@ def build_qa_rows(source: Source, cfg: DataConfig) -> Rows:
 
 def _option_columns(source: Source) -> list[str]:
     """Columns A, B, C, ... or option_0, option_1, ... (also choiceN / endingN), in order."""
-    columns = _columns(source)
+    columns = source_columns(source)
     letters = []
     for i in range(26):
         name = next((c for c in columns if c.upper() == chr(65 + i) and len(c) == 1), None)
@@ -355,19 +295,18 @@ def _label_index(value: Any, options: list[str]) -> int | None:
     return options.index(text) if text in options else None
 
 
-@register_row_builder("multiple_choice")
 def build_multiple_choice_rows(source: Source, cfg: DataConfig) -> Rows:
     """Rows {"article", "question", "options": [str, ...], "label": int (0-based)}."""
-    article_col = _pick(source, "article", MC_ARTICLE, configured=cfg.text_column,
-                        config_key="text_column", hint=source.text_column)
-    question_col = _pick(source, "question", MC_QUESTION)
-    label_col = _pick(source, "answer", MC_LABEL, configured=cfg.label_column,
-                      config_key="label_column", hint=source.label_column)
-    options_col = _pick(source, "options", MC_OPTIONS, required=False)
+    article_col = pick_column(source, "article", MC_ARTICLE, configured=cfg.text_column,
+                              config_key="text_column", hint=source.text_column)
+    question_col = pick_column(source, "question", MC_QUESTION)
+    label_col = pick_column(source, "answer", MC_LABEL, configured=cfg.label_column,
+                            config_key="label_column", hint=source.label_column)
+    options_col = pick_column(source, "options", MC_OPTIONS, required=False)
     option_cols = [] if options_col else _option_columns(source)
     if not options_col and not option_cols:
         raise DataError(f"no options found in {source.name!r}; available columns: "
-                        f"{', '.join(_columns(source))}",
+                        f"{', '.join(source_columns(source))}",
                         "give a list column 'options' or one column per option (A, B, ... or "
                         "option_0, option_1, ...)")
     _check_present(source, [article_col, question_col, label_col, *([options_col] if options_col
@@ -423,13 +362,12 @@ def build_multiple_choice_rows(source: Source, cfg: DataConfig) -> Rows:
 # --------------------------------------------------------------------------------------
 
 
-@register_row_builder("summarization")
 def build_summarization_rows(source: Source, cfg: DataConfig) -> Rows:
     """Rows {"document": str, "summary": str}."""
-    document_col = _pick(source, "document", SUM_DOCUMENT, configured=cfg.text_column,
-                         config_key="text_column", hint=source.text_column)
-    summary_col = _pick(source, "summary", SUM_SUMMARY, configured=cfg.label_column,
-                        config_key="label_column", hint=source.label_column)
+    document_col = pick_column(source, "document", SUM_DOCUMENT, configured=cfg.text_column,
+                               config_key="text_column", hint=source.text_column)
+    summary_col = pick_column(source, "summary", SUM_SUMMARY, configured=cfg.label_column,
+                              config_key="label_column", hint=source.label_column)
     _check_present(source, [document_col, summary_col])
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {}

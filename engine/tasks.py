@@ -1,8 +1,12 @@
-"""The task registry: for each ``data.task``, its student, metrics and prefix placement.
+"""The task registry: for each ``data.task``, its row builder, students, metrics and prefix
+placement. The one place that names a task: `engine.data` asks it for the row builder,
+`engine.student.build_student` for the student of a ``student.tuning``, `engine.config` for the
+metrics and the tunings.
 
-Light on purpose (no torch import): `engine.config` asks it which metrics a task accepts and
-which one ranks prefixes by default. Students are named as "module:Class" and imported only
-when a run builds one.
+Light on purpose (no torch import, no dataset code): `engine.config` imports it. Row builders
+("module:function") and students ("module:Class") are named as strings and imported only when
+a run loads data or builds a student, so this module imports neither `engine.data` nor
+`engine.student`.
 
 | task              | student                          | metrics (first = default)          |
 |-------------------|----------------------------------|------------------------------------|
@@ -19,10 +23,11 @@ test split; choosing a ROUGE metric ranks validation prefixes by generated summa
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from engine.student.base import Student
@@ -31,8 +36,12 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    #: "module:Class" of the student implementation
-    student: str
+    #: "module:function" turning a loaded `engine.data.Source` into this task's clean rows
+    #: (`engine.data.Rows`)
+    rows: str
+    #: "module:Class" of the student for each student.tuning the task supports; "full" (every
+    #: weight trained) first
+    students: Mapping[str, str] = field(hash=False)
     #: metric ids the student reports; the first ranks prefixes unless student.metric says otherwise
     metrics: tuple[str, ...]
     #: how the prefix is placed, for the TA system prompt; {head}/{mid}/{tail} are the special
@@ -57,14 +66,23 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "classification": TaskSpec(
         name="classification",
-        student="engine.student.classification:ClassificationStudent",
+        rows="engine.data:build_classification_rows",
+        students={
+            "full": "engine.student.classification:ClassificationStudent",
+            # frozen encoder: L-Tuning, or peft prefix / prompt tuning
+            "lt-prefix": "engine.student.ltuning:LTuningStudent",
+            "lt-prompt": "engine.student.ltuning:LTuningStudent",
+            "prefix": "engine.student.soft_prompt:SoftPromptStudent",
+            "prompt": "engine.student.soft_prompt:SoftPromptStudent",
+        },
         metrics=("accuracy", "macro_f1"),
         placement="{head}prefix + context",
         row_schema='{"text": str, "label": int}',
     ),
     "extractive_qa": TaskSpec(
         name="extractive_qa",
-        student="engine.student.qa:QAStudent",
+        rows="engine.data_tasks:build_qa_rows",
+        students={"full": "engine.student.qa:QAStudent"},
         metrics=("f1", "exact_match"),
         placement="{head} prefix + question {mid} context {tail}",
         row_schema='{"id": str, "question": str, "context": str, '
@@ -72,14 +90,16 @@ TASKS: dict[str, TaskSpec] = {
     ),
     "multiple_choice": TaskSpec(
         name="multiple_choice",
-        student="engine.student.multiple_choice:MultipleChoiceStudent",
+        rows="engine.data_tasks:build_multiple_choice_rows",
+        students={"full": "engine.student.multiple_choice:MultipleChoiceStudent"},
         metrics=("accuracy",),
         placement="{head} prefix + article {mid} question + option {tail} (once per option)",
         row_schema='{"article": str, "question": str, "options": [str], "label": int}',
     ),
     "summarization": TaskSpec(
         name="summarization",
-        student="engine.student.seq2seq:Seq2SeqStudent",
+        rows="engine.data_tasks:build_summarization_rows",
+        students={"full": "engine.student.seq2seq:Seq2SeqStudent"},
         metrics=("neg_loss", "rouge1", "rouge2", "rougeL"),
         placement="{head} prefix + document {tail}",
         row_schema='{"document": str, "summary": str}',
@@ -87,6 +107,18 @@ TASKS: dict[str, TaskSpec] = {
         default_model="facebook/bart-base",
     ),
 }
+
+
+#: every student.tuning some task supports, in registry order ("full" first)
+TUNINGS: tuple[str, ...] = tuple(dict.fromkeys(t for spec in TASKS.values() for t in spec.students))
+#: every metric id some task reports, in registry order
+METRICS: tuple[str, ...] = tuple(dict.fromkeys(m for spec in TASKS.values() for m in spec.metrics))
+
+
+def _resolve(qualified: str) -> Any:
+    """The object named "module:name", imported."""
+    module, _, name = qualified.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def get_task(task: str) -> TaskSpec:
@@ -115,10 +147,27 @@ def check_metric(task: str, metric: str) -> None:
                           f"use one of {', '.join(allowed)} (or leave it unset for {allowed[0]})")
 
 
-def student_class(task: str) -> "type[Student]":
-    """Import and return the Student implementation of `task`."""
-    module, _, name = get_task(task).student.partition(":")
-    return getattr(importlib.import_module(module), name)
+def student_class(task: str, tuning: str = "full") -> "type[Student]":
+    """Import and return the Student implementation of `task` trained with `tuning`;
+    ConfigError if the task has no student for that tuning."""
+    spec = get_task(task)
+    student = spec.students.get(tuning)
+    if student is None:
+        serving = [name for name, other in TASKS.items() if tuning in other.students]
+        raise ConfigError(f"student.tuning {tuning!r} works only for {', '.join(serving)}"
+                          if serving else f"invalid value {tuning!r} for student.tuning",
+                          'use tuning = "full" for this task')
+    return _resolve(student)
+
+
+def row_builder(task: str) -> Callable[..., Any]:
+    """Import and return the row builder of `task` (`engine.data.RowBuilder`); DataError
+    naming the known tasks otherwise."""
+    spec = TASKS.get(task)
+    if spec is None:
+        raise DataError(f"task {task!r} is not supported",
+                        f"set data.task to one of: {', '.join(TASKS)}")
+    return _resolve(spec.rows)
 
 
 def metric_order(task: str, metric: str) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ POS = ["great", "love", "happy", "wonderful", "excellent", "amazing", "good", "n
 NEG = ["awful", "hate", "sad", "terrible", "horrible", "bad", "worst", "angry"]
 NEU = ["today", "table", "monday", "street", "paper", "window", "train", "coffee"]
 FILL = ["the", "a", "this", "my", "it", "was", "is", "and", "so", "very", "really"]
+SENTIMENT_LABELS = ["positive", "negative", "neutral"]
 
 
 def make_sentiment_rows(n: int, seed: int = 0) -> list[dict]:
@@ -40,7 +41,7 @@ def make_sentiment_rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        label = ["positive", "negative", "neutral"][i % 3]
+        label = SENTIMENT_LABELS[i % 3]
         bank = {"positive": POS, "negative": NEG, "neutral": NEU}[label]
         words = [rng.choice(FILL) for _ in range(rng.randint(3, 8))]
         for _ in range(rng.randint(1, 3)):
@@ -48,6 +49,32 @@ def make_sentiment_rows(n: int, seed: int = 0) -> list[dict]:
         rows.append({"text": " ".join(words), "label": label})
     rng.shuffle(rows)
     return rows
+
+
+class Recorder:
+    """A listener that keeps every event the engine emits."""
+
+    def __init__(self):
+        self.events: list = []
+
+    def __call__(self, event):
+        self.events.append(event)
+
+    def of(self, cls):
+        return [e for e in self.events if isinstance(e, cls)]
+
+
+def sentiment_task_data(n: int, seed: int = 0, *, train_share: float, val_share: float):
+    """`n` rows of `make_sentiment_rows` (labels as indices) as the real `TaskData`: the first
+    `train_share` of them train, the next `val_share` validation, the rest test."""
+    from engine.data import TaskData
+
+    rows = [{"text": r["text"], "label": SENTIMENT_LABELS.index(r["label"])}
+            for r in make_sentiment_rows(n, seed)]
+    n_train, n_val = int(n * train_share), int(n * val_share)
+    return TaskData("classification", "generated", list(SENTIMENT_LABELS), rows[:n_train],
+                    rows[n_train:n_train + n_val], rows[n_train + n_val:],
+                    "Tweets labelled with their sentiment.")
 
 
 @pytest.fixture(scope="session")

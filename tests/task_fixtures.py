@@ -18,6 +18,7 @@ from engine import events as ev
 from engine.data import TaskData
 from engine.finetune.base import FinetuneBackend, JobStatus
 from engine.loop import Engine
+from conftest import Recorder
 from fake_ta import SeededTA
 
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "brown", "pink"]
@@ -150,17 +151,6 @@ class FakeJobs(FinetuneBackend):
 
     def cancel(self, job_id):
         pass
-
-
-class Recorder:
-    def __init__(self):
-        self.events: list[ev.Event] = []
-
-    def __call__(self, event):
-        self.events.append(event)
-
-    def of(self, cls):
-        return [e for e in self.events if isinstance(e, cls)]
 
 
 def run_engine(cfg, workdir, *, controls=None, resume=None, listeners=()):

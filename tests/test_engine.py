@@ -15,6 +15,7 @@ from engine.controls import Controls
 from engine.errors import StopRun, TAError, TAUnavailable
 from engine.finetune.base import FinetuneBackend, JobStatus
 from engine.loop import Engine
+from conftest import Recorder
 from fake_ta import SeededTA
 
 WORDS = ["classify", "the", "sentiment", "of", "this", "tweet", "decide", "whether", "mood",
@@ -68,17 +69,6 @@ def tiny_config(tiny_bert_dir: Path, csv: Path, **over):
         **over,
     })
     return cfg
-
-
-class Recorder:
-    def __init__(self):
-        self.events: list[ev.Event] = []
-
-    def __call__(self, event):
-        self.events.append(event)
-
-    def of(self, cls):
-        return [e for e in self.events if isinstance(e, cls)]
 
 
 def run_engine(cfg, workdir, ta=None, jobs=None, controls=None, resume=None, listeners=(),
@@ -240,8 +230,14 @@ def test_stop_and_resume_matches_uninterrupted_run(tiny_bert_dir, sentiment_csv,
     assert first.run().status == "stopped"
     if stop_at == "finetune":
         assert jobs.cancelled == ["job-1"]
+    resume_and_compare(cfg, tmp_path / "b", part1, straight)
+
+
+def resume_and_compare(cfg, workdir, part1: Recorder, straight: Recorder) -> Recorder:
+    """Resume the stopped run `part1` from its last checkpoint to the end: its events and
+    `part1`'s give the uninterrupted run's (`straight`) numbers. The resumed part's events."""
     state = part1.of(ev.CheckpointSaved)[-1].state
-    second, part2 = run_engine(cfg, tmp_path / "b", resume=json.loads(json.dumps(state)),
+    second, part2 = run_engine(cfg, workdir, resume=json.loads(json.dumps(state)),
                                jobs=FakeJobs(polls=3))
     assert second.run().status == "finished"
     merged = Recorder()
@@ -251,6 +247,7 @@ def test_stop_and_resume_matches_uninterrupted_run(tiny_bert_dir, sentiment_csv,
     assert got["history"] == want["history"]
     assert got["test"] == want["test"] and got["best"] == want["best"]
     assert got["val"][-1] == want["val"][-1]
+    return part2
 
 
 def _count_validation_evaluations(monkeypatch) -> list[str]:
@@ -460,17 +457,8 @@ def test_stop_during_a_ta_request_is_prompt_and_resume_replays_it(tiny_bert_dir,
     state = part1.of(ev.CheckpointSaved)[-1].state
     # the abandoned request is not counted: the resume asks it again with the same id
     assert state["request_id"] == requests[-1].request_id - 1
-    second, part2 = run_engine(cfg, tmp_path / "b", resume=json.loads(json.dumps(state)),
-                               jobs=FakeJobs(polls=3))
-    assert second.run().status == "finished"
+    part2 = resume_and_compare(cfg, tmp_path / "b", part1, straight)
     assert part2.of(ev.TARequest)[0].request_id == requests[-1].request_id
-    merged = Recorder()
-    merged.events = part1.events + part2.events
-    got, want = _fingerprint(merged), _fingerprint(straight)
-    assert got["losses"] == want["losses"]
-    assert got["history"] == want["history"]
-    assert got["test"] == want["test"] and got["best"] == want["best"]
-    assert got["val"][-1] == want["val"][-1]
 
 
 def test_a_failing_observer_does_not_decide_what_is_kept(tiny_bert_dir, sentiment_csv, tmp_path):

@@ -278,25 +278,22 @@ def _load(path: Path):
     return load_task_data(cfg.data, 0)
 
 
-def test_nan_none_and_empty_labels_are_missing_not_classes(tmp_path):
-    rows = [f"text number {i} {w},{['pos', 'neg'][i % 2]}" for i, w in
-            enumerate(WORDS * 8)]
-    rows += ["odd one,NaN", "odd two,nan", "odd three,None", "odd four,", "odd five,null"]
-    path = tmp_path / "labels.csv"
-    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+@pytest.mark.parametrize("lines,warning", [
+    # NaN, None and empty labels are missing labels, not classes
+    (["text,label", *(f"text number {i} {w},{['pos', 'neg'][i % 2]}" for i, w in enumerate(WORDS * 8)),
+      "odd one,NaN", "odd two,nan", "odd three,None", "odd four,", "odd five,null"],
+     "5 without label"),
+    # a tab-separated file named .csv is detected (its texts hold commas)
+    (["text\tlabel", *(f"text number {i}, with a comma {w}\t{['pos', 'neg'][i % 2]}"
+                       for i, w in enumerate(WORDS * 8))],
+     "tab-separated"),
+], ids=["missing-labels-are-not-classes", "tabs-in-a-csv-file"])
+def test_an_odd_csv_file_loads_its_two_classes_and_says_why(tmp_path, lines, warning):
+    path = tmp_path / "odd.csv"
+    path.write_text("\n".join(lines) + "\n")
     data = _load(path)
     assert sorted(data.label_names) == ["neg", "pos"]
-    assert any("5 without label" in w for w in data.warnings), data.warnings
-
-
-def test_a_tab_separated_file_named_csv_is_detected(tmp_path):
-    rows = [f"text number {i}, with a comma {w}\t{['pos', 'neg'][i % 2]}"
-            for i, w in enumerate(WORDS * 8)]
-    path = tmp_path / "tabs.csv"
-    path.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
-    data = _load(path)
-    assert sorted(data.label_names) == ["neg", "pos"]
-    assert any("tab-separated" in w for w in data.warnings), data.warnings
+    assert any(warning in w for w in data.warnings), data.warnings
 
 
 # ---- secrets beyond the environment key ---------------------------------------------------

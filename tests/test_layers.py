@@ -1,8 +1,10 @@
 """The layers of docs/ARCHITECTURE.md, enforced: gpta_tui -> sessions -> engine, nothing upward.
 
-The import-linter contract lives in pyproject.toml ([tool.importlinter]); this test runs it, so
-`make test` (and CI) fail on an upward import. A second test proves on a throwaway package that
-the linter sees imports inside functions too (the leak issue 17 removed was six of those).
+The import-linter contracts live in pyproject.toml ([tool.importlinter]); this test runs them, so
+`make test` (and CI) fail on an upward import or an import cycle inside engine or sessions.
+Throwaway packages prove that the linter sees imports inside functions too (the leak issue 17
+removed was six of those) and that the acyclic contract catches a cycle like the one between
+engine.data and engine.data_tasks that issue 17 removed.
 """
 
 from __future__ import annotations
@@ -25,12 +27,17 @@ def test_the_project_keeps_its_layers():
     res = _lint(ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Layers: gpta_tui -> sessions -> engine KEPT" in res.stdout
+    assert "No cycles inside engine and sessions KEPT" in res.stdout
+
+
+def _packages(root: Path, *names: str) -> None:
+    for pkg in names:
+        (root / pkg).mkdir()
+        (root / pkg / "__init__.py").write_text("")
 
 
 def test_an_upward_import_inside_a_function_breaks_the_contract(tmp_path):
-    for pkg in ("top", "low"):
-        (tmp_path / pkg).mkdir()
-        (tmp_path / pkg / "__init__.py").write_text("")
+    _packages(tmp_path, "top", "low")
     (tmp_path / "top" / "ui.py").write_text("import low.core\n")
     (tmp_path / "low" / "core.py").write_text(textwrap.dedent("""
         def helper():
@@ -53,3 +60,27 @@ def test_an_upward_import_inside_a_function_breaks_the_contract(tmp_path):
     res = _lint(tmp_path)
     assert res.returncode != 0, res.stdout
     assert "low.core -> top.ui" in res.stdout
+
+
+def test_a_cycle_between_the_data_loader_and_its_task_builders_breaks_the_contract(tmp_path):
+    _packages(tmp_path, "eng")
+    (tmp_path / "eng" / "data_tasks.py").write_text("from eng.data import Rows\n")
+    # the registration import that used to close the cycle at the bottom of engine/data.py
+    (tmp_path / "eng" / "data.py").write_text("class Rows: ...\nfrom eng import data_tasks\n")
+    (tmp_path / ".importlinter").write_text(textwrap.dedent("""
+        [importlinter]
+        root_packages =
+            eng
+
+        [importlinter:contract:acyclic]
+        name = probe
+        type = acyclic_siblings
+        ancestors =
+            eng
+    """))
+    res = _lint(tmp_path)
+    assert res.returncode != 0, res.stdout
+    assert "No cycles are allowed in eng" in res.stdout and ".data" in res.stdout
+    (tmp_path / "eng" / "data.py").write_text("class Rows: ...\n")  # the cycle broken
+    res = _lint(tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr

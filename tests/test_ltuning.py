@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import make_sentiment_rows
+from conftest import SENTIMENT_LABELS, sentiment_task_data
 from engine import events as ev
 from engine.config import RunConfig, StudentConfig, build_config
+from engine.data import TaskData
 from engine.errors import ConfigError, ModelError
 from engine.loop import Engine
 from engine.metrics import classification_metrics
@@ -28,7 +28,7 @@ from engine.student.ltuning import (
 from engine.student.soft_prompt import SoftPromptStudent
 from fake_ta import SeededTA
 
-LABELS = ["positive", "negative", "neutral"]
+LABELS = SENTIMENT_LABELS
 TUNINGS = ["lt-prefix", "lt-prompt"]
 # every frozen-encoder variant whose resume must be exact: (tuning, extra StudentConfig fields)
 VARIANTS = [("lt-prefix", {}), ("lt-prompt", {}), ("lt-prefix", {"lt_objective": "binary"}),
@@ -36,29 +36,8 @@ VARIANTS = [("lt-prefix", {}), ("lt-prompt", {}), ("lt-prefix", {"lt_objective":
 PREFIXES = ["", "Tweet sentiment:", "Is this positive, negative or neutral?", "Tweet sentiment:"]
 
 
-@dataclass
-class FakeTaskData:
-    task: str
-    source: str
-    label_names: list[str]
-    train: list[dict]
-    validation: list[dict]
-    test: list[dict]
-    default_description: str = "Tweets labelled with their sentiment."
-    warnings: list[str] = field(default_factory=list)
-    selection: list[dict] = field(default_factory=list)
-
-    def split(self, name: str) -> list[dict]:
-        return {"train": self.train, "validation": self.validation, "test": self.test,
-                "selection": self.selection}[name]
-
-
-def make_data(n: int = 120, seed: int = 0) -> FakeTaskData:
-    rows = [{"text": r["text"], "label": LABELS.index(r["label"])}
-            for r in make_sentiment_rows(n, seed)]
-    n_train, n_val = int(n * 0.6), int(n * 0.2)
-    return FakeTaskData("classification", "generated", list(LABELS), rows[:n_train],
-                        rows[n_train:n_train + n_val], rows[n_train + n_val:])
+def make_data(n: int = 120, seed: int = 0) -> TaskData:
+    return sentiment_task_data(n, seed, train_share=0.6, val_share=0.2)
 
 
 def make_student(model_dir: Path, tuning: str, data=None, epochs: int = 2, seed: int = 7,

@@ -8,25 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_sentiment_rows
+from conftest import SENTIMENT_LABELS, make_sentiment_rows, sentiment_task_data
 from engine.config import RunConfig, StudentConfig
 from engine.errors import ConfigError, DataError, ModelError, UsageError
 from engine.data import TaskData
 from engine.student import build_student
 from engine.student.classification import ClassificationStudent, join_input
 
-LABELS = ["positive", "negative", "neutral"]
+LABELS = SENTIMENT_LABELS
 PREFIXES = ["", "Sentiment of the tweet:", "Is this Positive, negative or neutral?!",
             "Ça va — émotions ✨ (tweet)", "Sentiment of the tweet:"]
 
 
 def make_data(n: int = 300, seed: int = 0) -> TaskData:
-    rows = [{"text": r["text"], "label": LABELS.index(r["label"])}
-            for r in make_sentiment_rows(n, seed)]
-    n_train, n_val = int(n * 0.7), int(n * 0.15)
-    return TaskData("classification", "generated", list(LABELS), rows[:n_train],
-                    rows[n_train:n_train + n_val], rows[n_train + n_val:],
-                    "Tweets labelled with their sentiment.")
+    return sentiment_task_data(n, seed, train_share=0.7, val_share=0.15)
 
 
 def student_cfg(model_dir: Path, **kw) -> StudentConfig:
@@ -375,6 +370,12 @@ def test_build_student_dispatches_on_task(tiny_bert_dir):
     from engine.student.ltuning import LTuningStudent
 
     assert isinstance(build_student(cfg, make_data(60), "cpu"), LTuningStudent)
+    with pytest.raises(ConfigError, match="student.tuning 'lt-prefix' works only for classification"):
+        build_student(cfg, TaskData("extractive_qa", "x", [], [], [], [], ""), "cpu")
+    cfg.student.tuning = "prompt"
+    from engine.student.soft_prompt import SoftPromptStudent
+
+    assert isinstance(build_student(cfg, make_data(60), "cpu"), SoftPromptStudent)
 
 
 # ---- devices -----------------------------------------------------------------------

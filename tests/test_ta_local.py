@@ -79,6 +79,9 @@ def test_assistant_prefix_variants_and_sanitizing():
     assert tr.assistant_prefixes("Plain   text\nanswer") == ["Plain text answer"]
     assert tr.assistant_prefixes('{"prefixes": ["Say \\"hi\\" now"]}') == ["Say 'hi' now"]
     assert tr.render_answer_body(["One.", "Two."]) == 'One."\n"Two."'
+    # the lenient shapes beyond the one format (engine.prompts.decode_assistant_message)
+    assert tr.assistant_prefixes('{"prefixes": ["One.", 2, null, ""]}') == ["One.", "2"]
+    assert tr.assistant_prefixes(prompts.assistant_message(["A  b", " "])) == ["A b"]
 
 
 def test_cut_at_stop():

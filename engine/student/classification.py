@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from engine.errors import ConfigError, DataError
 from engine.metrics import classification_metrics
 from engine.student.first_token import first_token_only
-from engine.student.task_base import TaskStudent, derive_seed, join_input, pad_batch
+from engine.student.task_base import TaskStudent, join_input, pad_batch
 
-__all__ = ["ClassificationStudent", "derive_seed", "join_input"]
+__all__ = ["ClassificationStudent", "join_input"]
 
 # Used to check, once per split, that tokenizing "prefix text" equals tokenizing each part.
 PROBE_PREFIX = "Classify this text (tweet, review...): is it Positive, negative or neutral? Answer!"

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from engine.student.classification import ClassificationStudent
-from engine.student.task_base import reason
 
 
 def mean_summary(states: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -126,10 +125,8 @@ class FrozenEncoderStudent(ClassificationStudent):
 
         from engine.errors import ModelError
 
-        directory = Path(directory)
+        directory = self._checkpoint_dir(directory)
         fix = self.checkpoint_fix
-        if not directory.is_dir():
-            raise ModelError(f"checkpoint directory {str(directory)!r} does not exist", fix)
         missing = [f for f in (self.meta_file, self.weights_file) if not (directory / f).is_file()]
         if missing:
             raise ModelError(f"checkpoint {str(directory)!r} lacks {', '.join(missing)} "
@@ -138,8 +135,7 @@ class FrozenEncoderStudent(ClassificationStudent):
             meta = json.loads((directory / self.meta_file).read_text(encoding="utf-8"))
             tensors = load_file(str(directory / self.weights_file))
         except Exception as exc:  # a corrupt file
-            raise ModelError(f"cannot load checkpoint {str(directory)!r} ({reason(exc)})",
-                             fix) from None
+            raise self._unreadable_checkpoint(directory, exc) from None
         if not isinstance(meta, dict):
             raise ModelError(f"checkpoint {str(directory)!r} has a malformed {self.meta_file}", fix)
         mine = self._meta()

@@ -76,9 +76,10 @@ from torch import nn
 
 from engine.config import LT_MAPS, LT_OBJECTIVES, StudentConfig
 from engine.errors import ConfigError, ModelError
+from engine.seeds import student_seed
 from engine.student.frozen import (FrozenEncoderModel, FrozenEncoderStudent, classifier_head,
                                    mean_summary)
-from engine.student.task_base import derive_seed, join_input, pad_batch, reason
+from engine.student.task_base import join_input, pad_batch, reason
 
 LT_TUNINGS = ("lt-prefix", "lt-prompt")
 #: virtual tokens (prefix or prompt positions) each label is pooled into (lt_map "pooled")
@@ -274,7 +275,7 @@ class LTuningStudent(FrozenEncoderStudent):
         backbone.eval()
         with torch.no_grad():
             states = backbone(**enc).last_hidden_state.float()
-        torch.manual_seed(derive_seed(self.seed, "ltuning-init"))
+        torch.manual_seed(student_seed(self.seed, "ltuning-init"))
         model = LTuningModel(backbone, self.tuning, states, enc["attention_mask"],
                              slots=self.virtual_tokens, label_map=self.cfg.lt_map).to(self._device)
         if self.tuning == "lt-prefix":
@@ -321,7 +322,7 @@ class LTuningStudent(FrozenEncoderStudent):
 
     def negative_labels(self, epoch: int, step: int, labels: list[int]) -> list[list[int]]:
         """The wrong labels paired with each example of a step (depends on seed, epoch, step)."""
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, "negatives", epoch, step))
+        generator = torch.Generator().manual_seed(student_seed(self.seed, "negatives", epoch, step))
         k = len(self.label_names)
         out = []
         for label in labels:

@@ -33,10 +33,10 @@ from torch import nn
 
 from engine.config import StudentConfig
 from engine.errors import ConfigError
+from engine.seeds import student_seed
 from engine.student.frozen import (FrozenEncoderModel, FrozenEncoderStudent, classifier_head,
                                    mean_summary)
 from engine.student.ltuning import VIRTUAL_TOKENS
-from engine.student.task_base import derive_seed
 
 SOFT_PROMPT_TUNINGS = ("prefix", "prompt")
 
@@ -132,7 +132,7 @@ class SoftPromptStudent(FrozenEncoderStudent):
         backbone = classifier.base_model
         if self.tuning == "prompt":
             self._check_prompt_positions(backbone.config, self.virtual_tokens)
-        torch.manual_seed(derive_seed(self.seed, "soft-prompt-init"))
+        torch.manual_seed(student_seed(self.seed, "soft-prompt-init"))
         model = SoftPromptModel(backbone, self.tuning, len(self.label_names),
                                 self.virtual_tokens).to(self._device)
         return model, tokenizer

@@ -46,10 +46,6 @@ FAMILIES = {
 }
 
 
-#: The students' seed derivation (engine/seeds.py); the old name stays for its importers.
-derive_seed = student_seed
-
-
 def join_input(prefix: str, text: str) -> str:
     """What the student reads: prefix + " " + text, or the text alone for an empty prefix."""
     return f"{prefix} {text}" if prefix.strip() else text
@@ -231,7 +227,7 @@ class TaskStudent(Student):
             source = str(path)
         elif looks_like_path(source):
             raise ModelError(f"student model path {name!r} does not exist", MODEL_FIX)
-        torch.manual_seed(derive_seed(self.seed, "init"))  # new task heads start from the seed
+        torch.manual_seed(student_seed(self.seed, "init"))  # new task heads start from the seed
         try:
             with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(source)
@@ -402,19 +398,30 @@ class TaskStudent(Student):
     def load(self, directory: Path, training_state: bool = True) -> None:
         import transformers
 
-        directory = Path(directory)
-        fix = self.checkpoint_fix
-        if not directory.is_dir():
-            raise ModelError(f"checkpoint directory {str(directory)!r} does not exist", fix)
+        directory = self._checkpoint_dir(directory)
         try:
             with quiet_transformers():
                 saved = getattr(transformers, self.auto_class).from_pretrained(directory)
             self.model.load_state_dict(saved.float().state_dict())
         except Exception as exc:  # a missing/corrupt/mismatched checkpoint
-            raise ModelError(f"cannot load checkpoint {str(directory)!r} ({reason(exc)})", fix) from None
+            raise self._unreadable_checkpoint(directory, exc) from None
         del saved
         if training_state:
             self._load_training_state(directory)
+
+    def _checkpoint_dir(self, directory: Path) -> Path:
+        """`directory` as a Path; ModelError if there is no such folder (the checks every
+        student's `load` starts with)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelError(f"checkpoint directory {str(directory)!r} does not exist",
+                             self.checkpoint_fix)
+        return directory
+
+    def _unreadable_checkpoint(self, directory: Path, exc: BaseException) -> ModelError:
+        """The error for a checkpoint whose files cannot be read (missing, corrupt, mismatched)."""
+        return ModelError(f"cannot load checkpoint {str(directory)!r} ({reason(exc)})",
+                          self.checkpoint_fix)
 
     def _save_training_state(self, directory: Path) -> None:
         """Optimizer, schedule and (fp16 only) scaler state, next to the weights."""

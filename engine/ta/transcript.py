@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import json
 
+from engine.prompts import decode_assistant_message
+
 #: The line before every prefix; the quote that follows opens the prefix.
 ANSWER_CUE = "A new prefix for this dataset, written as one full instruction sentence:"
 OPEN_QUOTE = '"'
@@ -69,17 +71,24 @@ def sanitize_prefix(prefix: str) -> str:
 
 def assistant_prefixes(content: str) -> list[str]:
     """The prefixes in an assistant message: ``{"prefixes": [...]}`` JSON, else the whole text."""
+    items = decode_assistant_message(content)  # the format assistant_message writes
+    if items is None:
+        items = _other_shapes(content)
+    return [p for p in (sanitize_prefix(i) for i in items) if p]
+
+
+def _other_shapes(content: str) -> list[str]:
+    """An assistant message in another shape, read leniently: numbers among the prefixes,
+    ``{"prefix": "..."}``, or plain text (the whole text is the prefix)."""
     try:
         value = json.loads(content)
     except (TypeError, ValueError):
         value = None
     if isinstance(value, dict) and isinstance(value.get("prefixes"), list):
-        items = [str(p) for p in value["prefixes"] if isinstance(p, (str, int, float))]
-    elif isinstance(value, dict) and isinstance(value.get("prefix"), str):
-        items = [value["prefix"]]
-    else:
-        items = [str(content)]
-    return [p for p in (sanitize_prefix(i) for i in items) if p]
+        return [str(p) for p in value["prefixes"] if isinstance(p, (str, int, float))]
+    if isinstance(value, dict) and isinstance(value.get("prefix"), str):
+        return [value["prefix"]]
+    return [str(content)]
 
 
 def render_answer_body(prefixes: list[str]) -> str:
