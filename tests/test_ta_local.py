@@ -453,3 +453,67 @@ def test_dequantization_reports_progress_while_it_runs():
     time.sleep(0.05)
     assert len(seen) == count  # silent once done
     assert all(m.startswith("dequantizing: ") and "left" in m for m in seen[:2])
+
+
+def test_stop_table_from_the_backend_matches_batch_decode(tiny_ta):
+    """The one-call Rust decode finds the same stop tokens as transformers' batch_decode."""
+    import torch
+
+    from engine.ta.generate import _decode_each, stop_token_table
+
+    tok = tiny_ta.tokenizer
+    assert getattr(tok, "backend_tokenizer", None) is not None  # the fast path is what is tested
+    ids = list(range(len(tok)))
+    slow = tok.batch_decode([[i] for i in ids], skip_special_tokens=True)
+    want = torch.tensor([any(s in p for s in tr.STOP_STRINGS) for p in slow])
+    table = stop_token_table(tok, len(tok), tr.STOP_STRINGS, set())
+    assert int(want.sum()) > 0 and torch.equal(table, want)
+    assert [bool(p) for p in _decode_each(tok, ids)] == [bool(p) for p in slow]
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma():
+    """A 3-layer Gemma 3 (random weights) with a 6-token sliding window on two layers."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                           sliding_window=6, layer_types=["sliding_attention", "sliding_attention",
+                                                          "full_attention"],
+                           max_position_embeddings=256, pad_token_id=0)
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+def test_growing_cache_computes_what_the_dynamic_cache_computes(tiny_gemma):
+    """The in-place KV cache returns the same keys/values as transformers' DynamicCache
+    (concatenation per step), so every hidden state is bit-identical: chunked prefill past the
+    sliding window, a copy kept mid-prompt, the batch repeat, then decoding past the reserve."""
+    import copy
+
+    import torch
+    from transformers import DynamicCache
+
+    from engine.ta.generate import growing_cache
+
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(1, 97, (1, 23), generator=gen)
+    steps = torch.randint(1, 97, (80, 3, 1), generator=gen)  # 80 > the 64-token reserve
+    runs = []
+    with torch.inference_mode():
+        for cache in (DynamicCache(config=tiny_gemma.config), growing_cache(tiny_gemma.config)):
+            outs = []
+            for start in range(0, 23, 4):
+                piece = prompt[:, start:start + 4]
+                outs.append(tiny_gemma(input_ids=piece, cache=cache, use_cache=True).logits)
+                if start == 8:  # the prefix kept for the next request is a deep copy
+                    cache = copy.deepcopy(cache)
+            cache.batch_repeat_interleave(3)
+            for token in steps:
+                outs.append(tiny_gemma(input_ids=token, cache=cache, use_cache=True).logits)
+            assert cache.get_seq_length() == 23 + 80
+            runs.append(outs)
+    assert [type(layer).__name__ for layer in growing_cache(tiny_gemma.config).layers] == \
+        ["GrowingSlidingLayer", "GrowingSlidingLayer", "GrowingLayer"]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
