@@ -134,9 +134,17 @@ def step_split(ta: Any, msgs: list[dict], l: int) -> dict[str, float]:
                 scores = warp(None, scores)
             torch.multinomial(torch.softmax(scores, dim=-1), 1)
 
+        from transformers import DynamicCache
+
+        plain = DynamicCache(config=model.config)  # transformers' own: one concatenation per step
+        ta.generator._forward(decoder, torch.tensor([ids]), plain)
+        plain.batch_repeat_interleave(l)
         copying = timeit(lambda: copy.deepcopy(cache))
         body = timeit(lambda: ta.generator._forward(decoder, token, copy.deepcopy(cache))) - copying
+        copying = timeit(lambda: copy.deepcopy(plain))
+        body_plain = timeit(lambda: ta.generator._forward(decoder, token, copy.deepcopy(plain))) - copying
         return {"body (transformer layers)": body,
+                "body with transformers' DynamicCache (before)": body_plain,
                 "head fp32": timeit(lambda: hidden.float() @ weight.T),
                 "head exact-bf16": timeit(lambda: exact(hidden, ta.top_k)),
                 "sampling (warpers, softmax, multinomial)": timeit(sample)}

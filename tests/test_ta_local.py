@@ -517,3 +517,21 @@ def test_growing_cache_computes_what_the_dynamic_cache_computes(tiny_gemma):
     assert [type(layer).__name__ for layer in growing_cache(tiny_gemma.config).layers] == \
         ["GrowingSlidingLayer", "GrowingSlidingLayer", "GrowingLayer"]
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_ta_dtype_setting_reaches_the_local_ta(tiny_causal_lm_dir):
+    """ta.dtype picks the local TA's weight dtype; float16 (Gemma 3 overflows) is refused."""
+    import torch
+
+    from engine.config import RunConfig
+    from engine.errors import ConfigError
+    from engine.ta import build_ta
+
+    cfg = RunConfig.from_dict({"ta": {"model": str(tiny_causal_lm_dir), "dtype": "bfloat16"}}).validate()
+    ta = build_ta(cfg)
+    assert next(ta.model.parameters()).dtype == torch.bfloat16
+    assert len(ta.propose(messages(), n=2, temperature=1.0, seed=1).texts) == 2
+    auto = build_ta(RunConfig.from_dict({"ta": {"model": str(tiny_causal_lm_dir)}}).validate())
+    assert next(auto.model.parameters()).dtype == torch.float32  # auto on the CPU
+    with pytest.raises(ConfigError, match="ta.dtype"):
+        RunConfig.from_dict({"ta": {"dtype": "float16"}}).validate()
