@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from engine.errors import UsageError
+
 from bench.common import (Report, base_parser, machine_info, median, prepare, progress, publish,
                           run_main)
 
@@ -188,6 +190,9 @@ def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0], repeats=1)
     parser.add_argument("--model", default="gemma-3-270m", help="TA model (alias, directory or hub name)")
     parser.add_argument("--requests", type=int, default=3, help="requests per simulated epoch")
+    parser.add_argument("--shapes", default="3x24,5x24,3x48,5x48",
+                        help="request shapes to time, l x max new tokens, comma-separated")
+    parser.add_argument("--no-ttft", action="store_true", help="skip the time-to-first-token runs")
     parser.add_argument("--bf16-model", action="store_true",
                         help="also load the whole TA in bf16: speed and log-likelihood gap")
     args = parser.parse_args()
@@ -208,7 +213,13 @@ def main() -> None:
                        "top_p": ta.top_p, "CPU bf16": cpu_has_bf16(), "load s": f"{load_s:.1f}"}
     rows, ratios, cpu_ratios = [], [], []
     sampled: dict = {}
-    for l, tokens in ((3, 24), (5, 24), (3, 48), (5, 48)):
+    try:
+        shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
+        if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"bad --shapes {args.shapes!r}", "give l x tokens pairs, e.g. --shapes 5x24,3x48") from None
+    for l, tokens in shapes:
         ta.max_new_tokens = tokens
         msgs = requests(l, args.requests)
         progress(f"l={l} max_new_tokens={tokens}")
@@ -231,7 +242,7 @@ def main() -> None:
     l, msgs = 5, requests(5, args.requests)
     ta.max_new_tokens = 24
     progress("time to first token")
-    ttft = {fast: first_token_s(ta, fast, msgs, l, args.seed) for fast in (False, True)}
+    ttft = {} if args.no_ttft else {fast: first_token_s(ta, fast, msgs, l, args.seed) for fast in (False, True)}
     progress("decode step split")
     split = step_split(ta, msgs[-1], l)
     bounds = machine_bounds(ta)
@@ -252,17 +263,18 @@ def main() -> None:
         ["FLOP bound, l=5 rows: tokens/s (2 x params per token at the matmul speed)",
          f"{bounds['matmul fp32 GFLOP/s (256x640x2048)'] * 1e9 / (2 * (body_params + head_params)):.0f}"],
         ["measured fast decode, l=5 rows: tokens/s (5 / step)", f"{5 / step_s:.0f}"],
-        ["time to first token, l=5, last request: stock / fast (s)", f"{ttft[False]:.2f} / {ttft[True]:.2f}"],
-    ])
+    ] + ([["time to first token, l=5, last request: stock / fast (s)", f"{ttft[False]:.2f} / {ttft[True]:.2f}"]]
+          if ttft else []))
     if args.bf16_model:
         progress("bf16 model")
         ta16 = LocalTA(args.model, device=device, max_new_tokens=24, dtype=torch.bfloat16)
-        msgs16, texts = sampled[(5, 24)]
-        r16 = run_epochs(ta16, (True,), msgs16, 5, args.seed)[True]
-        ta.max_new_tokens = 24
-        r32 = run_epochs(ta, (True,), msgs16, 5, args.seed)[True]
+        shape = (5, 24) if (5, 24) in sampled else next(iter(sampled))
+        msgs16, texts = sampled[shape]
+        ta16.max_new_tokens = ta.max_new_tokens = shape[1]
+        r16 = run_epochs(ta16, (True,), msgs16, shape[0], args.seed)[True]
+        r32 = run_epochs(ta, (True,), msgs16, shape[0], args.seed)[True]
         gap = max(log_likelihood_gap(ta, ta16, m, t) for m, t in zip(msgs16, texts))
-        report.table(["whole model in bf16 (l=5, 24 new)", "value"], [
+        report.table([f"whole model in bf16 (l={shape[0]}, {shape[1]} new)", "value"], [
             ["fast fp32 / fast bf16: tok/s by wall", f"{r32['tokens'] / r32['s']:.1f} / {r16['tokens'] / r16['s']:.1f}"],
             ["fast fp32 / fast bf16: tok/s by CPU", f"{r32['tokens'] / r32['cpu']:.1f} / {r16['tokens'] / r16['cpu']:.1f}"],
             ["same texts as fp32", f"{sum(a == b for a, b in zip(r32['texts'], r16['texts']))}/{len(msgs16)}"],
