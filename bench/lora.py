@@ -111,9 +111,9 @@ def main() -> None:
     report.table(["contender", "s per step, CPU (median)", "s per step, wall (median)",
                   "speed vs float32, CPU", "losses"],
                  [[k, f"{step_cpu[k]:.1f}", f"{step_wall[k]:.1f}", f"{step_cpu['float32'] / step_cpu[k]:.2f}x",
-                   " / ".join(f"{x:.4f}" for x in v["loss"])] for k, v in results.items()])
+                   " / ".join(f"{x:.5f}" for x in v["loss"])] for k, v in results.items()])
     report.table(["check", "value"], [
-        ["largest |loss float32 - loss bf16| over the steps", f"{max(gaps):.4f}"],
+        ["largest abs(loss float32 - loss bf16) over the steps", f"{max(gaps):.5f}"],
         ["largest relative loss difference", f"{max(g / abs(a) for g, a in zip(gaps, base['loss'])):.2%}"],
         ["padding share of the padded batches (mean)", f"{sum(base['padding']) / len(base['padding']):.1%}"],
     ])
