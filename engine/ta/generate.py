@@ -212,8 +212,6 @@ def _append(layer: Any, new_k: Any, new_v: Any, reserve: int) -> tuple[Any, Any]
     buffer. The values (and their order) are exactly the concatenation's, so attention
     computes the same numbers.
     """
-    import torch
-
     keys, values = layer.keys, layer.values
     have = keys.shape[-2] if keys is not None and keys.dim() == 4 else 0
     total = have + new_k.shape[-2]
