@@ -123,7 +123,6 @@ def step_split(ta: Any, msgs: list[dict], l: int) -> dict[str, float]:
         token = torch.full((l, 1), 100)
         import copy
 
-        # a step grows the cache; each timed call runs on a fresh copy (its cost subtracted)
         hidden = ta.generator._forward(decoder, token, copy.deepcopy(cache)).last_hidden_state[:, -1, :]
         weight = model.get_output_embeddings().weight
         exact = ExactBf16Head(weight)
@@ -136,22 +135,15 @@ def step_split(ta: Any, msgs: list[dict], l: int) -> dict[str, float]:
                 scores = warp(None, scores)
             torch.multinomial(torch.softmax(scores, dim=-1), 1)
 
-        from transformers import DynamicCache
-
-        plain = DynamicCache(config=model.config)  # transformers' own: one concatenation per step
-        ta.generator._forward(decoder, torch.tensor([ids]), plain)
-        plain.batch_repeat_interleave(l)
-        # real consecutive decode steps on both caches, alternating (same load on both); the
-        # first step after the batch repeat (a one-time copy in both) is left out
-        times: dict[str, list[float]] = {"in place": [], "plain": []}
+        # consecutive real decode steps (the cache grows by one token each); the first step
+        # after the batch repeat is left out
+        times = []
         for _ in range(13):
-            for name, kv in (("in place", cache), ("plain", plain)):
-                started = time.process_time()
-                ta.generator._forward(decoder, token, kv)
-                times[name].append(time.process_time() - started)
-        body, body_plain = median(times["in place"][1:]), median(times["plain"][1:])
+            started = time.process_time()
+            ta.generator._forward(decoder, token, cache)
+            times.append(time.process_time() - started)
+        body = median(times[1:])
         return {"body (transformer layers)": body,
-                "body with transformers' DynamicCache (before)": body_plain,
                 "head fp32": timeit(lambda: hidden.float() @ weight.T),
                 "head exact-bf16": timeit(lambda: exact(hidden, ta.top_k)),
                 "sampling (warpers, softmax, multinomial)": timeit(sample)}
@@ -295,8 +287,8 @@ def main() -> None:
             f"{max(ratios):.2f}x by wall time, {min(cpu_ratios):.2f}x to {max(cpu_ratios):.2f}x by CPU "
             "time (the process's own CPU seconds; on a shared machine the steadier figure)")
     report.notes += [
-        "decode-step body: 12 consecutive real decode steps on each cache, alternating step by "
-        "step, median CPU ms (the first step after the batch repeat left out)",
+        "decode-step body: median CPU ms of 12 consecutive real decode steps (the first step "
+        "after the batch repeat left out)",
         "stock and fast run the same requests interleaved (stock, fast, stock, ...)",
         "stock: one model.generate(num_return_sequences=l) per request, i.e. the prompt is "
         "prefilled l times; fast: prefilled once, in fixed 32-token chunks, the chunks shared "

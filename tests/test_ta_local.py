@@ -471,54 +471,6 @@ def test_stop_table_from_the_backend_matches_batch_decode(tiny_ta):
     assert [bool(p) for p in _decode_each(tok, ids)] == [bool(p) for p in slow]
 
 
-@pytest.fixture(scope="module")
-def tiny_gemma():
-    """A 3-layer Gemma 3 (random weights) with a 6-token sliding window on two layers."""
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                           num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-                           sliding_window=6, layer_types=["sliding_attention", "sliding_attention",
-                                                          "full_attention"],
-                           max_position_embeddings=256, pad_token_id=0)
-    return Gemma3ForCausalLM(cfg).eval()
-
-
-def test_growing_cache_computes_what_the_dynamic_cache_computes(tiny_gemma):
-    """The in-place KV cache returns the same keys/values as transformers' DynamicCache
-    (concatenation per step), so every hidden state is bit-identical: chunked prefill past the
-    sliding window, a copy kept mid-prompt, the batch repeat, then decoding past the reserve."""
-    import copy
-
-    import torch
-    from transformers import DynamicCache
-
-    from engine.ta.generate import growing_cache
-
-    gen = torch.Generator().manual_seed(1)
-    prompt = torch.randint(1, 97, (1, 23), generator=gen)
-    steps = torch.randint(1, 97, (80, 3, 1), generator=gen)  # 80 > the 64-token reserve
-    runs = []
-    with torch.inference_mode():
-        for cache in (DynamicCache(config=tiny_gemma.config), growing_cache(tiny_gemma.config)):
-            outs = []
-            for start in range(0, 23, 4):
-                piece = prompt[:, start:start + 4]
-                outs.append(tiny_gemma(input_ids=piece, cache=cache, use_cache=True).logits)
-                if start == 8:  # the prefix kept for the next request is a deep copy
-                    cache = copy.deepcopy(cache)
-            cache.batch_repeat_interleave(3)
-            for token in steps:
-                outs.append(tiny_gemma(input_ids=token, cache=cache, use_cache=True).logits)
-            assert cache.get_seq_length() == 23 + 80
-            runs.append(outs)
-    assert [type(layer).__name__ for layer in growing_cache(tiny_gemma.config).layers] == \
-        ["GrowingSlidingLayer", "GrowingSlidingLayer", "GrowingLayer"]
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
-
-
 def test_ta_dtype_setting_reaches_the_local_ta(tiny_causal_lm_dir):
     """ta.dtype picks the local TA's weight dtype; float16 (Gemma 3 overflows) is refused."""
     import torch

@@ -25,7 +25,6 @@ message, worked examples, description) is the same in every request of an epoch.
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -203,93 +202,6 @@ def exact_head_for(model: Any, top_k: int, enabled: bool | None = None) -> "Exac
     return ExactBf16Head(head.weight) if enabled else None
 
 
-def _append(layer: Any, new_k: Any, new_v: Any, reserve: int) -> tuple[Any, Any]:
-    """(keys, values) of `layer` followed by the new states, as views of preallocated buffers.
-
-    The same tensors `torch.cat([layer.keys, new], -2)` returns, without copying the cache on
-    every step: the new states are written after the valid region of a buffer with room for
-    `reserve` more tokens; only when the room runs out is the valid region copied into a new
-    buffer. The values (and their order) are exactly the concatenation's, so attention
-    computes the same numbers.
-    """
-    keys, values = layer.keys, layer.values
-    have = keys.shape[-2] if keys is not None and keys.dim() == 4 else 0
-    total = have + new_k.shape[-2]
-    kbuf, vbuf, start = getattr(layer, "_kbuf", None), getattr(layer, "_vbuf", None), getattr(layer, "_start", 0)
-    fits = (kbuf is not None and have > 0 and start + total <= kbuf.shape[-2]
-            and kbuf.shape[:2] == new_k.shape[:2] and kbuf.dtype == new_k.dtype
-            and kbuf.device == new_k.device and keys.stride() == kbuf.stride()
-            and values.stride() == vbuf.stride()
-            and keys.data_ptr() == kbuf[:, :, start].data_ptr()
-            and values.data_ptr() == vbuf[:, :, start].data_ptr())
-    if not fits:  # a fresh buffer (first call, batch repeat, deepcopy, no room left)
-        b, h, _, d = new_k.shape
-        kbuf = new_k.new_empty((b, h, total + reserve, d))
-        vbuf = new_v.new_empty((b, h, total + reserve, new_v.shape[-1]))
-        if have:
-            kbuf[:, :, :have].copy_(keys)
-            vbuf[:, :, :have].copy_(values)
-        start = 0
-    kbuf[:, :, start + have:start + total].copy_(new_k)
-    vbuf[:, :, start + have:start + total].copy_(new_v)
-    layer._kbuf, layer._vbuf, layer._start = kbuf, vbuf, start
-    return kbuf[:, :, start:start + total], vbuf[:, :, start:start + total]
-
-
-@functools.lru_cache(maxsize=None)
-def _growing_layers() -> tuple[type, type]:
-    """transformers' dynamic cache layers, with `_append` instead of a concatenation per step."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    class GrowingLayer(DynamicLayer):
-        reserve = 64
-
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            self.keys, self.values = _append(self, key_states, value_states, self.reserve)
-            return self.keys, self.values
-
-    class GrowingSlidingLayer(DynamicSlidingWindowLayer):
-        reserve = 64
-
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            if self.record_past:  # pragma: no cover - assisted decoding only
-                return super().update(key_states, value_states, *args, **kwargs)
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            self.cumulative_length += key_states.shape[-2]
-            full_k, full_v = _append(self, key_states, value_states, self.reserve)
-            # keep the last `sliding_window - 1` tokens, as DynamicSlidingWindowLayer does
-            drop = max(0, full_k.shape[-2] - (self.sliding_window - 1))
-            self.keys, self.values = full_k[:, :, drop:], full_v[:, :, drop:]
-            self._start += drop
-            return full_k, full_v
-
-    return GrowingLayer, GrowingSlidingLayer
-
-
-def growing_cache(config: Any) -> Any:
-    """A DynamicCache for `config` whose plain and sliding-window layers append in place
-    (see `_append`); other layer kinds are kept as transformers builds them."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    try:
-        cache = DynamicCache(config=config)
-    except TypeError:  # pragma: no cover - older transformers
-        return DynamicCache()
-    if config is None or not getattr(cache, "layers", None):
-        return cache
-    growing, sliding = _growing_layers()
-    for i, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer:
-            cache.layers[i] = growing()
-        elif type(layer) is DynamicSlidingWindowLayer:
-            cache.layers[i] = sliding(sliding_window=layer.sliding_window)
-    return cache
-
-
 @dataclass
 class GenerationResult:
     rows: list[list[int]]  # generated ids per row (up to and including the stop token)
@@ -356,7 +268,13 @@ class FastGenerator:
         return self._table.to(device)
 
     def _new_cache(self) -> Any:
-        return growing_cache(getattr(self.model, "config", None))
+        from transformers import DynamicCache
+
+        config = getattr(self.model, "config", None)
+        try:
+            return DynamicCache(config=config)
+        except TypeError:  # pragma: no cover - older transformers
+            return DynamicCache()
 
     def head(self, top_k: int) -> "ExactBf16Head | None":
         if self._head is False:
