@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from engine.errors import UsageError
+
 from bench.common import (Report, base_parser, machine_info, median, prepare, progress, publish,
                           run_main)
 
@@ -121,7 +123,6 @@ def step_split(ta: Any, msgs: list[dict], l: int) -> dict[str, float]:
         token = torch.full((l, 1), 100)
         import copy
 
-        # a step grows the cache; each timed call runs on a fresh copy (its cost subtracted)
         hidden = ta.generator._forward(decoder, token, copy.deepcopy(cache)).last_hidden_state[:, -1, :]
         weight = model.get_output_embeddings().weight
         exact = ExactBf16Head(weight)
@@ -134,8 +135,14 @@ def step_split(ta: Any, msgs: list[dict], l: int) -> dict[str, float]:
                 scores = warp(None, scores)
             torch.multinomial(torch.softmax(scores, dim=-1), 1)
 
-        copying = timeit(lambda: copy.deepcopy(cache))
-        body = timeit(lambda: ta.generator._forward(decoder, token, copy.deepcopy(cache))) - copying
+        # consecutive real decode steps (the cache grows by one token each); the first step
+        # after the batch repeat is left out
+        times = []
+        for _ in range(13):
+            started = time.process_time()
+            ta.generator._forward(decoder, token, cache)
+            times.append(time.process_time() - started)
+        body = median(times[1:])
         return {"body (transformer layers)": body,
                 "head fp32": timeit(lambda: hidden.float() @ weight.T),
                 "head exact-bf16": timeit(lambda: exact(hidden, ta.top_k)),
@@ -180,6 +187,11 @@ def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0], repeats=1)
     parser.add_argument("--model", default="gemma-3-270m", help="TA model (alias, directory or hub name)")
     parser.add_argument("--requests", type=int, default=3, help="requests per simulated epoch")
+    parser.add_argument("--shapes", default="3x24,5x24,3x48,5x48",
+                        help="request shapes to time, l x max new tokens, comma-separated")
+    parser.add_argument("--no-ttft", action="store_true", help="skip the time-to-first-token runs")
+    parser.add_argument("--split-only", action="store_true",
+                        help="only the decode-step split and the bounds (no request shapes)")
     parser.add_argument("--bf16-model", action="store_true",
                         help="also load the whole TA in bf16: speed and log-likelihood gap")
     args = parser.parse_args()
@@ -200,7 +212,15 @@ def main() -> None:
                        "top_p": ta.top_p, "CPU bf16": cpu_has_bf16(), "load s": f"{load_s:.1f}"}
     rows, ratios, cpu_ratios = [], [], []
     sampled: dict = {}
-    for l, tokens in ((3, 24), (5, 24), (3, 48), (5, 48)):
+    try:
+        shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
+        if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"bad --shapes {args.shapes!r}", "give l x tokens pairs, e.g. --shapes 5x24,3x48") from None
+    if args.split_only:
+        shapes, args.no_ttft = [], True
+    for l, tokens in shapes:
         ta.max_new_tokens = tokens
         msgs = requests(l, args.requests)
         progress(f"l={l} max_new_tokens={tokens}")
@@ -217,13 +237,14 @@ def main() -> None:
                      f"{rate[True] / rate[False]:.2f}x / {cpu_rate[True] / cpu_rate[False]:.2f}x",
                      f"{same}/{len(msgs)}"])
         sampled[(l, tokens)] = (msgs, fast["texts"])
-    report.table(["l", "max new", "prompt tokens per request", "fast: tokens prefilled",
-                  "stock s, wall / CPU", "fast s, wall / CPU", "stock tok/s, wall / CPU",
-                  "fast tok/s, wall / CPU", "speed-up, wall / CPU", "same texts"], rows)
+    if rows:
+        report.table(["l", "max new", "prompt tokens per request", "fast: tokens prefilled",
+                      "stock s, wall / CPU", "fast s, wall / CPU", "stock tok/s, wall / CPU",
+                      "fast tok/s, wall / CPU", "speed-up, wall / CPU", "same texts"], rows)
     l, msgs = 5, requests(5, args.requests)
     ta.max_new_tokens = 24
     progress("time to first token")
-    ttft = {fast: first_token_s(ta, fast, msgs, l, args.seed) for fast in (False, True)}
+    ttft = {} if args.no_ttft else {fast: first_token_s(ta, fast, msgs, l, args.seed) for fast in (False, True)}
     progress("decode step split")
     split = step_split(ta, msgs[-1], l)
     bounds = machine_bounds(ta)
@@ -244,25 +265,30 @@ def main() -> None:
         ["FLOP bound, l=5 rows: tokens/s (2 x params per token at the matmul speed)",
          f"{bounds['matmul fp32 GFLOP/s (256x640x2048)'] * 1e9 / (2 * (body_params + head_params)):.0f}"],
         ["measured fast decode, l=5 rows: tokens/s (5 / step)", f"{5 / step_s:.0f}"],
-        ["time to first token, l=5, last request: stock / fast (s)", f"{ttft[False]:.2f} / {ttft[True]:.2f}"],
-    ])
+    ] + ([["time to first token, l=5, last request: stock / fast (s)", f"{ttft[False]:.2f} / {ttft[True]:.2f}"]]
+          if ttft else []))
     if args.bf16_model:
         progress("bf16 model")
         ta16 = LocalTA(args.model, device=device, max_new_tokens=24, dtype=torch.bfloat16)
-        msgs16, texts = sampled[(5, 24)]
-        r16 = run_epochs(ta16, (True,), msgs16, 5, args.seed)[True]
-        ta.max_new_tokens = 24
-        r32 = run_epochs(ta, (True,), msgs16, 5, args.seed)[True]
+        shape = (5, 24) if (5, 24) in sampled else next(iter(sampled))
+        msgs16, texts = sampled[shape]
+        ta16.max_new_tokens = ta.max_new_tokens = shape[1]
+        r16 = run_epochs(ta16, (True,), msgs16, shape[0], args.seed)[True]
+        r32 = run_epochs(ta, (True,), msgs16, shape[0], args.seed)[True]
         gap = max(log_likelihood_gap(ta, ta16, m, t) for m, t in zip(msgs16, texts))
-        report.table(["whole model in bf16 (l=5, 24 new)", "value"], [
+        report.table([f"whole model in bf16 (l={shape[0]}, {shape[1]} new)", "value"], [
             ["fast fp32 / fast bf16: tok/s by wall", f"{r32['tokens'] / r32['s']:.1f} / {r16['tokens'] / r16['s']:.1f}"],
             ["fast fp32 / fast bf16: tok/s by CPU", f"{r32['tokens'] / r32['cpu']:.1f} / {r16['tokens'] / r16['cpu']:.1f}"],
             ["same texts as fp32", f"{sum(a == b for a, b in zip(r32['texts'], r16['texts']))}/{len(msgs16)}"],
             ["largest per-token |log p fp32 - log p bf16| on the fp32 samples", f"{gap:.3f}"]])
+    if ratios:
+        report.notes.append(
+            f"speed-up (fast / stock generated tokens per second): {min(ratios):.2f}x to "
+            f"{max(ratios):.2f}x by wall time, {min(cpu_ratios):.2f}x to {max(cpu_ratios):.2f}x by CPU "
+            "time (the process's own CPU seconds; on a shared machine the steadier figure)")
     report.notes += [
-        f"speed-up (fast / stock generated tokens per second): {min(ratios):.2f}x to "
-        f"{max(ratios):.2f}x by wall time, {min(cpu_ratios):.2f}x to {max(cpu_ratios):.2f}x by CPU "
-        "time (the process's own CPU seconds; on a shared machine the steadier figure)",
+        "decode-step body: median CPU ms of 12 consecutive real decode steps (the first step "
+        "after the batch repeat left out)",
         "stock and fast run the same requests interleaved (stock, fast, stock, ...)",
         "stock: one model.generate(num_return_sequences=l) per request, i.e. the prompt is "
         "prefilled l times; fast: prefilled once, in fixed 32-token chunks, the chunks shared "

@@ -32,6 +32,9 @@ MODES = ("baseline", "gpta", "gpta-data", "frozen-ta", "random-prefix", "static-
 MODES_WITH_TA = ("gpta", "gpta-data", "frozen-ta")
 MODES_TUNING_TA = ("gpta", "gpta-data")
 TA_BACKENDS = ("local", "openai", "scripted")
+#: the local TA's weight dtype; "auto": bf16 on a GPU with native bf16, float32 elsewhere.
+#: No float16: Gemma 3 overflows in it.
+TA_DTYPES = ("auto", "float32", "bfloat16")
 FINETUNE_BACKENDS = ("auto", "none", "local", "openai")
 LT_OBJECTIVES = ("softmax", "binary")
 LT_MAPS = ("pooled", "token")
@@ -104,6 +107,10 @@ class TAConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 48
+    # local TA weights: "auto" (bf16 on a GPU with native bf16, float32 elsewhere), "float32"
+    # or "bfloat16" (faster on a CPU with AVX-512-BF16/AMX, but not the float32 distribution:
+    # BENCHMARKS.md, section ta-cpu)
+    dtype: str = "auto"
     max_prefix_words: int = 40
     max_prefix_chars: int = 240
     # A prefix this similar (0..1, normalised) to a worked example of the TA's own prompt is
@@ -194,6 +201,8 @@ class RunConfig:
             raise bad("mode", self.mode, f"use one of {', '.join(MODES)}")
         if self.ta.backend not in TA_BACKENDS:
             raise bad("ta.backend", self.ta.backend, f"use one of {', '.join(TA_BACKENDS)}")
+        if self.ta.dtype not in TA_DTYPES:
+            raise bad("ta.dtype", self.ta.dtype, f"use one of {', '.join(TA_DTYPES)}")
         if self.finetune.backend not in FINETUNE_BACKENDS:
             raise bad("finetune.backend", self.finetune.backend,
                       f"use one of {', '.join(FINETUNE_BACKENDS)}")

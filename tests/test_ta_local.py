@@ -456,3 +456,37 @@ def test_dequantization_reports_progress_while_it_runs():
     time.sleep(0.05)
     assert len(seen) == count  # silent once done
     assert all(m.startswith("dequantizing: ") and "left" in m for m in seen[:2])
+
+
+def test_stop_table_from_the_backend_matches_batch_decode(tiny_ta):
+    """The one-call Rust decode finds the same stop tokens as transformers' batch_decode."""
+    import torch
+
+    from engine.ta.generate import _decode_each, stop_token_table
+
+    tok = tiny_ta.tokenizer
+    assert getattr(tok, "backend_tokenizer", None) is not None  # the fast path is what is tested
+    ids = list(range(len(tok)))
+    slow = tok.batch_decode([[i] for i in ids], skip_special_tokens=True)
+    want = torch.tensor([any(s in p for s in tr.STOP_STRINGS) for p in slow])
+    table = stop_token_table(tok, len(tok), tr.STOP_STRINGS, set())
+    assert int(want.sum()) > 0 and torch.equal(table, want)
+    assert [bool(p) for p in _decode_each(tok, ids)] == [bool(p) for p in slow]
+
+
+def test_ta_dtype_setting_reaches_the_local_ta(tiny_causal_lm_dir):
+    """ta.dtype picks the local TA's weight dtype; float16 (Gemma 3 overflows) is refused."""
+    import torch
+
+    from engine.config import RunConfig
+    from engine.errors import ConfigError
+    from engine.ta import build_ta
+
+    cfg = RunConfig.from_dict({"ta": {"model": str(tiny_causal_lm_dir), "dtype": "bfloat16"}}).validate()
+    ta = build_ta(cfg)
+    assert next(ta.model.parameters()).dtype == torch.bfloat16
+    assert len(ta.propose(messages(), n=2, temperature=1.0, seed=1).texts) == 2
+    auto = build_ta(RunConfig.from_dict({"ta": {"model": str(tiny_causal_lm_dir)}}).validate())
+    assert next(auto.model.parameters()).dtype == torch.float32  # auto on the CPU
+    with pytest.raises(ConfigError, match="ta.dtype"):
+        RunConfig.from_dict({"ta": {"dtype": "float16"}}).validate()

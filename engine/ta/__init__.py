@@ -28,4 +28,4 @@ def build_ta(cfg: RunConfig, device: str = "cpu",
     from engine.ta.local import LocalTA
 
     return LocalTA(ta.model, device=device, max_new_tokens=ta.max_new_tokens, top_p=ta.top_p,
-                   on_status=on_status)
+                   dtype=ta.dtype, on_status=on_status)

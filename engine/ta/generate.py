@@ -49,13 +49,30 @@ def stop_token_table(tokenizer: Any, vocab_size: int, stops: Sequence[str],
     table = torch.zeros(vocab_size, dtype=torch.bool)
     if stops:
         ids = list(range(min(vocab_size, len(tokenizer))))
-        pieces = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
+        pieces = _decode_each(tokenizer, ids)
         hits = [i for i, piece in zip(ids, pieces) if any(s in piece for s in stops)]
         table[hits] = True
     for i in eos_ids:
         if 0 <= i < vocab_size:
             table[i] = True
     return table
+
+
+def _decode_each(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Each token decoded on its own, skipping special tokens.
+
+    A fast tokenizer's Rust backend decodes the whole vocabulary in one call (about 3x faster
+    than `batch_decode` for Gemma's 262k tokens); `batch_decode` only adds the tokenization-space
+    cleanup, which removes spaces and never a stop character. Slow tokenizers use `batch_decode`.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decode_batch = getattr(backend, "decode_batch", None)
+    if decode_batch is not None:
+        try:
+            return list(decode_batch([[i] for i in ids], skip_special_tokens=True))
+        except (TypeError, ValueError, OverflowError):  # pragma: no cover - an odd backend
+            pass
+    return tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
 
 
 def logits_warpers(temperature: float, top_k: int, top_p: float) -> list:
