@@ -383,6 +383,21 @@ class Gain:
     setting: Setting
     test: PairedTest
     reference: str = "baseline"   # the arm the gain is measured against
+    p_holm: float | None = None   # p adjusted for every test of the report (Holm)
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values, in the order given: the i-th smallest of m p-values
+    is multiplied by (m - i), kept monotone and capped at 1. A report runs one test per arm and
+    reference, so an uncorrected p of 0.04 among 8 tests is weak evidence; the adjusted value
+    says so. None (no test) stays None and does not count towards m."""
+    order = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
+    adjusted: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for position, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - position) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 #: Arms every other arm is compared with, when present: the no-prefix baseline, and the
@@ -431,6 +446,8 @@ def build_table(spec: CompareSpec, results: list[RunResult]) -> CompareTable:
                 seeds = [s for s in spec.seeds if s in mine and s in base]
                 gains.append(Gain(arm, setting, paired_t_test([mine[s] for s in seeds],
                                                               [base[s] for s in seeds]), reference))
+    for gain, adjusted in zip(gains, holm([g.test.p for g in gains])):
+        gain.p_holm = adjusted
     missing = [r.run.session for r in results if not r.done]
     return CompareTable(spec.metric, list(spec.arms), settings, cells, avg_rank, gains, missing)
 
@@ -473,10 +490,12 @@ def table_markdown(table: CompareTable) -> str:
         for arm in [a for a in table.arms if a != reference]:
             row = [arm]
             for s in table.settings:
-                g = next(g.test for g in table.gains
-                         if g.arm == arm and g.setting == s and g.reference == reference)
+                gain = next(g for g in table.gains
+                            if g.arm == arm and g.setting == s and g.reference == reference)
+                g = gain.test
                 row.append("-" if g.mean_diff is None else
-                           f"{_fmt(g.mean_diff, signed=True)} (p={_fmt_p(g.p)}, n={g.n})")
+                           f"{_fmt(g.mean_diff, signed=True)} (p={_fmt_p(g.p)}, "
+                           f"Holm {_fmt_p(gain.p_holm)}, n={g.n})")
             lines.append("| " + " | ".join(row) + " |")
         out += "\n" + "\n".join(lines) + "\n"
     return out
@@ -487,18 +506,21 @@ def table_csv(table: CompareTable) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["mode", "train_size", "max_windows", "metric", "n", "mean", "std", "rank",
                 "avg_rank", "gain_vs_baseline", "p_value", "test", "gain_vs_random_prefix",
-                "p_value_vs_random_prefix", "values"])
+                "p_value_vs_random_prefix", "values", "p_holm", "p_holm_vs_random_prefix"])
     for arm in table.arms:
         for s in table.settings:
             c = table.cells[(arm, s)]
-            g, r = (next((g.test for g in table.gains if g.arm == arm and g.setting == s
-                          and g.reference == ref), None) for ref in REFERENCE_ARMS)
+            gain, rgain = (next((g for g in table.gains if g.arm == arm and g.setting == s
+                                 and g.reference == ref), None) for ref in REFERENCE_ARMS)
+            g, r = (x.test if x else None for x in (gain, rgain))
             w.writerow([arm, s.train_size, "" if s.max_windows is None else s.max_windows,
                         table.metric, len(c.values), _csv_num(c.mean), _csv_num(c.std), _csv_num(c.rank),
                         _csv_num(table.avg_rank[arm]), _csv_num(g.mean_diff if g else None),
                         _csv_num(g.p if g else None), g.method if g else "",
                         _csv_num(r.mean_diff if r else None), _csv_num(r.p if r else None),
-                        ";".join(f"s{k}={v:.6f}" for k, v in sorted(c.values.items()))])
+                        ";".join(f"s{k}={v:.6f}" for k, v in sorted(c.values.items())),
+                        _csv_num(gain.p_holm if gain else None),
+                        _csv_num(rgain.p_holm if rgain else None)])
     return buf.getvalue()
 
 
@@ -680,8 +702,10 @@ def report_markdown(spec: CompareSpec, results: list[RunResult], table: CompareT
     lines += ["", "## Results", "", table_markdown(table).rstrip(), ""]
     if table.gains:
         methods = sorted({g.test.method for g in table.gains})
+        tested = sum(g.p_holm is not None for g in table.gains)
         lines += [f"Gain: mean paired difference (mode − reference) over seeds; p: two-sided "
-                  f"paired t-test ({'; '.join(methods)}).", ""]
+                  f"paired t-test ({'; '.join(methods)}), uncorrected; Holm: p adjusted "
+                  f"(Holm-Bonferroni) for all {tested} tests of this report.", ""]
     if table.missing:
         lines += [f"Not included (not finished): {', '.join(table.missing)}.", ""]
     lines += ["## Runs", "", f"| Session | Mode | Seed | n | Status | Test {table.metric} | "

@@ -139,6 +139,16 @@ def test_paired_t_test_by_hand():
     assert paired_t_test([0.5, 0.6], [0.4, 0.5]).method.startswith("identical")
 
 
+def test_holm_adjustment_by_hand():
+    from engine.experiments import holm
+
+    # sorted 0.01, 0.02, 0.04 among m = 3: 0.03, 0.04, then max(0.04, 0.04) = 0.04
+    assert holm([0.04, 0.01, None, 0.02]) == pytest.approx([0.04, 0.03, None, 0.04], nan_ok=False)
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1, monotone
+    assert holm([0.3, 0.01]) == pytest.approx([0.3, 0.02])
+    assert holm([]) == [] and holm([None]) == [None]
+
+
 def _result(arm, seed, n, test, w=None, val=()):
     run = RunSpec(f"x-{arm}-s{seed}-n{n}", arm, seed, n, w)
     return RunResult(run, "finished", test=test, val_curve=list(enumerate(val, 1)))
@@ -174,7 +184,8 @@ def test_table_by_hand_with_a_window_ablation(tiny_bert_dir, sentiment_csv):
     md = table_markdown(table)
     assert "| Mode | n=100, w=50 | n=100, w=100 | Avg rank |" in md
     assert "**0.6600 ± 0.0000 (1)**" in md and "0.6000 ± 0.0283 (2)" in md
-    assert "+0.0400 (p=0.295, n=2)" in md and "-0.0200 (p=-, n=2)" in md
+    # one test in the report (the other has identical differences): Holm leaves its p alone
+    assert "+0.0400 (p=0.295, Holm 0.295, n=2)" in md and "-0.0200 (p=-, Holm -, n=2)" in md
     rows = table_csv(table).splitlines()
     assert rows[1].startswith("baseline,100,50,accuracy,2,0.62,0.0282843,2,1.5,,,")
     assert "s1=0.660000;s2=0.660000" in rows[3]
@@ -202,6 +213,13 @@ def test_every_arm_is_tested_against_the_baseline_and_the_random_prefix_control(
     assert header.split(",")[12:14] == ["gain_vs_random_prefix", "p_value_vs_random_prefix"]
     gpta_row = next(r for r in rows if r.startswith("gpta,")).split(",")
     assert float(gpta_row[12]) == pytest.approx(0.02 / 3)
+    # Holm over all 6 tests of the report: never below the uncorrected p
+    assert header.split(",")[-2:] == ["p_holm", "p_holm_vs_random_prefix"]
+    holm_p = [g.p_holm for g in table.gains if g.test.p is not None]
+    assert len(holm_p) == 6 and all(g.p_holm >= g.test.p for g in table.gains if g.test.p)
+    from engine.experiments import report_markdown
+
+    assert "Holm-Bonferroni) for all 6 tests" in report_markdown(spec, results, table)
 
 
 def test_plan_errors_are_usage_errors(tiny_bert_dir, sentiment_csv):
