@@ -123,7 +123,14 @@ class ProgressBoard:
 
     def __init__(self):
         self._events: list[tuple] = []
+        self._starts: dict[str, int] = {}
         self._stop = False
+
+    def start(self, session: str, node: str) -> int:
+        """A worker starts `session`; returns which attempt this is (2 and up: Ray retried it)."""
+        self._starts[session] = self._starts.get(session, 0) + 1
+        self._events.append((session, "started", node, 0.0))
+        return self._starts[session]
 
     def report(self, session: str, status: str, node: str, fraction: float) -> None:
         self._events.append((session, status, node, float(fraction)))
@@ -139,14 +146,17 @@ class ProgressBoard:
         return self._stop
 
 
-class _TaskListener:
-    """In a task: the run's share of training to the board (at most once a second), and the
-    board's stop request to the run's controls (a stop at the next step boundary)."""
+class TaskListener:
+    """In a task: the run's share of training to the board, and the board's stop request to
+    the run's controls (a stop at the next step boundary); both at most once a second, the
+    first time at the run's first event. `get` is ray.get (tests pass a stand-in)."""
 
-    def __init__(self, board, session: str, node: str, epochs: int, controls):
+    def __init__(self, board, session: str, node: str, epochs: int, controls,
+                 get: Callable | None = None):
         self.board, self.session, self.node = board, session, node
         self.epochs, self.controls = max(1, int(epochs)), controls
-        self.last = time.monotonic()
+        self.get = get
+        self.last = -REPORT_EVERY_S
 
     def __call__(self, event) -> None:
         now = time.monotonic()
@@ -157,9 +167,11 @@ class _TaskListener:
         if steps:
             done = (event.epoch - 1 + event.epoch_step / steps) / self.epochs
             self.board.report.remote(self.session, "running", self.node, min(1.0, done))
-        import ray
+        if self.get is None:
+            import ray
 
-        if not self.controls.stop_requested and ray.get(self.board.stopping.remote(), timeout=30):
+            self.get = ray.get
+        if not self.controls.stop_requested and self.get(self.board.stopping.remote(), timeout=30):
             self.controls.stop()
 
 
@@ -190,7 +202,7 @@ def run_task(config: dict, session: str, home: str | None, cpus: int, gpus: floa
     torch.set_num_threads(max(1, int(cpus)))  # one pool per run, sized to its CPUs
     node = node_label()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    board.report.remote(session, "started", node, 0.0)
+    attempt = ray.get(board.start.remote(session, node))  # before the result can be ready
     cfg = RunConfig.from_dict(config, "comparison run")
     # Ray made the task's GPUs (if any) the only visible ones: "cuda" is the first of them
     cfg.device = "cuda" if gpus > 0 else "cpu"
@@ -198,7 +210,7 @@ def run_task(config: dict, session: str, home: str | None, cpus: int, gpus: floa
     own_home = tempfile.mkdtemp(prefix="gpta-ray-") if home is None else None
     store = SessionStore(own_home or home)
     started = time.perf_counter()
-    out: dict[str, Any] = {"session": session, "node": node, "gpu_ids": gpu_ids,
+    out: dict[str, Any] = {"session": session, "node": node, "gpu_ids": gpu_ids, "attempt": attempt,
                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                            "files": None}
     try:
@@ -209,11 +221,13 @@ def run_task(config: dict, session: str, home: str | None, cpus: int, gpus: floa
                     return {**out, "result": "finished", "message": "", "wall_s": 0.0}
         try:
             kwargs = engine_kwargs(cfg) if engine_kwargs else {}
-            listener = _TaskListener(board, session, node, cfg.loop.epochs, controls)
+            listener = TaskListener(board, session, node, cfg.loop.epochs, controls)
             handle, engine = open_run(session, cfg, store.home, resume=resume, listeners=[listener],
                                       controls=controls, engine_kwargs=kwargs)
         except GptaError as exc:
             result, message = "failed", str(exc)
+        except Exception as exc:  # noqa: BLE001 - the run's own failure: recorded, not retried
+            result, message = "failed", f"{type(exc).__name__}: {exc}"
         else:
             result, message = finish_run(handle, engine)
         if own_home is not None and result in ("finished", "failed") and store.exists(session):
@@ -247,11 +261,12 @@ def connect(options: ClusterOptions) -> bool:
     try:
         ray.init(address=options.address or None, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=True)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = options.address or "a local instance"
-        raise GptaError(f"cannot connect to the Ray cluster at {where} "
-                        f"({' '.join(str(exc).split())[:200]})",
-                        "start it with `ray start --head`, or check --ray-address") from None
+    except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception when its node is slow to start
+        ray.shutdown()
+        where = f"the Ray cluster at {options.address}" if options.address else "a local Ray instance"
+        raise GptaError(f"cannot start or join {where} ({' '.join(str(exc).split())[:200]})",
+                        "try again (a busy machine can miss Ray's 30 s start limit), or start "
+                        "Ray yourself with `ray start --head` and pass --ray-address auto") from None
     return True
 
 
@@ -395,17 +410,21 @@ def _settle(ray, ref, run, progress: ClusterProgress, manifest: dict, store, fai
         entry["status"] = "pending" if shown.status == "queued" else "interrupted"
         shown.status = "interrupted"
         return
-    except ray.exceptions.RayError as exc:  # the worker or node died more than max_retries times
-        reason = (f"its Ray worker died {options.max_retries + 1} times "
-                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})")
+    except ray.exceptions.RayError as exc:
+        died = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError)
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        reason = (f"its Ray worker died and {options.max_retries} retries did not finish it "
+                  f"({type(exc).__name__})" if isinstance(exc, died)
+                  else f"Ray could not run it ({type(exc).__name__}: {first})")
         record_result(entry, "failed", reason, 0.0)
         failed[run.session] = reason
         shown.status, shown.message = "failed", reason
         say(f"{run.session}: failed: {reason}")
         return
     result, message = res["result"], res["message"]
-    entry.update(node=res["node"], gpu_ids=res["gpu_ids"])
-    shown.node = shown.node or res["node"]
+    entry.update(node=res["node"], gpu_ids=res["gpu_ids"], attempts=res["attempt"])
+    shown.node, shown.starts = res["node"], max(shown.starts, res["attempt"])
     if res.get("files") is not None:
         try:
             import_files(store, res["files"], origin=f"{RAY_ORIGIN}{res['node']}")

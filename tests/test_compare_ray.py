@@ -37,8 +37,15 @@ def ray_instance():
     """One local Ray instance for the module: 2 CPUs, workers that import this checkout and
     the test modules (the engine_kwargs factories below travel by reference)."""
     path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+    for attempt in range(3):  # Ray gives its raylet 30 s to start: a busy 2-core box may miss it
+        try:
+            ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield
     ray.shutdown()
 
@@ -53,6 +60,10 @@ def tiny_spec(tiny_bert_dir, sentiment_csv, name="cmp") -> CompareSpec:
 def comparable(results) -> list[dict]:
     """RunResults without the wall time (which differs from run to run)."""
     return [{k: v for k, v in dataclasses.asdict(r).items() if k != "wall_s"} for r in results]
+
+
+def untimed(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "ts"} for r in records]
 
 
 # ---- engine parts the workers build (module level: they pickle by reference) -------------------
@@ -117,8 +128,8 @@ def test_ray_runs_give_the_local_executors_results_run_for_run(
             rec = handle.record()
             assert rec["status"] == "finished" and rec["imported_from"].startswith("ray:")
             with SessionStore(tmp_path / "local").open(name) as twin:
-                assert handle.loss_points() == twin.loss_points()
-                assert handle.scored_prefixes() == twin.scored_prefixes()
+                for read in ("loss_points", "scored_prefixes", "validations", "history"):
+                    assert untimed(getattr(handle, read)()) == untimed(getattr(twin, read)()), read
     manifest = read_manifest(home / "compare" / "cmp")
     assert {manifest["runs"][n]["status"] for n in NAMES} == {"finished"}
     assert all(manifest["runs"][n]["executor"] == "ray" and manifest["runs"][n]["node"]
@@ -128,7 +139,6 @@ def test_ray_runs_give_the_local_executors_results_run_for_run(
     assert final.counts() == {"finished": 4} and final.done() == 4
     (node, counts), = final.per_node().items()
     assert counts == {"finished": 4} and node == manifest["runs"][NAMES[0]]["node"]
-    assert any(p.counts().get("queued") for p in seen[:1])
     assert all(r.starts == 1 for r in final.runs.values())
 
     # a rerun runs nothing, on either executor
@@ -165,19 +175,14 @@ def test_a_failed_run_a_killed_worker_a_stop_and_the_rerun(
         assert rec["status"] == "finished" and "imported_from" not in rec
         assert len(rec["resumes"]) == 1  # resumed from its checkpoint, not started again
 
-    # a stop (the CLI's first Ctrl-C) while the failed run is being resumed: saved, resumable
+    # a stop (the CLI's first Ctrl-C) before the failed run could start again: its task is
+    # cancelled, the manifest stays resumable
     controls = Controls()
-
-    def stop_when_running(progress: ClusterProgress) -> None:
-        if any(r.status == "running" for r in progress.runs.values()):
-            controls.stop()
-
-    second = run_compare_ray(spec, home, None, options, controls=controls,
-                             on_progress=stop_when_running)
+    controls.stop()
+    second = run_compare_ray(spec, home, None, options, controls=controls)
     assert second.status == "stopped" and second.ran == ["flt-gpta-s3-n48"]
     assert sorted(second.skipped) == sorted(n for n in names if n != "flt-gpta-s3-n48")
-    entry = second.manifest["runs"]["flt-gpta-s3-n48"]
-    assert entry["status"] in ("paused", "interrupted")
+    assert second.manifest["runs"]["flt-gpta-s3-n48"]["status"] in ("pending", "interrupted")
     with SessionStore(home).open("flt-gpta-s3-n48") as handle:
         assert handle.status != "finished"
 
@@ -219,6 +224,42 @@ def test_a_run_no_node_can_hold_is_refused_at_once():
         check_resources(FakeRay, ClusterOptions(cpus_per_run=9))
     with pytest.raises(UsageError, match=r"no node .* has that many GPUs \(the largest has 1\)"):
         check_resources(FakeRay, ClusterOptions(gpus_per_run=2))
+
+
+def test_a_task_reports_progress_and_obeys_a_stop_at_most_once_a_second(monkeypatch):
+    from engine import events as ev
+    from sessions import cluster
+
+    class Call:
+        def __init__(self, log, name):
+            self.log, self.name = log, name
+
+        def remote(self, *args):
+            self.log.append((self.name, args))
+            return self.name
+
+    class Board:
+        def __init__(self):
+            self.log, self.stop = [], False
+            self.report, self.stopping = Call(self.log, "report"), Call(self.log, "stopping")
+
+    board, controls, clock = Board(), Controls(), [100.0]
+    monkeypatch.setattr(cluster.time, "monotonic", lambda: clock[0])
+    listener = cluster.TaskListener(board, "s", "node-1", 2, controls,
+                                    get=lambda ref, timeout: board.stop)
+
+    def step(epoch, i):
+        return ev.TrainStep(epoch=epoch, step=i, epoch_step=i, epoch_steps=4, loss=1.0, lr=0.1)
+
+    listener(step(1, 2))        # the first event: reported, and the board asked
+    clock[0] += 0.5
+    listener(step(1, 3))        # within a second: nothing
+    board.stop = True
+    clock[0] += 0.6
+    listener(step(2, 2))        # 3/4 of 2 epochs done; the stop request reaches the controls
+    assert board.log == [("report", ("s", "running", "node-1", 0.25)), ("stopping", ()),
+                         ("report", ("s", "running", "node-1", 0.75)), ("stopping", ())]
+    assert controls.stop_requested
 
 
 def test_progress_counts_runs_per_node():
