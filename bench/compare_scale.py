@@ -93,7 +93,7 @@ def main() -> None:
     report = Report("compare-scale", "gpta compare scale-out: sequential vs Ray tasks", device,
                     settings={"runs": runs, "workers": args.workers, "cpus per run": 1,
                               "ta": args.ta, "epochs": args.epochs,
-                              "train size": spec.base.data.train_size})
+                              "train size": spec.base["data"]["train_size"]})
     report.table(["contender", "wall s", "speed-up vs sequential"], [
         ["sequential (local executor, 1 torch thread)", f"{sequential_s:.1f}", "1.00x"],
         [f"Ray, {args.workers} workers x 1 CPU (instance already up)", f"{ray_s:.1f}",
