@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile $(VENV)/.torch-spec
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[offline,test]"
+	$(PY) -m pip install --quiet -e ".[offline,test,cluster]"
 	touch $@
 
 setup: $(VENV)/.installed

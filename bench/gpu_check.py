@@ -15,11 +15,13 @@ Runs, on the first CUDA device (or --device cuda:N):
    fp16 resume of a checkpoint without scaler state, host syncs of scoring (classification,
    QA, multiple choice) and of a training step, out-of-memory handling (headless and the TUI
    controller: one line, memory given back), resume equivalence within the stated tolerance,
-   LoRA adapters on the run's device, the device shown at start.
+   LoRA adapters on the run's device, the device shown at start;
+5. `gpta compare --executor ray --gpus-per-run 0.5`: two smoke runs side by side on the GPU
+   as Ray tasks (issue 18), each finished on cuda with the GPU id Ray assigned.
 
 The results go into BENCHMARKS.md: the section gpu-check-cuda (this script) plus the
 benchmarks' own sections. Exit 0 when every hard check passes, 1 otherwise, 2 when there is
-no CUDA device (one line). Scale-out checks (the Ray part) plug in through `EXTRA_CHECKS`.
+no CUDA device (one line). Further checks plug in through `EXTRA_CHECKS`.
 """
 
 from __future__ import annotations
@@ -408,9 +410,11 @@ def _index(device: str) -> int:
 # ---- subprocesses: smoke run and benchmarks ---------------------------------------------------
 
 
-def run_command(ctx: Context, label: str, argv: list[str], timeout: float) -> tuple[int, str, float]:
+def run_command(ctx: Context, label: str, argv: list[str], timeout: float,
+                env: dict[str, str] | None = None) -> tuple[int, str, float]:
     progress(f"- {label}: {' '.join(argv)}")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           **(env or {})}
     start = time.perf_counter()
     try:
         done = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
@@ -439,6 +443,42 @@ def check_smoke(ctx: Context) -> None:
     test = re.search(r"test accuracy ([0-9.]+)", out)
     if test:
         ctx.add("smoke run test accuracy", test.group(1), None)
+
+
+def check_ray_compare(ctx: Context) -> None:
+    """A 2-run `gpta compare --executor ray` on the GPU (issue 18): two smoke runs at half a GPU
+    each on a local Ray instance; both must finish on cuda with the GPU Ray gave them."""
+    import json
+
+    from sessions.store import SessionStore
+
+    py = sys.executable
+    home = ctx.work / "ray-home"
+    index = int(ctx.device.partition(":")[2] or 0)
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    gpu = visible[index] if index < len(visible) else str(index)  # the checked GPU, for Ray
+    cpus = max(1, min(4, (os.cpu_count() or 2) // 2))
+    code, out, seconds = run_command(
+        ctx, "2-run comparison as Ray tasks on the GPU",
+        [py, "-m", "gpta_tui.cli", "--home", str(home), "compare", "--name", "gpu-ray",
+         "--preset", "smoke", "--modes", "baseline,gpta", "--seeds", "1", "--executor", "ray",
+         "--gpus-per-run", "0.5", "--cpus-per-run", str(cpus)], timeout=420,
+        env={"CUDA_VISIBLE_DEVICES": gpu})
+    manifest_path = home / "compare" / "gpu-ray" / "manifest.json"
+    runs = json.loads(manifest_path.read_text())["runs"] if manifest_path.is_file() else {}
+    devices, gpu_ids = [], []
+    store = SessionStore(home)
+    for name, entry in sorted(runs.items()):
+        gpu_ids.append(f"{name}: gpu {','.join(entry.get('gpu_ids') or []) or 'none'} "
+                       f"on {entry.get('node', '?')}, {entry.get('wall_s', 0):.0f} s, {entry.get('status')}")
+        if store.exists(name):
+            with store.open(name) as handle:
+                devices.append(str(handle.record().get("device", "")))
+    ok = (code == 0 and len(runs) == 2 and all(e.get("status") == "finished" for e in runs.values())
+          and all(e.get("gpu_ids") for e in runs.values()) and len(devices) == 2
+          and all(d.startswith("cuda") for d in devices))
+    ctx.add("gpta compare --executor ray --gpus-per-run 0.5 (2 smoke runs: exit code, wall time)",
+            f"exit {code}, {seconds:.0f} s; " + "; ".join(gpu_ids) + f"; devices {devices}", ok)
 
 
 def check_benchmarks(ctx: Context) -> None:
@@ -502,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--md", type=Path, default=BENCHMARKS_MD, help="the markdown file to update")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--skip", default="", help="comma-separated steps to skip: "
-                        "smoke, bench, fixes")
+                        "smoke, ray, bench, fixes")
     args = parser.parse_args(argv)
     if not args.device.startswith("cuda"):
         print(f"gpu-check: --device {args.device} is not a CUDA device. Fix: use cuda or cuda:N",
@@ -528,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
                       ("adapter device", lambda: check_adapter_device(ctx, models))]
         if "smoke" not in skip:
             steps.append(("smoke", lambda: check_smoke(ctx)))
+        if "ray" not in skip:
+            steps.append(("ray compare", lambda: check_ray_compare(ctx)))
         if "bench" not in skip:
             steps.append(("benchmarks", lambda: check_benchmarks(ctx)))
         steps += [(getattr(extra, "__name__", "extra"), lambda extra=extra: extra(ctx))

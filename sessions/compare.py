@@ -68,7 +68,7 @@ def _new_manifest(spec: CompareSpec) -> dict:
             "updated": now, "spec": spec.to_dict(), "runs": {}}
 
 
-def _save_manifest(out_dir: Path, manifest: dict) -> None:
+def save_manifest(out_dir: Path, manifest: dict) -> None:
     manifest["updated"] = time.time()
     write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
@@ -112,17 +112,15 @@ def _comparable(config: dict) -> dict:
     return out
 
 
-def run_compare(spec: CompareSpec, home: Path | str | None = None, out_dir: Path | str | None = None,
-                *, controls: Controls | None = None, engine_kwargs: EngineKwargs | None = None,
-                listeners_for: ListenersFor | None = None, say: Callable[[str], None] = lambda s: None,
-                keep_going: bool = False) -> CompareOutcome:
-    """Run (or continue) every run of `spec` as a session; finished sessions are skipped.
+#: `imported_from` of a session a Ray worker ran in its own home and sent back
+#: (sessions/cluster.py); such a session has no checkpoints, so an unfinished one is rerun
+RAY_ORIGIN = "ray:"
 
-    Stops at the first failed run unless `keep_going`; a user stop (controls.stop()) ends the
-    current run at a step boundary, saved and resumable. `engine_kwargs(config)` may supply
-    engine parts (tests pass fake TAs); `listeners_for(run, i, total)` gives each run's
-    listeners (a progress view).
-    """
+
+def prepare(spec: CompareSpec, home: Path | str | None, out_dir: Path | str | None
+            ) -> tuple[SessionStore, Path, dict]:
+    """The store, output folder and manifest of `spec` (a new manifest, or the saved one after
+    checking that it was made with the same plan)."""
     spec.validate()
     store = SessionStore(home)
     out = Path(out_dir) if out_dir else default_out_dir(home, spec.name)
@@ -137,71 +135,131 @@ def run_compare(spec: CompareSpec, home: Path | str | None = None, out_dir: Path
                              f"settings (they differ in {', '.join(diff[:5])})",
                              "continue it with `gpta compare --resume --name NAME`, or choose "
                              "another --name / --out")
-    _save_manifest(out, manifest)
+    save_manifest(out, manifest)
+    return store, out, manifest
+
+
+def manifest_entry(manifest: dict, run: RunSpec) -> dict:
+    return manifest["runs"].setdefault(run.session, {
+        "arm": run.arm, "seed": run.seed, "train_size": run.train_size,
+        "max_windows": run.max_windows, "status": "pending", "wall_s": 0.0})
+
+
+def run_state(store: SessionStore, spec: CompareSpec, run: RunSpec, config: RunConfig) -> str:
+    """What to do with one planned run: "new" (no session yet), "finished" (skip it) or
+    "resume" (its session exists, unfinished). A session made by something else is refused;
+    an unfinished one a Ray worker sent back (no checkpoints) is deleted and counts as new."""
+    if not store.exists(run.session):
+        return "new"
+    with store.open(run.session) as reader:
+        stored, stored_status = reader.record().get("config", {}), reader.status
+        origin = reader.record().get("imported_from")
+    if _comparable(stored) != _comparable(config.to_dict()):
+        diff = dotted_differences(_comparable(stored), _comparable(config.to_dict()))
+        raise UsageError(f"session {run.session!r} exists but was not made by comparison "
+                         f"{spec.name!r} (its settings differ in {', '.join(diff[:5])})",
+                         f"delete it (`gpta delete {run.session}`) or choose another --name")
+    if stored_status == "finished":
+        return "finished"
+    if isinstance(origin, str) and origin.startswith(RAY_ORIGIN):
+        store.delete(run.session)
+        return "new"
+    return "resume"
+
+
+def pending_runs(spec: CompareSpec, store: SessionStore, manifest: dict, skipped: list[str],
+                 say: Callable[[str], None], on_skip: Callable[[], None] = lambda: None):
+    """The runs of the plan still to run, as (i, run, config, manifest entry, "new" or
+    "resume"), checked one at a time; finished ones are recorded in `skipped` and said."""
+    plan = spec.runs()
+    for i, run in enumerate(plan, 1):
+        config = spec.run_config(run)
+        entry = manifest_entry(manifest, run)
+        state = run_state(store, spec, run, config)
+        if state == "finished":
+            entry["status"] = "finished"
+            skipped.append(run.session)
+            say(f"[{i}/{len(plan)}] {run.session}: finished earlier, skipped")
+            on_skip()
+            continue
+        yield i, run, config, entry, state
+
+
+def open_run(session: str, config: RunConfig, home: Path | str | None, *, resume: bool,
+             listeners: list, controls: Controls, engine_kwargs: dict):
+    """(handle, engine) for one run: its session resumed, or created."""
+    if resume:
+        return resume_session(session, home, listeners=listeners, controls=controls,
+                              **engine_kwargs)
+    return start_session(config, home, listeners=listeners, controls=controls, **engine_kwargs)
+
+
+def finish_run(handle, engine) -> tuple[str, str]:
+    """Run one opened run to its end: (result, one-line message), result being finished,
+    stopped or failed. Only an interruption (KeyboardInterrupt, SystemExit) escapes."""
+    try:
+        # a new run that fails during setup (bad dataset, missing model) is deleted: a
+        # rerun starts it afresh
+        finished = run_session(handle, engine, new=True)
+        return finished.status, finished.reason
+    except GptaError as exc:
+        return "failed", str(exc)
+    except Exception as exc:  # noqa: BLE001 - the engine logged it; the comparison goes on
+        return "failed", f"{type(exc).__name__}: {exc}"
+
+
+def record_result(entry: dict, result: str, message: str, wall_s: float) -> None:
+    entry["wall_s"] = round(entry["wall_s"] + wall_s, 2)
+    entry["status"] = session_status(result)
+    entry["message"] = message
+    if result == "finished":
+        entry["ended"] = time.time()
+
+
+def run_compare(spec: CompareSpec, home: Path | str | None = None, out_dir: Path | str | None = None,
+                *, controls: Controls | None = None, engine_kwargs: EngineKwargs | None = None,
+                listeners_for: ListenersFor | None = None, say: Callable[[str], None] = lambda s: None,
+                keep_going: bool = False) -> CompareOutcome:
+    """Run (or continue) every run of `spec` as a session; finished sessions are skipped.
+
+    Stops at the first failed run unless `keep_going`; a user stop (controls.stop()) ends the
+    current run at a step boundary, saved and resumable. `engine_kwargs(config)` may supply
+    engine parts (tests pass fake TAs); `listeners_for(run, i, total)` gives each run's
+    listeners (a progress view). `sessions.cluster.run_compare_ray` runs the same plan as Ray
+    tasks, side by side.
+    """
+    store, out, manifest = prepare(spec, home, out_dir)
     controls = controls or Controls()
     plan = spec.runs()
     ran, skipped, failed = [], [], {}
     status = "finished"
     started = time.perf_counter()
-    for i, run in enumerate(plan, 1):
-        config = spec.run_config(run)
-        entry = manifest["runs"].setdefault(run.session, {
-            "arm": run.arm, "seed": run.seed, "train_size": run.train_size,
-            "max_windows": run.max_windows, "status": "pending", "wall_s": 0.0})
-        if store.exists(run.session):
-            with store.open(run.session) as reader:
-                stored, stored_status = reader.record().get("config", {}), reader.status
-            if _comparable(stored) != _comparable(config.to_dict()):
-                diff = dotted_differences(_comparable(stored), _comparable(config.to_dict()))
-                raise UsageError(f"session {run.session!r} exists but was not made by comparison "
-                                 f"{spec.name!r} (its settings differ in {', '.join(diff[:5])})",
-                                 f"delete it (`gpta delete {run.session}`) or choose another --name")
-            if stored_status == "finished":
-                entry["status"] = "finished"
-                skipped.append(run.session)
-                say(f"[{i}/{len(plan)}] {run.session}: finished earlier, skipped")
-                _save_manifest(out, manifest)
-                continue
+    for i, run, config, entry, state in pending_runs(spec, store, manifest, skipped, say,
+                                                     lambda: save_manifest(out, manifest)):
         kwargs = engine_kwargs(config) if engine_kwargs else {}
         listeners = listeners_for(run, i, len(plan)) if listeners_for else []
-        if store.exists(run.session):
-            say(f"[{i}/{len(plan)}] {run.session}: resuming")
-            handle, engine = resume_session(run.session, home, listeners=listeners,
-                                            controls=controls, **kwargs)
-        else:
-            say(f"[{i}/{len(plan)}] {run.session}: starting")
-            handle, engine = start_session(config, home, listeners=listeners, controls=controls,
-                                           **kwargs)
+        say(f"[{i}/{len(plan)}] {run.session}: " + ("resuming" if state == "resume" else "starting"))
+        handle, engine = open_run(run.session, config, home, resume=state == "resume", listeners=listeners,
+                                  controls=controls, engine_kwargs=kwargs)
         entry["status"] = "running"
         entry.setdefault("started", time.time())
-        _save_manifest(out, manifest)
+        save_manifest(out, manifest)
         ran.append(run.session)
         t0 = time.perf_counter()
         try:
-            # a new run that fails during setup (bad dataset, missing model) is deleted: a
-            # rerun starts it afresh
-            finished = run_session(handle, engine, new=True)
-            result, message = finished.status, finished.reason
-        except GptaError as exc:
-            result, message = "failed", str(exc)
-        except Exception as exc:  # noqa: BLE001 - the engine logged it; the comparison goes on
-            result, message = "failed", f"{type(exc).__name__}: {exc}"
+            result, message = finish_run(handle, engine)
         except BaseException:
             entry["status"] = "interrupted"
             entry["wall_s"] = round(entry["wall_s"] + time.perf_counter() - t0, 2)
-            _save_manifest(out, manifest)
+            save_manifest(out, manifest)
             raise
         finally:
             for view in listeners:
                 close = getattr(view, "close", None)
                 if callable(close):
                     close()
-        entry["wall_s"] = round(entry["wall_s"] + time.perf_counter() - t0, 2)
-        entry["status"] = session_status(result)
-        entry["message"] = message
-        if result == "finished":
-            entry["ended"] = time.time()
-        _save_manifest(out, manifest)
+        record_result(entry, result, message, time.perf_counter() - t0)
+        save_manifest(out, manifest)
         if result == "stopped":
             status = "stopped"
             break
@@ -212,7 +270,7 @@ def run_compare(spec: CompareSpec, home: Path | str | None = None, out_dir: Path
             if not keep_going:
                 break
     manifest["wall_s"] = round(manifest.get("wall_s", 0.0) + time.perf_counter() - started, 2)
-    _save_manifest(out, manifest)
+    save_manifest(out, manifest)
     return CompareOutcome(spec, out, manifest, status, ran, skipped, failed,
                           round(time.perf_counter() - started, 2))
 

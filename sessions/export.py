@@ -95,6 +95,22 @@ def _fmt(value: Any) -> str:
 
 
 # ---- export ------------------------------------------------------------------------
+def session_files(handle: SessionHandle) -> dict[str, str]:
+    """What `import_session` reads back, as {relative path: text}: `session.json` (the whole
+    database, no secrets) and `windows/epoch-N.jsonl`. `export_session` writes these among its
+    files; a Ray task returns them to the driver (sessions/cluster.py)."""
+    payload = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
+               "schema": SCHEMA_VERSION, "exported": time.time(), "name": handle.name,
+               "database": _scrub(handle.snapshot())}
+    files = {"session.json": json.dumps(payload, ensure_ascii=False, indent=1)}
+    by_epoch: dict[int, list[dict]] = {}
+    for w in handle.windows():
+        by_epoch.setdefault(w.pop("epoch"), []).append(w)
+    for epoch, items in by_epoch.items():
+        files[f"windows/epoch-{epoch}.jsonl"] = _jsonl_text(items)
+    return files
+
+
 def export_session(handle: SessionHandle, out_dir: Path | str) -> Path:
     """Write the session's data and final report to `out_dir` (new or empty)."""
     out = Path(out_dir).expanduser()
@@ -102,15 +118,13 @@ def export_session(handle: SessionHandle, out_dir: Path | str) -> Path:
         raise UsageError(f"export folder {str(out)!r} already exists and is not empty",
                          "choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    data = _scrub(handle.snapshot())
     rec = handle.record()
     config = rec.get("config", {})
     metric = config.get("student", {}).get("metric", "accuracy")
 
-    payload = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
-               "schema": SCHEMA_VERSION, "exported": time.time(), "name": handle.name,
-               "database": data}
-    atomic_write_text(out / "session.json", json.dumps(payload, ensure_ascii=False, indent=1))
+    for rel, text in session_files(handle).items():  # session.json and windows/epoch-N.jsonl
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / rel, text)
     atomic_write_text(out / "config.toml", config_toml(config))
 
     history = handle.history()
@@ -143,15 +157,6 @@ def export_session(handle: SessionHandle, out_dir: Path | str) -> Path:
                   if isinstance(v.get("metrics", {}).get(metric), (int, float))],
                  metric, (rec.get("best") or {}).get("epoch"), f"{handle.name}: student loss and "
                  f"validation {metric}", with_loss_csv=False)
-
-    windows_dir = out / "windows"
-    by_epoch: dict[int, list[dict]] = {}
-    for w in handle.windows():
-        by_epoch.setdefault(w.pop("epoch"), []).append(w)
-    if by_epoch:
-        windows_dir.mkdir()
-        for epoch, items in by_epoch.items():
-            atomic_write_text(windows_dir / f"epoch-{epoch}.jsonl", _jsonl_text(items))
 
     best = rec.get("best") or {}
     atomic_write_text(out / "best_prefix.txt", (best.get("prefix") or "") + "\n")
@@ -291,12 +296,13 @@ def report_markdown(handle: SessionHandle) -> str:
 
 
 # ---- import ------------------------------------------------------------------------
-def import_session(store: SessionStore, src_dir: Path | str, name: str | None = None) -> str:
+def import_session(store: SessionStore, src_dir: Path | str, name: str | None = None, *,
+                   origin: str | None = None) -> str:
     """Recreate a session from an export folder; returns its name.
 
     The session keeps its exported name unless `name` is given; a clash is an error. An
     export carries no checkpoints, so an imported unfinished session can be viewed but not
-    resumed.
+    resumed. `imported_from` records `origin` (default: the folder's absolute path).
     """
     src = Path(src_dir).expanduser()
     path = src / "session.json"
@@ -335,7 +341,7 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
     rec = data[Table.SESSION]["1"]
     rec["name"] = name
     rec.setdefault("config", {})["name"] = name
-    rec["imported_from"] = str(src.resolve())
+    rec["imported_from"] = origin or str(src.resolve())
     rec["imported"] = time.time()
     if rec.get("status") == "running":
         rec["status"] = "interrupted"
@@ -347,6 +353,28 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
     store.write_imported(name, _scrub(data),
                          {f"windows/{fname}": text for fname, text in windows.items()})
     return name
+
+
+def import_files(store: SessionStore, files: dict, *, origin: str) -> str:
+    """Import a session from `session_files` output received from elsewhere (a Ray worker):
+    the files are laid out as an export folder and go through `import_session`, the same
+    validation as `gpta import`. Only the names an export uses are accepted."""
+    import tempfile
+
+    fix = "the worker sent something that is not a session export; check that every node runs the same gpta-tui"
+    if not isinstance(files, dict) or not isinstance(files.get("session.json"), str):
+        raise UsageError(f"the session sent by {origin} holds no session.json", fix)
+    with tempfile.TemporaryDirectory(prefix=".gpta-receive-") as tmp:
+        folder = Path(tmp)
+        for rel, text in files.items():
+            if not isinstance(rel, str) or not isinstance(text, str) or not (
+                    rel == "session.json" or (rel.startswith("windows/")
+                                              and _WINDOW_NAME.fullmatch(rel[len("windows/"):]))):
+                raise UsageError(f"the session sent by {origin} holds an unexpected file "
+                                 f"{str(rel)[:80]!r}", fix)
+            (folder / rel).parent.mkdir(exist_ok=True)
+            (folder / rel).write_text(text, encoding="utf-8")
+        return import_session(store, folder, origin=origin)
 
 
 MAX_WINDOW_FILE_BYTES = 64 * 1024 * 1024

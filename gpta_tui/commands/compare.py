@@ -54,7 +54,27 @@ def register(subparsers) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the reports from the sessions finished so far")
     p.add_argument("--keep-going", action="store_true",
-                   help="go on with the next run when one fails (default: stop, resumable)")
+                   help="go on with the next run when one fails (default: stop, resumable); "
+                   "with --executor ray a failed run never stops the others")
+    ray = p.add_argument_group(
+        "scale-out", "Run the runs side by side as Ray tasks (pip install 'gpta-tui[cluster]'). "
+        "These options say how, not what: they may change on --resume.")
+    ray.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: one run after another in this process (default); ray: every "
+                     "run a Ray task on a local Ray instance or the cluster at --ray-address")
+    ray.add_argument("--ray-address", metavar="ADDR",
+                     help="Ray cluster to join (auto, HOST:PORT or ray://HOST:10001); default: "
+                     "start a local Ray instance on this machine's CPUs and GPUs")
+    ray.add_argument("--gpus-per-run", type=float, default=0.0, metavar="G",
+                     help="GPUs per run (default 0: train on CPUs); 0.5 puts two runs on a GPU. "
+                     "Ray sets each task's CUDA_VISIBLE_DEVICES and the run uses device cuda")
+    ray.add_argument("--cpus-per-run", type=int, default=1, metavar="C",
+                     help="CPUs per run, also its torch thread count (default 1)")
+    ray.add_argument("--shared-home", action="store_true",
+                     help="every Ray node sees GPTA_HOME at the same path: runs write there "
+                     "directly and a retried run resumes from its last checkpoint (default: a "
+                     "run works in its worker's own folder and its session is imported here "
+                     "when it ends; checkpoints stay behind)")
     p.set_defaults(handler=cmd_compare)
 
     prefixes = subparsers.add_parser("prefixes", help="prefix sets for prefix transfer",
@@ -113,6 +133,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from gpta_tui.headless import HeadlessView
 
     console = Console(stderr=True)
+    ray_flags = [f for f, default in (("ray_address", None), ("gpus_per_run", 0.0),
+                                      ("cpus_per_run", 1), ("shared_home", False))
+                 if getattr(args, f, default) != default]
+    if args.executor != "ray" and ray_flags:
+        raise UsageError(f"--{ray_flags[0].replace('_', '-')} needs --executor ray",
+                         "add --executor ray, or drop it to run here one run after another")
+    if args.executor == "ray" and getattr(args, "device", None) is not None:
+        raise UsageError("--device cannot be combined with --executor ray (Ray gives each run "
+                         "its GPUs, so a run's device follows --gpus-per-run)",
+                         "drop --device; use --gpus-per-run G to train on GPUs")
     given = [f for f in PLAN_FLAGS if getattr(args, f, None) is not None]
     given += [f for f in RUN_FLAGS if f not in OWN and getattr(args, f, None) is not None]
     if args.resume or args.report_only:
@@ -140,12 +170,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
             console.print("[yellow]stopping at the next step boundary (Ctrl-C again to abort)...[/]")
             controls.stop()
 
+        say = lambda text: console.print(f"[bold cyan]{escape(text)}[/]", highlight=False)  # noqa: E731
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:
-            outcome = run_compare(
-                spec, args.home, out, controls=controls, keep_going=args.keep_going,
-                listeners_for=lambda run, i, total: [HeadlessView(console=console)],
-                say=lambda text: console.print(f"[bold cyan]{escape(text)}[/]", highlight=False))
+            if args.executor == "ray":
+                outcome = _compare_on_ray(args, spec, out, controls, console, say)
+            else:
+                outcome = run_compare(
+                    spec, args.home, out, controls=controls, keep_going=args.keep_going,
+                    listeners_for=lambda run, i, total: [HeadlessView(console=console)], say=say)
         finally:
             signal.signal(signal.SIGINT, previous)
         status = outcome.status
@@ -166,6 +199,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       f"--name {spec.name}[/]" + (f" --out {out}" if args.out else ""))
         return 1
     return 0
+
+
+def _compare_on_ray(args: argparse.Namespace, spec: CompareSpec, out: Path, controls: Controls,
+                    console, say):
+    """The runs as Ray tasks, with a live view: a progress bar with ETA over the runs, and runs
+    queued / running / finished / failed per node."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.markup import escape as escape_text
+    from rich.table import Table
+
+    from sessions.cluster import ClusterOptions, run_compare_ray
+
+    options = ClusterOptions(address=args.ray_address, gpus_per_run=args.gpus_per_run,
+                             cpus_per_run=args.cpus_per_run, shared_home=args.shared_home)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
+    task = bar.add_task("runs", total=None)
+
+    def render(progress) -> Group:
+        counts = progress.counts()
+        bar.update(task, total=max(1, len(progress.runs)), completed=progress.done(),
+                   description=f"runs: {counts['queued']} queued, {counts['running']} running, "
+                               f"{counts['finished']} finished, {counts['failed']} failed"
+                               + (f", {progress.retried()} retried" if progress.retried() else ""))
+        table = Table("node", "running", "finished", "failed", "stopped", box=None, pad_edge=False)
+        for node, c in progress.per_node().items():
+            table.add_row(escape_text(node), str(c["running"]), str(c["finished"]),
+                          str(c["failed"]), str(c["stopped"] + c["interrupted"]))
+        return Group(bar, table)
+
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        return run_compare_ray(spec, args.home, out, options, controls=controls, say=say,
+                               on_progress=lambda progress: live.update(render(progress)))
 
 
 def cmd_prefixes_export(args: argparse.Namespace) -> int:

@@ -1,0 +1,305 @@
+"""`gpta compare --executor ray` (sessions/cluster.py) on a real local Ray instance of 2 CPUs:
+the same results run for run as the local executor, a failing run recorded while the others
+finish, a worker killed mid-run and retried, a stop then a rerun that completes the rest.
+Tiny random BERT, generated CSV, the scripted TA (the same in the driver and the workers).
+
+Ray is the `cluster` extra, which `make test` installs: these tests are never skipped. The
+ones that start Ray are `slow` (a Ray instance and its workers take most of a minute to
+start on a busy 2-core machine); they run in `make test` and CI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import pytest
+import ray
+
+from engine.config import build_config
+from engine.controls import Controls
+from engine.errors import UsageError
+from engine.experiments import CompareSpec
+from engine.ta.scripted import ScriptedTA
+from sessions.cluster import ClusterOptions, ClusterProgress, RunProgress, run_compare_ray
+from sessions.compare import collect_results, read_manifest, run_compare
+from sessions.store import SessionStore
+from test_compare import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ["cmp-baseline-s3-n48", "cmp-gpta-s3-n48", "cmp-baseline-s4-n48", "cmp-gpta-s4-n48"]
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance for the module: 2 CPUs, workers that import this checkout and
+    the test modules (the engine_kwargs factories below travel by reference)."""
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    for attempt in range(3):  # Ray gives its raylet 30 s to start: a busy 2-core box may miss it
+        try:
+            ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+    yield
+    ray.shutdown()
+
+
+def tiny_spec(tiny_bert_dir, sentiment_csv, name="cmp") -> CompareSpec:
+    cfg = build_config("default", overrides=tiny_overrides(
+        tiny_bert_dir, sentiment_csv, data={"train_size": 48, "val_size": 24, "test_size": 24},
+        student={"lr": 1e-2}))
+    return CompareSpec.create(name, cfg, arms=["baseline", "gpta"], seeds=[3, 4])
+
+
+def comparable(results) -> list[dict]:
+    """RunResults without the wall time (which differs from run to run)."""
+    return [{k: v for k, v in dataclasses.asdict(r).items() if k != "wall_s"} for r in results]
+
+
+def untimed(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "ts"} for r in records]
+
+
+# ---- engine parts the workers build (module level: they pickle by reference) -------------------
+class DyingTA(ScriptedTA):
+    """Kills its worker process at its second request, once (a marker file remembers)."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def propose(self, messages, n, temperature, seed, *, should_stop=None):
+        if self.calls == 1 and not os.path.exists(self.marker):
+            Path(self.marker).write_text("died once\n")
+            os._exit(1)
+        return super().propose(messages, n, temperature, seed, should_stop=should_stop)
+
+
+def faulty_parts(marker: str, config) -> dict:
+    """gpta seed 3: the TA becomes unavailable after one call (the run fails for its own
+    reason); gpta seed 4: the worker dies once mid-run (Ray retries it)."""
+    if config.mode == "gpta" and config.seed == 3:
+        return {"ta": ScriptedTA(fail_after=1)}
+    if config.mode == "gpta" and config.seed == 4:
+        return {"ta": DyingTA(marker)}
+    return {}
+
+
+# ---- Ray against the local executor -------------------------------------------------------------
+@pytest.mark.slow
+def test_ray_runs_give_the_local_executors_results_run_for_run(
+        ray_instance, tiny_bert_dir, sentiment_csv, tmp_path):
+    import torch
+
+    spec = tiny_spec(tiny_bert_dir, sentiment_csv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the Ray tasks get 1 CPU each, so 1 torch thread
+    try:
+        local = run_compare(spec, tmp_path / "local")
+    finally:
+        torch.set_num_threads(threads)
+    assert local.status == "finished"
+
+    seen: list[ClusterProgress] = []
+    home = tmp_path / "ray"
+    outcome = run_compare_ray(spec, home, None, ClusterOptions(cpus_per_run=1),
+                              on_progress=lambda p: seen.append(dataclasses.replace(
+                                  p, runs={k: dataclasses.replace(v) for k, v in p.runs.items()})))
+    assert outcome.status == "finished" and outcome.failed == {}
+    assert outcome.ran == NAMES and outcome.skipped == []
+
+    local_results = collect_results(spec, tmp_path / "local", local.manifest)
+    ray_results = collect_results(spec, home, outcome.manifest)
+    assert [r.status for r in ray_results] == ["finished"] * 4
+    assert comparable(ray_results) == comparable(local_results)
+    # the runs differ from one another (seeds, arms), so the equality above has teeth
+    assert len({tuple(r.loss_curve) for r in local_results}) == 4
+
+    store = SessionStore(home)
+    assert store.names() == sorted(NAMES)  # `gpta list` sees every run
+    for name in NAMES:
+        with store.open(name) as handle:
+            rec = handle.record()
+            assert rec["status"] == "finished" and rec["imported_from"].startswith("ray:")
+            with SessionStore(tmp_path / "local").open(name) as twin:
+                for read in ("loss_points", "scored_prefixes", "validations", "history"):
+                    assert untimed(getattr(handle, read)()) == untimed(getattr(twin, read)()), read
+    manifest = read_manifest(home / "compare" / "cmp")
+    assert {manifest["runs"][n]["status"] for n in NAMES} == {"finished"}
+    assert all(manifest["runs"][n]["executor"] == "ray" and manifest["runs"][n]["node"]
+               for n in NAMES)
+    # progress: every run went queued -> running -> finished, on the one node
+    final = seen[-1]
+    assert final.counts() == {"finished": 4} and final.done() == 4
+    (node, counts), = final.per_node().items()
+    assert counts == {"finished": 4} and node == manifest["runs"][NAMES[0]]["node"]
+    assert all(r.starts == 1 for r in final.runs.values())
+
+    # a rerun runs nothing, on either executor
+    again = run_compare_ray(spec, home, None, ClusterOptions())
+    assert again.ran == [] and again.skipped == NAMES and again.status == "finished"
+
+
+@pytest.mark.slow
+def test_a_failed_run_a_killed_worker_a_stop_and_the_rerun(
+        ray_instance, tiny_bert_dir, sentiment_csv, tmp_path, monkeypatch, capsys):
+    spec = tiny_spec(tiny_bert_dir, sentiment_csv, name="flt")
+    names = [n.replace("cmp-", "flt-") for n in NAMES]
+    home = tmp_path / "home"
+    options = ClusterOptions(cpus_per_run=1, shared_home=True)
+    marker = tmp_path / "died"
+    seen: list[dict] = []
+
+    first = run_compare_ray(spec, home, None, options,
+                            engine_kwargs=functools.partial(faulty_parts, str(marker)),
+                            on_progress=lambda p: seen.append({k: v.starts for k, v in p.runs.items()}))
+    # the failing run is recorded with its one-line reason; the others finished
+    assert first.status == "failed" and list(first.failed) == ["flt-gpta-s3-n48"]
+    assert "simulated outage" in first.failed["flt-gpta-s3-n48"]
+    manifest = first.manifest["runs"]
+    assert manifest["flt-gpta-s3-n48"]["status"] == "failed"
+    assert "simulated outage" in manifest["flt-gpta-s3-n48"]["message"]
+    for name in (names[0], names[2], names[3]):
+        assert manifest[name]["status"] == "finished"
+    # the killed worker: Ray ran the task again, which resumed the session in the shared home
+    assert marker.is_file()
+    assert seen[-1]["flt-gpta-s4-n48"] == 2 and manifest["flt-gpta-s4-n48"]["attempts"] == 2
+    with SessionStore(home).open("flt-gpta-s4-n48") as handle:
+        rec = handle.record()
+        assert rec["status"] == "finished" and "imported_from" not in rec
+        assert len(rec["resumes"]) == 1  # resumed from its checkpoint, not started again
+
+    # a stop (the CLI's first Ctrl-C) before the failed run could start again: its task is
+    # cancelled, the manifest stays resumable
+    controls = Controls()
+    controls.stop()
+    second = run_compare_ray(spec, home, None, options, controls=controls)
+    assert second.status == "stopped" and second.ran == ["flt-gpta-s3-n48"]
+    assert sorted(second.skipped) == sorted(n for n in names if n != "flt-gpta-s3-n48")
+    assert second.manifest["runs"]["flt-gpta-s3-n48"]["status"] in ("pending", "interrupted")
+    with SessionStore(home).open("flt-gpta-s3-n48") as handle:
+        assert handle.status != "finished"
+
+    # the rerun, through the CLI: it finishes the rest and skips what finished
+    from gpta_tui import cli
+
+    code = cli.main(["--home", str(home), "compare", "--name", "flt", "--resume",
+                     "--executor", "ray", "--shared-home"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "1 run(s) this time, 3 finished earlier" in err
+    manifest = read_manifest(home / "compare" / "flt")
+    assert {manifest["runs"][n]["status"] for n in names} == {"finished"}
+    results = collect_results(spec, home, manifest)
+    assert [r.status for r in results] == ["finished"] * 4
+
+
+# ---- without Ray running: options, refusals, the import of what a worker sends ---------------------
+def test_options_are_checked():
+    assert ClusterOptions(gpus_per_run=0.5, cpus_per_run=2).validate()
+    for bad, message in ((dict(cpus_per_run=0), "cpus-per-run"), (dict(cpus_per_run=1.5), "cpus-per-run"),
+                         (dict(gpus_per_run=-1), "gpus-per-run"), (dict(gpus_per_run=1.5), "gpus-per-run"),
+                         (dict(gpus_per_run=float("nan")), "gpus-per-run")):
+        with pytest.raises(UsageError, match=message):
+            ClusterOptions(**bad).validate()
+
+
+def test_a_run_no_node_can_hold_is_refused_at_once():
+    from sessions.cluster import check_resources
+
+    class FakeRay:
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+                    {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+
+    check_resources(FakeRay, ClusterOptions(cpus_per_run=8, gpus_per_run=1))
+    with pytest.raises(UsageError, match=r"no node .* has that many CPUs \(the largest has 8\)"):
+        check_resources(FakeRay, ClusterOptions(cpus_per_run=9))
+    with pytest.raises(UsageError, match=r"no node .* has that many GPUs \(the largest has 1\)"):
+        check_resources(FakeRay, ClusterOptions(gpus_per_run=2))
+
+
+def test_a_task_reports_progress_and_obeys_a_stop_at_most_once_a_second(monkeypatch):
+    from engine import events as ev
+    from sessions import cluster
+
+    class Call:
+        def __init__(self, log, name):
+            self.log, self.name = log, name
+
+        def remote(self, *args):
+            self.log.append((self.name, args))
+            return self.name
+
+    class Board:
+        def __init__(self):
+            self.log, self.stop = [], False
+            self.report, self.stopping = Call(self.log, "report"), Call(self.log, "stopping")
+
+    board, controls, clock = Board(), Controls(), [100.0]
+    monkeypatch.setattr(cluster.time, "monotonic", lambda: clock[0])
+    listener = cluster.TaskListener(board, "s", "node-1", 2, controls,
+                                    get=lambda ref, timeout: board.stop)
+
+    def step(epoch, i):
+        return ev.TrainStep(epoch=epoch, step=i, epoch_step=i, epoch_steps=4, loss=1.0, lr=0.1)
+
+    listener(step(1, 2))        # the first event: reported, and the board asked
+    clock[0] += 0.5
+    listener(step(1, 3))        # within a second: nothing
+    board.stop = True
+    clock[0] += 0.6
+    listener(step(2, 2))        # 3/4 of 2 epochs done; the stop request reaches the controls
+    assert board.log == [("report", ("s", "running", "node-1", 0.25)), ("stopping", ()),
+                         ("report", ("s", "running", "node-1", 0.75)), ("stopping", ())]
+    assert controls.stop_requested
+
+
+def test_progress_counts_runs_per_node():
+    progress = ClusterProgress(runs={
+        "a": RunProgress("a", "running", "n1", 0.5), "b": RunProgress("b", "finished", "n1"),
+        "c": RunProgress("c", "failed", "n2"), "d": RunProgress("d")})
+    assert progress.counts() == {"running": 1, "finished": 1, "failed": 1, "queued": 1}
+    assert progress.per_node() == {"n1": {"running": 1, "finished": 1}, "n2": {"failed": 1}}
+    assert progress.done() == 2.5
+
+
+def test_unfinished_sessions_are_not_stranded_without_a_shared_home(
+        tiny_bert_dir, sentiment_csv, tmp_path):
+    """A stopped local run holds checkpoints only this machine has: without --shared-home the
+    Ray executor refuses rather than rerun it from scratch behind the user's back."""
+    spec = tiny_spec(tiny_bert_dir, sentiment_csv)
+    home = tmp_path / "home"
+    config = spec.run_config(spec.runs()[0])
+    SessionStore(home).create(config).close()  # an unfinished session of the plan
+    with pytest.raises(UsageError, match="cannot reach their checkpoints") as info:
+        run_compare_ray(spec, home, None, ClusterOptions())
+    assert "--shared-home" in info.value.fix
+
+
+def test_what_a_worker_sends_is_imported_through_the_validated_import(tmp_path):
+    from sessions.export import import_files
+
+    store = SessionStore(tmp_path / "home")
+    for files, message in (({}, "no session.json"), ({"session.json": "{}", "../x": "y"}, "unexpected file"),
+                           ({"session.json": "{}", "windows/epoch-1.txt": ""}, "unexpected file"),
+                           ({"session.json": "[1]"}, "unreadable")):
+        with pytest.raises(UsageError, match=message):
+            import_files(store, files, origin="ray:node")
+    assert store.names() == []
+
+
+def test_ray_flags_need_the_ray_executor(capsys):
+    from gpta_tui import cli
+
+    assert cli.main(["compare", "--name", "x", "--resume", "--gpus-per-run", "1"]) == 2
+    assert "--gpus-per-run needs --executor ray" in capsys.readouterr().err
+    assert cli.main(["compare", "--executor", "ray", "--device", "cpu"]) == 2
+    assert "--device cannot be combined with --executor ray" in capsys.readouterr().err
