@@ -416,6 +416,16 @@ class CompareTable:
     missing: list[str]  # planned sessions without a finished result
 
 
+def _test_key(gain: Gain) -> tuple:
+    """One paired test: the unordered pair of arms and the setting."""
+    return tuple(sorted((gain.arm, gain.reference))), gain.setting
+
+
+def distinct_tests(gains: list[Gain]) -> int:
+    """How many paired tests (with a p-value) the gains hold; Holm's m."""
+    return len({_test_key(g) for g in gains if g.test.p is not None})
+
+
 def build_table(spec: CompareSpec, results: list[RunResult]) -> CompareTable:
     """Mean +- std per arm and setting, ranks per setting, average rank, and the paired gain
     of every arm over the baseline (seeds where both finished)."""
@@ -446,8 +456,12 @@ def build_table(spec: CompareSpec, results: list[RunResult]) -> CompareTable:
                 seeds = [s for s in spec.seeds if s in mine and s in base]
                 gains.append(Gain(arm, setting, paired_t_test([mine[s] for s in seeds],
                                                               [base[s] for s in seeds]), reference))
-    for gain, adjusted in zip(gains, holm([g.test.p for g in gains])):
-        gain.p_holm = adjusted
+    # baseline vs random-prefix is listed under both references but is one test: Holm counts
+    # each pair of arms once (per setting) and gives both listings the same adjusted p.
+    tests = {_test_key(g): g.test.p for g in gains}
+    adjusted = dict(zip(tests, holm(list(tests.values()))))
+    for gain in gains:
+        gain.p_holm = adjusted[_test_key(gain)]
     missing = [r.run.session for r in results if not r.done]
     return CompareTable(spec.metric, list(spec.arms), settings, cells, avg_rank, gains, missing)
 
@@ -702,7 +716,7 @@ def report_markdown(spec: CompareSpec, results: list[RunResult], table: CompareT
     lines += ["", "## Results", "", table_markdown(table).rstrip(), ""]
     if table.gains:
         methods = sorted({g.test.method for g in table.gains})
-        tested = sum(g.p_holm is not None for g in table.gains)
+        tested = distinct_tests(table.gains)
         lines += [f"Gain: mean paired difference (mode − reference) over seeds; p: two-sided "
                   f"paired t-test ({'; '.join(methods)}), uncorrected; Holm: p adjusted "
                   f"(Holm-Bonferroni) for all {tested} tests of this report.", ""]

@@ -213,13 +213,20 @@ def test_every_arm_is_tested_against_the_baseline_and_the_random_prefix_control(
     assert header.split(",")[12:14] == ["gain_vs_random_prefix", "p_value_vs_random_prefix"]
     gpta_row = next(r for r in rows if r.startswith("gpta,")).split(",")
     assert float(gpta_row[12]) == pytest.approx(0.02 / 3)
-    # Holm over all 6 tests of the report: never below the uncorrected p
+    # Holm over the report's tests: 6 listings, but baseline vs random-prefix appears under
+    # both references and is one test, so m = 5 and both listings carry the same adjusted p.
     assert header.split(",")[-2:] == ["p_holm", "p_holm_vs_random_prefix"]
-    holm_p = [g.p_holm for g in table.gains if g.test.p is not None]
-    assert len(holm_p) == 6 and all(g.p_holm >= g.test.p for g in table.gains if g.test.p)
-    from engine.experiments import report_markdown
+    from engine.experiments import holm, report_markdown
 
-    assert "Holm-Bonferroni) for all 6 tests" in report_markdown(spec, results, table)
+    adjusted = {(g.arm, g.reference): g.p_holm for g in table.gains}
+    assert adjusted[("baseline", "random-prefix")] == adjusted[("random-prefix", "baseline")]
+    distinct = [("gpta", "baseline"), ("random-prefix", "baseline"), ("static-prefix", "baseline"),
+                ("gpta", "random-prefix"), ("static-prefix", "random-prefix")]
+    assert all(by[k].p is not None for k in distinct)
+    expected = holm([by[k].p for k in distinct])
+    assert [adjusted[k] for k in distinct] == pytest.approx(expected, rel=1e-12)
+    assert all(g.p_holm >= g.test.p for g in table.gains)
+    assert "Holm-Bonferroni) for all 5 tests" in report_markdown(spec, results, table)
 
 
 def test_plan_errors_are_usage_errors(tiny_bert_dir, sentiment_csv):

@@ -334,3 +334,39 @@ def test_success_is_reported_only_after_the_borrowed_weights_are_back(tiny_causa
     assert at_success == [(False, False)]
     ta.use_model(final.model)  # what the engine does next
     assert ta.adapter is not None and ta.adapter.name == "epoch-1"
+
+
+def test_cancel_returns_once_the_borrowed_weights_are_back(tiny_causal_lm_dir, tmp_path,
+                                                           monkeypatch):
+    """After a fine-tune timeout the engine cancels the job and its next epoch asks the TA at
+    once: when cancel() returns, the job has ended and the TA holds its weights again, without
+    the job's LoRA layers (else the request fails with "lent to a running fine-tune job")."""
+    import threading
+    import weakref
+
+    import engine.finetune.local_lora as lora_mod
+    import engine.ta.local as local_mod
+
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=6)
+    monkeypatch.setattr(local_mod, "_LIVE", weakref.WeakSet([ta]))
+    be = backend(tiny_causal_lm_dir, epochs=1)
+    in_step = threading.Event()
+    step = lora_mod._train_step
+
+    def step_until_cancelled(*args, **kwargs):  # the cancel arrives while a step runs
+        in_step.set()
+        (job,) = be._jobs.values()
+        with job.cond:
+            job.cond.wait_for(lambda: job.cancelled)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(lora_mod, "_train_step", step_until_cancelled)
+    job_id = be.submit(examples(), str(tiny_causal_lm_dir), tmp_path, epoch=1)
+    assert in_step.wait(600)
+    assert ta.lent
+    be.cancel(job_id)
+    assert not be._jobs[job_id].thread.is_alive()
+    assert be.poll(job_id).status == "cancelled"
+    assert not ta.lent and not any("lora" in n for n, _ in ta.model.named_modules())
+    assert ta.propose([{"role": "user", "content": "Write a prefix."}], n=1, temperature=0.0,
+                      seed=1).texts

@@ -6,8 +6,9 @@ plain-text transcript), and trains a PEFT LoRA adapter with the loss on the assi
 only. The adapter is saved atomically to ``<workdir>/ta-adapters/epoch-<epoch>/`` and handed
 to `LocalTA.use_model`.
 
-The caller is never blocked: `submit` starts a thread and returns; `poll` reads a snapshot.
-Pause and cancel take effect between optimizer steps. Nothing raised in the thread escapes:
+The caller is not blocked: `submit` starts a thread and returns; `poll` reads a snapshot.
+Pause and cancel take effect between optimizer steps; `cancel` returns once the job has ended
+(at most the step in progress), so a borrowed TA model is back when it returns. Nothing raised in the thread escapes:
 a failure becomes status "failed" with the error as the message.
 
 Batches are left-padded so every example's answer ends at the last position; the model then
@@ -135,6 +136,7 @@ class LocalLoRAFinetune(FinetuneBackend):
 
     name = "local"
     poll_interval_s = 1.0
+    cancel_wait_s = 600.0  # longest wait in cancel() for the step in progress to end
 
     def __init__(self, cfg: FinetuneConfig, device: str = "cpu", ta_model: str = DEFAULT_TA, *,
                  seed: int = 0, max_length: int = 1024, prompt_format: str = "auto",
@@ -188,12 +190,17 @@ class LocalLoRAFinetune(FinetuneBackend):
             job.cond.notify_all()
 
     def cancel(self, job_id: str) -> None:
+        """Cancel at the next step boundary and return once the job's thread has ended, so that a
+        borrowed TA has its weights back (without LoRA layers) when the engine moves on: after a
+        timeout the next epoch asks the TA for prefixes at once."""
         job = self._jobs.get(job_id)
         if job is None:
             return
         with job.cond:
             job.cancelled = True
             job.cond.notify_all()
+        if job.thread is not None and job.thread is not threading.current_thread():
+            job.thread.join(self.cancel_wait_s)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """Block until the job's thread ends (for scripts and tests), then poll."""
