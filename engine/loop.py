@@ -331,7 +331,8 @@ class Engine:
             # Out of memory: leave this block, which drops the exception, its traceback and
             # the frames holding GPU tensors, before memory is freed and the error raised.
         finally:
-            for closable in (self.ta, self.finetune):
+            # The fine-tune backend first: a running local LoRA job may hold the TA's weights.
+            for closable in (self.finetune, self.ta):
                 if closable is not None:
                     try:
                         closable.close()
