@@ -3,16 +3,21 @@
 Layout under the data directory (`GPTA_HOME` / `--home`, default `default_home()`):
 
     <home>/sessions/<name>/session.json   TinyDB database (AtomicJSONStorage)
+    <home>/sessions/<name>/loss.jsonl     training loss points, append-only (sessions/losslog.py)
     <home>/sessions/<name>/session.lock   held by the one process writing the session
     <home>/sessions/<name>/checkpoints/   \
     <home>/sessions/<name>/windows/        > the engine's workdir (`SessionHandle.dir`)
     <home>/sessions/<name>/ta-adapters/   /
 
 One writer per session (a file lock); readers need no lock because every write replaces
-the database file atomically. The in-memory database is written to disk in batches: loss
-points every `flush_steps` steps or `flush_seconds` seconds, everything else (phase
-boundaries, checkpoints, status changes, TA replies, the end) at once. Anything buffered
-when a process dies lies after the last checkpoint, and the engine replays it on resume.
+the database file atomically and the loss log is only appended to (a reader ignores a last
+line still being written). Loss points never enter the database: the one series that grows
+with every training step is appended to `loss.jsonl`, so no write costs more as a run gets
+longer. They are appended every `flush_steps` steps or `flush_seconds` seconds; everything
+else (phase boundaries, checkpoints, status changes, TA replies, the end) is written at
+once, the loss log fsynced first, so a recorded checkpoint never refers to a point that is
+not on disk. Anything buffered when a process dies lies after the last checkpoint, and the
+engine replays it on resume.
 """
 
 from __future__ import annotations
@@ -45,11 +50,13 @@ from engine.events import (CheckpointSaved, DescriptionChanged, Event, EventHand
 from engine.state import RunState
 from engine.fsutil import stale_temp_files
 from engine.paths import SESSION_NAME_RE
+from sessions import losslog
+from sessions.losslog import LOSS_FILE, AppendLog
 from sessions.status import ENGINE_TO_SESSION, SESSION_STATUSES
 from sessions.storage import (AtomicJSONStorage, BufferedStorage, DatabaseUnreadable,
                               read_json_file)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Raw database upgrades: MIGRATIONS[v] turns the data of schema v into schema v + 1.
 
 
@@ -64,7 +71,15 @@ def _v1_to_v2(data: dict) -> dict:
     return data
 
 
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
+def _v2_to_v3(data: dict) -> dict:
+    """Schema 3 keeps loss points in loss.jsonl, not in the database. The raw data cannot
+    write that file, so a migrated database keeps its `loss` table: every handle reads those
+    points as if they were in the log, and a writer moves them there on open
+    (`SessionHandle._move_loss_table`), as `write_imported` does for an older export."""
+    return data
+
+
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 SESSIONS_DIR = "sessions"
 DB_FILE = "session.json"
@@ -83,7 +98,7 @@ class Table(str, enum.Enum):
 
     META = "meta"                        # app version and schema of the file
     SESSION = "session"                  # the session record (doc 1): config, status, state
-    LOSS = "loss"                        # training loss points, one document per epoch
+    LOSS = "loss"                        # schema <= 2 only: loss points (now in loss.jsonl)
     VALIDATIONS = "validations"          # ValidationResult per epoch
     PREFIX_ACCURACY = "prefix_accuracy"  # PrefixFindingAccuracy per epoch
     SCORED = "scored"                    # every PrefixScored
@@ -254,7 +269,7 @@ class SessionStore:
                 epoch=int(rec.get("epoch", 0)), epochs=int(cfg.get("loop", {}).get("epochs", 0)),
                 phase=rec.get("phase", ""), best_metric=best.get("score"),
                 metric=cfg.get("student", {}).get("metric", ""),
-                updated=float(rec.get("updated", 0.0)), path=path))
+                updated=max(float(rec.get("updated", 0.0)), _log_mtime(path)), path=path))
         out.sort(key=lambda s: s.updated, reverse=True)
         return out
 
@@ -335,8 +350,8 @@ class SessionStore:
         lock = self._acquire(name) if write else None
         try:
             path = self.session_dir(name) / DB_FILE
-            if write:
-                for tmp in stale_temp_files(path):  # left by a writer that was killed
+            if write:  # left by a writer that was killed
+                for tmp in stale_temp_files(path) + stale_temp_files(path.with_name(LOSS_FILE)):
                     tmp.unlink(missing_ok=True)
             data, migrated_from = self._load(name, path, write)
             handle = SessionHandle(self, name, data, lock=lock)
@@ -345,6 +360,8 @@ class SessionStore:
                 if not backup.exists():
                     shutil.copy2(path, backup)
                 handle._storage.write(data)
+            if write and (migrated_from is not None or Table.LOSS.value in data):
+                handle._move_loss_table()
                 handle.flush()
             if write and handle._session_record().get("status") == "running":
                 handle._update_session_record(
@@ -425,6 +442,15 @@ class SessionStore:
             os.replace(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _log_mtime(folder: Path) -> float:
+    """When the session's loss log was last appended to (0 without one): during training
+    the database is written only at checkpoints, the log every few seconds."""
+    try:
+        return (folder / LOSS_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _app_version() -> str:
@@ -524,6 +550,16 @@ def _chat_ok(messages: Any) -> bool:
         and isinstance(m.get("content", ""), str) for m in messages)
 
 
+def _point_problem(point: Any) -> str | None:
+    """Why a stored loss point (a TrainStep without its kind, with its _seq) cannot be read."""
+    problem = _event_problem(TrainStep, point, replayed=False)
+    if problem is None and "kind" in point:
+        return "a loss point with a kind"
+    if problem is None and point["step"] < 1:
+        return f"a loss point with step {point['step']}"
+    return problem
+
+
 def _shape_problem(data: dict) -> str | None:
     """Why raw database data cannot be read as a session (wrong-shaped tables, records or
     fields), or None. Readers then never meet a value of an unexpected type."""
@@ -583,7 +619,7 @@ def _shape_problem(data: dict) -> str | None:
         if not isinstance(points, dict):
             return "table 'loss' has a record without a mapping of points"
         for key, point in points.items():
-            problem = _event_problem(TrainStep, point, replayed=False)
+            problem = _point_problem(point)
             if problem or not str(key).isdigit():
                 return f"table 'loss': {problem or f'point key {key!r} is not a step number'}"
     return None
@@ -674,6 +710,52 @@ class SessionLifecycle:
         self._ta_index: dict[int, int] = {}
         self._job_index: dict[tuple[int, str], int] = {}
         self._reindex()
+        self._loss_log = AppendLog(self.dir / LOSS_FILE)
+        self._loss: dict[int, dict] = {}   # step -> stored point (with _seq), log and table
+        self.loss_log_problem = ""         # why some of loss.jsonl was left out, if it was
+        damaged = self._load_points()
+        if damaged and lock is not None:
+            try:  # a writer appends only to a clean log
+                self._loss_log.replace(self._points())
+            except OSError as exc:
+                raise SessionWriteError(self._loss_log.path, name, exc) from None
+
+    def _load_points(self) -> bool:
+        """Read the loss points: a schema-2 `loss` table not yet moved, then loss.jsonl (a
+        point of the log wins). The log is display data (a resume never reads it), so damage
+        does not make the session unreadable: a link or other non-file is ignored, a torn last
+        line and wrong-shaped lines are left out, and `loss_log_problem` says so. True when
+        the file holds anything that was left out."""
+        self._loss = {int(p["step"]): dict(p) for doc in self._table(Table.LOSS).all()
+                      for p in doc["points"].values()}
+        try:
+            records, complete, length = losslog.read(self._loss_log.path)
+        except DatabaseUnreadable as exc:
+            self.loss_log_problem = f"{str(exc.path)!r} was ignored ({exc.reason})"
+            return True
+        bad = 0
+        for record in records:
+            problem = _point_problem(record)
+            if problem:
+                bad += 1
+                self.loss_log_problem = self.loss_log_problem or f"{str(self._loss_log.path)!r}: {problem}"
+                continue
+            self._loss[int(record["step"])] = record
+        if bad:
+            self.loss_log_problem += f" ({bad} line(s) left out)"
+        self._seq = max([self._seq, *(int(p.get("_seq", 0)) for p in self._loss.values())])
+        return bool(bad) or complete < length
+
+    def _move_loss_table(self) -> None:
+        """Schema 2 kept loss points in the database: write them (with any the log holds) to
+        loss.jsonl atomically, then drop the table; the caller flushes the database. A crash
+        in between leaves both, which the next open merges and moves again."""
+        with self._mutex:
+            try:
+                self._loss_log.replace(self._points())
+            except OSError as exc:
+                raise SessionWriteError(self._loss_log.path, self.name, exc) from None
+            self._db.drop_table(Table.LOSS.value)
 
     # ---- basics ----------------------------------------------------------------------
     @property
@@ -729,6 +811,8 @@ class SessionLifecycle:
             self._seq = int(self._session_record().get("seq", 0))
             self._config = None
             self._reindex()
+            self.loss_log_problem = ""
+            self._load_points()
 
     def flush(self) -> None:
         with self._mutex:
@@ -739,13 +823,21 @@ class SessionLifecycle:
             self._last_flush = time.monotonic()
 
     def _write(self) -> None:
-        """Write pending changes; an OSError becomes one SessionWriteError (the file keeps the
-        last complete write, the changes stay in memory for the next try), and the first one
-        is reported to `on_write_error` (the runner stops the engine with it)."""
+        """Write pending changes: append the buffered loss points, and when the database has
+        changes, fsync the log first and then replace the database. An OSError becomes one
+        SessionWriteError (the files keep the last complete write, the changes stay in memory
+        for the next try), and the first one is reported to `on_write_error` (the runner
+        stops the engine with it)."""
+        path = self._loss_log.path
         try:
-            self._storage.flush()
+            commit = self._storage.dirty
+            self._loss_log.write(sync=commit)
+            if commit:
+                path = self.path
+                self._update_session_record(seq=self._seq)
+                self._storage.flush()
         except OSError as exc:
-            error = SessionWriteError(self.path, self.name, exc)
+            error = SessionWriteError(path, self.name, exc)
             first, self.write_error = self.write_error is None, error
             if first and self.on_write_error is not None:
                 self.on_write_error(error)
@@ -765,6 +857,7 @@ class SessionLifecycle:
                     self._write()
             finally:
                 self._closed = True
+                self._loss_log.close_fd()
                 self._db.close()
                 if self._file_lock is not None:
                     self._file_lock.release()
@@ -780,8 +873,7 @@ class SessionLifecycle:
         return f"SessionHandle({self.name!r}, {mode}, {str(self.dir)!r})"
 
     def _points(self) -> list[dict]:
-        points = [p for doc in self._table(Table.LOSS).all() for p in doc["points"].values()]
-        return sorted(points, key=lambda p: p["step"])
+        return [self._loss[step] for step in sorted(self._loss)]
 
 
 class SessionWriter(SessionLifecycle, EventHandler):
@@ -814,10 +906,11 @@ class SessionWriter(SessionLifecycle, EventHandler):
             d = _scrub(event.to_dict())
             d["_seq"] = self._seq
             self.handle(event, d)
-            self._update_session_record(updated=_now(), seq=self._seq)
             self._saw_events = True
-            if event.kind == "train_step":
+            if event.kind == "train_step":  # the log only: the database is not touched
                 self._steps_since_flush += 1
+            else:
+                self._update_session_record(updated=_now(), seq=self._seq)
             if (event.kind not in _BUFFERED or self._steps_since_flush >= self.flush_steps
                     or time.monotonic() - self._last_flush >= self.flush_seconds):
                 self.flush()
@@ -837,15 +930,10 @@ class SessionWriter(SessionLifecycle, EventHandler):
         self._update_session_record(progress=d)
 
     def on_train_step(self, event: Event, d: dict) -> None:
-        # One document per epoch holding its points keyed by step: TinyDB rewrites a whole
-        # table on every change, so thousands of one-point documents would cost O(n) each.
-        table, epoch = self._table(Table.LOSS), int(event.epoch)
+        # Appended to loss.jsonl (a replayed step appends again; the later line wins).
         point = {k: v for k, v in d.items() if k != "kind"}
-        if table.contains(doc_id=epoch):
-            table.update(lambda doc: doc["points"].__setitem__(str(event.step), point),
-                         doc_ids=[epoch])
-        else:
-            table.insert(Document({"epoch": epoch, "points": {str(event.step): point}}, doc_id=epoch))
+        self._loss[int(event.step)] = point
+        self._loss_log.append(point)
 
     def on_validation(self, event: Event, d: dict) -> None:
         self._table(Table.VALIDATIONS).upsert(Document(d, doc_id=int(event.epoch)))
@@ -955,14 +1043,14 @@ class SessionWriter(SessionLifecycle, EventHandler):
             state = rec.get("state") or {}
             cp_seq = int(rec.get("checkpoint_seq", 0))
             step = int(state.get("step", 0))
-            loss = self._table(Table.LOSS)
-            for doc in loss.all():
-                later = [k for k in doc["points"] if int(k) > step]
-                if len(later) == len(doc["points"]):
-                    loss.remove(doc_ids=[doc.doc_id])
-                elif later:
-                    loss.update({"points": {k: v for k, v in doc["points"].items() if int(k) <= step}},
-                                doc_ids=[doc.doc_id])
+            later = [s for s in self._loss if s > step]
+            if later:
+                for s in later:
+                    del self._loss[s]
+                try:  # once per resume: the log holds exactly the points up to the checkpoint
+                    self._loss_log.replace(self._points())
+                except OSError as exc:
+                    raise SessionWriteError(self._loss_log.path, self.name, exc) from None
             self._table(Table.SCORED).remove(doc_ids=[d.doc_id for d in self._table(Table.SCORED).all()
                                               if d.get("_seq", 0) > cp_seq])
             for table in (Table.TA_CALLS, Table.JOBS):
@@ -1020,6 +1108,11 @@ class SessionReader(SessionLifecycle):
         """[{step, epoch, epoch_step, epoch_steps, loss, lr, ts}], ordered by step."""
         with self._mutex:
             return [_clean(p) for p in self._points()]
+
+    def loss_log_text(self) -> str:
+        """The loss points as loss.jsonl holds them (bookkeeping included), for export."""
+        with self._mutex:
+            return "".join(losslog.line_of(p) for p in self._points())
 
     def validations(self) -> list[dict]:
         """Validation results per epoch: [{epoch, prefix, metrics, best_epoch, improved, ts}]."""
