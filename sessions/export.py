@@ -365,10 +365,10 @@ def _loss_log(data: dict, path: Path) -> str:
               for p in doc["points"].values()}
     try:
         raw = losslog.read_raw(path)
-        records = losslog.parse(raw, path, torn_tail_ok=False)[0] if raw is not None else []
+        records = losslog.parse(raw, path, strict=True)[0] if raw is not None else []
     except DatabaseUnreadable as exc:
         raise UsageError(f"{str(path)!r} is unreadable ({exc.reason})", fix) from None
-    for number, record in enumerate(records, start=1):
+    for number, record in records:
         problem = _point_problem(record)
         if problem:
             raise UsageError(f"{str(path)!r} line {number}: {problem}", fix)

@@ -62,41 +62,48 @@ def read_raw(path: Path | str, max_bytes: int = MAX_LOG_BYTES) -> bytes | None:
     except OSError as exc:
         why = "it is a symbolic link" if os.path.islink(path) else (exc.strerror or str(exc))
         raise DatabaseUnreadable(path, why) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DatabaseUnreadable(path, "it is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise DatabaseUnreadable(path, "it is not a regular file")
         raw = fh.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise DatabaseUnreadable(path, f"it is larger than {max_bytes // 2**20} MiB")
     return raw
 
 
-def parse(raw: bytes, path: Path | str, *, torn_tail_ok: bool = True) -> tuple[list[dict], int]:
-    """The records of a log's bytes and the length of its complete part. A last line without
-    its newline (a torn write) is left out, or refused when `torn_tail_ok` is False."""
+def parse(raw: bytes, path: Path | str, *, strict: bool = False
+          ) -> tuple[list[tuple[int, dict]], int, list[str]]:
+    """([(line number, record)], length of the complete part, problems) of a log's bytes.
+    A last line without its newline (a torn write) is left out; a line that is not a JSON
+    object is left out and named in the problems. `strict` (import) refuses both instead."""
     end = raw.rfind(b"\n") + 1
-    if end < len(raw) and not torn_tail_ok:
+    if end < len(raw) and strict:
         raise DatabaseUnreadable(Path(path), "its last line is incomplete")
-    records = []
+    records, problems = [], []
     for number, line in enumerate(raw[:end].split(b"\n")[:-1], start=1):
         try:
             record = json.loads(line.decode("utf-8"))
+            problem = "" if isinstance(record, dict) else \
+                f"line {number} is a {type(record).__name__}, not a JSON object"
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DatabaseUnreadable(Path(path), f"line {number} is not JSON: {exc}") from None
-        if not isinstance(record, dict):
-            raise DatabaseUnreadable(Path(path), f"line {number} is a {type(record).__name__}, "
-                                                 "not a JSON object")
-        records.append(record)
-    return records, end
+            problem = f"line {number} is not JSON: {exc}"
+        if problem and strict:
+            raise DatabaseUnreadable(Path(path), problem)
+        if problem:
+            problems.append(problem)
+        else:
+            records.append((number, record))
+    return records, end, problems
 
 
-def read(path: Path | str) -> tuple[list[dict], int, int]:
-    """(records, complete length, file length) of the log at `path`; ([], 0, 0) for none."""
+def read(path: Path | str) -> tuple[list[tuple[int, dict]], list[str], bool]:
+    """([(line number, record)], problems, torn tail?) of the log at `path` (none: empty)."""
     raw = read_raw(path)
     if raw is None:
-        return [], 0, 0
-    records, end = parse(raw, path)
-    return records, end, len(raw)
+        return [], [], False
+    records, end, problems = parse(raw, path)
+    return records, problems, end < len(raw)
 
 
 class AppendLog:

@@ -729,22 +729,21 @@ class SessionLifecycle:
         self._loss = {int(p["step"]): dict(p) for doc in self._table(Table.LOSS).all()
                       for p in doc["points"].values()}
         try:
-            records, complete, length = losslog.read(self._loss_log.path)
+            records, problems, torn = losslog.read(self._loss_log.path)
         except DatabaseUnreadable as exc:
             self.loss_log_problem = f"{str(exc.path)!r} was ignored ({exc.reason})"
             return True
-        bad = 0
-        for record in records:
+        for number, record in records:
             problem = _point_problem(record)
             if problem:
-                bad += 1
-                self.loss_log_problem = self.loss_log_problem or f"{str(self._loss_log.path)!r}: {problem}"
-                continue
-            self._loss[int(record["step"])] = record
-        if bad:
-            self.loss_log_problem += f" ({bad} line(s) left out)"
+                problems.append(f"line {number}: {problem}")
+            else:
+                self._loss[int(record["step"])] = record
+        if problems:
+            self.loss_log_problem = (f"{str(self._loss_log.path)!r}: {problems[0]} "
+                                     f"({len(problems)} line(s) left out)")
         self._seq = max([self._seq, *(int(p.get("_seq", 0)) for p in self._loss.values())])
-        return bool(bad) or complete < length
+        return bool(problems) or torn
 
     def _move_loss_table(self) -> None:
         """Schema 2 kept loss points in the database: write them (with any the log holds) to
@@ -903,7 +902,10 @@ class SessionWriter(SessionLifecycle, EventHandler):
                 raise GptaError(f"session {self.name!r} is not open for writing",
                                 "open it with write=True to record events")
             self._seq += 1
-            d = _scrub(event.to_dict())
+            if isinstance(event, TrainStep):  # scalars only: asdict's deep copy is its main cost
+                d = {**vars(event), "kind": event.kind}
+            else:
+                d = _scrub(event.to_dict())
             d["_seq"] = self._seq
             self.handle(event, d)
             self._saw_events = True
