@@ -132,6 +132,20 @@ def _scrub(obj: Any) -> Any:
     return obj
 
 
+# A stored loss point: TrainStep's fields and its _seq, nothing else (values are scalars).
+_POINT_KEYS = ("epoch", "step", "epoch_step", "epoch_steps", "loss", "lr", "ts", "_seq")
+
+
+def _point(doc: dict) -> dict:
+    return {k: doc[k] for k in _POINT_KEYS if k in doc}
+
+
+def _point_event(doc: dict) -> TrainStep:
+    """A stored point as its event, without the generic (deep-copying) path: a replay of a
+    31,250-step session builds 31,250 of these."""
+    return TrainStep(**{k: doc[k] for k in _POINT_KEYS[:-1] if k in doc})
+
+
 def _clean(doc: dict) -> dict:
     """Plain data for readers: a deep copy without internal bookkeeping keys."""
     out = {k: copy.deepcopy(v) for k, v in doc.items() if k not in _INTERNAL}
@@ -726,7 +740,7 @@ class SessionLifecycle:
         does not make the session unreadable: a link or other non-file is ignored, a torn last
         line and wrong-shaped lines are left out, and `loss_log_problem` says so. True when
         the file holds anything that was left out."""
-        self._loss = {int(p["step"]): dict(p) for doc in self._table(Table.LOSS).all()
+        self._loss = {int(p["step"]): _point(p) for doc in self._table(Table.LOSS).all()
                       for p in doc["points"].values()}
         try:
             records, problems, torn = losslog.read(self._loss_log.path)
@@ -738,7 +752,7 @@ class SessionLifecycle:
             if problem:
                 problems.append(f"line {number}: {problem}")
             else:
-                self._loss[int(record["step"])] = record
+                self._loss[int(record["step"])] = _point(record)
         if problems:
             self.loss_log_problem = (f"{str(self._loss_log.path)!r}: {problems[0]} "
                                      f"({len(problems)} line(s) left out)")
@@ -933,7 +947,7 @@ class SessionWriter(SessionLifecycle, EventHandler):
 
     def on_train_step(self, event: Event, d: dict) -> None:
         # Appended to loss.jsonl (a replayed step appends again; the later line wins).
-        point = {k: v for k, v in d.items() if k != "kind"}
+        point = _point(d)
         self._loss[int(event.step)] = point
         self._loss_log.append(point)
 
@@ -1109,7 +1123,7 @@ class SessionReader(SessionLifecycle):
     def loss_points(self) -> list[dict]:
         """[{step, epoch, epoch_step, epoch_steps, loss, lr, ts}], ordered by step."""
         with self._mutex:
-            return [_clean(p) for p in self._points()]
+            return [{k: v for k, v in p.items() if k != "_seq"} for p in self._points()]
 
     def loss_log_text(self) -> str:
         """The loss points as loss.jsonl holds them (bookkeeping included), for export."""
@@ -1194,7 +1208,7 @@ class SessionReader(SessionLifecycle):
             for key in ("run_started", "phase_event"):
                 if rec.get(key):
                     dicts.append(rec[key])
-            dicts.extend({**p, "kind": "train_step"} for p in self._points())
+            dicts.extend(self._points())  # the only records without a kind
             for table in (Table.VALIDATIONS, Table.PREFIX_ACCURACY, Table.SCORED, Table.HISTORY,
                           Table.WINDOWS, Table.TA_MODELS, Table.NOTICES):
                 dicts.extend(self._table(table).all())
@@ -1209,7 +1223,8 @@ class SessionReader(SessionLifecycle):
                 if not job.get("superseded"):
                     dicts.extend(job["updates"])
             dicts.sort(key=lambda d: d.get("_seq", 0))
-            events = [event_from_dict(copy.deepcopy(d)) for d in dicts]
+            events = [event_from_dict(copy.deepcopy(d)) if "kind" in d else _point_event(d)
+                      for d in dicts]
             if rec.get("state"):
                 st = rec["state"]
                 events.append(CheckpointSaved(epoch=rec.get("epoch", st.get("epoch", 1)),
