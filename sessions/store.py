@@ -1108,7 +1108,8 @@ class SessionReader(SessionLifecycle):
     """The reading side: queries of the tables and the replay of the stored events."""
 
     def snapshot(self) -> dict:
-        """A deep copy of the whole database (including what is not flushed yet)."""
+        """A deep copy of the whole database (including what is not flushed yet); the loss
+        points are not in it (`loss_points`, `loss_log_text`)."""
         with self._mutex:
             return copy.deepcopy(self._storage.read() or {})
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine import events as ev
 from engine.errors import GptaError, UsageError
@@ -22,7 +23,7 @@ from sessions.export import export_session, import_session
 from sessions.losslog import LOSS_FILE
 from sessions.store import DB_FILE, SessionStore
 
-from test_sessions_helpers import SyntheticRun, feed, small_config
+from test_sessions_helpers import SyntheticRun, feed, kill_hard, small_config
 
 TESTS_DIR = Path(__file__).resolve().parent
 ROOT = TESTS_DIR.parent
@@ -125,6 +126,44 @@ def test_wrong_shaped_lines_are_left_out_and_never_crash_a_reader(gpta_home, dam
     store.open("bad", write=True).close()  # a writer rewrites the log clean
     assert store.open("bad").loss_log_problem == ""
     assert len(log.read_bytes().splitlines()) == len(good)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.sampled_from(["epoch", "step", "epoch_step", "epoch_steps", "loss",
+                                       "lr", "ts", "_seq", "kind", "x"]), children, max_size=8),
+    max_leaves=10)
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(lines=st.lists(json_values, max_size=4), tail=st.binary(max_size=12))
+def test_random_log_lines_never_crash_readers_or_resume(tmp_path_factory, lines, tail):
+    """Any JSON values as lines (and any torn tail): readers, the TUI replay and a writer's
+    open + resume work, and what they keep are well-formed points."""
+    from gpta_tui.run_control import load_past
+
+    home = tmp_path_factory.mktemp("home")
+    store = SessionStore(home)
+    _finished(store, "s").close()
+    log = store.session_dir("s") / LOSS_FILE
+    good = log.read_bytes()
+    extra = b"".join(json.dumps(v).encode() + b"\n" for v in lines)
+    log.write_bytes(good + extra + tail.replace(b"\n", b""))
+    reader = store.open("s")
+    points = reader.loss_points()
+    assert all(isinstance(p["step"], int) and p["step"] >= 1 for p in points)
+    reader.events()
+    load_past(home, "s")
+    w = store.open("s", write=True)
+    last = w.last_state["step"]
+    w.begin_resume()  # keeps the points up to the state's step
+    w.close()
+    again = store.open("s")
+    assert again.loss_log_problem == ""
+    assert again.loss_points() == [p for p in points if p["step"] <= last]
 
 
 @pytest.mark.parametrize("kind", ["symlink", "folder", "fifo"])
@@ -358,10 +397,7 @@ def test_a_run_of_the_papers_length_killed_with_sigkill_resumes_exactly(tmp_path
             assert line, child.stderr.read()
             seen = int(line)
     finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
-        child.stderr.close()
+        kill_hard(child)
 
     store = SessionStore(home)
     [summary] = store.list()
