@@ -80,8 +80,15 @@ def parse(raw: bytes, path: Path | str, *, strict: bool = False
     end = raw.rfind(b"\n") + 1
     if end < len(raw) and strict:
         raise DatabaseUnreadable(Path(path), "its last line is incomplete")
+    lines = raw[:end].split(b"\n")[:-1]
+    try:  # one parse for the whole file; any doubt and each line is parsed on its own
+        values = json.loads(b"[" + b",".join(lines) + b"]") if lines else []
+        if len(values) == len(lines) and all(type(v) is dict for v in values):
+            return list(enumerate(values, start=1)), end, []
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        pass
     records, problems = [], []
-    for number, line in enumerate(raw[:end].split(b"\n")[:-1], start=1):
+    for number, line in enumerate(lines, start=1):
         try:
             record = json.loads(line.decode("utf-8"))
             problem = "" if isinstance(record, dict) else \

@@ -140,6 +140,34 @@ def _point(doc: dict) -> dict:
     return {k: doc[k] for k in _POINT_KEYS if k in doc}
 
 
+def _valid_point(doc: Any) -> dict | None:
+    """`_point(doc)` when `_point_problem(doc)` finds nothing, else None; written out because
+    a 31,250-step log is checked on every open (tests/test_sessions_losslog.py checks that
+    the two agree)."""
+    if type(doc) is not dict or "kind" in doc:
+        return None
+    try:
+        out = {"epoch": doc["epoch"], "step": doc["step"], "epoch_step": doc["epoch_step"],
+               "epoch_steps": doc["epoch_steps"], "loss": doc["loss"], "lr": doc["lr"]}
+    except KeyError:
+        return None
+    if not (type(out["epoch"]) is int and type(out["step"]) is int and out["step"] >= 1
+            and type(out["epoch_step"]) is int and type(out["epoch_steps"]) is int
+            and type(out["loss"]) in (int, float) and type(out["lr"]) in (int, float)):
+        return None
+    if "ts" in doc:
+        if type(doc["ts"]) not in (int, float):
+            return None
+        out["ts"] = doc["ts"]
+    if "_seq" in doc:
+        if type(doc["_seq"]) is not int:
+            return None
+        out["_seq"] = doc["_seq"]
+    if "superseded" in doc and type(doc["superseded"]) is not bool:
+        return None
+    return out
+
+
 def _point_event(doc: dict) -> TrainStep:
     """A stored point as its event, without the generic (deep-copying) path: a replay of a
     31,250-step session builds 31,250 of these."""
@@ -748,11 +776,11 @@ class SessionLifecycle:
             self.loss_log_problem = f"{str(exc.path)!r} was ignored ({exc.reason})"
             return True
         for number, record in records:
-            problem = _point_problem(record)
-            if problem:
-                problems.append(f"line {number}: {problem}")
+            point = _valid_point(record)
+            if point is None:
+                problems.append(f"line {number}: {_point_problem(record)}")
             else:
-                self._loss[int(record["step"])] = _point(record)
+                self._loss[point["step"]] = point
         if problems:
             self.loss_log_problem = (f"{str(self._loss_log.path)!r}: {problems[0]} "
                                      f"({len(problems)} line(s) left out)")
