@@ -863,7 +863,7 @@ class SessionLifecycle:
             self._steps_since_flush = 0
             self._last_flush = time.monotonic()
 
-    def _write(self) -> None:
+    def _write(self, sync_log: bool = False) -> None:
         """Write pending changes: append the buffered loss points, and when the database has
         changes, fsync the log first and then replace the database. An OSError becomes one
         SessionWriteError (the files keep the last complete write, the changes stay in memory
@@ -872,7 +872,7 @@ class SessionLifecycle:
         path = self._loss_log.path
         try:
             commit = self._storage.dirty
-            self._loss_log.write(sync=commit)
+            self._loss_log.write(sync=commit or sync_log)
             if commit:
                 path = self.path
                 self._update_session_record(seq=self._seq)
@@ -895,7 +895,7 @@ class SessionLifecycle:
                     if self._saw_events and self._session_record().get("status") == "running":
                         self._update_session_record(status="interrupted",
                                       status_reason="the run ended without a final status")
-                    self._write()
+                    self._write(sync_log=True)
             finally:
                 self._closed = True
                 self._loss_log.close_fd()
