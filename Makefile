@@ -51,6 +51,7 @@ bench-all: bench
 	$(PY) -m bench.scoring --max-length 128 --no-pipeline $(BENCH_ARGS)
 	$(PY) -m bench.epoch $(BENCH_ARGS)
 	$(PY) -m bench.resume $(BENCH_ARGS)
+	$(PY) -m bench.store $(BENCH_ARGS)
 	$(PY) -m bench.tui_latency
 
 ## On a CUDA machine: smoke run with AMP, scoring/training/TUI benchmarks on the GPU, the

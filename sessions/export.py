@@ -3,6 +3,7 @@
 An export folder holds:
 
     session.json        the complete session database (re-importable), no secrets
+    loss.jsonl          the training loss points, as the session stores them (re-importable)
     config.toml         the run's settings: `gpta run --config config.toml` repeats the run
     history.csv/.json   the sorted history of every epoch
     scored.csv          every scored prefix, in order
@@ -31,12 +32,14 @@ from typing import Any
 
 from engine.errors import GptaError, UsageError
 from sessions.curves import write_curves
+from sessions import losslog
+from sessions.losslog import LOSS_FILE
 from sessions.storage import DatabaseUnreadable, atomic_write_text, read_json_file
 from sessions.store import (SCHEMA_VERSION, Table, SessionHandle, SessionStore, _check_schema,
-                            _scrub, format_ts, validate_name)
+                            _point_problem, _scrub, format_ts, validate_name)
 
 EXPORT_FORMAT = "gpta-session-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: loss points in loss.jsonl (1: in the database's `loss` table)
 
 
 # ---- small writers -----------------------------------------------------------------
@@ -97,12 +100,16 @@ def _fmt(value: Any) -> str:
 # ---- export ------------------------------------------------------------------------
 def session_files(handle: SessionHandle) -> dict[str, str]:
     """What `import_session` reads back, as {relative path: text}: `session.json` (the whole
-    database, no secrets) and `windows/epoch-N.jsonl`. `export_session` writes these among its
-    files; a Ray task returns them to the driver (sessions/cluster.py)."""
+    database, no secrets), `loss.jsonl` (the loss points) and `windows/epoch-N.jsonl`.
+    `export_session` writes these among its files; a Ray task returns them to the driver
+    (sessions/cluster.py)."""
+    data = _scrub(handle.snapshot())
+    data.pop(Table.LOSS.value, None)  # a schema-2 session read before a writer moved its points
     payload = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
                "schema": SCHEMA_VERSION, "exported": time.time(), "name": handle.name,
-               "database": _scrub(handle.snapshot())}
-    files = {"session.json": json.dumps(payload, ensure_ascii=False, indent=1)}
+               "database": data}
+    files = {"session.json": json.dumps(payload, ensure_ascii=False, indent=1),
+             LOSS_FILE: handle.loss_log_text()}
     by_epoch: dict[int, list[dict]] = {}
     for w in handle.windows():
         by_epoch.setdefault(w.pop("epoch"), []).append(w)
@@ -122,12 +129,13 @@ def export_session(handle: SessionHandle, out_dir: Path | str) -> Path:
     config = rec.get("config", {})
     metric = config.get("student", {}).get("metric", "accuracy")
 
-    for rel, text in session_files(handle).items():  # session.json and windows/epoch-N.jsonl
+    for rel, text in session_files(handle).items():  # session.json, loss.jsonl, windows
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / rel, text)
     atomic_write_text(out / "config.toml", config_toml(config))
 
     history = handle.history()
+    points = handle.loss_points()
     atomic_write_text(out / "history.csv", _csv_text(
         ["epoch", "rank", "prefix", "score", "training_prefix"],
         [[r["epoch"], r["rank"], r["prefix"], r["score"], int(r["training_prefix"])] for r in history]))
@@ -149,10 +157,10 @@ def export_session(handle: SessionHandle, out_dir: Path | str) -> Path:
 
     atomic_write_text(out / "loss.csv", _csv_text(
         ["step", "epoch", "epoch_step", "loss", "lr"],
-        [[p["step"], p["epoch"], p["epoch_step"], p["loss"], p["lr"]] for p in handle.loss_points()]))
+        [[p["step"], p["epoch"], p["epoch_step"], p["loss"], p["lr"]] for p in points]))
 
     atomic_write_text(out / "metrics.csv", _metrics_csv(handle, rec))
-    write_curves(out, [(p["step"], p["epoch"], p["loss"]) for p in handle.loss_points()],
+    write_curves(out, [(p["step"], p["epoch"], p["loss"]) for p in points],
                  [(v["epoch"], float(v["metrics"][metric])) for v in handle.validations()
                   if isinstance(v.get("metrics", {}).get(metric), (int, float))],
                  metric, (rec.get("best") or {}).get("epoch"), f"{handle.name}: student loss and "
@@ -350,8 +358,9 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
         raise UsageError(f"a session named {name!r} already exists in {str(store.root)!r}",
                          f"delete it first (`gpta delete {name}`) or import under another name")
     windows = _read_window_files(src / "windows")  # validated before anything is written
-    store.write_imported(name, _scrub(data),
-                         {f"windows/{fname}": text for fname, text in windows.items()})
+    files = {f"windows/{fname}": text for fname, text in windows.items()}
+    files[LOSS_FILE] = _loss_log(data, src / LOSS_FILE)
+    store.write_imported(name, _scrub(data), files)
     return name
 
 
@@ -368,13 +377,33 @@ def import_files(store: SessionStore, files: dict, *, origin: str) -> str:
         folder = Path(tmp)
         for rel, text in files.items():
             if not isinstance(rel, str) or not isinstance(text, str) or not (
-                    rel == "session.json" or (rel.startswith("windows/")
+                    rel in ("session.json", LOSS_FILE) or (rel.startswith("windows/")
                                               and _WINDOW_NAME.fullmatch(rel[len("windows/"):]))):
                 raise UsageError(f"the session sent by {origin} holds an unexpected file "
                                  f"{str(rel)[:80]!r}", fix)
             (folder / rel).parent.mkdir(exist_ok=True)
             (folder / rel).write_text(text, encoding="utf-8")
         return import_session(store, folder, origin=origin)
+
+
+def _loss_log(data: dict, path: Path) -> str:
+    """The imported session's loss.jsonl: the export's file (a regular file under the cap,
+    every line complete and a loss point), with the points of an older export's `loss` table
+    (removed from `data`) under them; a point of the file wins."""
+    fix = "import the folder written by `gpta export`, unedited"
+    points = {int(p["step"]): p for doc in (data.pop(Table.LOSS.value, None) or {}).values()
+              for p in doc["points"].values()}
+    try:
+        raw = losslog.read_raw(path)
+        records = losslog.parse(raw, path, strict=True)[0] if raw is not None else []
+    except DatabaseUnreadable as exc:
+        raise UsageError(f"{str(path)!r} is unreadable ({exc.reason})", fix) from None
+    for number, record in records:
+        problem = _point_problem(record)
+        if problem:
+            raise UsageError(f"{str(path)!r} line {number}: {problem}", fix)
+        points[int(record["step"])] = record
+    return "".join(losslog.line_of(points[step]) for step in sorted(points))
 
 
 MAX_WINDOW_FILE_BYTES = 64 * 1024 * 1024

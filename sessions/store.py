@@ -3,16 +3,21 @@
 Layout under the data directory (`GPTA_HOME` / `--home`, default `default_home()`):
 
     <home>/sessions/<name>/session.json   TinyDB database (AtomicJSONStorage)
+    <home>/sessions/<name>/loss.jsonl     training loss points, append-only (sessions/losslog.py)
     <home>/sessions/<name>/session.lock   held by the one process writing the session
     <home>/sessions/<name>/checkpoints/   \
     <home>/sessions/<name>/windows/        > the engine's workdir (`SessionHandle.dir`)
     <home>/sessions/<name>/ta-adapters/   /
 
 One writer per session (a file lock); readers need no lock because every write replaces
-the database file atomically. The in-memory database is written to disk in batches: loss
-points every `flush_steps` steps or `flush_seconds` seconds, everything else (phase
-boundaries, checkpoints, status changes, TA replies, the end) at once. Anything buffered
-when a process dies lies after the last checkpoint, and the engine replays it on resume.
+the database file atomically and the loss log is only appended to (a reader ignores a last
+line still being written). Loss points never enter the database: the one series that grows
+with every training step is appended to `loss.jsonl`, so no write costs more as a run gets
+longer. They are appended every `flush_steps` steps or `flush_seconds` seconds; everything
+else (phase boundaries, checkpoints, status changes, TA replies, the end) is written at
+once, the loss log fsynced first, so a recorded checkpoint never refers to a point that is
+not on disk. Anything buffered when a process dies lies after the last checkpoint, and the
+engine replays it on resume.
 """
 
 from __future__ import annotations
@@ -45,11 +50,13 @@ from engine.events import (CheckpointSaved, DescriptionChanged, Event, EventHand
 from engine.state import RunState
 from engine.fsutil import stale_temp_files
 from engine.paths import SESSION_NAME_RE
+from sessions import losslog
+from sessions.losslog import LOSS_FILE, AppendLog
 from sessions.status import ENGINE_TO_SESSION, SESSION_STATUSES
 from sessions.storage import (AtomicJSONStorage, BufferedStorage, DatabaseUnreadable,
                               read_json_file)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Raw database upgrades: MIGRATIONS[v] turns the data of schema v into schema v + 1.
 
 
@@ -64,7 +71,15 @@ def _v1_to_v2(data: dict) -> dict:
     return data
 
 
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
+def _v2_to_v3(data: dict) -> dict:
+    """Schema 3 keeps loss points in loss.jsonl, not in the database. The raw data cannot
+    write that file, so a migrated database keeps its `loss` table: every handle reads those
+    points as if they were in the log, and a writer moves them there on open
+    (`SessionHandle._move_loss_table`), as `write_imported` does for an older export."""
+    return data
+
+
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 SESSIONS_DIR = "sessions"
 DB_FILE = "session.json"
@@ -83,7 +98,7 @@ class Table(str, enum.Enum):
 
     META = "meta"                        # app version and schema of the file
     SESSION = "session"                  # the session record (doc 1): config, status, state
-    LOSS = "loss"                        # training loss points, one document per epoch
+    LOSS = "loss"                        # schema <= 2 only: loss points (now in loss.jsonl)
     VALIDATIONS = "validations"          # ValidationResult per epoch
     PREFIX_ACCURACY = "prefix_accuracy"  # PrefixFindingAccuracy per epoch
     SCORED = "scored"                    # every PrefixScored
@@ -115,6 +130,48 @@ def _scrub(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_scrub(v) for v in obj]
     return obj
+
+
+# A stored loss point: TrainStep's fields and its _seq, nothing else (values are scalars).
+_POINT_KEYS = ("epoch", "step", "epoch_step", "epoch_steps", "loss", "lr", "ts", "_seq")
+
+
+def _point(doc: dict) -> dict:
+    return {k: doc[k] for k in _POINT_KEYS if k in doc}
+
+
+def _valid_point(doc: Any) -> dict | None:
+    """`_point(doc)` when `_point_problem(doc)` finds nothing, else None; written out because
+    a 31,250-step log is checked on every open (tests/test_sessions_losslog.py checks that
+    the two agree)."""
+    if type(doc) is not dict or "kind" in doc:
+        return None
+    try:
+        out = {"epoch": doc["epoch"], "step": doc["step"], "epoch_step": doc["epoch_step"],
+               "epoch_steps": doc["epoch_steps"], "loss": doc["loss"], "lr": doc["lr"]}
+    except KeyError:
+        return None
+    if not (type(out["epoch"]) is int and type(out["step"]) is int and out["step"] >= 1
+            and type(out["epoch_step"]) is int and type(out["epoch_steps"]) is int
+            and type(out["loss"]) in (int, float) and type(out["lr"]) in (int, float)):
+        return None
+    if "ts" in doc:
+        if type(doc["ts"]) not in (int, float):
+            return None
+        out["ts"] = doc["ts"]
+    if "_seq" in doc:
+        if type(doc["_seq"]) is not int:
+            return None
+        out["_seq"] = doc["_seq"]
+    if "superseded" in doc and type(doc["superseded"]) is not bool:
+        return None
+    return out
+
+
+def _point_event(doc: dict) -> TrainStep:
+    """A stored point as its event, without the generic (deep-copying) path: a replay of a
+    31,250-step session builds 31,250 of these."""
+    return TrainStep(**{k: doc[k] for k in _POINT_KEYS[:-1] if k in doc})
 
 
 def _clean(doc: dict) -> dict:
@@ -254,7 +311,7 @@ class SessionStore:
                 epoch=int(rec.get("epoch", 0)), epochs=int(cfg.get("loop", {}).get("epochs", 0)),
                 phase=rec.get("phase", ""), best_metric=best.get("score"),
                 metric=cfg.get("student", {}).get("metric", ""),
-                updated=float(rec.get("updated", 0.0)), path=path))
+                updated=max(float(rec.get("updated", 0.0)), _log_mtime(path)), path=path))
         out.sort(key=lambda s: s.updated, reverse=True)
         return out
 
@@ -335,8 +392,8 @@ class SessionStore:
         lock = self._acquire(name) if write else None
         try:
             path = self.session_dir(name) / DB_FILE
-            if write:
-                for tmp in stale_temp_files(path):  # left by a writer that was killed
+            if write:  # left by a writer that was killed
+                for tmp in stale_temp_files(path) + stale_temp_files(path.with_name(LOSS_FILE)):
                     tmp.unlink(missing_ok=True)
             data, migrated_from = self._load(name, path, write)
             handle = SessionHandle(self, name, data, lock=lock)
@@ -345,6 +402,8 @@ class SessionStore:
                 if not backup.exists():
                     shutil.copy2(path, backup)
                 handle._storage.write(data)
+            if write and (migrated_from is not None or Table.LOSS.value in data):
+                handle._move_loss_table()
                 handle.flush()
             if write and handle._session_record().get("status") == "running":
                 handle._update_session_record(
@@ -425,6 +484,15 @@ class SessionStore:
             os.replace(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _log_mtime(folder: Path) -> float:
+    """When the session's loss log was last appended to (0 without one): during training
+    the database is written only at checkpoints, the log every few seconds."""
+    try:
+        return (folder / LOSS_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _app_version() -> str:
@@ -524,6 +592,16 @@ def _chat_ok(messages: Any) -> bool:
         and isinstance(m.get("content", ""), str) for m in messages)
 
 
+def _point_problem(point: Any) -> str | None:
+    """Why a stored loss point (a TrainStep without its kind, with its _seq) cannot be read."""
+    problem = _event_problem(TrainStep, point, replayed=False)
+    if problem is None and "kind" in point:
+        return "a loss point with a kind"
+    if problem is None and point["step"] < 1:
+        return f"a loss point with step {point['step']}"
+    return problem
+
+
 def _shape_problem(data: dict) -> str | None:
     """Why raw database data cannot be read as a session (wrong-shaped tables, records or
     fields), or None. Readers then never meet a value of an unexpected type."""
@@ -583,7 +661,7 @@ def _shape_problem(data: dict) -> str | None:
         if not isinstance(points, dict):
             return "table 'loss' has a record without a mapping of points"
         for key, point in points.items():
-            problem = _event_problem(TrainStep, point, replayed=False)
+            problem = _point_problem(point)
             if problem or not str(key).isdigit():
                 return f"table 'loss': {problem or f'point key {key!r} is not a step number'}"
     return None
@@ -674,6 +752,51 @@ class SessionLifecycle:
         self._ta_index: dict[int, int] = {}
         self._job_index: dict[tuple[int, str], int] = {}
         self._reindex()
+        self._loss_log = AppendLog(self.dir / LOSS_FILE)
+        self._loss: dict[int, dict] = {}   # step -> stored point (with _seq), log and table
+        self.loss_log_problem = ""         # why some of loss.jsonl was left out, if it was
+        damaged = self._load_points()
+        if damaged and lock is not None:
+            try:  # a writer appends only to a clean log
+                self._loss_log.replace(self._points())
+            except OSError as exc:
+                raise SessionWriteError(self._loss_log.path, name, exc) from None
+
+    def _load_points(self) -> bool:
+        """Read the loss points: a schema-2 `loss` table not yet moved, then loss.jsonl (a
+        point of the log wins). The log is display data (a resume never reads it), so damage
+        does not make the session unreadable: a link or other non-file is ignored, a torn last
+        line and wrong-shaped lines are left out, and `loss_log_problem` says so. True when
+        the file holds anything that was left out."""
+        self._loss = {int(p["step"]): _point(p) for doc in self._table(Table.LOSS).all()
+                      for p in doc["points"].values()}
+        try:
+            records, problems, torn = losslog.read(self._loss_log.path)
+        except DatabaseUnreadable as exc:
+            self.loss_log_problem = f"{str(exc.path)!r} was ignored ({exc.reason})"
+            return True
+        for number, record in records:
+            point = _valid_point(record)
+            if point is None:
+                problems.append(f"line {number}: {_point_problem(record)}")
+            else:
+                self._loss[point["step"]] = point
+        if problems:
+            self.loss_log_problem = (f"{str(self._loss_log.path)!r}: {problems[0]} "
+                                     f"({len(problems)} line(s) left out)")
+        self._seq = max([self._seq, *(int(p.get("_seq", 0)) for p in self._loss.values())])
+        return bool(problems) or torn
+
+    def _move_loss_table(self) -> None:
+        """Schema 2 kept loss points in the database: write them (with any the log holds) to
+        loss.jsonl atomically, then drop the table; the caller flushes the database. A crash
+        in between leaves both, which the next open merges and moves again."""
+        with self._mutex:
+            try:
+                self._loss_log.replace(self._points())
+            except OSError as exc:
+                raise SessionWriteError(self._loss_log.path, self.name, exc) from None
+            self._db.drop_table(Table.LOSS.value)
 
     # ---- basics ----------------------------------------------------------------------
     @property
@@ -729,6 +852,8 @@ class SessionLifecycle:
             self._seq = int(self._session_record().get("seq", 0))
             self._config = None
             self._reindex()
+            self.loss_log_problem = ""
+            self._load_points()
 
     def flush(self) -> None:
         with self._mutex:
@@ -738,14 +863,22 @@ class SessionLifecycle:
             self._steps_since_flush = 0
             self._last_flush = time.monotonic()
 
-    def _write(self) -> None:
-        """Write pending changes; an OSError becomes one SessionWriteError (the file keeps the
-        last complete write, the changes stay in memory for the next try), and the first one
-        is reported to `on_write_error` (the runner stops the engine with it)."""
+    def _write(self, sync_log: bool = False) -> None:
+        """Write pending changes: append the buffered loss points, and when the database has
+        changes, fsync the log first and then replace the database. An OSError becomes one
+        SessionWriteError (the files keep the last complete write, the changes stay in memory
+        for the next try), and the first one is reported to `on_write_error` (the runner
+        stops the engine with it)."""
+        path = self._loss_log.path
         try:
-            self._storage.flush()
+            commit = self._storage.dirty
+            self._loss_log.write(sync=commit or sync_log)
+            if commit:
+                path = self.path
+                self._update_session_record(seq=self._seq)
+                self._storage.flush()
         except OSError as exc:
-            error = SessionWriteError(self.path, self.name, exc)
+            error = SessionWriteError(path, self.name, exc)
             first, self.write_error = self.write_error is None, error
             if first and self.on_write_error is not None:
                 self.on_write_error(error)
@@ -762,9 +895,10 @@ class SessionLifecycle:
                     if self._saw_events and self._session_record().get("status") == "running":
                         self._update_session_record(status="interrupted",
                                       status_reason="the run ended without a final status")
-                    self._write()
+                    self._write(sync_log=True)
             finally:
                 self._closed = True
+                self._loss_log.close_fd()
                 self._db.close()
                 if self._file_lock is not None:
                     self._file_lock.release()
@@ -780,8 +914,7 @@ class SessionLifecycle:
         return f"SessionHandle({self.name!r}, {mode}, {str(self.dir)!r})"
 
     def _points(self) -> list[dict]:
-        points = [p for doc in self._table(Table.LOSS).all() for p in doc["points"].values()]
-        return sorted(points, key=lambda p: p["step"])
+        return [self._loss[step] for step in sorted(self._loss)]
 
 
 class SessionWriter(SessionLifecycle, EventHandler):
@@ -811,13 +944,17 @@ class SessionWriter(SessionLifecycle, EventHandler):
                 raise GptaError(f"session {self.name!r} is not open for writing",
                                 "open it with write=True to record events")
             self._seq += 1
-            d = _scrub(event.to_dict())
+            if isinstance(event, TrainStep):  # scalars only: asdict's deep copy is its main cost
+                d = {**vars(event), "kind": event.kind}
+            else:
+                d = _scrub(event.to_dict())
             d["_seq"] = self._seq
             self.handle(event, d)
-            self._update_session_record(updated=_now(), seq=self._seq)
             self._saw_events = True
-            if event.kind == "train_step":
+            if event.kind == "train_step":  # the log only: the database is not touched
                 self._steps_since_flush += 1
+            else:
+                self._update_session_record(updated=_now(), seq=self._seq)
             if (event.kind not in _BUFFERED or self._steps_since_flush >= self.flush_steps
                     or time.monotonic() - self._last_flush >= self.flush_seconds):
                 self.flush()
@@ -837,15 +974,10 @@ class SessionWriter(SessionLifecycle, EventHandler):
         self._update_session_record(progress=d)
 
     def on_train_step(self, event: Event, d: dict) -> None:
-        # One document per epoch holding its points keyed by step: TinyDB rewrites a whole
-        # table on every change, so thousands of one-point documents would cost O(n) each.
-        table, epoch = self._table(Table.LOSS), int(event.epoch)
-        point = {k: v for k, v in d.items() if k != "kind"}
-        if table.contains(doc_id=epoch):
-            table.update(lambda doc: doc["points"].__setitem__(str(event.step), point),
-                         doc_ids=[epoch])
-        else:
-            table.insert(Document({"epoch": epoch, "points": {str(event.step): point}}, doc_id=epoch))
+        # Appended to loss.jsonl (a replayed step appends again; the later line wins).
+        point = _point(d)
+        self._loss[int(event.step)] = point
+        self._loss_log.append(point)
 
     def on_validation(self, event: Event, d: dict) -> None:
         self._table(Table.VALIDATIONS).upsert(Document(d, doc_id=int(event.epoch)))
@@ -955,14 +1087,14 @@ class SessionWriter(SessionLifecycle, EventHandler):
             state = rec.get("state") or {}
             cp_seq = int(rec.get("checkpoint_seq", 0))
             step = int(state.get("step", 0))
-            loss = self._table(Table.LOSS)
-            for doc in loss.all():
-                later = [k for k in doc["points"] if int(k) > step]
-                if len(later) == len(doc["points"]):
-                    loss.remove(doc_ids=[doc.doc_id])
-                elif later:
-                    loss.update({"points": {k: v for k, v in doc["points"].items() if int(k) <= step}},
-                                doc_ids=[doc.doc_id])
+            later = [s for s in self._loss if s > step]
+            if later:
+                for s in later:
+                    del self._loss[s]
+                try:  # once per resume: the log holds exactly the points up to the checkpoint
+                    self._loss_log.replace(self._points())
+                except OSError as exc:
+                    raise SessionWriteError(self._loss_log.path, self.name, exc) from None
             self._table(Table.SCORED).remove(doc_ids=[d.doc_id for d in self._table(Table.SCORED).all()
                                               if d.get("_seq", 0) > cp_seq])
             for table in (Table.TA_CALLS, Table.JOBS):
@@ -1004,7 +1136,8 @@ class SessionReader(SessionLifecycle):
     """The reading side: queries of the tables and the replay of the stored events."""
 
     def snapshot(self) -> dict:
-        """A deep copy of the whole database (including what is not flushed yet)."""
+        """A deep copy of the whole database (including what is not flushed yet); the loss
+        points are not in it (`loss_points`, `loss_log_text`)."""
         with self._mutex:
             return copy.deepcopy(self._storage.read() or {})
 
@@ -1019,7 +1152,12 @@ class SessionReader(SessionLifecycle):
     def loss_points(self) -> list[dict]:
         """[{step, epoch, epoch_step, epoch_steps, loss, lr, ts}], ordered by step."""
         with self._mutex:
-            return [_clean(p) for p in self._points()]
+            return [{k: v for k, v in p.items() if k != "_seq"} for p in self._points()]
+
+    def loss_log_text(self) -> str:
+        """The loss points as loss.jsonl holds them (bookkeeping included), for export."""
+        with self._mutex:
+            return "".join(losslog.line_of(p) for p in self._points())
 
     def validations(self) -> list[dict]:
         """Validation results per epoch: [{epoch, prefix, metrics, best_epoch, improved, ts}]."""
@@ -1099,7 +1237,7 @@ class SessionReader(SessionLifecycle):
             for key in ("run_started", "phase_event"):
                 if rec.get(key):
                     dicts.append(rec[key])
-            dicts.extend({**p, "kind": "train_step"} for p in self._points())
+            dicts.extend(self._points())  # the only records without a kind
             for table in (Table.VALIDATIONS, Table.PREFIX_ACCURACY, Table.SCORED, Table.HISTORY,
                           Table.WINDOWS, Table.TA_MODELS, Table.NOTICES):
                 dicts.extend(self._table(table).all())
@@ -1114,7 +1252,8 @@ class SessionReader(SessionLifecycle):
                 if not job.get("superseded"):
                     dicts.extend(job["updates"])
             dicts.sort(key=lambda d: d.get("_seq", 0))
-            events = [event_from_dict(copy.deepcopy(d)) for d in dicts]
+            events = [event_from_dict(copy.deepcopy(d)) if "kind" in d else _point_event(d)
+                      for d in dicts]
             if rec.get("state"):
                 st = rec["state"]
                 events.append(CheckpointSaved(epoch=rec.get("epoch", st.get("epoch", 1)),

@@ -147,3 +147,13 @@ def feed(handle, events) -> list:
         handle.listener(event)
         out.append(event)
     return out
+
+
+def kill_hard(child) -> None:
+    """SIGKILL a child process started with stdout/stderr pipes, reap it, close the pipes."""
+    import signal
+
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    child.stderr.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ from sessions import storage
 from sessions.storage import AtomicJSONStorage, BufferedStorage, DatabaseUnreadable
 from sessions.store import DB_FILE, SessionStore
 
-from test_sessions_helpers import small_config
+from test_sessions_helpers import kill_hard, small_config
 
 TESTS_DIR = Path(__file__).resolve().parent
 ROOT = TESTS_DIR.parent
@@ -138,10 +137,7 @@ def test_sigkill_during_writes_never_corrupts(tmp_path):
             for _ in range(rng.randint(0, 3000)):  # spin a little: land inside a write
                 pass
         finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            child.stdout.close()
-            child.stderr.close()
+            kill_hard(child)
         store = SessionStore(home)
         reader = store.open("crash")
         steps = [p["step"] for p in reader.loss_points()]

@@ -1,5 +1,8 @@
 """LossChart: student loss per step (raw + smoothed) and the validation metric per epoch.
 
+A long run does not cost more to draw: the raw curve keeps each column's lowest and highest
+loss (`minmax_downsample`), the smoothed one each column's mean (`downsample`).
+
 Building a plotext figure is by far the most expensive drawing on the dashboard (tens of
 milliseconds, more on a busy CPU), so the chart never builds on the UI thread's render path:
 a thread worker builds the figure into a Rich `Text` when the curves changed (at most once
@@ -34,6 +37,33 @@ def downsample(xs: list[int], ys: list[float], buckets: int) -> tuple[list[float
         out_x.append(sum(xs[lo:hi]) / (hi - lo))
         out_y.append(sum(ys[lo:hi]) / (hi - lo))
     return out_x, out_y
+
+
+def minmax_downsample(xs: list[int], ys: list[float], buckets: int
+                      ) -> tuple[list[float], list[float]]:
+    """The lowest and the highest point of each bucket, in step order, so a long run (31,250
+    steps) draws as cheaply as a short one and still shows its spikes, which means hide."""
+    if buckets <= 0 or len(xs) <= 2 * buckets:
+        return list(map(float, xs)), list(ys)
+    size = len(xs) / buckets
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for b in range(buckets):
+        lo, hi = int(b * size), max(int((b + 1) * size), int(b * size) + 1)
+        part = ys[lo:hi]
+        i_min = lo + min(range(len(part)), key=part.__getitem__)
+        i_max = lo + max(range(len(part)), key=part.__getitem__)
+        for i in sorted({i_min, i_max}):
+            out_x.append(float(xs[i]))
+            out_y.append(ys[i])
+    return out_x, out_y
+
+
+def chart_series(state: DashboardState) -> tuple[list[int], list[float], list[tuple[int, float]]]:
+    """(steps, losses, [(step, validation value)]) of a dashboard state, ordered by step."""
+    steps = sorted(state.losses)
+    losses = [state.losses[s] for s in steps]
+    return steps, losses, [(state.val_step.get(e, 0), v) for e, v in sorted(state.val.items())]
 
 
 def int_ticks(lo: int, hi: int, width: int) -> list[int]:
@@ -94,7 +124,7 @@ def draw(plt: Plot, steps: list[int], losses: list[float], val: list[tuple[int, 
         return Text.from_ansi(plt.build())
     buckets = max(8, width - 14)
     plt.title(f"student loss ({len(steps)} steps) · validation {metric} per epoch")
-    xs, ys = downsample(steps, losses, buckets)
+    xs, ys = minmax_downsample(steps, losses, buckets)
     plt.plot(xs, ys, marker="braille", color="gray")
     xs_s, ys_s = downsample(steps, smooth(losses), buckets)
     plt.plot(xs_s, ys_s, marker="braille", color="cyan")
@@ -149,10 +179,7 @@ class LossChart(PlotextPlot):
         return len(self._steps)
 
     def update_from(self, state: DashboardState, now: bool = False) -> None:
-        steps = sorted(state.losses)
-        self._steps = steps
-        self._losses = [state.losses[s] for s in steps]
-        self._val = [(state.val_step.get(e, 0), v) for e, v in sorted(state.val.items())]
+        self._steps, self._losses, self._val = chart_series(state)
         self._metric = state.metric
         best_epoch = state.best.get("epoch") if state.best else None
         self._best_step = state.val_step.get(best_epoch) if best_epoch in state.val else None
