@@ -12,11 +12,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from engine.config import RunConfig
 from gpta_tui import form
 from gpta_tui.form import FIELDS, Field
+from gpta_tui.widgets.key_footer import KeyFooter
 
 
 class NewSessionScreen(Screen[RunConfig | None]):
@@ -82,7 +83,7 @@ class NewSessionScreen(Screen[RunConfig | None]):
             with Horizontal(id="form-buttons"):
                 yield Button("Start run", id="start", variant="success")
                 yield Button("Cancel", id="cancel")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._update_mode_fields()
