@@ -212,3 +212,36 @@ async def test_palette_command_writes_the_curves_as_png_and_csv(tmp_path):
     val = list(csv.reader((target / "validation.csv").open()))
     assert val[0] == ["epoch", "step", "val_accuracy", "best"]
     assert val[1] == ["1", "12", "0.625", "1"]  # epoch 1 holds the best (its best prefix)
+
+
+async def test_the_footer_rebuilds_only_when_its_keys_change():
+    """Opening and closing a dialog moves focus and re-signals the bindings; the footer keeps
+    its keys (rebuilding them was most of the key latency), but a run going live swaps them."""
+    from types import SimpleNamespace
+
+    from textual.widgets._footer import FooterKey
+
+    from gpta_tui.widgets.key_footer import KeyFooter
+
+    def keys(footer) -> set[str]:
+        return {k.description for k in footer.query(FooterKey) if k.description}
+
+    app = canned_app()
+    async with app.run_test(size=(130, 40)) as pilot:
+        await pilot.pause()
+        screen = run_screen(app)
+        footer = screen.query_one(KeyFooter)
+        await pilot.pause()
+        before, built = keys(footer), footer.rebuilds
+        assert {"Clone config", "New run", "Sessions"} <= before and "Pause/resume" not in before
+        for _ in range(4):
+            await pilot.press("question_mark")
+            await pilot.pause()
+        assert app.screen is screen and app.focused is screen.query_one(HistoryTable)
+        assert footer.rebuilds == built and keys(footer) == before
+        screen.controller = SimpleNamespace(running=True)  # the run goes live
+        screen.sync(set())
+        await pilot.pause()
+        await pilot.pause()
+        assert footer.rebuilds == built + 1
+        assert {"Pause/resume", "Stop", "Save"} <= keys(footer) and "New run" not in keys(footer)
