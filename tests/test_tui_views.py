@@ -245,3 +245,39 @@ async def test_the_footer_rebuilds_only_when_its_keys_change():
         await pilot.pause()
         assert footer.rebuilds == built + 1
         assert {"Pause/resume", "Stop", "Save"} <= keys(footer) and "New run" not in keys(footer)
+
+
+async def test_the_log_rewraps_its_lines_when_the_terminal_is_resized():
+    from engine.events import Notice
+
+    from gpta_tui.widgets.log_pane import LogPane
+
+    words = " ".join(f"word{i:03d}" for i in range(60))  # ~480 characters, one entry
+    app = canned_app(canned_events() + [Notice(level="warning", message=words, ts=NOW - 1)])
+
+    def shown(log) -> tuple[int, str]:
+        """(widest line, every word the lines carry, in order)."""
+        texts = ["".join(seg.text for seg in strip) for strip in log.lines]
+        return max(len(t.rstrip()) for t in texts), " ".join(" ".join(texts).split())
+
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        log = run_screen(app).query_one(LogPane)
+        for size in ((120, 36), (160, 48), (200, 50)):
+            await pilot.resize_terminal(*size)
+            await pilot.pause()
+            widest, text = shown(log)
+            width = log.scrollable_content_region.width
+            assert widest <= width
+            assert words in text  # the long entry, whole, at every width
+            # ... wrapped to this width: its widest line fills most of the pane
+            assert widest > width - len("word000 ")
+        at_200 = len(log.lines)
+        await pilot.resize_terminal(120, 36)
+        await pilot.pause()
+        assert len(log.lines) > at_200  # narrower: more lines
+        await pilot.resize_terminal(80, 24)  # compact: the log is a tab of its own
+        await pilot.press("5")
+        await pilot.pause()
+        widest, text = shown(log)
+        assert words in text and widest <= log.scrollable_content_region.width < 80
