@@ -33,6 +33,7 @@ from textual.worker import Worker, WorkerState
 from engine.config import PRESETS, RunConfig
 from engine.errors import GptaError, strip_control
 from gpta_tui import form
+from gpta_tui.prefs import Prefs, load_key
 from gpta_tui.run_control import RunController, load_past
 from gpta_tui.screens.confirm import ConfirmScreen
 from gpta_tui.screens.help import HelpScreen
@@ -57,10 +58,14 @@ class GptaApp(App[None]):
     def __init__(self, home: Path | str | None = None, *, resume: str | None = None,
                  preset: str | None = None, clock: Callable[[], float] = time.time,
                  drain_interval: float = DRAIN_INTERVAL_S, start: Screen | None = None,
-                 run_config: RunConfig | None = None) -> None:
+                 run_config: RunConfig | None = None, prefs: Prefs | None = None) -> None:
         """`start`: show this screen instead of the sessions flow (demos, snapshots).
-        `run_config`: start this run at once (scripts, benchmarks)."""
+        `run_config`: start this run at once (scripts, benchmarks).
+        `prefs`: what is remembered between launches (default: the user's gpta_tui.prefs file)."""
         super().__init__()
+        self.prefs = prefs if prefs is not None else Prefs()
+        if self.prefs.theme in self.available_themes:
+            self.theme = self.prefs.theme
         self.start_screen = start
         self.run_config = run_config
         self.home = Path(home).expanduser() if home else None
@@ -124,6 +129,11 @@ class GptaApp(App[None]):
             self.notify(str(exc), severity="error", timeout=6, markup=False)
         else:
             self.notify(f"Exported {name} to {written}", timeout=5, markup=False)
+
+    def watch_theme(self, theme: str) -> None:
+        """Remember the theme chosen (palette: "Change theme") for the next launch."""
+        if self.is_running:
+            self.prefs.remember_theme(theme)
 
     # ---- screens -------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -239,6 +249,12 @@ class GptaApp(App[None]):
         """Run the session: its engine thread, supervised by an exclusive per-session worker
         whose state changes (success, error) tell the app when the run is over."""
         self.controller = controller
+        state = controller.state
+        resumed = controller.resume
+        state.last_load = None  # a stored past's load is not this one
+        state.load_estimates = {
+            name: seconds for name, dequantized in (("plain", False), ("dequantize", True))
+            if (seconds := self.prefs.load_times.get(load_key(state.config, resumed, dequantized)))}
         self.push_screen(RunScreen(controller.state, controller, clock=self.clock))
         controller.start()
         self.worker = self.run_worker(controller.wait(), name=f"engine:{controller.name}",
@@ -259,6 +275,11 @@ class GptaApp(App[None]):
         if controller is None:
             return
         changed = controller.drain()
+        if controller.state.last_load is not None:  # the models are loaded: time it for next time
+            seconds, dequantized = controller.state.last_load
+            controller.state.last_load = None
+            self.prefs.remember_load(load_key(controller.state.config, controller.resume, dequantized),
+                                     seconds)
         screen = self.run_screen
         if changed and screen is not None and screen.controller is controller:
             screen.post_message(RunScreen.StateChanged(changed))

@@ -159,6 +159,11 @@ class DashboardState(EventHandler):
         self.segments: list[list[float]] = []    # [start_ts, last_ts] per run segment
         self.setup_step = ""                     # what the engine is loading (before RunStarted)
         self.setup_since: float | None = None
+        self.setup_dequantize_at: float | None = None  # ts of the "dequantizing" notice
+        # How long loading took before on this machine (gpta_tui.prefs), set by the app:
+        # {"plain": s, "dequantize": s}; and this load's own duration once it is over.
+        self.load_estimates: dict[str, float] = {}
+        self.last_load: tuple[float, bool] | None = None  # (seconds, dequantized)
         self._before_start: tuple[float, float] | None = None
 
         # student curves
@@ -259,6 +264,18 @@ class DashboardState(EventHandler):
         rate = (self._progress_ts - self._phase_t0) / done
         return max(0.0, rate * (self.progress_total - self.progress_done))
 
+    def load_expected_s(self) -> float | None:
+        """How long this load should take in all (seconds from the setup phase), from the
+        last load of the same models; the first dequantization counts its typical time."""
+        from gpta_tui.prefs import DEQUANTIZE_TYPICAL_S
+
+        if self.setup_dequantize_at is not None:
+            known = self.load_estimates.get("dequantize")
+            if known:
+                return known
+            return max(0.0, self.setup_dequantize_at - (self.setup_since or 0.0)) + DEQUANTIZE_TYPICAL_S
+        return self.load_estimates.get("plain")
+
     def elapsed_s(self, now: float | None = None) -> float:
         """Run time over all segments; the open segment counts up to `now` while live."""
         total = 0.0
@@ -336,7 +353,9 @@ class DashboardState(EventHandler):
             self.segments.append(list(self._before_start))  # an earlier, replayed segment
         self._before_start = None
         self.segments.append([e.ts, e.ts])
-        self.setup_since, self.setup_step = None, ""
+        if self.setup_since is not None:
+            self.last_load = (e.ts - self.setup_since, self.setup_dequantize_at is not None)
+        self.setup_since, self.setup_step, self.setup_dequantize_at = None, "", None
         self.ta_waiting = None
         # timing restarts with the new process; counts carry on
         self._phase_t0, self._phase_done0, self._progress_ts = None, self.progress_done, None
@@ -543,6 +562,8 @@ class DashboardState(EventHandler):
         changed = {self._log(e.ts, level, e.message)}
         if self.loading and level == "info":
             self.setup_step = e.message  # e.g. "dequantizing Gemma 3 270M (first run only, ~2 min)"
+            if e.message.startswith("dequantizing") and self.setup_dequantize_at is None:
+                self.setup_dequantize_at = e.ts
             changed.add("header")
         return changed
 

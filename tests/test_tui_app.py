@@ -15,6 +15,7 @@ from textual.widgets import Button, Input, Select, TextArea
 from engine.config import RunConfig, build_config
 from engine.events import DescriptionChanged, TARequest
 from gpta_tui.app import GptaApp
+from gpta_tui.prefs import Prefs, load_key
 from gpta_tui.screens.confirm import ConfirmScreen
 from gpta_tui.screens.description import DescriptionScreen
 from gpta_tui.screens.help import HelpScreen
@@ -112,6 +113,9 @@ async def test_first_launch_goes_to_the_form_and_one_enter_starts_a_run(gpta_hom
         assert run_screen(app).query_one(LossChart).point_count == len(state.losses)
     summary = {s.name: s for s in SessionStore(gpta_home).list()}
     assert summary[name].status == "finished"
+    # The load was timed for the next launch's loading bar (same models, new run).
+    key = load_key(state.config, resumed=False, dequantized=False)
+    assert 0 < Prefs().load_times[key] < WAIT_S
 
 
 async def test_form_shows_config_errors_and_refuses_to_start(gpta_home):

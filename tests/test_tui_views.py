@@ -281,3 +281,92 @@ async def test_the_log_rewraps_its_lines_when_the_terminal_is_resized():
         await pilot.pause()
         widest, text = shown(log)
         assert words in text and widest <= log.scrollable_content_region.width < 80
+
+
+def loading_state(estimates: dict):
+    from engine.events import PhaseChanged
+
+    from gpta_tui.dashboard import DashboardState
+
+    state = DashboardState("warm", {"loop": {"epochs": 2}})
+    state.status = "loading"
+    state.load_estimates = estimates
+    state.apply(PhaseChanged(epoch=1, phase="setup", ts=NOW - 30))
+    return state
+
+
+def test_loading_shows_a_percentage_and_eta_from_the_last_load():
+    from engine.events import Notice
+
+    assert "%" not in header_text(loading_state({}))  # never timed: elapsed only
+    text = header_text(loading_state({"plain": 40.0}))
+    assert "75%" in text and "ETA 0:10" in text and "0:30" in text
+    late = loading_state({"plain": 20.0})
+    assert "99%" in header_text(late) and "over by 0:10" in header_text(late)
+    # The first dequantization: its typical time, counted from when it began.
+    first = loading_state({"plain": 40.0})
+    first.apply(Notice(level="info", message="dequantizing Gemma 3 270M (first run only, ~2 min)",
+                       ts=NOW - 20))
+    assert first.load_expected_s() == pytest.approx(10.0 + 120.0)
+    assert "23%" in header_text(first) and "ETA 1:40" in header_text(first)
+    timed = loading_state({"plain": 40.0, "dequantize": 60.0})
+    timed.apply(Notice(level="info", message="dequantizing Gemma 3 270M", ts=NOW - 20))
+    assert "50%" in header_text(timed)
+
+
+def test_a_finished_load_is_timed_and_keyed_by_what_it_loaded():
+    from engine.events import Notice, RunStarted
+
+    from gpta_tui.prefs import load_key
+
+    state = loading_state({})
+    state.apply(Notice(level="info", message="dequantizing Gemma 3 270M", ts=NOW - 20))
+    state.apply(RunStarted(name="warm", mode="gpta", config={"mode": "gpta"}, device="cpu",
+                           metric="accuracy", label_names=[], ts=NOW + 12))
+    assert state.last_load == (pytest.approx(42.0), True) and not state.loading
+    config = {"mode": "gpta", "student": {"model": "m", "tuning": "full"},
+              "ta": {"backend": "local", "model": "gemma-3-270m", "base_url": "https://u:pw@h/"}}
+    key = load_key(config, resumed=False, dequantized=True)
+    assert "gemma-3-270m" in key and "dequantize" in key and "pw" not in key
+    assert load_key({**config, "mode": "baseline"}, False, False) != load_key(config, False, False)
+    assert load_key(config, True, False) != load_key(config, False, False)
+
+
+def test_prefs_survive_a_damaged_file_and_keep_no_bad_values(tmp_path):
+    from gpta_tui.prefs import Prefs
+
+    path = tmp_path / "tui.json"
+    for junk in ("{not json", "[1, 2]", '{"theme": 5, "load_times": [1]}', "\x00\xff"):
+        path.write_text(junk, encoding="latin-1")
+        prefs = Prefs(path)
+        assert prefs.theme is None and prefs.load_times == {}
+    path.write_text('{"theme": "nord", "load_times": {"a": 12.5, "b": -1, "c": "9", '
+                    '"d": 1e999, "e": true}}')
+    prefs = Prefs(path)
+    assert prefs.theme == "nord" and prefs.load_times == {"a": 12.5}
+    prefs.remember_load("f", 3.25)
+    assert Prefs(path).load_times == {"a": 12.5, "f": 3.2}
+    assert not list(tmp_path.glob(".tui.json.*"))  # no temporary file left behind
+
+
+async def test_the_theme_is_remembered_between_launches(tmp_path):
+    from gpta_tui.prefs import Prefs
+
+    path = tmp_path / "tui.json"
+    app = GptaApp(start=RunScreen(build_state(canned_events()), None, clock=lambda: NOW),
+                  clock=lambda: NOW, prefs=Prefs(path))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        app.theme = "nord"
+        await pilot.pause()
+    assert Prefs(path).theme == "nord"
+    again = GptaApp(start=RunScreen(build_state(canned_events()), None, clock=lambda: NOW),
+                    clock=lambda: NOW, prefs=Prefs(path))
+    async with again.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        assert again.theme == "nord"
+    path.write_text('{"theme": "no-such-theme"}')
+    third = GptaApp(prefs=Prefs(path), start=RunScreen(build_state(canned_events()), None))
+    async with third.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        assert third.theme != "no-such-theme"
