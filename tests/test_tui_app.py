@@ -125,7 +125,7 @@ async def test_form_shows_config_errors_and_refuses_to_start(gpta_home):
         form = app.screen
         form.query_one("#f-k", Input).value = "2"  # window 3 >= k 2
         await pilot.pause()
-        assert "loop.window" in form.errors["window"]
+        assert '"w (window)"' in form.errors["window"] and "loop.window" not in form.errors["k"]
         assert form.query_one("#start", Button).disabled
         await pilot.press("ctrl+s")
         await pilot.pause()

@@ -370,3 +370,35 @@ async def test_the_theme_is_remembered_between_launches(tmp_path):
     async with third.run_test(size=(120, 36)) as pilot:
         await pilot.pause()
         assert third.theme != "no-such-theme"
+
+
+async def test_description_length_counter_and_the_help_of_every_field():
+    from textual.widgets import Static, TextArea
+
+    from gpta_tui import form
+    from gpta_tui.screens.description import DescriptionScreen
+    from test_tui_snapshots import form_app
+
+    app = form_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        helps = " ".join(str(label.content) for label in screen.query(".field-help"))
+        assert "CSV" in helps and "label column" in helps  # the Dataset field explains itself
+        size = screen.query_one("#size-description", Static)
+        assert "0 characters" in screen_text(size)
+        screen.query_one("#f-description", TextArea).text = "x" * 700
+        await pilot.pause()
+        assert "700 characters" in screen_text(size) and "~175 tokens" in screen_text(size)
+        assert "long" in screen_text(size)
+    app = canned_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        app.push_screen(DescriptionScreen("Tweets.", 1, 1))
+        await pilot.pause()
+        counter = app.screen.query_one("#description-size", Static)
+        assert "7 characters" in screen_text(counter)
+        await pilot.press("a", "b")
+        await pilot.pause()
+        assert "9 characters" in screen_text(counter)
+    assert all(f.help for f in form.FIELDS if f.kind != "int")

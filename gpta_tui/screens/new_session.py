@@ -17,6 +17,7 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 from engine.config import RunConfig
 from gpta_tui import form
 from gpta_tui.form import FIELDS, Field
+from gpta_tui.formatting import description_size
 from gpta_tui.widgets.key_footer import KeyFooter
 
 
@@ -52,8 +53,11 @@ class NewSessionScreen(Screen[RunConfig | None]):
 
     def _row(self, f: Field) -> Vertical:
         parts = [Label(f.label, classes="field-label"), self._widget(f)]
-        if f.help and f.kind in ("choice", "multiline") or f.id == "ta_base_url":
+        if f.help:
             parts.append(Label(f.help, classes="field-help"))
+        if f.kind == "multiline":
+            parts.append(Static(description_size(self.initial.get(f.id, "")), id=f"size-{f.id}",
+                                classes="field-help"))
         error = Label("", id=f"err-{f.id}", classes="field-error")
         error.display = False
         parts.append(error)
@@ -124,8 +128,13 @@ class NewSessionScreen(Screen[RunConfig | None]):
             self.query_one(f"#row-{fid}").set_class(mode == "baseline", "-unused")
 
     @on(Input.Changed)
-    @on(TextArea.Changed)
     def _changed(self) -> None:
+        self.validate()
+
+    @on(TextArea.Changed)
+    def _text_changed(self, event: TextArea.Changed) -> None:
+        self.query_one(f"#size-{(event.text_area.id or '').removeprefix('f-')}", Static).update(
+            description_size(event.text_area.text))
         self.validate()
 
     @on(Select.Changed)
