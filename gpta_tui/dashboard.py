@@ -226,7 +226,39 @@ class DashboardState(EventHandler):
 
     @property
     def ta_model_in_use(self) -> str:
-        return self.ta_model or self.ta_base_model
+        """The model writing the prefixes; arms without a TA model say what writes them."""
+        if self.ta_model:
+            return self.ta_model
+        mode = self.mode or self.config.get("mode", "")
+        if mode == "random-prefix":
+            return "random words (no TA model)"
+        if mode == "static-prefix":
+            return "a fixed instruction (no TA)"
+        if self.ta_backend == "scripted":
+            return "scripted prefixes (no model)"
+        return self.ta_base_model
+
+    def finetune_plan(self) -> tuple[str, str]:
+        """(the fine-tune backend this run really uses, why when it is "none"), with "auto"
+        resolved by the engine's own rule (RunConfig.finetune_backend)."""
+        from engine.config import RunConfig
+
+        try:
+            cfg = RunConfig.from_dict(self.config)
+        except Exception:  # an unreadable stored config: say what it asked for
+            return str(self.config.get("finetune", {}).get("backend", "none")), ""
+        backend = cfg.finetune_backend
+        if backend != "none":
+            return backend, ""
+        if not cfg.uses_ta:
+            return "none", f"{cfg.mode}: no TA to fine-tune"
+        if cfg.mode == "frozen-ta":
+            return "none", "frozen-ta: the TA is never fine-tuned"
+        if cfg.ta.backend == "scripted":
+            return "none", "the scripted TA is never fine-tuned"
+        if cfg.finetune.backend == "auto":
+            return "none", f"finetune.backend auto tunes only a local TA; this one is {cfg.ta.backend}"
+        return "none", "finetune.backend = none: the TA stays the base model"
 
     @property
     def sorted_history(self) -> list[tuple[str, float]]:

@@ -402,3 +402,27 @@ async def test_description_length_counter_and_the_help_of_every_field():
         await pilot.pause()
         assert "9 characters" in screen_text(counter)
     assert all(f.help for f in form.FIELDS if f.kind != "int")
+
+
+@pytest.mark.parametrize("overrides, model, off", [
+    ({"ta": {"backend": "scripted"}}, "scripted prefixes (no model)", "scripted TA is never"),
+    ({"mode": "frozen-ta"}, "gemma-3-270m", "frozen-ta: the TA is never fine-tuned"),
+    ({"mode": "random-prefix"}, "random words (no TA model)", "no TA to fine-tune"),
+    ({"ta": {"backend": "openai", "model": "gpt-4o-mini"}}, "gpt-4o-mini", "tunes only a local TA"),
+    ({"finetune": {"backend": "none"}}, "gemma-3-270m", "the TA stays the base model"),
+])
+def test_the_ta_panel_says_what_writes_the_prefixes_and_whether_it_is_tuned(overrides, model, off):
+    from engine.config import build_config
+
+    from gpta_tui.dashboard import DashboardState
+    from gpta_tui.widgets.finetune_panel import render_finetune
+
+    config = build_config("smoke", overrides={"name": "p", **overrides}).to_dict()
+    state = DashboardState("p", config)
+    assert state.ta_model_in_use == model
+    console = Console(width=300, record=True, file=io.StringIO())
+    console.print(render_finetune(state))
+    text = console.export_text()
+    assert off in text and "fine-tuning is off" in text and "no fine-tune job yet" not in text
+    local = DashboardState("q", build_config("smoke", overrides={"name": "q"}).to_dict())
+    assert local.finetune_plan() == ("local", "")
