@@ -426,3 +426,43 @@ def test_the_ta_panel_says_what_writes_the_prefixes_and_whether_it_is_tuned(over
     assert off in text and "fine-tuning is off" in text and "no fine-tune job yet" not in text
     local = DashboardState("q", build_config("smoke", overrides={"name": "q"}).to_dict())
     assert local.finetune_plan() == ("local", "")
+
+
+async def test_every_tab_stop_shows_where_the_focus_is_by_line_shape():
+    """Focus shows as a heavy border on the panel that holds it (a shape, so it survives 256
+    and 16 colours), for every Tab stop, the windows' scroll container included."""
+    app = canned_app()
+    async with app.run_test(size=(130, 40)) as pilot:
+        await pilot.pause()
+        screen = run_screen(app)
+        panels = {p: screen.query_one(f"#{p}") for p in ("history-panel", "windows", "finetune", "log")}
+        seen = []
+        for _ in range(len(screen.focus_chain)):
+            focused = app.focused
+            seen.append(focused.id)
+            holder = next(p for p, w in panels.items() if w is focused or focused in w.walk_children())
+            for name, panel in panels.items():
+                assert panel.styles.border_top[0] == ("heavy" if name == holder else "round"), \
+                    (focused.id, name)
+            detail = screen.query_one("#window-detail")
+            assert detail.styles.border_left[0] == ("heavy" if focused is detail else "blank")
+            await pilot.press("tab")
+            await pilot.pause()
+        assert seen == ["history", "window-list", "window-detail", "finetune", "log"]
+
+
+async def test_the_focused_form_field_shows_by_a_rule():
+    from test_tui_snapshots import form_app
+
+    app = form_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#f-dataset").focus()
+        await pilot.pause()
+        assert screen.query_one("#row-dataset").styles.border_left[0] == "heavy"
+        assert screen.query_one("#row-student").styles.border_left[0] == "blank"
+        await pilot.press("tab")
+        await pilot.pause()
+        assert screen.query_one("#row-dataset").styles.border_left[0] == "blank"
+        assert screen.query_one("#row-description").styles.border_left[0] == "heavy"
