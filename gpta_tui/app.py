@@ -58,12 +58,15 @@ class GptaApp(App[None]):
     def __init__(self, home: Path | str | None = None, *, resume: str | None = None,
                  preset: str | None = None, clock: Callable[[], float] = time.time,
                  drain_interval: float = DRAIN_INTERVAL_S, start: Screen | None = None,
-                 run_config: RunConfig | None = None, prefs: Prefs | None = None) -> None:
+                 run_config: RunConfig | None = None, prefs: Prefs | None = None,
+                 bell: bool = False) -> None:
         """`start`: show this screen instead of the sessions flow (demos, snapshots).
         `run_config`: start this run at once (scripts, benchmarks).
-        `prefs`: what is remembered between launches (default: the user's gpta_tui.prefs file)."""
+        `prefs`: what is remembered between launches (default: the user's gpta_tui.prefs file).
+        `bell`: ring the terminal bell when a run finishes or fails."""
         super().__init__()
         self.prefs = prefs if prefs is not None else Prefs()
+        self.ring_bell = bell
         if self.prefs.theme in self.available_themes:
             self.theme = self.prefs.theme
         self.start_screen = start
@@ -306,9 +309,12 @@ class GptaApp(App[None]):
                     screen.post_message(RunScreen.StateChanged(changed | {"header"}))
         elif controller.result is not None and not self._quitting:
             status = controller.result.status
-            self.notify(f"Run {status}. Esc: back to the sessions.",
-                        severity="information" if status == "finished" else "warning", timeout=6,
-                        markup=False)
+            self.notify(f"{controller.state.finish_summary()}\nEsc: back to the sessions.",
+                        title=f"{controller.name}: {status}",
+                        severity="information" if status == "finished" else "warning",
+                        timeout=15 if status == "finished" else 8, markup=False)
+        if self.ring_bell and controller.state.status in ("finished", "failed"):
+            self.bell()
 
     # ---- actions -------------------------------------------------------------------
     def action_help(self) -> None:
@@ -422,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data directory for sessions (default: $GPTA_HOME or the user data dir)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="preset for the new-session form (default: smoke, minutes on a CPU)")
+    parser.add_argument("--bell", action="store_true",
+                        help="ring the terminal bell when a run finishes or fails")
     return parser
 
 
@@ -464,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         except GptaError as exc:
             print(f"gpta-tui: error: {exc}", file=sys.stderr)
             return exc.exit_code
-    app = GptaApp(args.home, resume=args.resume, preset=args.preset)
+    app = GptaApp(args.home, resume=args.resume, preset=args.preset, bell=args.bell)
     try:
         app.run()
     finally:

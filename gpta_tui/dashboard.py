@@ -238,6 +238,26 @@ class DashboardState(EventHandler):
             return "scripted prefixes (no model)"
         return self.ta_base_model
 
+    def finish_summary(self) -> str:
+        """One line for the end of a run: status, test and best validation figures, the run's
+        time and the TA's cost (plain text: the reason may carry anything)."""
+        from gpta_tui.formatting import duration, one_line
+
+        finished = self.finished
+        if finished is None:
+            return f"Run {self.status}."
+        parts = [f"Run {finished.status}" + (f": {one_line(finished.reason, 160)}" if finished.reason else "")]
+        test = _metric_value(finished.test_metrics or {}, self.metric)
+        if test is not None:
+            parts.append(f"test {self.metric} {test:.4f}")
+        best = self.best.get("score") if self.best else None
+        if isinstance(best, (int, float)):
+            parts.append(f"best val {self.metric} {best:.4f} (epoch {self.best.get('epoch')})")
+        parts.append(f"{duration(self.elapsed_s())} run time")
+        if self.ta_requests:
+            parts.append(f"{self.ta_requests} TA requests" + (f", ${self.ta_cost:.4f}" if self.ta_cost else ""))
+        return " · ".join(parts)
+
     def finetune_plan(self) -> tuple[str, str]:
         """(the fine-tune backend this run really uses, why when it is "none"), with "auto"
         resolved by the engine's own rule (RunConfig.finetune_backend)."""

@@ -85,7 +85,9 @@ def run_screen(app: GptaApp) -> RunScreen:
 
 async def test_first_launch_goes_to_the_form_and_one_enter_starts_a_run(gpta_home, tiny_bert_dir,
                                                                           sentiment_csv):
-    app = GptaApp(gpta_home)
+    app = GptaApp(gpta_home, bell=True)
+    rings = []
+    app.bell = lambda: rings.append(1)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         form = app.screen
@@ -111,6 +113,10 @@ async def test_first_launch_goes_to_the_form_and_one_enter_starts_a_run(gpta_hom
         assert state.losses and state.history and state.val
         assert run_screen(app).query_one(HistoryTable).row_count == table_rows(state)
         assert run_screen(app).query_one(LossChart).point_count == len(state.losses)
+        # The end is announced: a toast with the figures, and the bell asked for (--bell).
+        toast = " ".join(n.message for n in app._notifications)
+        assert "Run finished" in toast and "test accuracy" in toast and "best val" in toast
+        assert rings == [1]
     summary = {s.name: s for s in SessionStore(gpta_home).list()}
     assert summary[name].status == "finished"
     # The load was timed for the next launch's loading bar (same models, new run).

@@ -156,23 +156,31 @@ def test_first_launch_run_quit_and_reopen(tmux_available, tmp_path, tiny_bert_di
     assert os.path.isdir(home / "sessions" / name)
 
 
-def test_quitting_during_a_slow_ta_reply_leaves_at_once_and_still_saves(
-        tmux_available, tmp_path, tiny_bert_dir, sentiment_csv, fake_openai):
-    """q while the TA takes 25 s to answer: the in-flight request is abandoned, the session is
-    saved at the last step boundary and gpta-tui exits without waiting for the reply."""
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_quitting_during_a_slow_ta_reply_leaves_at_once_saves_and_resumes(
+        tmux_available, tmp_path, tiny_bert_dir, sentiment_csv, fake_openai, size):
+    """At the smallest supported terminal and a large one: q while the TA takes 25 s to answer
+    leaves at once (the in-flight request is abandoned, the session saved at the last step
+    boundary); `--resume` replays the request and the run finishes."""
     home = tmp_path / "home"
-    fake_openai.add_fault(path="chat/completions", delay_s=25.0)
+    fake_openai.add_fault(path="chat/completions", delay_s=25.0)  # the first request only
     env = {"OPENAI_API_KEY": fake_openai.api_key, "NO_PROXY": "127.0.0.1,localhost"}
-    term = Tmux(command(home, extra_env=env))
+    term = Tmux(command(home, extra_env=env), size=size)
     try:
         term.wait_for("Welcome to gpta-tui", timeout=120)
         fill_tiny_run_form(term, tiny_bert_dir, sentiment_csv, ta_backend_downs=1,  # openai
                            base_url=fake_openai.base_url, ta_model="gpt-4o-mini")
         term.keys("C-s")
-        term.wait_for("waiting for the TA", timeout=120, fail_on=("✖ failed",))
-        term.keys("q")
-        # well inside the 25 s the reply would take (a bound for a loaded machine, not a timing)
+        # the header's widest form at 160 columns, a shorter one at 80
+        term.wait_for("TA request #1" if size[0] < 120 else "waiting for the TA", timeout=120,
+                      fail_on=("✖ failed",))
+        assert len(fake_openai.requests_to("chat/completions")) == 1  # the reply is pending
+        term.keys("q", pause=0)
+        pressed = time.monotonic()
+        # Bound: well inside the 25 s the reply would take (a loaded 2-core machine, so not
+        # the 2 s the issue asks for; the time is printed for the record).
         done = term.wait_for("GPTA-TUI-EXIT=0", timeout=20)
+        print(f"{size[0]}x{size[1]}: q -> exit seen after {time.monotonic() - pressed:.1f} s")
         assert "saved; continue with: gpta-tui --resume" in done
     finally:
         term.close()
@@ -180,3 +188,13 @@ def test_quitting_during_a_slow_ta_reply_leaves_at_once_and_still_saves(
     from sessions.store import SessionStore
 
     assert {s.name: s.status for s in SessionStore(home).list()}[name] == "paused"
+    again = Tmux(command(home, "--resume", name, extra_env=env), size=size)
+    try:
+        again.wait_for("✔ finished", timeout=300, fail_on=("✖ failed",))
+        again.keys("q")
+        again.wait_for("GPTA-TUI-EXIT=0", timeout=60)
+    finally:
+        again.close()
+    # the abandoned request was sent again on resume (then the rest of the epoch's requests)
+    assert len(fake_openai.requests_to("chat/completions")) >= 2
+    assert {s.name: s.status for s in SessionStore(home).list()}[name] == "finished"

@@ -466,3 +466,12 @@ async def test_the_focused_form_field_shows_by_a_rule():
         await pilot.pause()
         assert screen.query_one("#row-dataset").styles.border_left[0] == "blank"
         assert screen.query_one("#row-description").styles.border_left[0] == "heavy"
+
+
+def test_the_finish_summary_gives_the_figures_in_one_line():
+    from test_tui_snapshots import finished_events
+
+    text = build_state(finished_events()).finish_summary()
+    assert text.startswith("Run finished") and "\n" not in text
+    assert "test accuracy 0.6917" in text and "best val accuracy 0.7083 (epoch 2)" in text
+    assert "run time" in text and "TA requests" in text
