@@ -102,7 +102,13 @@ def fill_tiny_run_form(term: Tmux, model_dir, csv, ta_backend_downs: int, base_u
     """Fill the new-run form for a tiny run. Focus starts on "Start run"; walk back through the
     fields (shift+tab): seed kept, w l k epochs train-size typed, fine-tune backend kept, base URL
     and TA model typed if given, the TA backend picked `ta_backend_downs` rows below "local",
-    then the student model and (past the description) the dataset."""
+    then the student model and (past the description) the dataset. Each typed value is waited
+    for on the screen (the tail of it: a narrow field shows the end), so a busy machine that
+    lags behind the keys does not send them to the wrong field."""
+    def typed(value: str) -> None:
+        term.keys(value, literal=True)
+        term.wait_for(value[-12:], timeout=30)
+
     term.keys("BTab")  # seed: keep 42
     for value in ("2", "3", "6", "1", "48"):  # w, l, k, epochs, train size
         term.keys("BTab")
@@ -111,17 +117,17 @@ def fill_tiny_run_form(term: Tmux, model_dir, csv, ta_backend_downs: int, base_u
     for value in (base_url, ta_model):  # base URL, TA model
         term.keys("BTab")
         if value:
-            term.keys(value, literal=True)
+            typed(value)
     term.keys("BTab")  # TA backend
-    term.keys("Enter")
+    term.keys("Enter", pause=1.0)
     for _ in range(ta_backend_downs):
-        term.keys("Down")
-    term.keys("Enter")
+        term.keys("Down", pause=0.5)
+    term.keys("Enter", pause=1.0)
     term.keys("BTab")  # student model
-    term.keys(str(model_dir), literal=True)
+    typed(str(model_dir))
     term.keys("BTab")  # description
     term.keys("BTab")  # dataset
-    term.keys(str(csv), literal=True)
+    typed(str(csv))
 
 
 def test_first_launch_run_quit_and_reopen(tmux_available, tmp_path, tiny_bert_dir, sentiment_csv):
@@ -171,10 +177,13 @@ def test_quitting_during_a_slow_ta_reply_leaves_at_once_saves_and_resumes(
         fill_tiny_run_form(term, tiny_bert_dir, sentiment_csv, ta_backend_downs=1,  # openai
                            base_url=fake_openai.base_url, ta_model="gpt-4o-mini")
         term.keys("C-s")
-        # the header's widest form at 160 columns, a shorter one at 80
-        term.wait_for("TA request #1" if size[0] < 120 else "waiting for the TA", timeout=120,
-                      fail_on=("✖ failed",))
-        assert len(fake_openai.requests_to("chat/completions")) == 1  # the reply is pending
+        # the first TA request has reached the server: its reply is 25 s away
+        deadline = time.monotonic() + 180
+        while not fake_openai.requests_to("chat/completions") and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert len(fake_openai.requests_to("chat/completions")) == 1, term.screen()
+        time.sleep(1.0)
+        assert "✖ failed" not in term.screen()
         term.keys("q", pause=0)
         pressed = time.monotonic()
         # Bound: well inside the 25 s the reply would take (a loaded 2-core machine, so not
