@@ -475,3 +475,23 @@ def test_the_finish_summary_gives_the_figures_in_one_line():
     assert text.startswith("Run finished") and "\n" not in text
     assert "test accuracy 0.6917" in text and "best val accuracy 0.7083 (epoch 2)" in text
     assert "run time" in text and "TA requests" in text
+
+
+async def test_form_errors_show_typed_text_literally():
+    """An error quoting what was typed (a path with [brackets]) is shown as text, never parsed
+    as markup (it crashed the form with a MarkupError)."""
+    from textual.widgets import Input
+
+    from test_tui_snapshots import form_app
+
+    typed = "/no/[bold red]x[/] [link=http://e]y.csv"
+    app = form_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#f-dataset", Input).value = typed
+        await pilot.pause()
+        assert typed in screen_text(screen.query_one("#err-dataset"))
+        await pilot.press("ctrl+s")  # refused, with a toast quoting the same text
+        await pilot.pause()
+        assert app.screen is screen

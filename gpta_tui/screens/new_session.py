@@ -7,6 +7,7 @@ something real.
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -113,11 +114,11 @@ class NewSessionScreen(Screen[RunConfig | None]):
         for f in FIELDS:
             message = errors.get(f.id, "")
             label = self.query_one(f"#err-{f.id}", Label)
-            label.update(message)
+            label.update(Text(message))  # may quote what was typed: never markup
             label.display = bool(message)
             self.query_one(f"#row-{f.id}").set_class(bool(message), "-invalid")
         general = self.query_one("#err-form", Label)
-        general.update(errors.get("form", ""))
+        general.update(Text(errors.get("form", "")))
         general.display = "form" in errors
         self.query_one("#start", Button).disabled = bool(errors)
         return config
@@ -162,7 +163,7 @@ class NewSessionScreen(Screen[RunConfig | None]):
         if config is None:
             first = next(iter(self.errors))
             self.notify(f"{form.FIELD_BY_ID[first].label if first in form.FIELD_BY_ID else 'Form'}: "
-                        f"{self.errors[first]}", severity="error", timeout=4)
+                        f"{self.errors[first]}", severity="error", timeout=4, markup=False)
             return
         self.dismiss(config)
 
