@@ -33,6 +33,7 @@ from textual.worker import Worker, WorkerState
 from engine.config import PRESETS, RunConfig
 from engine.errors import GptaError, strip_control
 from gpta_tui import form
+from gpta_tui.prefs import Prefs, load_key
 from gpta_tui.run_control import RunController, load_past
 from gpta_tui.screens.confirm import ConfirmScreen
 from gpta_tui.screens.help import HelpScreen
@@ -57,10 +58,17 @@ class GptaApp(App[None]):
     def __init__(self, home: Path | str | None = None, *, resume: str | None = None,
                  preset: str | None = None, clock: Callable[[], float] = time.time,
                  drain_interval: float = DRAIN_INTERVAL_S, start: Screen | None = None,
-                 run_config: RunConfig | None = None) -> None:
+                 run_config: RunConfig | None = None, prefs: Prefs | None = None,
+                 bell: bool = False) -> None:
         """`start`: show this screen instead of the sessions flow (demos, snapshots).
-        `run_config`: start this run at once (scripts, benchmarks)."""
+        `run_config`: start this run at once (scripts, benchmarks).
+        `prefs`: what is remembered between launches (default: the user's gpta_tui.prefs file).
+        `bell`: ring the terminal bell when a run finishes or fails."""
         super().__init__()
+        self.prefs = prefs if prefs is not None else Prefs()
+        self.ring_bell = bell
+        if self.prefs.theme in self.available_themes:
+            self.theme = self.prefs.theme
         self.start_screen = start
         self.run_config = run_config
         self.home = Path(home).expanduser() if home else None
@@ -124,6 +132,11 @@ class GptaApp(App[None]):
             self.notify(str(exc), severity="error", timeout=6, markup=False)
         else:
             self.notify(f"Exported {name} to {written}", timeout=5, markup=False)
+
+    def watch_theme(self, theme: str) -> None:
+        """Remember the theme chosen (palette: "Change theme") for the next launch."""
+        if self.is_running:
+            self.prefs.remember_theme(theme)
 
     # ---- screens -------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -239,6 +252,12 @@ class GptaApp(App[None]):
         """Run the session: its engine thread, supervised by an exclusive per-session worker
         whose state changes (success, error) tell the app when the run is over."""
         self.controller = controller
+        state = controller.state
+        resumed = controller.resume
+        state.last_load = None  # a stored past's load is not this one
+        state.load_estimates = {
+            name: seconds for name, dequantized in (("plain", False), ("dequantize", True))
+            if (seconds := self.prefs.load_times.get(load_key(state.config, resumed, dequantized)))}
         self.push_screen(RunScreen(controller.state, controller, clock=self.clock))
         controller.start()
         self.worker = self.run_worker(controller.wait(), name=f"engine:{controller.name}",
@@ -259,6 +278,11 @@ class GptaApp(App[None]):
         if controller is None:
             return
         changed = controller.drain()
+        if controller.state.last_load is not None:  # the models are loaded: time it for next time
+            seconds, dequantized = controller.state.last_load
+            controller.state.last_load = None
+            self.prefs.remember_load(load_key(controller.state.config, controller.resume, dequantized),
+                                     seconds)
         screen = self.run_screen
         if changed and screen is not None and screen.controller is controller:
             screen.post_message(RunScreen.StateChanged(changed))
@@ -285,9 +309,12 @@ class GptaApp(App[None]):
                     screen.post_message(RunScreen.StateChanged(changed | {"header"}))
         elif controller.result is not None and not self._quitting:
             status = controller.result.status
-            self.notify(f"Run {status}. Esc: back to the sessions.",
-                        severity="information" if status == "finished" else "warning", timeout=6,
-                        markup=False)
+            self.notify(f"{controller.state.finish_summary()}\nEsc: back to the sessions.",
+                        title=f"{controller.name}: {status}",
+                        severity="information" if status == "finished" else "warning",
+                        timeout=15 if status == "finished" else 8, markup=False)
+        if self.ring_bell and controller.state.status in ("finished", "failed"):
+            self.bell()
 
     # ---- actions -------------------------------------------------------------------
     def action_help(self) -> None:
@@ -401,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data directory for sessions (default: $GPTA_HOME or the user data dir)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="preset for the new-session form (default: smoke, minutes on a CPU)")
+    parser.add_argument("--bell", action="store_true",
+                        help="ring the terminal bell when a run finishes or fails")
     return parser
 
 
@@ -443,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         except GptaError as exc:
             print(f"gpta-tui: error: {exc}", file=sys.stderr)
             return exc.exit_code
-    app = GptaApp(args.home, resume=args.resume, preset=args.preset)
+    app = GptaApp(args.home, resume=args.resume, preset=args.preset, bell=args.bell)
     try:
         app.run()
     finally:

@@ -36,7 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _home_everywhere(sub)
     return parser
+
+
+def _home_everywhere(sub: argparse._SubParsersAction) -> None:
+    """`gpta list --home X` works like `gpta --home X list` (both places, every command; the
+    one after the command wins)."""
+    for command in sub.choices.values():
+        if "--home" not in command._option_string_actions:
+            command.add_argument("--home", type=Path, default=argparse.SUPPRESS,
+                                 help="data directory for sessions (as the global --home)")
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _home_everywhere(action)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,6 +159,11 @@ class DashboardState(EventHandler):
         self.segments: list[list[float]] = []    # [start_ts, last_ts] per run segment
         self.setup_step = ""                     # what the engine is loading (before RunStarted)
         self.setup_since: float | None = None
+        self.setup_dequantize_at: float | None = None  # ts of the "dequantizing" notice
+        # How long loading took before on this machine (gpta_tui.prefs), set by the app:
+        # {"plain": s, "dequantize": s}; and this load's own duration once it is over.
+        self.load_estimates: dict[str, float] = {}
+        self.last_load: tuple[float, bool] | None = None  # (seconds, dequantized)
         self._before_start: tuple[float, float] | None = None
 
         # student curves
@@ -221,7 +226,59 @@ class DashboardState(EventHandler):
 
     @property
     def ta_model_in_use(self) -> str:
-        return self.ta_model or self.ta_base_model
+        """The model writing the prefixes; arms without a TA model say what writes them."""
+        if self.ta_model:
+            return self.ta_model
+        mode = self.mode or self.config.get("mode", "")
+        if mode == "random-prefix":
+            return "random words (no TA model)"
+        if mode == "static-prefix":
+            return "a fixed instruction (no TA)"
+        if self.ta_backend == "scripted":
+            return "scripted prefixes (no model)"
+        return self.ta_base_model
+
+    def finish_summary(self) -> str:
+        """One line for the end of a run: status, test and best validation figures, the run's
+        time and the TA's cost (plain text: the reason may carry anything)."""
+        from gpta_tui.formatting import duration, one_line
+
+        finished = self.finished
+        if finished is None:
+            return f"Run {self.status}."
+        parts = [f"Run {finished.status}" + (f": {one_line(finished.reason, 160)}" if finished.reason else "")]
+        test = _metric_value(finished.test_metrics or {}, self.metric)
+        if test is not None:
+            parts.append(f"test {self.metric} {test:.4f}")
+        best = self.best.get("score") if self.best else None
+        if isinstance(best, (int, float)):
+            parts.append(f"best val {self.metric} {best:.4f} (epoch {self.best.get('epoch')})")
+        parts.append(f"{duration(self.elapsed_s())} run time")
+        if self.ta_requests:
+            parts.append(f"{self.ta_requests} TA requests" + (f", ${self.ta_cost:.4f}" if self.ta_cost else ""))
+        return " · ".join(parts)
+
+    def finetune_plan(self) -> tuple[str, str]:
+        """(the fine-tune backend this run really uses, why when it is "none"), with "auto"
+        resolved by the engine's own rule (RunConfig.finetune_backend)."""
+        from engine.config import RunConfig
+
+        try:
+            cfg = RunConfig.from_dict(self.config)
+        except Exception:  # an unreadable stored config: say what it asked for
+            return str(self.config.get("finetune", {}).get("backend", "none")), ""
+        backend = cfg.finetune_backend
+        if backend != "none":
+            return backend, ""
+        if not cfg.uses_ta:
+            return "none", f"{cfg.mode}: no TA to fine-tune"
+        if cfg.mode == "frozen-ta":
+            return "none", "frozen-ta: the TA is never fine-tuned"
+        if cfg.ta.backend == "scripted":
+            return "none", "the scripted TA is never fine-tuned"
+        if cfg.finetune.backend == "auto":
+            return "none", f"finetune.backend auto tunes only a local TA; this one is {cfg.ta.backend}"
+        return "none", "finetune.backend = none: the TA stays the base model"
 
     @property
     def sorted_history(self) -> list[tuple[str, float]]:
@@ -258,6 +315,18 @@ class DashboardState(EventHandler):
             return None if self.progress_done < self.progress_total else 0.0
         rate = (self._progress_ts - self._phase_t0) / done
         return max(0.0, rate * (self.progress_total - self.progress_done))
+
+    def load_expected_s(self) -> float | None:
+        """How long this load should take in all (seconds from the setup phase), from the
+        last load of the same models; the first dequantization counts its typical time."""
+        from gpta_tui.prefs import DEQUANTIZE_TYPICAL_S
+
+        if self.setup_dequantize_at is not None:
+            known = self.load_estimates.get("dequantize")
+            if known:
+                return known
+            return max(0.0, self.setup_dequantize_at - (self.setup_since or 0.0)) + DEQUANTIZE_TYPICAL_S
+        return self.load_estimates.get("plain")
 
     def elapsed_s(self, now: float | None = None) -> float:
         """Run time over all segments; the open segment counts up to `now` while live."""
@@ -336,7 +405,9 @@ class DashboardState(EventHandler):
             self.segments.append(list(self._before_start))  # an earlier, replayed segment
         self._before_start = None
         self.segments.append([e.ts, e.ts])
-        self.setup_since, self.setup_step = None, ""
+        if self.setup_since is not None:
+            self.last_load = (e.ts - self.setup_since, self.setup_dequantize_at is not None)
+        self.setup_since, self.setup_step, self.setup_dequantize_at = None, "", None
         self.ta_waiting = None
         # timing restarts with the new process; counts carry on
         self._phase_t0, self._phase_done0, self._progress_ts = None, self.progress_done, None
@@ -543,6 +614,8 @@ class DashboardState(EventHandler):
         changed = {self._log(e.ts, level, e.message)}
         if self.loading and level == "info":
             self.setup_step = e.message  # e.g. "dequantizing Gemma 3 270M (first run only, ~2 min)"
+            if e.message.startswith("dequantizing") and self.setup_dequantize_at is None:
+                self.setup_dequantize_at = e.ts
             changed.add("header")
         return changed
 

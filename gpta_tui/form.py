@@ -35,7 +35,8 @@ FIELDS: tuple[Field, ...] = (
     Field("mode", "Mode", "mode", "choice", "baseline: no TA · gpta · gpta-data: TA also sees exemplars",
           MODES),
     Field("dataset", "Dataset", "data.dataset", "text",
-          "twitter-sentiment (built-in), a hub name, or a CSV/JSON/JSONL/Parquet path"),
+          "twitter-sentiment (built-in, offline), a Hugging Face dataset name, or a CSV/TSV/JSON/"
+          "JSONL/Parquet file with a text column (text, sentence, review, tweet...) and a label column"),
     Field("description", "Dataset description", "data.description", "multiline",
           "what the TA is told about the task; empty: the dataset's own description"),
     Field("student", "Student model", "student.model", "text", "hub name or local path"),
@@ -111,11 +112,30 @@ def suggest_name(dataset: str, taken: set[str]) -> str:
     return base
 
 
+def _key_pattern(key: str) -> str:
+    return rf"(?<![\w.]){re.escape(key)}(?![\w])"
+
+
+def fields_for_error(message: str) -> list[str]:
+    """The form fields a ConfigError message names, in the order it names them."""
+    hits = sorted((m.start(), f.id) for f in FIELDS if f.key
+                  for m in [re.search(_key_pattern(f.key), message)] if m)
+    return [fid for _, fid in hits]
+
+
 def field_for_error(message: str) -> str:
-    """The form field a ConfigError message is about ('' if none matches)."""
-    hits = [(message.find(f.key), f.id) for f in FIELDS if f.key and re.search(
-        rf"(?<![\w.]){re.escape(f.key)}(?![\w])", message)]
-    return min(hits)[1] if hits else ""
+    """The form field a ConfigError message is about first ('' if none matches)."""
+    fields = fields_for_error(message)
+    return fields[0] if fields else ""
+
+
+def in_form_words(message: str) -> str:
+    """A config error in the form's words: each config key ("loop.window") becomes the label
+    of its field ("w (window)")."""
+    for f in sorted(FIELDS, key=lambda f: -len(f.key)):
+        if f.key:
+            message = re.sub(_key_pattern(f.key), lambda _m, f=f: f'"{f.label}"', message)
+    return message
 
 
 def validate(values: dict[str, str],
@@ -160,6 +180,9 @@ def validate(values: dict[str, str],
     try:
         cfg = build_config(preset, None, overrides)
     except ConfigError as exc:
-        errors.setdefault(field_for_error(str(exc)) or "form", str(exc))
+        # On every field it names: a window too large for k may be a k too small.
+        message = in_form_words(str(exc))
+        for fid in fields_for_error(str(exc)) or ["form"]:
+            errors.setdefault(fid, message)
         return None, errors
     return (None, errors) if errors else (cfg, {})

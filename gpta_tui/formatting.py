@@ -82,3 +82,19 @@ def literal(text: object, style: str = "") -> Text:
     """Text from users, files or the TA for a widget: shown as written (never parsed as
     markup), without control characters."""
     return Text(strip_control(text), style=style)
+
+
+# A description this long is sent with every TA request and starts to slow each one.
+LONG_DESCRIPTION = 600
+
+
+def description_size(text: str) -> Text:
+    """'N characters · ~T tokens with every TA request' (tokens: about 4 characters each);
+    yellow with a note once the description is long."""
+    chars = len(text.strip())
+    tokens = (chars + 3) // 4
+    line = Text(f"{chars} character{'s' * (chars != 1)} · ~{tokens} tokens with every TA request",
+                style="yellow" if chars > LONG_DESCRIPTION else "dim")
+    if chars > LONG_DESCRIPTION:
+        line.append(f" · long: over {LONG_DESCRIPTION} characters slows every request")
+    return line

@@ -154,3 +154,9 @@ def fake_openai(monkeypatch):
     finally:
         fake.close()
     assert not fake.handler_errors, f"fake OpenAI server errors: {fake.handler_errors}"
+
+
+@pytest.fixture(autouse=True)
+def _own_tui_prefs(tmp_path, monkeypatch):
+    """gpta-tui's remembered theme and load times go to a temporary folder, never the user's."""
+    monkeypatch.setenv("GPTA_CONFIG", str(tmp_path / "gpta-config"))

@@ -75,3 +75,19 @@ def test_errors_are_one_line_with_exit_codes(tmp_path, capsys):
     assert "unreadable" in capsys.readouterr().err
     assert main(["--home", str(home), "list"]) == 0
     assert "unreadable" in capsys.readouterr().out
+
+
+def test_home_after_the_command_works_like_the_global_one(tmp_path, capsys, monkeypatch):
+    home, other = tmp_path / "home", tmp_path / "other"
+    monkeypatch.setenv("GPTA_HOME", str(tmp_path / "env-home"))
+    _session(home, "here")
+    assert main(["list", "--home", str(home)]) == 0
+    assert "here" in capsys.readouterr().out
+    assert main(["show", "here", "--home", str(home)]) == 0
+    assert "here" in capsys.readouterr().out
+    assert main(["--home", str(other), "list", "--home", str(home)]) == 0  # the later one wins
+    assert "here" in capsys.readouterr().out
+    assert main(["--home", str(home), "list"]) == 0  # the global one still works alone
+    assert "here" in capsys.readouterr().out
+    assert main(["list"]) == 0  # neither: $GPTA_HOME
+    assert "No sessions" in capsys.readouterr().out

@@ -15,6 +15,7 @@ from textual.widgets import Button, Input, Select, TextArea
 from engine.config import RunConfig, build_config
 from engine.events import DescriptionChanged, TARequest
 from gpta_tui.app import GptaApp
+from gpta_tui.prefs import Prefs, load_key
 from gpta_tui.screens.confirm import ConfirmScreen
 from gpta_tui.screens.description import DescriptionScreen
 from gpta_tui.screens.help import HelpScreen
@@ -84,7 +85,9 @@ def run_screen(app: GptaApp) -> RunScreen:
 
 async def test_first_launch_goes_to_the_form_and_one_enter_starts_a_run(gpta_home, tiny_bert_dir,
                                                                           sentiment_csv):
-    app = GptaApp(gpta_home)
+    app = GptaApp(gpta_home, bell=True)
+    rings = []
+    app.bell = lambda: rings.append(1)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         form = app.screen
@@ -110,8 +113,15 @@ async def test_first_launch_goes_to_the_form_and_one_enter_starts_a_run(gpta_hom
         assert state.losses and state.history and state.val
         assert run_screen(app).query_one(HistoryTable).row_count == table_rows(state)
         assert run_screen(app).query_one(LossChart).point_count == len(state.losses)
+        # The end is announced: a toast with the figures, and the bell asked for (--bell).
+        toast = " ".join(n.message for n in app._notifications)
+        assert "Run finished" in toast and "test accuracy" in toast and "best val" in toast
+        assert rings == [1]
     summary = {s.name: s for s in SessionStore(gpta_home).list()}
     assert summary[name].status == "finished"
+    # The load was timed for the next launch's loading bar (same models, new run).
+    key = load_key(state.config, resumed=False, dequantized=False)
+    assert 0 < Prefs().load_times[key] < WAIT_S
 
 
 async def test_form_shows_config_errors_and_refuses_to_start(gpta_home):
@@ -121,7 +131,7 @@ async def test_form_shows_config_errors_and_refuses_to_start(gpta_home):
         form = app.screen
         form.query_one("#f-k", Input).value = "2"  # window 3 >= k 2
         await pilot.pause()
-        assert "loop.window" in form.errors["window"]
+        assert '"w (window)"' in form.errors["window"] and "loop.window" not in form.errors["k"]
         assert form.query_one("#start", Button).disabled
         await pilot.press("ctrl+s")
         await pilot.pause()

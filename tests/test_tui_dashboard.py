@@ -272,7 +272,11 @@ def test_default_form_values_build_the_offline_config():
 def test_form_errors_name_their_field():
     values = form.default_values("smoke", name="ok")
     _, errors = form.validate({**values, "window": "9", "k": "8"})
-    assert list(errors) == ["window"] and "loop.k" in errors["window"]
+    # Both fields of the relation are marked (k may be the one that is wrong), in the form's
+    # words: field labels, never config keys.
+    assert sorted(errors) == ["k", "window"] and errors["k"] == errors["window"]
+    assert '"k (history)"' in errors["window"] and '"w (window)"' in errors["window"]
+    assert "loop." not in errors["window"]
     _, errors = form.validate({**values, "epochs": "x", "name": "bad name!"})
     assert errors["epochs"] == "enter a whole number" and "letters" in errors["name"]
     _, errors = form.validate({**values, "train_size": "0"})

@@ -102,7 +102,13 @@ def fill_tiny_run_form(term: Tmux, model_dir, csv, ta_backend_downs: int, base_u
     """Fill the new-run form for a tiny run. Focus starts on "Start run"; walk back through the
     fields (shift+tab): seed kept, w l k epochs train-size typed, fine-tune backend kept, base URL
     and TA model typed if given, the TA backend picked `ta_backend_downs` rows below "local",
-    then the student model and (past the description) the dataset."""
+    then the student model and (past the description) the dataset. Each typed value is waited
+    for on the screen (the tail of it: a narrow field shows the end), so a busy machine that
+    lags behind the keys does not send them to the wrong field."""
+    def typed(value: str) -> None:
+        term.keys(value, literal=True)
+        term.wait_for(value[-12:], timeout=30)
+
     term.keys("BTab")  # seed: keep 42
     for value in ("2", "3", "6", "1", "48"):  # w, l, k, epochs, train size
         term.keys("BTab")
@@ -111,17 +117,17 @@ def fill_tiny_run_form(term: Tmux, model_dir, csv, ta_backend_downs: int, base_u
     for value in (base_url, ta_model):  # base URL, TA model
         term.keys("BTab")
         if value:
-            term.keys(value, literal=True)
+            typed(value)
     term.keys("BTab")  # TA backend
-    term.keys("Enter")
+    term.keys("Enter", pause=1.0)
     for _ in range(ta_backend_downs):
-        term.keys("Down")
-    term.keys("Enter")
+        term.keys("Down", pause=0.5)
+    term.keys("Enter", pause=1.0)
     term.keys("BTab")  # student model
-    term.keys(str(model_dir), literal=True)
+    typed(str(model_dir))
     term.keys("BTab")  # description
     term.keys("BTab")  # dataset
-    term.keys(str(csv), literal=True)
+    typed(str(csv))
 
 
 def test_first_launch_run_quit_and_reopen(tmux_available, tmp_path, tiny_bert_dir, sentiment_csv):
@@ -156,23 +162,34 @@ def test_first_launch_run_quit_and_reopen(tmux_available, tmp_path, tiny_bert_di
     assert os.path.isdir(home / "sessions" / name)
 
 
-def test_quitting_during_a_slow_ta_reply_leaves_at_once_and_still_saves(
-        tmux_available, tmp_path, tiny_bert_dir, sentiment_csv, fake_openai):
-    """q while the TA takes 25 s to answer: the in-flight request is abandoned, the session is
-    saved at the last step boundary and gpta-tui exits without waiting for the reply."""
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_quitting_during_a_slow_ta_reply_leaves_at_once_saves_and_resumes(
+        tmux_available, tmp_path, tiny_bert_dir, sentiment_csv, fake_openai, size):
+    """At the smallest supported terminal and a large one: q while the TA takes 25 s to answer
+    leaves at once (the in-flight request is abandoned, the session saved at the last step
+    boundary); `--resume` replays the request and the run finishes."""
     home = tmp_path / "home"
-    fake_openai.add_fault(path="chat/completions", delay_s=25.0)
+    fake_openai.add_fault(path="chat/completions", delay_s=25.0)  # the first request only
     env = {"OPENAI_API_KEY": fake_openai.api_key, "NO_PROXY": "127.0.0.1,localhost"}
-    term = Tmux(command(home, extra_env=env))
+    term = Tmux(command(home, extra_env=env), size=size)
     try:
         term.wait_for("Welcome to gpta-tui", timeout=120)
         fill_tiny_run_form(term, tiny_bert_dir, sentiment_csv, ta_backend_downs=1,  # openai
                            base_url=fake_openai.base_url, ta_model="gpt-4o-mini")
         term.keys("C-s")
-        term.wait_for("waiting for the TA", timeout=120, fail_on=("✖ failed",))
-        term.keys("q")
-        # well inside the 25 s the reply would take (a bound for a loaded machine, not a timing)
+        # the first TA request has reached the server: its reply is 25 s away
+        deadline = time.monotonic() + 180
+        while not fake_openai.requests_to("chat/completions") and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert len(fake_openai.requests_to("chat/completions")) == 1, term.screen()
+        time.sleep(1.0)
+        assert "✖ failed" not in term.screen()
+        term.keys("q", pause=0)
+        pressed = time.monotonic()
+        # Bound: well inside the 25 s the reply would take (a loaded 2-core machine, so not
+        # the 2 s the issue asks for; the time is printed for the record).
         done = term.wait_for("GPTA-TUI-EXIT=0", timeout=20)
+        print(f"{size[0]}x{size[1]}: q -> exit seen after {time.monotonic() - pressed:.1f} s")
         assert "saved; continue with: gpta-tui --resume" in done
     finally:
         term.close()
@@ -180,3 +197,13 @@ def test_quitting_during_a_slow_ta_reply_leaves_at_once_and_still_saves(
     from sessions.store import SessionStore
 
     assert {s.name: s.status for s in SessionStore(home).list()}[name] == "paused"
+    again = Tmux(command(home, "--resume", name, extra_env=env), size=size)
+    try:
+        again.wait_for("✔ finished", timeout=300, fail_on=("✖ failed",))
+        again.keys("q")
+        again.wait_for("GPTA-TUI-EXIT=0", timeout=60)
+    finally:
+        again.close()
+    # the abandoned request was sent again on resume (then the rest of the epoch's requests)
+    assert len(fake_openai.requests_to("chat/completions")) >= 2
+    assert {s.name: s.status for s in SessionStore(home).list()}[name] == "finished"

@@ -212,3 +212,286 @@ async def test_palette_command_writes_the_curves_as_png_and_csv(tmp_path):
     val = list(csv.reader((target / "validation.csv").open()))
     assert val[0] == ["epoch", "step", "val_accuracy", "best"]
     assert val[1] == ["1", "12", "0.625", "1"]  # epoch 1 holds the best (its best prefix)
+
+
+async def test_the_footer_rebuilds_only_when_its_keys_change():
+    """Opening and closing a dialog moves focus and re-signals the bindings; the footer keeps
+    its keys (rebuilding them was most of the key latency), but a run going live swaps them."""
+    from types import SimpleNamespace
+
+    from textual.widgets._footer import FooterKey
+
+    from gpta_tui.widgets.key_footer import KeyFooter
+
+    def keys(footer) -> set[str]:
+        return {k.description for k in footer.query(FooterKey) if k.description}
+
+    app = canned_app()
+    async with app.run_test(size=(130, 40)) as pilot:
+        await pilot.pause()
+        screen = run_screen(app)
+        footer = screen.query_one(KeyFooter)
+        await pilot.pause()
+        before, built = keys(footer), footer.rebuilds
+        assert {"Clone config", "New run", "Sessions"} <= before and "Pause/resume" not in before
+        for _ in range(4):
+            await pilot.press("question_mark")
+            await pilot.pause()
+        assert app.screen is screen and app.focused is screen.query_one(HistoryTable)
+        assert footer.rebuilds == built and keys(footer) == before
+        screen.controller = SimpleNamespace(running=True)  # the run goes live
+        screen.sync(set())
+        await pilot.pause()
+        await pilot.pause()
+        assert footer.rebuilds == built + 1
+        assert {"Pause/resume", "Stop", "Save"} <= keys(footer) and "New run" not in keys(footer)
+
+
+async def test_the_log_rewraps_its_lines_when_the_terminal_is_resized():
+    from engine.events import Notice
+
+    from gpta_tui.widgets.log_pane import LogPane
+
+    words = " ".join(f"word{i:03d}" for i in range(60))  # ~480 characters, one entry
+    app = canned_app(canned_events() + [Notice(level="warning", message=words, ts=NOW - 1)])
+
+    def shown(log) -> tuple[int, str]:
+        """(widest line, every word the lines carry, in order)."""
+        texts = ["".join(seg.text for seg in strip) for strip in log.lines]
+        return max(len(t.rstrip()) for t in texts), " ".join(" ".join(texts).split())
+
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        log = run_screen(app).query_one(LogPane)
+        for size in ((120, 36), (160, 48), (200, 50)):
+            await pilot.resize_terminal(*size)
+            await pilot.pause()
+            widest, text = shown(log)
+            width = log.scrollable_content_region.width
+            assert widest <= width
+            assert words in text  # the long entry, whole, at every width
+            # ... wrapped to this width: its widest line fills most of the pane
+            assert widest > width - len("word000 ")
+        at_200 = len(log.lines)
+        await pilot.resize_terminal(120, 36)
+        await pilot.pause()
+        assert len(log.lines) > at_200  # narrower: more lines
+        await pilot.resize_terminal(80, 24)  # compact: the log is a tab of its own
+        await pilot.press("5")
+        await pilot.pause()
+        widest, text = shown(log)
+        assert words in text and widest <= log.scrollable_content_region.width < 80
+
+
+def loading_state(estimates: dict):
+    from engine.events import PhaseChanged
+
+    from gpta_tui.dashboard import DashboardState
+
+    state = DashboardState("warm", {"loop": {"epochs": 2}})
+    state.status = "loading"
+    state.load_estimates = estimates
+    state.apply(PhaseChanged(epoch=1, phase="setup", ts=NOW - 30))
+    return state
+
+
+def test_loading_shows_a_percentage_and_eta_from_the_last_load():
+    from engine.events import Notice
+
+    assert "%" not in header_text(loading_state({}))  # never timed: elapsed only
+    text = header_text(loading_state({"plain": 40.0}))
+    assert "75%" in text and "ETA 0:10" in text and "0:30" in text
+    late = loading_state({"plain": 20.0})
+    assert "99%" in header_text(late) and "over by 0:10" in header_text(late)
+    # The first dequantization: its typical time, counted from when it began.
+    first = loading_state({"plain": 40.0})
+    first.apply(Notice(level="info", message="dequantizing Gemma 3 270M (first run only, ~2 min)",
+                       ts=NOW - 20))
+    assert first.load_expected_s() == pytest.approx(10.0 + 120.0)
+    assert "23%" in header_text(first) and "ETA 1:40" in header_text(first)
+    timed = loading_state({"plain": 40.0, "dequantize": 60.0})
+    timed.apply(Notice(level="info", message="dequantizing Gemma 3 270M", ts=NOW - 20))
+    assert "50%" in header_text(timed)
+
+
+def test_a_finished_load_is_timed_and_keyed_by_what_it_loaded():
+    from engine.events import Notice, RunStarted
+
+    from gpta_tui.prefs import load_key
+
+    state = loading_state({})
+    state.apply(Notice(level="info", message="dequantizing Gemma 3 270M", ts=NOW - 20))
+    state.apply(RunStarted(name="warm", mode="gpta", config={"mode": "gpta"}, device="cpu",
+                           metric="accuracy", label_names=[], ts=NOW + 12))
+    assert state.last_load == (pytest.approx(42.0), True) and not state.loading
+    config = {"mode": "gpta", "student": {"model": "m", "tuning": "full"},
+              "ta": {"backend": "local", "model": "gemma-3-270m", "base_url": "https://u:pw@h/"}}
+    key = load_key(config, resumed=False, dequantized=True)
+    assert "gemma-3-270m" in key and "dequantize" in key and "pw" not in key
+    assert load_key({**config, "mode": "baseline"}, False, False) != load_key(config, False, False)
+    assert load_key(config, True, False) != load_key(config, False, False)
+
+
+def test_prefs_survive_a_damaged_file_and_keep_no_bad_values(tmp_path):
+    from gpta_tui.prefs import Prefs
+
+    path = tmp_path / "tui.json"
+    for junk in ("{not json", "[1, 2]", '{"theme": 5, "load_times": [1]}', "\x00\xff"):
+        path.write_text(junk, encoding="latin-1")
+        prefs = Prefs(path)
+        assert prefs.theme is None and prefs.load_times == {}
+    path.write_text('{"theme": "nord", "load_times": {"a": 12.5, "b": -1, "c": "9", '
+                    '"d": 1e999, "e": true}}')
+    prefs = Prefs(path)
+    assert prefs.theme == "nord" and prefs.load_times == {"a": 12.5}
+    prefs.remember_load("f", 3.25)
+    assert Prefs(path).load_times == {"a": 12.5, "f": 3.2}
+    assert not list(tmp_path.glob(".tui.json.*"))  # no temporary file left behind
+
+
+async def test_the_theme_is_remembered_between_launches(tmp_path):
+    from gpta_tui.prefs import Prefs
+
+    path = tmp_path / "tui.json"
+    app = GptaApp(start=RunScreen(build_state(canned_events()), None, clock=lambda: NOW),
+                  clock=lambda: NOW, prefs=Prefs(path))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        app.theme = "nord"
+        await pilot.pause()
+    assert Prefs(path).theme == "nord"
+    again = GptaApp(start=RunScreen(build_state(canned_events()), None, clock=lambda: NOW),
+                    clock=lambda: NOW, prefs=Prefs(path))
+    async with again.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        assert again.theme == "nord"
+    path.write_text('{"theme": "no-such-theme"}')
+    third = GptaApp(prefs=Prefs(path), start=RunScreen(build_state(canned_events()), None))
+    async with third.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        assert third.theme != "no-such-theme"
+
+
+async def test_description_length_counter_and_the_help_of_every_field():
+    from textual.widgets import Static, TextArea
+
+    from gpta_tui import form
+    from gpta_tui.screens.description import DescriptionScreen
+    from test_tui_snapshots import form_app
+
+    app = form_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        helps = " ".join(str(label.content) for label in screen.query(".field-help"))
+        assert "CSV" in helps and "label column" in helps  # the Dataset field explains itself
+        size = screen.query_one("#size-description", Static)
+        assert "0 characters" in screen_text(size)
+        screen.query_one("#f-description", TextArea).text = "x" * 700
+        await pilot.pause()
+        assert "700 characters" in screen_text(size) and "~175 tokens" in screen_text(size)
+        assert "long" in screen_text(size)
+    app = canned_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        app.push_screen(DescriptionScreen("Tweets.", 1, 1))
+        await pilot.pause()
+        counter = app.screen.query_one("#description-size", Static)
+        assert "7 characters" in screen_text(counter)
+        await pilot.press("a", "b")
+        await pilot.pause()
+        assert "9 characters" in screen_text(counter)
+    assert all(f.help for f in form.FIELDS if f.kind != "int")
+
+
+@pytest.mark.parametrize("overrides, model, off", [
+    ({"ta": {"backend": "scripted"}}, "scripted prefixes (no model)", "scripted TA is never"),
+    ({"mode": "frozen-ta"}, "gemma-3-270m", "frozen-ta: the TA is never fine-tuned"),
+    ({"mode": "random-prefix"}, "random words (no TA model)", "no TA to fine-tune"),
+    ({"ta": {"backend": "openai", "model": "gpt-4o-mini"}}, "gpt-4o-mini", "tunes only a local TA"),
+    ({"finetune": {"backend": "none"}}, "gemma-3-270m", "the TA stays the base model"),
+])
+def test_the_ta_panel_says_what_writes_the_prefixes_and_whether_it_is_tuned(overrides, model, off):
+    from engine.config import build_config
+
+    from gpta_tui.dashboard import DashboardState
+    from gpta_tui.widgets.finetune_panel import render_finetune
+
+    config = build_config("smoke", overrides={"name": "p", **overrides}).to_dict()
+    state = DashboardState("p", config)
+    assert state.ta_model_in_use == model
+    console = Console(width=300, record=True, file=io.StringIO())
+    console.print(render_finetune(state))
+    text = console.export_text()
+    assert off in text and "fine-tuning is off" in text and "no fine-tune job yet" not in text
+    local = DashboardState("q", build_config("smoke", overrides={"name": "q"}).to_dict())
+    assert local.finetune_plan() == ("local", "")
+
+
+async def test_every_tab_stop_shows_where_the_focus_is_by_line_shape():
+    """Focus shows as a heavy border on the panel that holds it (a shape, so it survives 256
+    and 16 colours), for every Tab stop, the windows' scroll container included."""
+    app = canned_app()
+    async with app.run_test(size=(130, 40)) as pilot:
+        await pilot.pause()
+        screen = run_screen(app)
+        panels = {p: screen.query_one(f"#{p}") for p in ("history-panel", "windows", "finetune", "log")}
+        seen = []
+        for _ in range(len(screen.focus_chain)):
+            focused = app.focused
+            seen.append(focused.id)
+            holder = next(p for p, w in panels.items() if w is focused or focused in w.walk_children())
+            for name, panel in panels.items():
+                assert panel.styles.border_top[0] == ("heavy" if name == holder else "round"), \
+                    (focused.id, name)
+            detail = screen.query_one("#window-detail")
+            assert detail.styles.border_left[0] == ("heavy" if focused is detail else "blank")
+            await pilot.press("tab")
+            await pilot.pause()
+        assert seen == ["history", "window-list", "window-detail", "finetune", "log"]
+
+
+async def test_the_focused_form_field_shows_by_a_rule():
+    from test_tui_snapshots import form_app
+
+    app = form_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#f-dataset").focus()
+        await pilot.pause()
+        assert screen.query_one("#row-dataset").styles.border_left[0] == "heavy"
+        assert screen.query_one("#row-student").styles.border_left[0] == "blank"
+        await pilot.press("tab")
+        await pilot.pause()
+        assert screen.query_one("#row-dataset").styles.border_left[0] == "blank"
+        assert screen.query_one("#row-description").styles.border_left[0] == "heavy"
+
+
+def test_the_finish_summary_gives_the_figures_in_one_line():
+    from test_tui_snapshots import finished_events
+
+    text = build_state(finished_events()).finish_summary()
+    assert text.startswith("Run finished") and "\n" not in text
+    assert "test accuracy 0.6917" in text and "best val accuracy 0.7083 (epoch 2)" in text
+    assert "run time" in text and "TA requests" in text
+
+
+async def test_form_errors_show_typed_text_literally():
+    """An error quoting what was typed (a path with [brackets]) is shown as text, never parsed
+    as markup (it crashed the form with a MarkupError)."""
+    from textual.widgets import Input
+
+    from test_tui_snapshots import form_app
+
+    typed = "/no/[bold red]x[/] [link=http://e]y.csv"
+    app = form_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#f-dataset", Input).value = typed
+        await pilot.pause()
+        assert typed in screen_text(screen.query_one("#err-dataset"))
+        await pilot.press("ctrl+s")  # refused, with a toast quoting the same text
+        await pilot.pause()
+        assert app.screen is screen

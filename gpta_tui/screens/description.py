@@ -10,7 +10,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, TextArea
+from textual.widgets import Button, Label, Static, TextArea
+
+from gpta_tui.formatting import description_size
 
 
 class DescriptionScreen(ModalScreen[str | None]):
@@ -28,8 +30,10 @@ class DescriptionScreen(ModalScreen[str | None]):
             yield Label(f"Dataset description · v{self.version} (in use since TA request "
                         f"#{self.applies_from})", classes="dialog-title")
             yield Label("The TA sees only this text, never the training data. Saving makes "
-                        f"v{self.version + 1}, used from the next TA request.", classes="dim")
+                        f"v{self.version + 1}, used from the next TA request.",
+                        classes="dim dialog-help")
             yield TextArea(self.text, id="description-editor", soft_wrap=True, show_line_numbers=False)
+            yield Static(description_size(self.text), id="description-size")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save (ctrl+s)", id="save", variant="primary")
                 yield Button("Cancel (esc)", id="cancel")
@@ -38,6 +42,9 @@ class DescriptionScreen(ModalScreen[str | None]):
         editor = self.query_one(TextArea)
         editor.focus()
         editor.move_cursor(editor.document.end)
+
+    def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        self.query_one("#description-size", Static).update(description_size(event.text_area.text))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.action_save() if event.button.id == "save" else self.action_cancel()

@@ -23,7 +23,8 @@ KEYS = [
                        ("esc", "back to the sessions (a live run keeps going)"),
                        ("r / c / n", "after the run: resume, clone its config, new run")]),
     ("Everywhere", [("q", "quit (the session is saved and resumable)"), ("?", "this help"),
-                    ("ctrl+p", "command palette"), ("tab / shift+tab", "move between panels")]),
+                    ("ctrl+p", "command palette (theme, remembered; export curves)"),
+                    ("tab / shift+tab", "move between panels (the focused one has a heavy border)")]),
 ]
 
 ABOUT = (

@@ -7,16 +7,19 @@ something real.
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from engine.config import RunConfig
 from gpta_tui import form
 from gpta_tui.form import FIELDS, Field
+from gpta_tui.formatting import description_size
+from gpta_tui.widgets.key_footer import KeyFooter
 
 
 class NewSessionScreen(Screen[RunConfig | None]):
@@ -51,8 +54,11 @@ class NewSessionScreen(Screen[RunConfig | None]):
 
     def _row(self, f: Field) -> Vertical:
         parts = [Label(f.label, classes="field-label"), self._widget(f)]
-        if f.help and f.kind in ("choice", "multiline") or f.id == "ta_base_url":
+        if f.help:
             parts.append(Label(f.help, classes="field-help"))
+        if f.kind == "multiline":
+            parts.append(Static(description_size(self.initial.get(f.id, "")), id=f"size-{f.id}",
+                                classes="field-help"))
         error = Label("", id=f"err-{f.id}", classes="field-error")
         error.display = False
         parts.append(error)
@@ -82,7 +88,7 @@ class NewSessionScreen(Screen[RunConfig | None]):
             with Horizontal(id="form-buttons"):
                 yield Button("Start run", id="start", variant="success")
                 yield Button("Cancel", id="cancel")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._update_mode_fields()
@@ -108,11 +114,11 @@ class NewSessionScreen(Screen[RunConfig | None]):
         for f in FIELDS:
             message = errors.get(f.id, "")
             label = self.query_one(f"#err-{f.id}", Label)
-            label.update(message)
+            label.update(Text(message))  # may quote what was typed: never markup
             label.display = bool(message)
             self.query_one(f"#row-{f.id}").set_class(bool(message), "-invalid")
         general = self.query_one("#err-form", Label)
-        general.update(errors.get("form", ""))
+        general.update(Text(errors.get("form", "")))
         general.display = "form" in errors
         self.query_one("#start", Button).disabled = bool(errors)
         return config
@@ -123,8 +129,13 @@ class NewSessionScreen(Screen[RunConfig | None]):
             self.query_one(f"#row-{fid}").set_class(mode == "baseline", "-unused")
 
     @on(Input.Changed)
-    @on(TextArea.Changed)
     def _changed(self) -> None:
+        self.validate()
+
+    @on(TextArea.Changed)
+    def _text_changed(self, event: TextArea.Changed) -> None:
+        self.query_one(f"#size-{(event.text_area.id or '').removeprefix('f-')}", Static).update(
+            description_size(event.text_area.text))
         self.validate()
 
     @on(Select.Changed)
@@ -152,7 +163,7 @@ class NewSessionScreen(Screen[RunConfig | None]):
         if config is None:
             first = next(iter(self.errors))
             self.notify(f"{form.FIELD_BY_ID[first].label if first in form.FIELD_BY_ID else 'Form'}: "
-                        f"{self.errors[first]}", severity="error", timeout=4)
+                        f"{self.errors[first]}", severity="error", timeout=4, markup=False)
             return
         self.dismiss(config)
 

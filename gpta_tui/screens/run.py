@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.containers import Grid
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Tab, Tabs
+from textual.widgets import Tab, Tabs
 
 from gpta_tui.dashboard import DashboardState
 from gpta_tui.formatting import clock
@@ -27,6 +27,7 @@ from gpta_tui.screens.description import DescriptionScreen
 from gpta_tui.widgets.finetune_panel import FinetunePanel
 from gpta_tui.widgets.history_panel import HistoryPanel
 from gpta_tui.widgets.history_table import HistoryTable
+from gpta_tui.widgets.key_footer import KeyFooter
 from gpta_tui.widgets.log_pane import LogPane
 from gpta_tui.widgets.loss_chart import LossChart
 from gpta_tui.widgets.run_header import RunHeader
@@ -87,7 +88,7 @@ class RunScreen(Screen[None]):
             yield WindowsPanel(id="windows")
             yield FinetunePanel(id="finetune")
         yield LogPane(id="log")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.sync(set(self.state.revisions), chart_now=True)

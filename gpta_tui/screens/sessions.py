@@ -17,7 +17,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from textual.widgets import Footer
+from gpta_tui.widgets.key_footer import KeyFooter
 
 from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, literal, one_line, score, when
 from sessions.status import resumable, shown
@@ -88,7 +88,7 @@ class SessionsScreen(Screen[None]):
             yield Static("Sessions", id="sessions-title")
             yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="sessions-empty")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)

@@ -49,14 +49,14 @@ def render_job(job: JobView) -> Group:
 
 
 def render_finetune(state: DashboardState) -> Group:
-    backend = state.config.get("finetune", {}).get("backend", "none")
+    backend, why_not = state.finetune_plan()
     if state.mode == "baseline":
         return Group(Text("baseline mode: the student trains without a prefix; no TA, no fine-tuning",
                           style="dim"))
     parts: list = [Text.assemble(
         ("TA ", "dim"), (state.ta_backend or "-", "magenta"), (" · ", "dim"),
         (one_line(state.ta_model_in_use or "-", 40), "bold"),
-        (" (tuned)" if state.ta_model else " (base)", "dim"),
+        (" (tuned)" if state.ta_model else " (base)" if backend != "none" else "", "dim"),
     )]
     jobs = list(state.jobs.values())
     if jobs:
@@ -68,7 +68,7 @@ def render_finetune(state: DashboardState) -> Group:
                 older.append(job.status + "  ", JOB_STYLE.get(job.status, ""))
             parts.append(older)
     elif backend == "none":
-        parts.append(Text("fine-tuning is off (finetune.backend = none): the TA stays the base model",
+        parts.append(Text(f"fine-tuning is off ({why_not})" if why_not else "fine-tuning is off",
                           style="dim"))
     else:
         parts.append(Text("no fine-tune job yet: one starts after the epoch's windows are built",

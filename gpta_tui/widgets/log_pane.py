@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from rich.text import Text
+from textual.events import Resize
 from textual.widgets import RichLog
 
 from gpta_tui.dashboard import DashboardState, LogEntry
 from gpta_tui.formatting import LEVEL_ICON, LEVEL_STYLE, clock
+
+MAX_LINES = 1000
 
 
 def render_entry(entry: LogEntry) -> Text:
@@ -16,11 +21,17 @@ def render_entry(entry: LogEntry) -> Text:
 
 
 class LogPane(RichLog):
-    """Appends only the entries it has not written yet."""
+    """Appends only the entries it has not written yet, wrapped to the pane's width; when the
+    width changes the kept entries are wrapped again (a RichLog keeps the lines it rendered at
+    the old width, so a narrower pane cut them and a wider one kept the old breaks). Every write
+    names the width: RichLog would otherwise measure against the console and its 78-column
+    minimum."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(max_lines=1000, wrap=True, markup=False, highlight=False, **kwargs)
+        super().__init__(max_lines=MAX_LINES, wrap=True, markup=False, highlight=False, **kwargs)
         self._written = 0  # absolute index (counting entries the state trimmed)
+        self._entries: deque[Text] = deque(maxlen=MAX_LINES)  # what is shown, for reflowing
+        self._wrapped_at = 0  # the content width the shown lines were wrapped to
         self.warnings = 0
         self.errors = 0
 
@@ -31,10 +42,25 @@ class LogPane(RichLog):
         end = state.log_dropped + len(state.log)
         start = max(self._written, state.log_dropped)
         for entry in state.log[start - state.log_dropped:]:
-            self.write(render_entry(entry))
+            text = render_entry(entry)
+            self._entries.append(text)
+            if self._wrapped_at:  # else written at the first resize, once the width is known
+                self.write(text, width=self._wrapped_at)
             self.warnings += entry.level == "warning"
             self.errors += entry.level == "error"
         self._written = end
         if start < end:
             self.border_subtitle = (f"{self.warnings} warning{'s' * (self.warnings != 1)} · "
                                     f"{self.errors} error{'s' * (self.errors != 1)}")
+
+    def on_resize(self, event: Resize) -> None:
+        width = self.scrollable_content_region.width
+        if not width or width == self._wrapped_at:
+            return
+        at_end = not self._wrapped_at or self.is_vertical_scroll_end
+        self._wrapped_at = width
+        self.clear()
+        for text in self._entries:
+            self.write(text, width=width, scroll_end=False)
+        if at_end:
+            self.scroll_end(animate=False, x_axis=False)

@@ -98,17 +98,35 @@ def _figures(state: DashboardState) -> tuple[Piece | None, Piece | None]:
     return best, test
 
 
-def _progress(state: DashboardState, now: float) -> tuple[RenderableType | None, Piece | None]:
-    """(bar, count) of what the run is doing now, or (None, None)."""
-    job = state.active_job
-    if state.loading or (state.status == "loading" and state.phase == "setup"):
-        since = state.setup_since
-        step = state.setup_step or "loading the models"
-        took = duration(now - since) if since else ""
+def _loading(state: DashboardState, now: float) -> tuple[RenderableType, Piece]:
+    """The models are loading: what, since when, and (once a load of the same models was timed
+    on this machine, or for the first dequantization) a percentage and the time left."""
+    since = state.setup_since
+    step = state.setup_step or "loading the models"
+    elapsed = now - since if since else 0.0
+    took = duration(elapsed) if since else ""
+    expected = state.load_expected_s() if since else None
+    if not expected:
         return ProgressBar(total=None, pulse=True, animation_time=now), Piece([
             Text.assemble((one_line(step, 70), "yellow"), (f"  {took}", "bold")),
             Text.assemble((one_line(step, 40), "yellow"), (f"  {took}", "bold")),
             Text(took, style="bold")], priority=1)
+    fraction = min(0.99, elapsed / expected)
+    left = expected - elapsed
+    eta = f"ETA {duration(left)}" if left >= 1 else f"over by {duration(-left)}"
+    pct = f"{100 * fraction:.0f}%"
+    return ProgressBar(total=1000, completed=round(1000 * fraction)), Piece([
+        Text.assemble((one_line(step, 60), "yellow"), (f"  {pct}  {eta}", "bold"),
+                      (f"  ({took})", "dim")),
+        Text.assemble((one_line(step, 34), "yellow"), (f"  {pct}  {eta}", "bold")),
+        Text(f"{pct}  {eta}", style="bold")], priority=1)
+
+
+def _progress(state: DashboardState, now: float) -> tuple[RenderableType | None, Piece | None]:
+    """(bar, count) of what the run is doing now, or (None, None)."""
+    job = state.active_job
+    if state.loading or (state.status == "loading" and state.phase == "setup"):
+        return _loading(state, now)
     if state.ta_waiting is not None and state.status == "running":
         request, since, model = state.ta_waiting
         waited = duration(now - since)
