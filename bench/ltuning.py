@@ -42,6 +42,7 @@ from engine.tasks import TUNINGS  # light: no torch
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "LTUNING_RESULTS.md"
 RAW = ROOT / "docs" / "ltuning_runs.csv"
+ACCEPTANCE = ROOT / "docs" / "ltuning_acceptance.csv"
 FIELDS = ["tuning", "seed", "lr", "lt_objective", "lt_map", "train_rows", "val_rows", "test_rows",
           "epochs", "max_length", "batch_size", "trainable", "total", "train_s_per_epoch",
           "peak_rss_mb", "val_accuracy", "test_accuracy", "test_macro_f1", "top_share",
@@ -71,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     p.add_argument("--csv", type=Path, default=RAW, help="raw results, one row per finished run")
     p.add_argument("--acceptance-csv", type=Path, default=None,
-                   help="raw rows of the defaults-only acceptance check, shown in their own section")
+                   help="raw rows of the defaults-only acceptance check, shown in their own "
+                        "section (default with the default --csv: docs/ltuning_acceptance.csv)")
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--no-write", action="store_true", help="do not rewrite the results document")
     p.add_argument("--render-only", action="store_true", help="only rewrite the document from --csv")
@@ -328,6 +330,8 @@ def render(rows: list[dict[str, str]], csv_path: Path, missing: list[tuple[str, 
 
 def write_doc(args: argparse.Namespace) -> None:
     rows = read_rows(args.csv)
+    if args.acceptance_csv is None and args.csv == RAW:  # a rewrite keeps the section
+        args.acceptance_csv = ACCEPTANCE
     acceptance = read_rows(args.acceptance_csv) if args.acceptance_csv else []
     if not rows and not acceptance:
         print(f"{args.csv} holds no runs; nothing to render", file=sys.stderr)
