@@ -4,6 +4,7 @@ An export folder holds:
 
     session.json        the complete session database (re-importable), no secrets
     loss.jsonl          the training loss points, as the session stores them (re-importable)
+    ta_calls.jsonl      the TA calls (requests, prompts, responses), one per line (re-importable)
     config.toml         the run's settings: `gpta run --config config.toml` repeats the run
     history.csv/.json   the sorted history of every epoch
     scored.csv          every scored prefix, in order
@@ -33,13 +34,16 @@ from typing import Any
 from engine.errors import GptaError, UsageError
 from sessions.curves import write_curves
 from sessions import losslog
-from sessions.losslog import LOSS_FILE
+from sessions.losslog import LOSS_FILE, TA_FILE
 from sessions.storage import DatabaseUnreadable, atomic_write_text, read_json_file
 from sessions.store import (SCHEMA_VERSION, Table, SessionHandle, SessionStore, _check_schema,
-                            _point_problem, _scrub, format_ts, validate_name)
+                            _clean_call, _point_problem, _scrub, _ta_problem, format_ts,
+                            validate_name)
 
 EXPORT_FORMAT = "gpta-session-export"
-EXPORT_VERSION = 2  # 2: loss points in loss.jsonl (1: in the database's `loss` table)
+# 3: TA calls in ta_calls.jsonl (2: in the database's `ta_calls` table); 2: loss points in
+# loss.jsonl (1: in the database's `loss` table). Import converts the older formats.
+EXPORT_VERSION = 3
 
 
 # ---- small writers -----------------------------------------------------------------
@@ -100,16 +104,18 @@ def _fmt(value: Any) -> str:
 # ---- export ------------------------------------------------------------------------
 def session_files(handle: SessionHandle) -> dict[str, str]:
     """What `import_session` reads back, as {relative path: text}: `session.json` (the whole
-    database, no secrets), `loss.jsonl` (the loss points) and `windows/epoch-N.jsonl`.
+    database, no secrets), `loss.jsonl` (the loss points), `ta_calls.jsonl` (the TA calls)
+    and `windows/epoch-N.jsonl`.
     `export_session` writes these among its files; a Ray task returns them to the driver
     (sessions/cluster.py)."""
     data = _scrub(handle.snapshot())
-    data.pop(Table.LOSS.value, None)  # a schema-2 session read before a writer moved its points
+    for table in (Table.LOSS, Table.TA_CALLS):  # an older session read before a writer moved them
+        data.pop(table.value, None)
     payload = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
                "schema": SCHEMA_VERSION, "exported": time.time(), "name": handle.name,
                "database": data}
     files = {"session.json": json.dumps(payload, ensure_ascii=False, indent=1),
-             LOSS_FILE: handle.loss_log_text()}
+             LOSS_FILE: handle.loss_log_text(), TA_FILE: _scrub_lines(handle.ta_log_text())}
     by_epoch: dict[int, list[dict]] = {}
     for w in handle.windows():
         by_epoch.setdefault(w.pop("epoch"), []).append(w)
@@ -129,7 +135,7 @@ def export_session(handle: SessionHandle, out_dir: Path | str) -> Path:
     config = rec.get("config", {})
     metric = config.get("student", {}).get("metric", "accuracy")
 
-    for rel, text in session_files(handle).items():  # session.json, loss.jsonl, windows
+    for rel, text in session_files(handle).items():  # session.json, the two logs, windows
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / rel, text)
     atomic_write_text(out / "config.toml", config_toml(config))
@@ -360,6 +366,7 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
     windows = _read_window_files(src / "windows")  # validated before anything is written
     files = {f"windows/{fname}": text for fname, text in windows.items()}
     files[LOSS_FILE] = _loss_log(data, src / LOSS_FILE)
+    files[TA_FILE] = _ta_log(data, src / TA_FILE)
     store.write_imported(name, _scrub(data), files)
     return name
 
@@ -377,7 +384,7 @@ def import_files(store: SessionStore, files: dict, *, origin: str) -> str:
         folder = Path(tmp)
         for rel, text in files.items():
             if not isinstance(rel, str) or not isinstance(text, str) or not (
-                    rel in ("session.json", LOSS_FILE) or (rel.startswith("windows/")
+                    rel in ("session.json", LOSS_FILE, TA_FILE) or (rel.startswith("windows/")
                                               and _WINDOW_NAME.fullmatch(rel[len("windows/"):]))):
                 raise UsageError(f"the session sent by {origin} holds an unexpected file "
                                  f"{str(rel)[:80]!r}", fix)
@@ -390,20 +397,35 @@ def _loss_log(data: dict, path: Path) -> str:
     """The imported session's loss.jsonl: the export's file (a regular file under the cap,
     every line complete and a loss point), with the points of an older export's `loss` table
     (removed from `data`) under them; a point of the file wins."""
-    fix = "import the folder written by `gpta export`, unedited"
     points = {int(p["step"]): p for doc in (data.pop(Table.LOSS.value, None) or {}).values()
               for p in doc["points"].values()}
-    try:
-        raw = losslog.read_raw(path)
-        records = losslog.parse(raw, path, strict=True)[0] if raw is not None else []
-    except DatabaseUnreadable as exc:
-        raise UsageError(f"{str(path)!r} is unreadable ({exc.reason})", fix) from None
-    for number, record in records:
-        problem = _point_problem(record)
-        if problem:
-            raise UsageError(f"{str(path)!r} line {number}: {problem}", fix)
+    for record in _read_log(path, _point_problem):
         points[int(record["step"])] = record
     return "".join(losslog.line_of(points[step]) for step in sorted(points))
+
+
+def _ta_log(data: dict, path: Path) -> str:
+    """The imported session's ta_calls.jsonl: an older export's `ta_calls` table (removed
+    from `data`, in _seq order), then the export's file, checked as `_loss_log` checks
+    loss.jsonl (every line a TA request or response); secrets scrubbed."""
+    table = sorted((data.pop(Table.TA_CALLS.value, None) or {}).values(),
+                   key=lambda d: d.get("_seq", 0))
+    calls = [_clean_call(doc) for doc in table] + _read_log(path, _ta_problem)
+    return "".join(losslog.line_of(_scrub(c)) for c in calls)
+
+
+def _read_log(path: Path, explain) -> list[dict]:
+    """Every record of an export's log file, strictly: one UsageError for anything wrong."""
+    try:
+        return losslog.read_strict(path, explain)
+    except DatabaseUnreadable as exc:
+        raise UsageError(f"{str(path)!r} is unreadable ({exc.reason})",
+                         "import the folder written by `gpta export`, unedited") from None
+
+
+def _scrub_lines(text: str) -> str:
+    """A log's text with secret keys removed from every record (as the database's are)."""
+    return "".join(losslog.line_of(_scrub(json.loads(line))) for line in text.splitlines())
 
 
 MAX_WINDOW_FILE_BYTES = 64 * 1024 * 1024

@@ -1,4 +1,5 @@
-"""An append-only JSON-lines file: the session's high-rate series (training loss points).
+"""Append-only JSON-lines files: the session's high-rate series (training loss points in
+`loss.jsonl`, TA calls with their prompts and replies in `ta_calls.jsonl`).
 
 TinyDB rewrites its whole file on every write, so a series that grows with the run (31,250
 loss points in a paper-scale run) makes every write cost more than the last. Loss points
@@ -32,12 +33,14 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from engine.fsutil import fsync_dir, write_text_atomic
 from sessions.storage import DatabaseUnreadable
 
 LOSS_FILE = "loss.jsonl"
+TA_FILE = "ta_calls.jsonl"  # schema 4: TA requests and responses (sessions/store.py)
+LOG_FILES = (LOSS_FILE, TA_FILE)
 MAX_LOG_BYTES = 256 * 2**20  # about a million loss points; more is not a file gpta wrote
 
 _JSON = {"ensure_ascii": False, "separators": (",", ":")}
@@ -111,6 +114,46 @@ def read(path: Path | str) -> tuple[list[tuple[int, dict]], list[str], bool]:
         return [], [], False
     records, end, problems = parse(raw, path)
     return records, problems, end < len(raw)
+
+
+def load(path: Path | str, accept: Callable[[Any], Any], explain: Callable[[Any], str]
+         ) -> tuple[list[Any], str, bool]:
+    """A log for a session handle, which treats it as display data: ([accept(record) of every
+    record it accepts (not None)], problem, damaged?). A link or other non-file is ignored, a
+    torn last line and records `accept` refuses are left out; `problem` says so in one line
+    (empty when only a torn tail was cut: that is what a crash leaves) and `explain(record)`
+    names what is wrong with the first refused one. `damaged` tells a writer to rewrite the
+    file clean before it appends (`AppendLog.replace`)."""
+    try:
+        records, problems, torn = read(path)
+    except DatabaseUnreadable as exc:
+        return [], f"{str(exc.path)!r} was ignored ({exc.reason})", True
+    out = []
+    for number, record in records:
+        value = accept(record)
+        if value is None:
+            problems.append(f"line {number}: {explain(record)}")
+        else:
+            out.append(value)
+    problem = (f"{str(Path(path))!r}: {problems[0]} ({len(problems)} line(s) left out)"
+               if problems else "")
+    return out, problem, bool(problems) or torn
+
+
+def read_strict(path: Path | str, explain: Callable[[Any], str | None]) -> list[dict]:
+    """Every record of an imported log (none without a file): a regular file under the cap,
+    every line complete and a JSON object `explain` finds nothing wrong with; otherwise one
+    DatabaseUnreadable naming the line."""
+    raw = read_raw(path)
+    if raw is None:
+        return []
+    out = []
+    for number, record in parse(raw, path, strict=True)[0]:
+        problem = explain(record)
+        if problem:
+            raise DatabaseUnreadable(Path(path), f"line {number}: {problem}")
+        out.append(record)
+    return out
 
 
 class AppendLog:

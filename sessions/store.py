@@ -51,12 +51,12 @@ from engine.state import RunState
 from engine.fsutil import stale_temp_files
 from engine.paths import SESSION_NAME_RE
 from sessions import losslog
-from sessions.losslog import LOSS_FILE, AppendLog
+from sessions.losslog import LOG_FILES, LOSS_FILE, TA_FILE, AppendLog
 from sessions.status import ENGINE_TO_SESSION, SESSION_STATUSES
 from sessions.storage import (AtomicJSONStorage, BufferedStorage, DatabaseUnreadable,
                               read_json_file)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Raw database upgrades: MIGRATIONS[v] turns the data of schema v into schema v + 1.
 
 
@@ -75,11 +75,19 @@ def _v2_to_v3(data: dict) -> dict:
     """Schema 3 keeps loss points in loss.jsonl, not in the database. The raw data cannot
     write that file, so a migrated database keeps its `loss` table: every handle reads those
     points as if they were in the log, and a writer moves them there on open
-    (`SessionHandle._move_loss_table`), as `write_imported` does for an older export."""
+    (`SessionHandle._move_tables`), as `write_imported` does for an older export."""
     return data
 
 
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(data: dict) -> dict:
+    """Schema 4 keeps TA calls (requests with their prompts, and responses) in
+    ta_calls.jsonl, not in the database: as for schema 3, a migrated database keeps its
+    `ta_calls` table in memory, every handle reads it as if it were the log, and a writer
+    moves it there on open (`SessionHandle._move_tables`)."""
+    return data
+
+
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 SESSIONS_DIR = "sessions"
 DB_FILE = "session.json"
@@ -105,7 +113,7 @@ class Table(str, enum.Enum):
     HISTORY = "history"                  # HistoryUpdated per epoch
     WINDOWS = "windows"                  # WindowsBuilt per epoch
     JOBS = "jobs"                        # fine-tune jobs with their updates
-    TA_CALLS = "ta_calls"                # TA requests with their responses
+    TA_CALLS = "ta_calls"                # schema <= 3 only: TA calls (now in ta_calls.jsonl)
     DESCRIPTIONS = "descriptions"        # DescriptionChanged per version
     NOTICES = "notices"                  # every Notice
     TA_MODELS = "ta_models"              # TAModelChanged per epoch
@@ -172,6 +180,13 @@ def _point_event(doc: dict) -> TrainStep:
     """A stored point as its event, without the generic (deep-copying) path: a replay of a
     31,250-step session builds 31,250 of these."""
     return TrainStep(**{k: doc[k] for k in _POINT_KEYS[:-1] if k in doc})
+
+
+def _clean_call(doc: dict) -> dict:
+    """A TA call as the handle keeps it: a plain dict (not a TinyDB document) with its own
+    list of responses and a superseded mark."""
+    return {**doc, "responses": list(doc.get("responses", [])),
+            "superseded": bool(doc.get("superseded", False))}
 
 
 def _clean(doc: dict) -> dict:
@@ -393,7 +408,8 @@ class SessionStore:
         try:
             path = self.session_dir(name) / DB_FILE
             if write:  # left by a writer that was killed
-                for tmp in stale_temp_files(path) + stale_temp_files(path.with_name(LOSS_FILE)):
+                for tmp in stale_temp_files(path) + [
+                        t for f in LOG_FILES for t in stale_temp_files(path.with_name(f))]:
                     tmp.unlink(missing_ok=True)
             data, migrated_from = self._load(name, path, write)
             handle = SessionHandle(self, name, data, lock=lock)
@@ -402,8 +418,9 @@ class SessionStore:
                 if not backup.exists():
                     shutil.copy2(path, backup)
                 handle._storage.write(data)
-            if write and (migrated_from is not None or Table.LOSS.value in data):
-                handle._move_loss_table()
+            if write and (migrated_from is not None or Table.LOSS.value in data
+                          or Table.TA_CALLS.value in data):
+                handle._move_tables()
                 handle.flush()
             if write and handle._session_record().get("status") == "running":
                 handle._update_session_record(
@@ -602,6 +619,35 @@ def _point_problem(point: Any) -> str | None:
     return problem
 
 
+def _ta_problem(doc: Any) -> str | None:
+    """Why a line of ta_calls.jsonl cannot be read: a TA request (with the responses it
+    already had when the log was last rewritten, and its superseded mark) or a TA response."""
+    if not isinstance(doc, dict):
+        return f"a {type(doc).__name__}, not a TA call record"
+    kind = doc.get("kind")
+    if kind == "ta_response":
+        return _event_problem(TAResponse, doc)
+    if kind != "ta_request":
+        return f"a record of kind {str(kind)[:40]!r}, not a TA request or response"
+    problem = _event_problem(TARequest, doc)
+    if problem:
+        return problem
+    responses = doc.get("responses", [])
+    if not isinstance(responses, list):
+        return f"a TA request whose responses are a {type(responses).__name__}, not a list"
+    for item in responses:
+        problem = _event_problem(TAResponse, item)
+        if problem:
+            return f"a TA request's response: {problem}"
+        if item.get("request_id") != doc["request_id"]:
+            return "a TA request holding a response to another request"
+    return None
+
+
+def _valid_ta(doc: Any) -> dict | None:
+    return doc if _ta_problem(doc) is None else None
+
+
 def _shape_problem(data: dict) -> str | None:
     """Why raw database data cannot be read as a session (wrong-shaped tables, records or
     fields), or None. Readers then never meet a value of an unexpected type."""
@@ -753,50 +799,91 @@ class SessionLifecycle:
         self._job_index: dict[tuple[int, str], int] = {}
         self._reindex()
         self._loss_log = AppendLog(self.dir / LOSS_FILE)
+        self._ta_log = AppendLog(self.dir / TA_FILE)
         self._loss: dict[int, dict] = {}   # step -> stored point (with _seq), log and table
+        self._calls: list[dict] = []       # TA requests with their responses, in _seq order
         self.loss_log_problem = ""         # why some of loss.jsonl was left out, if it was
-        damaged = self._load_points()
-        if damaged and lock is not None:
-            try:  # a writer appends only to a clean log
-                self._loss_log.replace(self._points())
-            except OSError as exc:
-                raise SessionWriteError(self._loss_log.path, name, exc) from None
+        self.ta_log_problem = ""           # the same for ta_calls.jsonl
+        damaged = self._load_logs()
+        if lock is not None:
+            for log in damaged:  # a writer appends only to a clean log
+                self._replace_log(log)
 
-    def _load_points(self) -> bool:
-        """Read the loss points: a schema-2 `loss` table not yet moved, then loss.jsonl (a
-        point of the log wins). The log is display data (a resume never reads it), so damage
-        does not make the session unreadable: a link or other non-file is ignored, a torn last
-        line and wrong-shaped lines are left out, and `loss_log_problem` says so. True when
-        the file holds anything that was left out."""
+    def _load_logs(self) -> list[AppendLog]:
+        """Read the loss points and the TA calls: a table of an older schema not yet moved
+        (`loss`, schema 2; `ta_calls`, schema 3), then loss.jsonl / ta_calls.jsonl (a point of
+        the log wins; its calls come after the table's). The logs are display data (a resume
+        never reads them), so damage does not make the session unreadable: a link or other
+        non-file is ignored, a torn last line and wrong-shaped lines are left out, and
+        `loss_log_problem` / `ta_log_problem` say so. Returns the logs that hold anything that
+        was left out."""
         self._loss = {int(p["step"]): _point(p) for doc in self._table(Table.LOSS).all()
                       for p in doc["points"].values()}
-        try:
-            records, problems, torn = losslog.read(self._loss_log.path)
-        except DatabaseUnreadable as exc:
-            self.loss_log_problem = f"{str(exc.path)!r} was ignored ({exc.reason})"
-            return True
-        for number, record in records:
-            point = _valid_point(record)
-            if point is None:
-                problems.append(f"line {number}: {_point_problem(record)}")
+        points, self.loss_log_problem, loss_damaged = losslog.load(
+            self._loss_log.path, _valid_point, _point_problem)
+        for point in points:
+            self._loss[point["step"]] = point
+        self._calls = [_clean_call(doc) for doc in sorted(self._table(Table.TA_CALLS).all(),
+                                                          key=lambda d: d.get("_seq", 0))]
+        records, self.ta_log_problem, ta_damaged = losslog.load(
+            self._ta_log.path, _valid_ta, _ta_problem)
+        self._index_calls()
+        for record in records:
+            if record["kind"] == "ta_request":
+                call = _clean_call(record)
+                if not call["superseded"]:
+                    self._ta_index[int(call["request_id"])] = len(self._calls)
+                self._calls.append(call)
             else:
-                self._loss[point["step"]] = point
-        if problems:
-            self.loss_log_problem = (f"{str(self._loss_log.path)!r}: {problems[0]} "
-                                     f"({len(problems)} line(s) left out)")
-        self._seq = max([self._seq, *(int(p.get("_seq", 0)) for p in self._loss.values())])
-        return bool(problems) or torn
+                self._add_response(record, log=False)
+        self._seq = max([self._seq, *(int(p.get("_seq", 0)) for p in self._loss.values()),
+                         *(int(c.get("_seq", 0)) for c in self._calls),
+                         *(int(r.get("_seq", 0)) for c in self._calls for r in c["responses"])])
+        return [log for log, bad in ((self._loss_log, loss_damaged), (self._ta_log, ta_damaged))
+                if bad]
 
-    def _move_loss_table(self) -> None:
-        """Schema 2 kept loss points in the database: write them (with any the log holds) to
-        loss.jsonl atomically, then drop the table; the caller flushes the database. A crash
-        in between leaves both, which the next open merges and moves again."""
+    def _index_calls(self) -> None:
+        """request id -> the current (not superseded) call of that id."""
+        self._ta_index = {int(c["request_id"]): i for i, c in enumerate(self._calls)
+                          if not c.get("superseded")}
+
+    def _add_response(self, d: dict, log: bool = True) -> None:
+        """Attach a TA response to its request; one whose request was not recorded (a
+        listener that joined late) gets an empty request, written to the log before it."""
+        i = self._ta_index.get(int(d["request_id"]))
+        if i is None:
+            call = {"kind": "ta_request", "request_id": d["request_id"],
+                    "epoch": d["epoch"], "backend": "", "model": "", "messages": [],
+                    "params": {}, "description_version": 0, "ts": d["ts"],
+                    "_seq": d.get("_seq", 0), "responses": [], "superseded": False}
+            if log:
+                self._ta_log.append(call)
+            i = self._ta_index[int(d["request_id"])] = len(self._calls)
+            self._calls.append(call)
+        self._calls[i]["responses"].append(d)
+        if log:
+            self._ta_log.append(d)
+
+    def _log_records(self, log: AppendLog) -> list[dict]:
+        return self._points() if log is self._loss_log else self._calls
+
+    def _replace_log(self, log: AppendLog) -> None:
+        """Rewrite a log to hold exactly what the handle holds (atomically)."""
+        try:
+            log.replace(self._log_records(log))
+        except OSError as exc:
+            raise SessionWriteError(log.path, self.name, exc) from None
+
+    def _move_tables(self) -> None:
+        """Schema 2 kept loss points and schema 3 TA calls in the database: write them (with
+        what the logs hold) to loss.jsonl / ta_calls.jsonl atomically, then drop the tables;
+        the caller flushes the database. A crash in between leaves both, which the next open
+        merges and moves again."""
         with self._mutex:
-            try:
-                self._loss_log.replace(self._points())
-            except OSError as exc:
-                raise SessionWriteError(self._loss_log.path, self.name, exc) from None
-            self._db.drop_table(Table.LOSS.value)
+            for table, log in ((Table.LOSS, self._loss_log), (Table.TA_CALLS, self._ta_log)):
+                if table.value in self._db.tables():
+                    self._replace_log(log)
+                    self._db.drop_table(table.value)
 
     # ---- basics ----------------------------------------------------------------------
     @property
@@ -814,10 +901,6 @@ class SessionLifecycle:
         self._table(Table.SESSION).update(fields, doc_ids=[1])
 
     def _reindex(self) -> None:
-        self._ta_index = {}
-        for doc in sorted(self._table(Table.TA_CALLS).all(), key=lambda d: d.get("_seq", 0)):
-            if not doc.get("superseded"):
-                self._ta_index[int(doc["request_id"])] = doc.doc_id
         self._job_index = {(int(d["epoch"]), d["job_id"]): d.doc_id for d in self._table(Table.JOBS).all()}
 
     @property
@@ -852,8 +935,7 @@ class SessionLifecycle:
             self._seq = int(self._session_record().get("seq", 0))
             self._config = None
             self._reindex()
-            self.loss_log_problem = ""
-            self._load_points()
+            self._load_logs()
 
     def flush(self) -> None:
         with self._mutex:
@@ -872,7 +954,9 @@ class SessionLifecycle:
         path = self._loss_log.path
         try:
             commit = self._storage.dirty
-            self._loss_log.write(sync=commit or sync_log)
+            for log in (self._loss_log, self._ta_log):
+                path = log.path
+                log.write(sync=commit or sync_log)
             if commit:
                 path = self.path
                 self._update_session_record(seq=self._seq)
@@ -899,6 +983,7 @@ class SessionLifecycle:
             finally:
                 self._closed = True
                 self._loss_log.close_fd()
+                self._ta_log.close_fd()
                 self._db.close()
                 if self._file_lock is not None:
                     self._file_lock.release()
@@ -986,21 +1071,15 @@ class SessionWriter(SessionLifecycle, EventHandler):
         self._table(Table.PREFIX_ACCURACY).upsert(Document(d, doc_id=int(event.epoch)))
 
     def on_ta_request(self, event: Event, d: dict) -> None:
+        # Appended to ta_calls.jsonl with its (empty) responses; each response is a line of
+        # its own after it (a reader attaches it to the request of its id before it).
         d.update(responses=[], superseded=False)
-        self._ta_index[int(event.request_id)] = self._table(Table.TA_CALLS).insert(d)
+        self._ta_log.append(d)
+        self._ta_index[int(event.request_id)] = len(self._calls)
+        self._calls.append(d)
 
     def on_ta_response(self, event: Event, d: dict) -> None:
-        table = self._table(Table.TA_CALLS)
-        doc_id = self._ta_index.get(int(event.request_id))
-        if doc_id is None:  # the request was not recorded (listener joined late)
-            doc_id = table.insert({"kind": "ta_request", "request_id": event.request_id,
-                                   "epoch": event.epoch, "backend": "", "model": "",
-                                   "messages": [], "params": {}, "description_version": 0,
-                                   "ts": event.ts, "_seq": d["_seq"], "responses": [],
-                                   "superseded": False})
-            self._ta_index[int(event.request_id)] = doc_id
-        responses = list(table.get(doc_id=doc_id)["responses"]) + [d]
-        table.update({"responses": responses}, doc_ids=[doc_id])
+        self._add_response(d)
 
     def on_prefix_scored(self, event: Event, d: dict) -> None:
         self._table(Table.SCORED).insert(d)
@@ -1091,17 +1170,19 @@ class SessionWriter(SessionLifecycle, EventHandler):
             if later:
                 for s in later:
                     del self._loss[s]
-                try:  # once per resume: the log holds exactly the points up to the checkpoint
-                    self._loss_log.replace(self._points())
-                except OSError as exc:
-                    raise SessionWriteError(self._loss_log.path, self.name, exc) from None
+                # once per resume: the log holds exactly the points up to the checkpoint
+                self._replace_log(self._loss_log)
             self._table(Table.SCORED).remove(doc_ids=[d.doc_id for d in self._table(Table.SCORED).all()
                                               if d.get("_seq", 0) > cp_seq])
-            for table in (Table.TA_CALLS, Table.JOBS):
-                later = [d.doc_id for d in self._table(table).all()
-                         if d.get("_seq", 0) > cp_seq and not d.get("superseded")]
-                if later:
-                    self._table(table).update({"superseded": True}, doc_ids=later)
+            later = [c for c in self._calls if c.get("_seq", 0) > cp_seq and not c.get("superseded")]
+            if later:
+                for call in later:
+                    call["superseded"] = True
+                self._replace_log(self._ta_log)  # once per resume, as for the loss points
+            later = [d.doc_id for d in self._table(Table.JOBS).all()
+                     if d.get("_seq", 0) > cp_seq and not d.get("superseded")]
+            if later:
+                self._table(Table.JOBS).update({"superseded": True}, doc_ids=later)
             version = int(state.get("description_version", 1))
             newer = [d.doc_id for d in self._table(Table.DESCRIPTIONS).all() if d.doc_id > version]
             if newer:
@@ -1113,6 +1194,7 @@ class SessionWriter(SessionLifecycle, EventHandler):
             self._update_session_record(resumes=resumes, epoch=int(state.get("epoch", 1)),
                           phase=state.get("phase", "setup"), step=step)
             self._reindex()
+            self._index_calls()
             self._resume_prepared = True
             self.flush()
 
@@ -1209,8 +1291,14 @@ class SessionReader(SessionLifecycle):
     def ta_calls(self, include_superseded: bool = False) -> list[dict]:
         """TA requests with their responses (token usage in each response's `usage`)."""
         with self._mutex:
-            docs = sorted(self._table(Table.TA_CALLS).all(), key=lambda d: d.get("_seq", 0))
+            docs = sorted(self._calls, key=lambda d: d.get("_seq", 0))
             return [_clean(d) for d in docs if include_superseded or not d.get("superseded")]
+
+    def ta_log_text(self) -> str:
+        """The TA calls as ta_calls.jsonl holds them after a rewrite (each request with its
+        responses, bookkeeping included), for export."""
+        with self._mutex:
+            return "".join(losslog.line_of(c) for c in self._calls)
 
     def ta_models(self) -> list[dict]:
         """TA model switches after fine-tuning: [{epoch, model, reason, ts}]."""
@@ -1242,7 +1330,7 @@ class SessionReader(SessionLifecycle):
                           Table.WINDOWS, Table.TA_MODELS, Table.NOTICES):
                 dicts.extend(self._table(table).all())
             dicts.extend(d for d in self._table(Table.DESCRIPTIONS).all() if not d.get("superseded"))
-            for call in self._table(Table.TA_CALLS).all():
+            for call in self._calls:
                 if call.get("superseded"):
                     continue
                 if call.get("backend"):

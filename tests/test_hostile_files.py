@@ -135,7 +135,7 @@ def test_random_shapes_never_crash_import(tmp_path_factory, data, value, delete)
     lambda db: db["session"]["1"].update(status=7),
     lambda db: db.pop("session"),
     lambda db: db["validations"]["1"].update(metrics={"accuracy": "high"}),
-    lambda db: db["ta_calls"]["1"].update(responses={"a": 1}),
+    lambda db: db.update(ta_calls={"1": {"kind": "ta_request", "responses": {"a": 1}}}),
 ])
 def test_list_and_tui_survive_one_wrong_shaped_session(gpta_home, capsys, damage):
     from gpta_tui.cli import main

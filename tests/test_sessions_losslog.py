@@ -21,7 +21,7 @@ from engine.errors import GptaError, UsageError
 from sessions import losslog
 from sessions.export import export_session, import_session
 from sessions.losslog import LOSS_FILE
-from sessions.store import DB_FILE, SessionStore
+from sessions.store import DB_FILE, SCHEMA_VERSION, SessionStore
 
 from test_sessions_helpers import SyntheticRun, feed, kill_hard, small_config
 
@@ -236,7 +236,7 @@ def test_a_schema_2_session_is_read_as_is_and_migrated_by_a_writer(gpta_home):
 
     store.open("old", write=True).close()
     data = json.loads((folder / DB_FILE).read_text())
-    assert data["meta"]["1"]["schema"] == 3 and "loss" not in data
+    assert data["meta"]["1"]["schema"] == SCHEMA_VERSION and "loss" not in data
     assert (folder / f"{DB_FILE}.schema-2").read_bytes() == raw
     assert [json.loads(x)["step"] for x in (folder / LOSS_FILE).read_text().splitlines()] == \
         [p["step"] for p in want_points]
