@@ -297,7 +297,7 @@ def main() -> None:
 
     machine = machine_info("cpu")
     home = Path(tempfile.mkdtemp(prefix=".bench-store-", dir=args.home or REPO_ROOT))
-    contenders = {"loss.jsonl store (this branch)": current}
+    contenders = {"loss.jsonl + ta_calls.jsonl store (this branch)": current}
     if not args.no_baseline:
         old = baseline_store(args.baseline_rev)
         if old is None:
@@ -356,7 +356,7 @@ def main() -> None:
         "checkpoints': wall time of every event in the window, the checkpoint records "
         f"(one per {args.checkpoint_every} steps) included.",
         "A checkpoint record is durable before it returns (the engine deletes the previous "
-        "checkpoint folder after it): the loss log is fsynced, then the database replaced "
+        "checkpoint folder after it): the two logs are fsynced, then the database replaced "
         "(temp file, fsync, rename, folder fsync). Its time is the disk's fsync/rename time, "
         "the same at step 100 as at step 31,000 for this store; the engine's own checkpoint "
         "of the student weights at the same moment takes far longer.",
@@ -365,6 +365,8 @@ def main() -> None:
         "KiB written per step: bytes passed to write(2) by the whole process during the run "
         "(/proc/self/io wchar) divided by the steps; the baseline rewrites its whole database "
         "on every flush.",
+        "TA calls are in ta_calls.jsonl since schema 4 (before: in the database, rewritten "
+        "with it at every checkpoint); scored prefixes, history and windows still are in it.",
         "Commands run in a fresh Python process: most of their time is imports (`gpta list` "
         "is about that start-up alone); export's curves.png costs the same for any length "
         "(matplotlib's import and one render). The short session, read the same way in the "

@@ -15,18 +15,8 @@ from sessions.losslog import TA_FILE
 from sessions.store import DB_FILE, SCHEMA_VERSION, SessionStore
 
 from test_sessions_helpers import SyntheticRun, feed, small_config
+from test_sessions_losslog import _finished, _strip_ts
 from test_sessions_store import _crash_after, _index
-
-
-def _finished(store: SessionStore, name: str):
-    h = store.create(small_config(name))
-    feed(h, SyntheticRun(h.config).events())
-    h.close()
-    return store.open(name)
-
-
-def _strip_ts(events):
-    return [{k: v for k, v in e.to_dict().items() if k != "ts"} for e in events]
 
 
 def _lines(path):
