@@ -1,5 +1,6 @@
 """Append-only JSON-lines files: the session's high-rate series (training loss points in
-`loss.jsonl`, TA calls with their prompts and replies in `ta_calls.jsonl`).
+`loss.jsonl`, TA calls with their prompts and replies in `ta_calls.jsonl`, each epoch's
+dialogue-gradient windows in `windows.jsonl`).
 
 TinyDB rewrites its whole file on every write, so a series that grows with the run (31,250
 loss points in a paper-scale run) makes every write cost more than the last. Loss points
@@ -40,7 +41,8 @@ from sessions.storage import DatabaseUnreadable
 
 LOSS_FILE = "loss.jsonl"
 TA_FILE = "ta_calls.jsonl"  # schema 4: TA requests and responses (sessions/store.py)
-LOG_FILES = (LOSS_FILE, TA_FILE)
+WINDOWS_FILE = "windows.jsonl"  # schema 4: the dialogue-gradient windows of each epoch
+LOG_FILES = (LOSS_FILE, TA_FILE, WINDOWS_FILE)
 MAX_LOG_BYTES = 256 * 2**20  # about a million loss points; more is not a file gpta wrote
 
 # One encoder for every line: json.dumps with options builds a new encoder per call, which

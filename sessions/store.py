@@ -51,7 +51,7 @@ from engine.state import RunState
 from engine.fsutil import stale_temp_files
 from engine.paths import SESSION_NAME_RE
 from sessions import losslog
-from sessions.losslog import LOG_FILES, LOSS_FILE, TA_FILE, AppendLog
+from sessions.losslog import LOG_FILES, LOSS_FILE, TA_FILE, WINDOWS_FILE, AppendLog
 from sessions.status import ENGINE_TO_SESSION, SESSION_STATUSES
 from sessions.storage import (AtomicJSONStorage, BufferedStorage, DatabaseUnreadable,
                               read_json_file)
@@ -81,9 +81,10 @@ def _v2_to_v3(data: dict) -> dict:
 
 def _v3_to_v4(data: dict) -> dict:
     """Schema 4 keeps TA calls (requests with their prompts, and responses) in
-    ta_calls.jsonl, not in the database: as for schema 3, a migrated database keeps its
-    `ta_calls` table in memory, every handle reads it as if it were the log, and a writer
-    moves it there on open (`SessionHandle._move_tables`)."""
+    ta_calls.jsonl and the windows in windows.jsonl, not in the database: as for schema 3, a
+    migrated database keeps its `ta_calls` and `windows` tables in memory, every handle reads
+    them as if they were the logs, and a writer moves them there on open
+    (`SessionHandle._move_tables`)."""
     return data
 
 
@@ -111,7 +112,7 @@ class Table(str, enum.Enum):
     PREFIX_ACCURACY = "prefix_accuracy"  # PrefixFindingAccuracy per epoch
     SCORED = "scored"                    # every PrefixScored
     HISTORY = "history"                  # HistoryUpdated per epoch
-    WINDOWS = "windows"                  # WindowsBuilt per epoch
+    WINDOWS = "windows"                  # schema <= 3 only: WindowsBuilt (now windows.jsonl)
     JOBS = "jobs"                        # fine-tune jobs with their updates
     TA_CALLS = "ta_calls"                # schema <= 3 only: TA calls (now in ta_calls.jsonl)
     DESCRIPTIONS = "descriptions"        # DescriptionChanged per version
@@ -418,8 +419,8 @@ class SessionStore:
                 if not backup.exists():
                     shutil.copy2(path, backup)
                 handle._storage.write(data)
-            if write and (migrated_from is not None or Table.LOSS.value in data
-                          or Table.TA_CALLS.value in data):
+            if write and (migrated_from is not None or any(
+                    t.value in data for t in (Table.LOSS, Table.TA_CALLS, Table.WINDOWS))):
                 handle._move_tables()
                 handle.flush()
             if write and handle._session_record().get("status") == "running":
@@ -648,6 +649,19 @@ def _valid_ta(doc: Any) -> dict | None:
     return doc if _ta_problem(doc) is None else None
 
 
+def _windows_problem(doc: Any) -> str | None:
+    """Why a line of windows.jsonl cannot be read (a WindowsBuilt record)."""
+    if not isinstance(doc, dict):
+        return f"a {type(doc).__name__}, not a windows record"
+    if doc.get("kind") != "windows":
+        return f"a record of kind {str(doc.get('kind'))[:40]!r}, not windows"
+    return _event_problem(WindowsBuilt, doc)
+
+
+def _valid_windows(doc: Any) -> dict | None:
+    return doc if _windows_problem(doc) is None else None
+
+
 def _shape_problem(data: dict) -> str | None:
     """Why raw database data cannot be read as a session (wrong-shaped tables, records or
     fields), or None. Readers then never meet a value of an unexpected type."""
@@ -800,10 +814,14 @@ class SessionLifecycle:
         self._reindex()
         self._loss_log = AppendLog(self.dir / LOSS_FILE)
         self._ta_log = AppendLog(self.dir / TA_FILE)
+        self._windows_log = AppendLog(self.dir / WINDOWS_FILE)
+        self._logs = (self._loss_log, self._ta_log, self._windows_log)
+        self._windows: dict[int, dict] = {}  # epoch -> its windows record (the later wins)
         self._loss: dict[int, dict] = {}   # step -> stored point (with _seq), log and table
         self._calls: list[dict] = []       # TA requests with their responses, in _seq order
         self.loss_log_problem = ""         # why some of loss.jsonl was left out, if it was
-        self.ta_log_problem = ""           # the same for ta_calls.jsonl
+        self.ta_log_problem = ""           # the same for ta_calls.jsonl ...
+        self.windows_log_problem = ""      # ... and windows.jsonl
         damaged = self._load_logs()
         if lock is not None:
             for log in damaged:  # a writer appends only to a clean log
@@ -836,10 +854,16 @@ class SessionLifecycle:
                 self._calls.append(call)
             else:
                 self._add_response(record, log=False)
+        self._windows = {doc.doc_id: dict(doc) for doc in self._table(Table.WINDOWS).all()}
+        records, self.windows_log_problem, windows_damaged = losslog.load(
+            self._windows_log.path, _valid_windows, _windows_problem)
+        for record in records:
+            self._windows[int(record["epoch"])] = record
         self._seq = max([self._seq, *(int(p.get("_seq", 0)) for p in self._loss.values()),
+                         *(int(w.get("_seq", 0)) for w in self._windows.values()),
                          *(int(c.get("_seq", 0)) for c in self._calls),
                          *(int(r.get("_seq", 0)) for c in self._calls for r in c["responses"])])
-        return [log for log, bad in ((self._loss_log, loss_damaged), (self._ta_log, ta_damaged))
+        return [log for log, bad in zip(self._logs, (loss_damaged, ta_damaged, windows_damaged))
                 if bad]
 
     def _index_calls(self) -> None:
@@ -865,6 +889,8 @@ class SessionLifecycle:
             self._ta_log.append(d)
 
     def _log_records(self, log: AppendLog) -> list[dict]:
+        if log is self._windows_log:
+            return [self._windows[e] for e in sorted(self._windows)]
         return self._points() if log is self._loss_log else self._calls
 
     def _replace_log(self, log: AppendLog) -> None:
@@ -880,7 +906,7 @@ class SessionLifecycle:
         the caller flushes the database. A crash in between leaves both, which the next open
         merges and moves again."""
         with self._mutex:
-            for table, log in ((Table.LOSS, self._loss_log), (Table.TA_CALLS, self._ta_log)):
+            for table, log in zip((Table.LOSS, Table.TA_CALLS, Table.WINDOWS), self._logs):
                 if table.value in self._db.tables():
                     self._replace_log(log)
                     self._db.drop_table(table.value)
@@ -954,7 +980,7 @@ class SessionLifecycle:
         path = self._loss_log.path
         try:
             commit = self._storage.dirty
-            for log in (self._loss_log, self._ta_log):
+            for log in self._logs:
                 path = log.path
                 log.write(sync=commit or sync_log)
             if commit:
@@ -982,8 +1008,8 @@ class SessionLifecycle:
                     self._write(sync_log=True)
             finally:
                 self._closed = True
-                self._loss_log.close_fd()
-                self._ta_log.close_fd()
+                for log in self._logs:
+                    log.close_fd()
                 self._db.close()
                 if self._file_lock is not None:
                     self._file_lock.release()
@@ -1088,7 +1114,9 @@ class SessionWriter(SessionLifecycle, EventHandler):
         self._table(Table.HISTORY).upsert(Document(d, doc_id=int(event.epoch)))
 
     def on_windows(self, event: Event, d: dict) -> None:
-        self._table(Table.WINDOWS).upsert(Document(d, doc_id=int(event.epoch)))
+        # Appended to windows.jsonl; a replayed epoch appends again and the later line wins.
+        self._windows[int(event.epoch)] = d
+        self._windows_log.append(d)
 
     def on_finetune(self, event: Event, d: dict) -> None:
         table = self._table(Table.JOBS)
@@ -1277,9 +1305,10 @@ class SessionReader(SessionLifecycle):
         plus the epoch), optionally for one epoch."""
         with self._mutex:
             rows = []
-            for doc in sorted(self._table(Table.WINDOWS).all(), key=lambda d: d.doc_id):
-                if epoch is None or doc.doc_id == epoch:
-                    rows.extend({**copy.deepcopy(w), "epoch": doc.doc_id} for w in doc["windows"])
+            for number in sorted(self._windows):
+                if epoch is None or number == epoch:
+                    rows.extend({**copy.deepcopy(w), "epoch": number}
+                                for w in self._windows[number]["windows"])
             return rows
 
     def jobs(self) -> list[dict]:
@@ -1293,6 +1322,11 @@ class SessionReader(SessionLifecycle):
         with self._mutex:
             docs = sorted(self._calls, key=lambda d: d.get("_seq", 0))
             return [_clean(d) for d in docs if include_superseded or not d.get("superseded")]
+
+    def windows_log_text(self) -> str:
+        """The windows records as windows.jsonl holds them after a rewrite, for export."""
+        with self._mutex:
+            return "".join(losslog.line_of(r) for r in self._log_records(self._windows_log))
 
     def ta_log_text(self) -> str:
         """The TA calls as ta_calls.jsonl holds them after a rewrite (each request with its
@@ -1327,8 +1361,9 @@ class SessionReader(SessionLifecycle):
                     dicts.append(rec[key])
             dicts.extend(self._points())  # the only records without a kind
             for table in (Table.VALIDATIONS, Table.PREFIX_ACCURACY, Table.SCORED, Table.HISTORY,
-                          Table.WINDOWS, Table.TA_MODELS, Table.NOTICES):
+                          Table.TA_MODELS, Table.NOTICES):
                 dicts.extend(self._table(table).all())
+            dicts.extend(self._windows.values())
             dicts.extend(d for d in self._table(Table.DESCRIPTIONS).all() if not d.get("superseded"))
             for call in self._calls:
                 if call.get("superseded"):

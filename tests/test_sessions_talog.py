@@ -1,6 +1,6 @@
-"""ta_calls.jsonl (issue 20, schema 4): TA calls appended beside the database, never in it;
-the resume's superseded marks; torn and hostile lines; the schema-3 migration; export
-format 3 and the conversion of older exports."""
+"""ta_calls.jsonl and windows.jsonl (issue 20, schema 4): TA calls and windows appended
+beside the database, never in it; the resume's superseded marks; torn and hostile lines; the
+schema-3 migration; export format 3 and the conversion of older exports."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from engine import events as ev
 from engine.errors import UsageError
 from sessions.export import EXPORT_VERSION, export_session, import_session
-from sessions.losslog import TA_FILE
+from sessions.losslog import TA_FILE, WINDOWS_FILE
 from sessions.store import DB_FILE, SCHEMA_VERSION, SessionStore
 
 from test_sessions_helpers import SyntheticRun, feed, small_config
@@ -36,6 +36,34 @@ def test_ta_calls_are_appended_to_the_log_and_never_stored_in_the_database(gpta_
     assert [c["request_id"] for c in calls] == [x["request_id"] for x in requests]
     assert [x["_seq"] for x in lines] == sorted(x["_seq"] for x in lines)
     assert any(isinstance(e, ev.TAResponse) for e in r.events())
+    assert "windows" not in json.loads((r.dir / DB_FILE).read_text())
+    records = _lines(r.dir / WINDOWS_FILE)
+    assert [x["epoch"] for x in records] == [1, 2] and all(x["kind"] == "windows" for x in records)
+    assert r.windows() == [{**w, "epoch": x["epoch"]} for x in records for w in x["windows"]]
+
+
+def test_a_replayed_epoch_appends_its_windows_again_and_the_later_record_wins(gpta_home):
+    store = SessionStore()
+    straight = _finished(store, "straight")
+    full = list(SyntheticRun(small_config("x")).events())
+    _crash_after(store, "c", _index(full, lambda e: isinstance(e, ev.FinetuneUpdate)
+                                    and e.status == "running"))
+    h = store.open("c", write=True)
+    state = h.last_state
+    h.begin_resume()
+    feed(h, SyntheticRun(h.config).events(resume=state))
+    h.close()
+    resumed = store.open("c")
+    assert resumed.windows() == straight.windows()
+    assert sorted(set(x["epoch"] for x in _lines(resumed.dir / WINDOWS_FILE))) == [1, 2]
+    assert [e.epoch for e in resumed.events() if isinstance(e, ev.WindowsBuilt)] == [1, 2]
+    # an epoch recorded twice (a replay): both lines stay, the later one is what readers see
+    h = store.open("c", write=True)
+    again = [{"messages": [{"role": "user", "content": "again"}]}]
+    h.listener(ev.WindowsBuilt(epoch=1, windows=again, path="windows/epoch-1.jsonl"))
+    h.close()
+    assert [x["epoch"] for x in _lines(resumed.dir / WINDOWS_FILE)][-1] == 1
+    assert store.open("c").windows(epoch=1) == [{**again[0], "epoch": 1}]
 
 
 def test_a_resume_marks_the_calls_after_the_checkpoint_superseded_in_the_log(gpta_home):
@@ -109,8 +137,10 @@ def _as_schema_3(store: SessionStore, name: str) -> bytes:
     h.close()
     data = json.loads((folder / DB_FILE).read_text())
     data["ta_calls"] = {str(i): c for i, c in enumerate(calls, start=1)}
+    data["windows"] = {str(x["epoch"]): x for x in _lines(folder / WINDOWS_FILE)}
     data["meta"]["1"]["schema"] = 3
     (folder / TA_FILE).unlink()
+    (folder / WINDOWS_FILE).unlink()
     raw = json.dumps(data).encode()
     (folder / DB_FILE).write_bytes(raw)
     return raw
@@ -120,19 +150,23 @@ def test_a_schema_3_session_is_read_as_is_and_migrated_by_a_writer(gpta_home):
     store = SessionStore()
     new = _finished(store, "old")
     want_calls, want_events = new.ta_calls(include_superseded=True), _strip_ts(new.events())
+    want_windows = new.windows()
     new.close()
     raw = _as_schema_3(store, "old")
     folder = store.session_dir("old")
     reader = store.open("old")  # migrates in memory only
     assert reader.ta_calls(include_superseded=True) == want_calls
     assert _strip_ts(reader.events()) == want_events
+    assert reader.windows() == want_windows
     assert (folder / DB_FILE).read_bytes() == raw and not (folder / TA_FILE).exists()
     store.open("old", write=True).close()
     data = json.loads((folder / DB_FILE).read_text())
-    assert data["meta"]["1"]["schema"] == SCHEMA_VERSION == 4 and "ta_calls" not in data
+    assert data["meta"]["1"]["schema"] == SCHEMA_VERSION == 4
+    assert "ta_calls" not in data and "windows" not in data
     assert (folder / f"{DB_FILE}.schema-3").read_bytes() == raw
     assert [x["request_id"] for x in _lines(folder / TA_FILE)] == [c["request_id"] for c in want_calls]
     migrated = store.open("old")
+    assert migrated.windows() == want_windows and (folder / WINDOWS_FILE).is_file()
     assert migrated.ta_calls(include_superseded=True) == want_calls
     assert _strip_ts(migrated.events()) == want_events
 
@@ -153,6 +187,7 @@ def test_a_schema_3_session_killed_mid_collection_migrates_and_resumes_exactly(g
     strip = lambda calls: [{k: v for k, v in c.items() if k != "ts"} | {"responses": [
         {k: v for k, v in r.items() if k != "ts"} for r in c["responses"]]} for c in calls]
     assert strip(resumed.ta_calls()) == strip(straight.ta_calls())
+    assert resumed.windows() == straight.windows()
     assert resumed.loss_points() and "ta_calls" not in json.loads((resumed.dir / DB_FILE).read_text())
 
 
@@ -165,6 +200,7 @@ def test_export_and_import_carry_the_ta_log(gpta_home, tmp_path):
     name = import_session(store, out, name="copy")
     copy = store.open(name)
     assert copy.ta_calls(include_superseded=True) == r.ta_calls(include_superseded=True)
+    assert copy.windows() == r.windows() and "windows" not in payload["database"]
     assert _strip_ts(copy.events())[1:] == _strip_ts(r.events())[1:]
 
 
@@ -175,13 +211,17 @@ def test_an_export_of_format_2_imports_its_ta_calls_table_into_the_log(gpta_home
     payload = json.loads((out / "session.json").read_text())
     calls = _lines(out / TA_FILE)
     payload["database"]["ta_calls"] = {str(i): c for i, c in enumerate(calls, start=1)}
+    payload["database"]["windows"] = {str(x["epoch"]): x for x in _lines(out / WINDOWS_FILE)}
     payload["database"]["meta"]["1"]["schema"] = 3
     payload["format_version"] = 2
     (out / "session.json").write_text(json.dumps(payload))
     (out / TA_FILE).unlink()
+    (out / WINDOWS_FILE).unlink()
     name = import_session(store, out, name="old-export")
     folder = store.session_dir(name)
-    assert "ta_calls" not in json.loads((folder / DB_FILE).read_text())
+    data = json.loads((folder / DB_FILE).read_text())
+    assert "ta_calls" not in data and "windows" not in data
+    assert store.open(name).windows() == r.windows()
     assert store.open(name).ta_calls(include_superseded=True) == r.ta_calls(include_superseded=True)
 
 
@@ -217,3 +257,25 @@ def test_import_refuses_a_bad_ta_log_and_writes_nothing(gpta_home, tmp_path, dam
     assert message in str(info.value.problem) and TA_FILE in info.value.problem
     assert not store.session_dir("imp").exists()
     assert [p.name for p in store.root.iterdir() if p.name.startswith(".import")] == []
+
+
+@pytest.mark.parametrize("line, message", [
+    (b'{"kind": "windows", "epoch": 1, "path": "w", "windows": [{"messages": 3}]}\n', "chat messages"),
+    (b'{"kind": "ta_request"}\n', "not windows"),
+    (b"{oops\n", "not JSON"),
+])
+def test_windows_lines_that_are_wrong_are_left_out_by_readers_and_refused_by_import(
+        gpta_home, tmp_path, line, message):
+    store = SessionStore()
+    r = _finished(store, "w")
+    want = r.windows()
+    log = r.dir / WINDOWS_FILE
+    log.write_bytes(log.read_bytes() + line)
+    reader = store.open("w")
+    assert reader.windows() == want and message in reader.windows_log_problem
+    out = export_session(reader, tmp_path / "out")
+    (out / WINDOWS_FILE).write_bytes((out / WINDOWS_FILE).read_bytes() + line)
+    with pytest.raises(UsageError) as info:
+        import_session(store, out, name="imp")
+    assert message in info.value.problem and WINDOWS_FILE in info.value.problem
+    assert not store.session_dir("imp").exists()
