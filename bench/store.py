@@ -297,7 +297,7 @@ def main() -> None:
 
     machine = machine_info("cpu")
     home = Path(tempfile.mkdtemp(prefix=".bench-store-", dir=args.home or REPO_ROOT))
-    contenders = {"loss.jsonl + ta_calls.jsonl store (this branch)": current}
+    contenders = {"schema-4 store: loss, TA calls, windows in .jsonl (this branch)": current}
     if not args.no_baseline:
         old = baseline_store(args.baseline_rev)
         if old is None:
@@ -365,8 +365,9 @@ def main() -> None:
         "KiB written per step: bytes passed to write(2) by the whole process during the run "
         "(/proc/self/io wchar) divided by the steps; the baseline rewrites its whole database "
         "on every flush.",
-        "TA calls are in ta_calls.jsonl since schema 4 (before: in the database, rewritten "
-        "with it at every checkpoint); scored prefixes, history and windows still are in it.",
+        "TA calls and windows are in ta_calls.jsonl / windows.jsonl since schema 4 (before: "
+        "in the database, rewritten with it at every checkpoint); scored prefixes and the "
+        "sorted history still are in it, and the checkpoint's state holds the epoch's history.",
         "Commands run in a fresh Python process: most of their time is imports (`gpta list` "
         "is about that start-up alone); export's curves.png costs the same for any length "
         "(matplotlib's import and one render). The short session, read the same way in the "
