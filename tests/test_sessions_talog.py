@@ -42,18 +42,23 @@ def test_ta_calls_are_appended_to_the_log_and_never_stored_in_the_database(gpta_
     assert r.windows() == [{**w, "epoch": x["epoch"]} for x in records for w in x["windows"]]
 
 
+def _resume(store: SessionStore, name: str):
+    """Resume a crashed session to its end as the runner does; the finished session."""
+    h = store.open(name, write=True)
+    state = h.last_state
+    h.begin_resume()
+    feed(h, SyntheticRun(h.config).events(resume=state))
+    h.close()
+    return store.open(name)
+
+
 def test_a_replayed_epoch_appends_its_windows_again_and_the_later_record_wins(gpta_home):
     store = SessionStore()
     straight = _finished(store, "straight")
     full = list(SyntheticRun(small_config("x")).events())
     _crash_after(store, "c", _index(full, lambda e: isinstance(e, ev.FinetuneUpdate)
                                     and e.status == "running"))
-    h = store.open("c", write=True)
-    state = h.last_state
-    h.begin_resume()
-    feed(h, SyntheticRun(h.config).events(resume=state))
-    h.close()
-    resumed = store.open("c")
+    resumed = _resume(store, "c")
     assert resumed.windows() == straight.windows()
     assert sorted(set(x["epoch"] for x in _lines(resumed.dir / WINDOWS_FILE))) == [1, 2]
     assert [e.epoch for e in resumed.events() if isinstance(e, ev.WindowsBuilt)] == [1, 2]
@@ -178,12 +183,7 @@ def test_a_schema_3_session_killed_mid_collection_migrates_and_resumes_exactly(g
     _crash_after(store, "c", _index(full, lambda e: isinstance(e, ev.PrefixScored)
                                     and e.epoch == 2 and e.request_id == 3))
     _as_schema_3(store, "c")
-    h = store.open("c", write=True)
-    state = h.last_state
-    h.begin_resume()
-    feed(h, SyntheticRun(h.config).events(resume=state))
-    h.close()
-    resumed = store.open("c")
+    resumed = _resume(store, "c")
     strip = lambda calls: [{k: v for k, v in c.items() if k != "ts"} | {"responses": [
         {k: v for k, v in r.items() if k != "ts"} for r in c["responses"]]} for c in calls]
     assert strip(resumed.ta_calls()) == strip(straight.ta_calls())
