@@ -490,3 +490,43 @@ def test_ta_dtype_setting_reaches_the_local_ta(tiny_causal_lm_dir):
     assert next(auto.model.parameters()).dtype == torch.float32  # auto on the CPU
     with pytest.raises(ConfigError, match="ta.dtype"):
         RunConfig.from_dict({"ta": {"dtype": "float16"}}).validate()
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_finished_rows_leaving_the_batch_change_nothing(tiny_causal_lm_dir, temperature, top_p):
+    """Rows that ended leave the batch (their cache rows dropped, no body/head/warpers for
+    them) but still draw from the random stream: the same rows and the same random state as
+    running them on with the pad token (generate's way), bit for bit, and the same tokens as
+    stock generate. Every third token ends a row here, so rows end at different steps."""
+    import torch
+
+    from engine.ta.generate import FastGenerator
+
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=14, top_p=top_p)
+    ids = encode_prompt(ta.tokenizer, ta.render(messages(history=[("Read the tweet.", 0.41)])), ta.chat)
+    vocab = ta.model.get_output_embeddings().weight.shape[0]
+    eos = set(range(0, vocab, 3))
+    pad = ta.tokenizer.pad_token_id if ta.tokenizer.pad_token_id is not None else 0
+    gen = FastGenerator(ta.model, ta.tokenizer, stops=(), eos_ids=eos, pad_token_id=pad)
+    dropped = 0
+    for seed in range(4):
+        runs = []
+        for drop in (True, False):
+            gen.drop_finished = drop
+            gen.reset()
+            torch.manual_seed(seed)
+            with torch.inference_mode():
+                res = gen.generate(ids, 5, max_new_tokens=14, temperature=temperature,
+                                   top_k=ta.top_k, top_p=top_p)
+            runs.append((res.rows, torch.rand(3).tolist()))
+        assert runs[0] == runs[1]
+        lengths = [len(r) for r in runs[0][0]]
+        dropped += min(lengths) < max(lengths)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            stock = ta.model.generate(torch.tensor([ids]), do_sample=True, num_return_sequences=5,
+                                      max_new_tokens=14, temperature=temperature, top_k=ta.top_k,
+                                      top_p=top_p, eos_token_id=sorted(eos), pad_token_id=pad)
+        for row, want in zip(runs[0][0], stock[:, len(ids):].tolist()):
+            assert row == want[:len(row)]
+    assert dropped >= 2  # the drop path really ran

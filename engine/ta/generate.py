@@ -248,6 +248,9 @@ class FastGenerator:
         self._kw: str | None = None
         self.bf16_head = bf16_head  # None: where the CPU has native bf16 (see ExactBf16Head)
         self._head: Any = False  # False: not decided yet for this model
+        # finished rows leave the batch (cache rows dropped); False runs them on with the pad
+        # token as generate does (what is sampled is the same either way; tests compare both)
+        self.drop_finished = True
 
     def _forward(self, module: Any, ids: Any, cache: Any, **extra: Any) -> Any:
         if self._kw is None:
@@ -358,29 +361,46 @@ class FastGenerator:
         lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=device)
         out = torch.empty((rows, max_new_tokens), dtype=torch.long, device=device)
         pad = torch.tensor(self.pad_token_id, device=device)
-        produced = torch.zeros((rows, 0), dtype=torch.long, device=device)
+        # rows still generating, in order: the model (body, head, warpers, softmax) runs on
+        # these only; the cache keeps only their rows
+        live = torch.arange(rows, device=device)
         step = 0
         while True:
             scores = logits
             for warp in warpers:
-                scores = warp(produced, scores)
+                scores = warp(out[live, :step], scores)
             if sample:
                 probs = torch.nn.functional.softmax(scores, dim=-1)
+                if live.numel() < rows:
+                    # finished rows still draw (a sure pad), so the random stream advances
+                    # exactly as generate's multinomial over all rows makes it advance
+                    full = torch.zeros((rows, probs.shape[1]), dtype=probs.dtype, device=device)
+                    full[:, self.pad_token_id % probs.shape[1]] = 1.0
+                    full[live] = probs
+                    probs = full
                 token = torch.multinomial(probs, num_samples=1).squeeze(1)
             else:
-                token = torch.argmax(scores, dim=-1)
+                token = torch.full((rows,), self.pad_token_id, dtype=torch.long, device=device)
+                token[live] = torch.argmax(scores, dim=-1)
             token = torch.where(unfinished, token, pad)
             out[:, step] = token
             ended = unfinished & table[token]
             lengths = torch.where(ended, step + 1, lengths)
             unfinished = unfinished & ~ended
             step += 1
-            if step >= max_new_tokens or not bool(unfinished.any()):  # one transfer per step
+            if step >= max_new_tokens:
                 break
+            alive = unfinished[live]
+            count = int(alive.sum())  # one transfer per step
+            if count == 0:
+                break
+            if count < live.numel() and self.drop_finished:
+                keep = alive.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                live = live[keep]
             if should_stop is not None and should_stop():
                 raise StopRun()
-            produced = out[:, :step]
-            logits = self._logits(token[:, None], cache, decoder, k)
+            logits = self._logits(token[live][:, None], cache, decoder, k)
         lengths = lengths.clamp(max=step).tolist()
         generated = out[:, :step].tolist()
         t2 = time.perf_counter()
