@@ -530,3 +530,26 @@ def test_finished_rows_leaving_the_batch_change_nothing(tiny_causal_lm_dir, temp
         for row, want in zip(runs[0][0], stock[:, len(ids):].tolist()):
             assert row == want[:len(row)]
     assert dropped >= 2  # the drop path really ran
+
+
+@pytest.mark.parametrize("keep", [0.001, 0.02, 0.9])  # top-k-like rows ... dense rows (full path)
+def test_sparse_multinomial_draws_what_torch_multinomial_draws(keep):
+    """Same tokens and the same generator state afterwards as torch.multinomial(probs, 1),
+    over many seeds; exact float comparison (no tolerance)."""
+    import torch
+
+    from engine.ta.generate import SparseMultinomial
+
+    assert SparseMultinomial.ok()
+    for seed in range(25):
+        gen = torch.Generator().manual_seed(seed)
+        logits = torch.randn(5, 5000, generator=gen) * 3
+        logits[torch.rand(5, 5000, generator=gen) > keep] = float("-inf")
+        logits[:, seed] = 0.0  # every row keeps at least one token
+        probs = torch.softmax(logits, dim=-1)
+        state = gen.get_state()
+        want = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        after = torch.rand(4, generator=gen)
+        gen.set_state(state)
+        assert torch.equal(SparseMultinomial.sample(probs, gen), want)
+        assert torch.equal(torch.rand(4, generator=gen), after)

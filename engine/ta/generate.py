@@ -202,6 +202,74 @@ def exact_head_for(model: Any, top_k: int, enabled: bool | None = None) -> "Exac
     return ExactBf16Head(head.weight) if enabled else None
 
 
+class SparseMultinomial:
+    """`torch.multinomial(probs, 1)` for float32 rows that are mostly zero, drawing the same
+    random numbers and returning the same tokens, without the per-token transcendental work.
+
+    For one sample, torch (CPU) draws ``q = empty_like(probs).exponential_()`` (one 64-bit
+    draw per element, in memory order: ``q = float(-log1p(-u))`` with ``u`` the low 53 bits
+    times 2^-53) and returns ``argmax(probs / q)`` per row (first index on ties; NaN counts as
+    the largest). Here the same 64-bit draws come from ``random_()`` on an int64 tensor (the
+    same generator calls, no logarithm), and ``q`` is computed only where ``probs > 0``: every
+    other quotient is 0, so the argmax is among those, in index order. A draw with ``u = 0``
+    elsewhere would make a 0/0 = NaN that torch's argmax picks: such rows take the full path.
+    `ok` is a self-check against torch.multinomial (tokens and the generator's state after)
+    run once per process; where it fails (another torch), torch.multinomial is used.
+    """
+
+    MASK = (1 << 53) - 1
+    _checked: bool | None = None
+
+    @classmethod
+    def ok(cls) -> bool:
+        if cls._checked is None:
+            import torch
+
+            gen = torch.Generator().manual_seed(12345)
+            probs = torch.rand(4, 3000, generator=gen)
+            probs[probs < 0.97] = 0
+            probs[1, :] = 0
+            probs[1, 7] = probs[1, 2999] = 0.5  # a row with two equal candidates
+            probs = probs / probs.sum(1, keepdim=True)
+            state = gen.get_state()
+            want = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+            after = torch.rand(3, generator=gen)
+            gen.set_state(state)
+            got = cls.sample(probs, gen)
+            cls._checked = bool(torch.equal(want, got) and torch.equal(after, torch.rand(3, generator=gen)))
+        return cls._checked
+
+    @classmethod
+    def sample(cls, probs: Any, generator: Any = None) -> Any:
+        """(rows,) tokens; probs: (rows, V) float32 on the CPU, rows summing to > 0."""
+        import torch
+
+        rows, vocab = probs.shape
+        draws = torch.empty(rows * vocab, dtype=torch.int64).random_(generator=generator)
+        nz = probs.nonzero()  # (m, 2), row-major: index order within each row
+        if nz.shape[0] * 4 > probs.numel():  # not sparse: nothing to gain
+            return cls._full(probs, draws)
+        row, col = nz[:, 0], nz[:, 1]
+        u = (draws[row * vocab + col] & cls.MASK).double() * 2.0 ** -53
+        ratio = probs[row, col] / (-torch.log1p(-u)).float()
+        counts = torch.bincount(row, minlength=rows)
+        starts = torch.cumsum(counts, 0) - counts
+        dense = torch.full((rows, int(counts.max())), float("-inf"), dtype=ratio.dtype)
+        dense[row, torch.arange(row.numel()) - starts[row]] = ratio
+        token = col[starts + dense.argmax(dim=1)]
+        zero = (draws.view(rows, vocab) & cls.MASK) == 0  # u = 0 somewhere: the rare full path
+        if bool(zero.any()):
+            return cls._full(probs, draws)
+        return token
+
+    @classmethod
+    def _full(cls, probs: Any, draws: Any) -> Any:
+        import torch
+
+        u = (draws.view(probs.shape) & cls.MASK).double() * 2.0 ** -53
+        return torch.argmax(probs / (-torch.log1p(-u)).float(), dim=1)
+
+
 @dataclass
 class GenerationResult:
     rows: list[list[int]]  # generated ids per row (up to and including the stop token)
@@ -251,6 +319,8 @@ class FastGenerator:
         # finished rows leave the batch (cache rows dropped); False runs them on with the pad
         # token as generate does (what is sampled is the same either way; tests compare both)
         self.drop_finished = True
+        # multinomial over the top-k survivors only, same draws and tokens (SparseMultinomial)
+        self.sparse_sampling = True
 
     def _forward(self, module: Any, ids: Any, cache: Any, **extra: Any) -> Any:
         if self._kw is None:
@@ -378,7 +448,10 @@ class FastGenerator:
                     full[:, self.pad_token_id % probs.shape[1]] = 1.0
                     full[live] = probs
                     probs = full
-                token = torch.multinomial(probs, num_samples=1).squeeze(1)
+                if self.sparse_sampling and probs.device.type == "cpu" and SparseMultinomial.ok():
+                    token = SparseMultinomial.sample(probs)
+                else:
+                    token = torch.multinomial(probs, num_samples=1).squeeze(1)
             else:
                 token = torch.full((rows,), self.pad_token_id, dtype=torch.long, device=device)
                 token[live] = torch.argmax(scores, dim=-1)
