@@ -14,8 +14,11 @@ message, worked examples, description) is the same in every request of an epoch.
 * intermediate chunks run the decoder only (no 262k-way vocabulary head); the head runs once
   per step on the last position;
 * sampling is transformers' own: logits in float32, its temperature / top-k / top-p warpers,
-  `torch.multinomial` on every row each step (finished rows too, so the random stream is
-  consumed exactly as `generate` consumes it), finished rows continue with the pad token;
+  then `torch.multinomial`'s algorithm with its own random draws (`SparseMultinomial`: the
+  exponentials only where the probability is not zero); every row draws each step, finished
+  rows too, so the random stream is consumed exactly as `generate` consumes it;
+* finished rows leave the batch: their KV cache rows are dropped, and the body, the head and
+  the warpers run only on the rows still generating;
 * the stop test is one table lookup per step on the device (which tokens contain a stop
   character, which are EOS) and one transfer of the "all finished" flag per step, instead of
   decoding every growing sequence every step;
