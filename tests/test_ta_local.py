@@ -553,3 +553,18 @@ def test_sparse_multinomial_draws_what_torch_multinomial_draws(keep):
         gen.set_state(state)
         assert torch.equal(SparseMultinomial.sample(probs, gen), want)
         assert torch.equal(torch.rand(4, generator=gen), after)
+
+
+def test_sparse_multinomial_refuses_what_torch_refuses():
+    import torch
+
+    from engine.ta.generate import SparseMultinomial
+
+    for bad in (float("nan"), float("inf"), -0.5):
+        probs = torch.zeros(2, 1000)
+        probs[:, 3] = 1.0
+        probs[1, 9] = bad
+        with pytest.raises(RuntimeError):
+            SparseMultinomial.sample(probs)
+    with pytest.raises(RuntimeError):
+        SparseMultinomial.sample(torch.full((2, 1000), float("nan")))

@@ -253,8 +253,11 @@ class SparseMultinomial:
         if nz.shape[0] * 4 > probs.numel():  # not sparse: nothing to gain
             return cls._full(probs, draws)
         row, col = nz[:, 0], nz[:, 1]
+        values = probs[row, col]
+        if not bool((torch.isfinite(values) & (values > 0)).all()):  # torch's own error
+            return torch.multinomial(probs, 1).squeeze(1)
         u = (draws[row * vocab + col] & cls.MASK).double() * 2.0 ** -53
-        ratio = probs[row, col] / (-torch.log1p(-u)).float()
+        ratio = values / (-torch.log1p(-u)).float()
         counts = torch.bincount(row, minlength=rows)
         starts = torch.cumsum(counts, 0) - counts
         dense = torch.full((rows, int(counts.max())), float("-inf"), dtype=ratio.dtype)
@@ -269,6 +272,8 @@ class SparseMultinomial:
     def _full(cls, probs: Any, draws: Any) -> Any:
         import torch
 
+        if not bool((torch.isfinite(probs) & (probs >= 0)).all()):  # torch's own error
+            return torch.multinomial(probs, 1).squeeze(1)
         u = (draws.view(probs.shape) & cls.MASK).double() * 2.0 ** -53
         return torch.argmax(probs / (-torch.log1p(-u)).float(), dim=1)
 
