@@ -568,3 +568,27 @@ def test_sparse_multinomial_refuses_what_torch_refuses():
             SparseMultinomial.sample(probs)
     with pytest.raises(RuntimeError):
         SparseMultinomial.sample(torch.full((2, 1000), float("nan")))
+
+
+def test_exact_bf16_head_cut_to_the_margin_changes_nothing_after_top_k():
+    """Recomputing only the candidates inside the margin gives, after the top-k warper,
+    exactly (bit for bit) what recomputing all candidates gives."""
+    import torch
+
+    from engine.ta.generate import ExactBf16Head, logits_warpers
+
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(20000, 64, generator=gen) * 0.05
+    head = ExactBf16Head(weight)
+    shorter = 0
+    for scale in (1.0, 5.0, 20.0):
+        hidden = torch.randn(5, 64, generator=gen) * scale
+        for k in (1, 50):
+            warp = logits_warpers(1.0, k, 1.0)[0]
+            head.cut = True
+            cut = head(hidden, k)
+            head.cut = False
+            full = head(hidden, k)
+            shorter += bool(torch.isinf(cut).sum() > torch.isinf(full).sum())
+            assert torch.equal(warp(None, cut), warp(None, full))
+    assert shorter  # the cut really dropped candidates

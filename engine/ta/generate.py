@@ -144,6 +144,7 @@ class ExactBf16Head:
 
     CANDIDATES = 1024  # one top-k pass of this size per step; more only when the margin needs it
     MAX_CANDIDATES = 4096
+    cut = True  # recompute only the candidates inside the margin (False: all of them)
 
     def __init__(self, weight: Any) -> None:
         import torch
@@ -184,6 +185,12 @@ class ExactBf16Head:
                 return h32 @ self.w32.T
             count *= 4
         self.used += 1
+        # only the candidates inside the margin can reach the float32 top-k: one below
+        # (k-th largest) - 2 * margin is below the float32 k-th logit, so the top-k warper
+        # would remove it anyway; keep the deepest such cut over the rows (values are sorted)
+        inside = int((values >= (values[:, k - 1] - 2 * margin)[:, None]).sum(dim=1).max())
+        if self.cut:
+            idx = idx[:, :max(inside, k)]
         exact = torch.bmm(self.w32[idx], h32[:, :, None]).squeeze(2)
         out = torch.full(approx.shape, float("-inf"), dtype=torch.float32, device=approx.device)
         return out.scatter_(1, idx, exact)
