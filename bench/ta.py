@@ -110,7 +110,7 @@ def step_split(ta: Any, msgs: list[dict], l: int) -> dict[str, float]:
     """Seconds of one decode step's parts at the request shape (l rows, this prompt's cache)."""
     import torch
 
-    from engine.ta.generate import ExactBf16Head, _decoder, logits_warpers
+    from engine.ta.generate import ExactBf16Head, SparseMultinomial, _decoder, logits_warpers
     from engine.ta.local import encode_prompt
 
     model = ta.model
@@ -129,11 +129,12 @@ def step_split(ta: Any, msgs: list[dict], l: int) -> dict[str, float]:
         warpers = logits_warpers(1.0, ta.top_k, ta.top_p)
         logits = hidden.float() @ weight.T
 
-        def sample():
+        def sample(sparse: bool = False):
             scores = logits
             for warp in warpers:
                 scores = warp(None, scores)
-            torch.multinomial(torch.softmax(scores, dim=-1), 1)
+            probs = torch.softmax(scores, dim=-1)
+            SparseMultinomial.sample(probs) if sparse else torch.multinomial(probs, 1)
 
         # consecutive real decode steps (the cache grows by one token each); the first step
         # after the batch repeat is left out
@@ -146,7 +147,8 @@ def step_split(ta: Any, msgs: list[dict], l: int) -> dict[str, float]:
         return {"body (transformer layers)": body,
                 "head fp32": timeit(lambda: hidden.float() @ weight.T),
                 "head exact-bf16": timeit(lambda: exact(hidden, ta.top_k)),
-                "sampling (warpers, softmax, multinomial)": timeit(sample)}
+                "sampling, stock (warpers, softmax, torch.multinomial)": timeit(sample),
+                "sampling, fast (warpers, softmax, SparseMultinomial)": timeit(lambda: sample(True))}
 
 
 def machine_bounds(ta: Any) -> dict[str, float]:
@@ -253,7 +255,8 @@ def main() -> None:
     read32 = (body_params + head_params) * 4 / 1e9
     read_mixed = (body_params * 4 + head_params * 2) / 1e9
     bw = bounds["read GB/s"]
-    step_s = split["body (transformer layers)"] + split["head exact-bf16"] + split["sampling (warpers, softmax, multinomial)"]
+    step_s = (split["body (transformer layers)"] + split["head exact-bf16"]
+              + split["sampling, fast (warpers, softmax, SparseMultinomial)"])
     report.table(["part of one decode step (l=5, last request's cache)", "CPU ms"],
                  [[k, f"{v * 1000:.1f}"] for k, v in split.items()]
                  + [["step (body + exact-bf16 head + sampling)", f"{step_s * 1000:.1f}"]])
@@ -293,6 +296,9 @@ def main() -> None:
         "stock: one model.generate(num_return_sequences=l) per request, i.e. the prompt is "
         "prefilled l times; fast: prefilled once, in fixed 32-token chunks, the chunks shared "
         "with the previous request taken from the KV cache",
+        "fast also drops finished rows from the batch (they still draw from the random "
+        "stream) and samples with SparseMultinomial (torch.multinomial's draws, exponentials "
+        "only where probs > 0)",
         "same texts: requests whose l texts are identical between the two (same seeds)",
         f"head: exact-bf16 steps {ta.generator._head.used if ta.generator._head else 0}, "
         f"fp32 fallbacks {ta.generator._head.fallbacks if ta.generator._head else 0}",

@@ -490,3 +490,105 @@ def test_ta_dtype_setting_reaches_the_local_ta(tiny_causal_lm_dir):
     assert next(auto.model.parameters()).dtype == torch.float32  # auto on the CPU
     with pytest.raises(ConfigError, match="ta.dtype"):
         RunConfig.from_dict({"ta": {"dtype": "float16"}}).validate()
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_finished_rows_leaving_the_batch_change_nothing(tiny_causal_lm_dir, temperature, top_p):
+    """Rows that ended leave the batch (their cache rows dropped, no body/head/warpers for
+    them) but still draw from the random stream: the same rows and the same random state as
+    running them on with the pad token (generate's way), bit for bit, and the same tokens as
+    stock generate. Every third token ends a row here, so rows end at different steps."""
+    import torch
+
+    from engine.ta.generate import FastGenerator
+
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=14, top_p=top_p)
+    ids = encode_prompt(ta.tokenizer, ta.render(messages(history=[("Read the tweet.", 0.41)])), ta.chat)
+    vocab = ta.model.get_output_embeddings().weight.shape[0]
+    eos = set(range(0, vocab, 3))
+    pad = ta.tokenizer.pad_token_id if ta.tokenizer.pad_token_id is not None else 0
+    gen = FastGenerator(ta.model, ta.tokenizer, stops=(), eos_ids=eos, pad_token_id=pad)
+    dropped = 0
+    for seed in range(4):
+        runs = []
+        for drop in (True, False):
+            gen.drop_finished = drop
+            gen.reset()
+            torch.manual_seed(seed)
+            with torch.inference_mode():
+                res = gen.generate(ids, 5, max_new_tokens=14, temperature=temperature,
+                                   top_k=ta.top_k, top_p=top_p)
+            runs.append((res.rows, torch.rand(3).tolist()))
+        assert runs[0] == runs[1]
+        lengths = [len(r) for r in runs[0][0]]
+        dropped += min(lengths) < max(lengths)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            stock = ta.model.generate(torch.tensor([ids]), do_sample=True, num_return_sequences=5,
+                                      max_new_tokens=14, temperature=temperature, top_k=ta.top_k,
+                                      top_p=top_p, eos_token_id=sorted(eos), pad_token_id=pad)
+        for row, want in zip(runs[0][0], stock[:, len(ids):].tolist()):
+            assert row == want[:len(row)]
+    assert dropped >= 2  # the drop path really ran
+
+
+@pytest.mark.parametrize("keep", [0.001, 0.02, 0.9])  # top-k-like rows ... dense rows (full path)
+def test_sparse_multinomial_draws_what_torch_multinomial_draws(keep):
+    """Same tokens and the same generator state afterwards as torch.multinomial(probs, 1),
+    over many seeds; exact float comparison (no tolerance)."""
+    import torch
+
+    from engine.ta.generate import SparseMultinomial
+
+    assert SparseMultinomial.ok()
+    for seed in range(25):
+        gen = torch.Generator().manual_seed(seed)
+        logits = torch.randn(5, 5000, generator=gen) * 3
+        logits[torch.rand(5, 5000, generator=gen) > keep] = float("-inf")
+        logits[:, seed] = 0.0  # every row keeps at least one token
+        probs = torch.softmax(logits, dim=-1)
+        state = gen.get_state()
+        want = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        after = torch.rand(4, generator=gen)
+        gen.set_state(state)
+        assert torch.equal(SparseMultinomial.sample(probs, gen), want)
+        assert torch.equal(torch.rand(4, generator=gen), after)
+
+
+def test_sparse_multinomial_refuses_what_torch_refuses():
+    import torch
+
+    from engine.ta.generate import SparseMultinomial
+
+    for bad in (float("nan"), float("inf"), -0.5):
+        probs = torch.zeros(2, 1000)
+        probs[:, 3] = 1.0
+        probs[1, 9] = bad
+        with pytest.raises(RuntimeError):
+            SparseMultinomial.sample(probs)
+    with pytest.raises(RuntimeError):
+        SparseMultinomial.sample(torch.full((2, 1000), float("nan")))
+
+
+def test_exact_bf16_head_cut_to_the_margin_changes_nothing_after_top_k():
+    """Recomputing only the candidates inside the margin gives, after the top-k warper,
+    exactly (bit for bit) what recomputing all candidates gives."""
+    import torch
+
+    from engine.ta.generate import ExactBf16Head, logits_warpers
+
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(20000, 64, generator=gen) * 0.05
+    head = ExactBf16Head(weight)
+    shorter = 0
+    for scale in (1.0, 5.0, 20.0):
+        hidden = torch.randn(5, 64, generator=gen) * scale
+        for k in (1, 50):
+            warp = logits_warpers(1.0, k, 1.0)[0]
+            head.cut = True
+            cut = head(hidden, k)
+            head.cut = False
+            full = head(hidden, k)
+            shorter += bool(torch.isinf(cut).sum() > torch.isinf(full).sum())
+            assert torch.equal(warp(None, cut), warp(None, full))
+    assert shorter  # the cut really dropped candidates

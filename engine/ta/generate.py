@@ -14,8 +14,11 @@ message, worked examples, description) is the same in every request of an epoch.
 * intermediate chunks run the decoder only (no 262k-way vocabulary head); the head runs once
   per step on the last position;
 * sampling is transformers' own: logits in float32, its temperature / top-k / top-p warpers,
-  `torch.multinomial` on every row each step (finished rows too, so the random stream is
-  consumed exactly as `generate` consumes it), finished rows continue with the pad token;
+  then `torch.multinomial`'s algorithm with its own random draws (`SparseMultinomial`: the
+  exponentials only where the probability is not zero); every row draws each step, finished
+  rows too, so the random stream is consumed exactly as `generate` consumes it;
+* finished rows leave the batch: their KV cache rows are dropped, and the body, the head and
+  the warpers run only on the rows still generating;
 * the stop test is one table lookup per step on the device (which tokens contain a stop
   character, which are EOS) and one transfer of the "all finished" flag per step, instead of
   decoding every growing sequence every step;
@@ -141,6 +144,7 @@ class ExactBf16Head:
 
     CANDIDATES = 1024  # one top-k pass of this size per step; more only when the margin needs it
     MAX_CANDIDATES = 4096
+    cut = True  # recompute only the candidates inside the margin (False: all of them)
 
     def __init__(self, weight: Any) -> None:
         import torch
@@ -181,6 +185,12 @@ class ExactBf16Head:
                 return h32 @ self.w32.T
             count *= 4
         self.used += 1
+        # only the candidates inside the margin can reach the float32 top-k: one below
+        # (k-th largest) - 2 * margin is below the float32 k-th logit, so the top-k warper
+        # would remove it anyway; keep the deepest such cut over the rows (values are sorted)
+        inside = int((values >= (values[:, k - 1] - 2 * margin)[:, None]).sum(dim=1).max())
+        if self.cut:
+            idx = idx[:, :max(inside, k)]
         exact = torch.bmm(self.w32[idx], h32[:, :, None]).squeeze(2)
         out = torch.full(approx.shape, float("-inf"), dtype=torch.float32, device=approx.device)
         return out.scatter_(1, idx, exact)
@@ -200,6 +210,79 @@ def exact_head_for(model: Any, top_k: int, enabled: bool | None = None) -> "Exac
     if enabled is None:
         enabled = cpu_has_bf16()
     return ExactBf16Head(head.weight) if enabled else None
+
+
+class SparseMultinomial:
+    """`torch.multinomial(probs, 1)` for float32 rows that are mostly zero, drawing the same
+    random numbers and returning the same tokens, without the per-token transcendental work.
+
+    For one sample, torch (CPU) draws ``q = empty_like(probs).exponential_()`` (one 64-bit
+    draw per element, in memory order: ``q = float(-log1p(-u))`` with ``u`` the low 53 bits
+    times 2^-53) and returns ``argmax(probs / q)`` per row (first index on ties; NaN counts as
+    the largest). Here the same 64-bit draws come from ``random_()`` on an int64 tensor (the
+    same generator calls, no logarithm), and ``q`` is computed only where ``probs > 0``: every
+    other quotient is 0, so the argmax is among those, in index order. A draw with ``u = 0``
+    elsewhere would make a 0/0 = NaN that torch's argmax picks: such rows take the full path.
+    `ok` is a self-check against torch.multinomial (tokens and the generator's state after)
+    run once per process; where it fails (another torch), torch.multinomial is used.
+    """
+
+    MASK = (1 << 53) - 1
+    _checked: bool | None = None
+
+    @classmethod
+    def ok(cls) -> bool:
+        if cls._checked is None:
+            import torch
+
+            gen = torch.Generator().manual_seed(12345)
+            probs = torch.rand(4, 3000, generator=gen)
+            probs[probs < 0.97] = 0
+            probs[1, :] = 0
+            probs[1, 7] = probs[1, 2999] = 0.5  # a row with two equal candidates
+            probs = probs / probs.sum(1, keepdim=True)
+            state = gen.get_state()
+            want = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+            after = torch.rand(3, generator=gen)
+            gen.set_state(state)
+            got = cls.sample(probs, gen)
+            cls._checked = bool(torch.equal(want, got) and torch.equal(after, torch.rand(3, generator=gen)))
+        return cls._checked
+
+    @classmethod
+    def sample(cls, probs: Any, generator: Any = None) -> Any:
+        """(rows,) tokens; probs: (rows, V) float32 on the CPU, rows summing to > 0."""
+        import torch
+
+        rows, vocab = probs.shape
+        draws = torch.empty(rows * vocab, dtype=torch.int64).random_(generator=generator)
+        nz = probs.nonzero()  # (m, 2), row-major: index order within each row
+        if nz.shape[0] * 4 > probs.numel():  # not sparse: nothing to gain
+            return cls._full(probs, draws)
+        row, col = nz[:, 0], nz[:, 1]
+        values = probs[row, col]
+        if not bool((torch.isfinite(values) & (values > 0)).all()):  # torch's own error
+            return torch.multinomial(probs, 1).squeeze(1)
+        u = (draws[row * vocab + col] & cls.MASK).double() * 2.0 ** -53
+        ratio = values / (-torch.log1p(-u)).float()
+        counts = torch.bincount(row, minlength=rows)
+        starts = torch.cumsum(counts, 0) - counts
+        dense = torch.full((rows, int(counts.max())), float("-inf"), dtype=ratio.dtype)
+        dense[row, torch.arange(row.numel()) - starts[row]] = ratio
+        token = col[starts + dense.argmax(dim=1)]
+        zero = (draws.view(rows, vocab) & cls.MASK) == 0  # u = 0 somewhere: the rare full path
+        if bool(zero.any()):
+            return cls._full(probs, draws)
+        return token
+
+    @classmethod
+    def _full(cls, probs: Any, draws: Any) -> Any:
+        import torch
+
+        if not bool((torch.isfinite(probs) & (probs >= 0)).all()):  # torch's own error
+            return torch.multinomial(probs, 1).squeeze(1)
+        u = (draws.view(probs.shape) & cls.MASK).double() * 2.0 ** -53
+        return torch.argmax(probs / (-torch.log1p(-u)).float(), dim=1)
 
 
 @dataclass
@@ -248,6 +331,11 @@ class FastGenerator:
         self._kw: str | None = None
         self.bf16_head = bf16_head  # None: where the CPU has native bf16 (see ExactBf16Head)
         self._head: Any = False  # False: not decided yet for this model
+        # finished rows leave the batch (cache rows dropped); False runs them on with the pad
+        # token as generate does (what is sampled is the same either way; tests compare both)
+        self.drop_finished = True
+        # multinomial over the top-k survivors only, same draws and tokens (SparseMultinomial)
+        self.sparse_sampling = True
 
     def _forward(self, module: Any, ids: Any, cache: Any, **extra: Any) -> Any:
         if self._kw is None:
@@ -358,29 +446,49 @@ class FastGenerator:
         lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=device)
         out = torch.empty((rows, max_new_tokens), dtype=torch.long, device=device)
         pad = torch.tensor(self.pad_token_id, device=device)
-        produced = torch.zeros((rows, 0), dtype=torch.long, device=device)
+        # rows still generating, in order: the model (body, head, warpers, softmax) runs on
+        # these only; the cache keeps only their rows
+        live = torch.arange(rows, device=device)
         step = 0
         while True:
             scores = logits
             for warp in warpers:
-                scores = warp(produced, scores)
+                scores = warp(out[live, :step], scores)
             if sample:
                 probs = torch.nn.functional.softmax(scores, dim=-1)
-                token = torch.multinomial(probs, num_samples=1).squeeze(1)
+                if live.numel() < rows:
+                    # finished rows still draw (a sure pad), so the random stream advances
+                    # exactly as generate's multinomial over all rows makes it advance
+                    full = torch.zeros((rows, probs.shape[1]), dtype=probs.dtype, device=device)
+                    full[:, self.pad_token_id % probs.shape[1]] = 1.0
+                    full[live] = probs
+                    probs = full
+                if self.sparse_sampling and probs.device.type == "cpu" and SparseMultinomial.ok():
+                    token = SparseMultinomial.sample(probs)
+                else:
+                    token = torch.multinomial(probs, num_samples=1).squeeze(1)
             else:
-                token = torch.argmax(scores, dim=-1)
+                token = torch.full((rows,), self.pad_token_id, dtype=torch.long, device=device)
+                token[live] = torch.argmax(scores, dim=-1)
             token = torch.where(unfinished, token, pad)
             out[:, step] = token
             ended = unfinished & table[token]
             lengths = torch.where(ended, step + 1, lengths)
             unfinished = unfinished & ~ended
             step += 1
-            if step >= max_new_tokens or not bool(unfinished.any()):  # one transfer per step
+            if step >= max_new_tokens:
                 break
+            alive = unfinished[live]
+            count = int(alive.sum())  # one transfer per step
+            if count == 0:
+                break
+            if count < live.numel() and self.drop_finished:
+                keep = alive.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                live = live[keep]
             if should_stop is not None and should_stop():
                 raise StopRun()
-            produced = out[:, :step]
-            logits = self._logits(token[:, None], cache, decoder, k)
+            logits = self._logits(token[live][:, None], cache, decoder, k)
         lengths = lengths.clamp(max=step).tolist()
         generated = out[:, :step].tolist()
         t2 = time.perf_counter()
