@@ -250,6 +250,21 @@ def _import_ray():
     return ray
 
 
+def init_ray(ray, **kwargs) -> None:
+    """`ray.init`, keeping this process's SIGINT and SIGTERM handlers: Ray's driver installs
+    its own (a SIGTERM handler that exits), which would replace gpta's stop-at-a-step-boundary
+    handling and outlive `ray.shutdown()`."""
+    import signal
+
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ray.init(**kwargs)
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 def connect(options: ClusterOptions) -> bool:
     """Join the Ray cluster at options.address, or start a local instance; True if this call
     started it (the caller shuts it down). A Ray already initialised in this process is used."""
@@ -259,8 +274,8 @@ def connect(options: ClusterOptions) -> bool:
     import logging
 
     try:
-        ray.init(address=options.address or None, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, configure_logging=True)
+        init_ray(ray, address=options.address or None, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception when its node is slow to start
         ray.shutdown()
         where = f"the Ray cluster at {options.address}" if options.address else "a local Ray instance"

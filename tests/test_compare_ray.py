@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,8 @@ from engine.controls import Controls
 from engine.errors import UsageError
 from engine.experiments import CompareSpec
 from engine.ta.scripted import ScriptedTA
-from sessions.cluster import ClusterOptions, ClusterProgress, RunProgress, run_compare_ray
+from sessions.cluster import (ClusterOptions, ClusterProgress, RunProgress, init_ray,
+                              run_compare_ray)
 from sessions.compare import collect_results, read_manifest, run_compare
 from sessions.store import SessionStore
 from test_compare import tiny_overrides
@@ -36,10 +38,11 @@ NAMES = ["cmp-baseline-s3-n48", "cmp-gpta-s3-n48", "cmp-baseline-s4-n48", "cmp-g
 def ray_instance():
     """One local Ray instance for the module: 2 CPUs, workers that import this checkout and
     the test modules (the engine_kwargs factories below travel by reference)."""
+    sigterm_before = signal.getsignal(signal.SIGTERM)
     path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
     for attempt in range(3):  # Ray gives its raylet 30 s to start: a busy 2-core box may miss it
         try:
-            ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+            init_ray(ray, num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
             break
         except Exception:
@@ -48,6 +51,8 @@ def ray_instance():
                 raise
     yield
     ray.shutdown()
+    # Ray's own SIGTERM handler must not leak into later tests (nor into a gpta process)
+    assert signal.getsignal(signal.SIGTERM) is sigterm_before
 
 
 def tiny_spec(tiny_bert_dir, sentiment_csv, name="cmp") -> CompareSpec:
@@ -303,3 +308,20 @@ def test_ray_flags_need_the_ray_executor(capsys):
     assert "--gpus-per-run needs --executor ray" in capsys.readouterr().err
     assert cli.main(["compare", "--executor", "ray", "--device", "cpu"]) == 2
     assert "--device cannot be combined with --executor ray" in capsys.readouterr().err
+
+
+def test_ray_init_keeps_our_signal_handlers():
+    """Ray's driver installs a SIGTERM handler that exits; gpta keeps its own (stop at a step
+    boundary) and none of Ray's outlives the comparison."""
+    class FakeRay:
+        def init(self, **kwargs):
+            signal.signal(signal.SIGTERM, lambda *_: None)
+            signal.signal(signal.SIGINT, lambda *_: None)
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        init_ray(FakeRay(), num_cpus=1)
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
