@@ -495,3 +495,77 @@ async def test_form_errors_show_typed_text_literally():
         await pilot.press("ctrl+s")  # refused, with a toast quoting the same text
         await pilot.pause()
         assert app.screen is screen
+
+
+async def test_sessions_preview_follows_the_cursor_escaped_and_hides_when_narrow(monkeypatch,
+                                                                               tmp_path):
+    from gpta_tui.screens.sessions import SessionsScreen
+    from gpta_tui.widgets.session_preview import SessionPreview
+    from test_tui_snapshots import sessions_app
+
+    app = sessions_app(monkeypatch, tmp_path)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, SessionsScreen)
+        preview = screen.query_one(SessionPreview)
+        table = screen.query_one("#sessions-table")
+        assert preview.display and preview.region.width > 0
+        # beside the preview the table leaves mode and dataset to it, and needs no scrolling
+        assert "mode" not in [str(c.key.value) for c in table.columns.values()]
+        assert table.virtual_size.width <= table.scrollable_content_region.width
+        text = screen_text(preview)
+        # the newest session first: its facts, and its prefix as written (markup not parsed)
+        assert "sentiment-gpta" in text and "local:gemma-3-270m" in text
+        assert "nreimers/MiniLM-L6-H384" in text and "accuracy 0.7125 (epoch 1)" in text
+        assert "[bold]positive[/bold]" in text
+        await pilot.press("down")
+        await pilot.pause()
+        text = screen_text(preview)
+        assert "yelp-baseline" in text and "accuracy 0.5790, f1 0.5512" in text
+        assert "TA none" in text and "best prefix none yet" in text
+        await pilot.press("down")
+        await pilot.pause()
+        assert "session database is unreadable" in screen_text(preview)
+        await pilot.resize_terminal(120, 30)
+        await pilot.pause()
+        assert preview.region.width == 0  # hidden: the table keeps the width
+        assert "mode" in [str(c.key.value) for c in table.columns.values()]
+        assert len(screen.rows) == 3 and table.row_count == 3
+
+
+async def test_sessions_sort_and_filter(monkeypatch, tmp_path):
+    from textual.widgets import Input
+
+    from test_tui_snapshots import sessions_app
+
+    app = sessions_app(monkeypatch, tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        names = lambda: [r.name for r in screen.rows]  # noqa: E731
+        assert names() == ["sentiment-gpta", "yelp-baseline", "broken"]  # newest first
+        await pilot.press("o")  # by name
+        assert names() == ["broken", "sentiment-gpta", "yelp-baseline"]
+        await pilot.press("o")  # by best val, highest first; none last
+        assert names() == ["sentiment-gpta", "yelp-baseline", "broken"]
+        assert "sorted by best val" in str(screen.query_one("#sessions-title").content)
+        await pilot.press("o")  # by status, in the order of sessions.status.SHOWN
+        assert names() == ["sentiment-gpta", "yelp-baseline", "broken"]
+        await pilot.press("o")  # back to newest first
+        await pilot.press("/")
+        box = screen.query_one("#sessions-filter", Input)
+        assert box.has_focus
+        await pilot.press(*"BERT")  # typed keys go to the filter, not to the screen's keys
+        await pilot.pause()
+        assert names() == ["yelp-baseline"] and "1 of 3" in str(
+            screen.query_one("#sessions-title").content)
+        await pilot.press("enter")  # back to the table, the filter stays
+        assert screen.query_one("#sessions-table").has_focus and names() == ["yelp-baseline"]
+        await pilot.press("/", *"zzz")
+        await pilot.pause()
+        assert names() == [] and "No session matches" in str(
+            screen.query_one("#sessions-empty").content)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert names() == ["sentiment-gpta", "yelp-baseline", "broken"] and not box.display

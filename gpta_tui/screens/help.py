@@ -12,7 +12,9 @@ from textual.widgets import Label, Static
 
 KEYS = [
     ("Sessions", [("enter / r", "open or resume the selected session"), ("n", "new session"),
-                  ("d", "delete the selected session (asks first)"), ("x", "export the selected session")]),
+                  ("d", "delete the selected session (asks first)"), ("x", "export the selected session"),
+                  ("o", "sort: newest, name, best val, status"),
+                  ("/", "filter by name, mode, dataset, status, model (esc clears)")]),
     ("New session", [("enter", "on Start: start the run"), ("ctrl+s", "start the run"),
                      ("esc", "back to the sessions")]),
     ("Run dashboard", [("p", "pause / resume (at the next step boundary)"),
