@@ -309,12 +309,19 @@ class GptaApp(App[None]):
                     screen.post_message(RunScreen.StateChanged(changed | {"header"}))
         elif controller.result is not None and not self._quitting:
             status = controller.result.status
-            self.notify(f"{controller.state.finish_summary()}\nEsc: back to the sessions.",
+            self.notify(f"{controller.state.finish_summary()}\nv: the run summary · "
+                        "Esc: back to the sessions.",
                         title=f"{controller.name}: {status}",
                         severity="information" if status == "finished" else "warning",
                         timeout=15 if status == "finished" else 8, markup=False)
         if self.ring_bell and controller.state.status in ("finished", "failed"):
             self.bell()
+        screen = self.run_screen
+        if (controller.state.status in ("finished", "failed") and screen is not None
+                and self.screen is screen and screen.state is controller.state):
+            from gpta_tui.screens.run_summary import RunSummaryScreen
+
+            self.push_screen(RunSummaryScreen(controller.state))  # q still quits
 
     # ---- actions -------------------------------------------------------------------
     def action_help(self) -> None:

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_tui_dashboard import PREFIXES, canned_events  # noqa: E402
+from test_tui_dashboard import PREFIXES, T0, canned_events  # noqa: E402
 from test_tui_snapshots import NOW  # noqa: E402
 
 from gpta_tui.app import GptaApp  # noqa: E402
@@ -569,3 +569,64 @@ async def test_sessions_sort_and_filter(monkeypatch, tmp_path):
         await pilot.press("escape")
         await pilot.pause()
         assert names() == ["sentiment-gpta", "yelp-baseline", "broken"] and not box.display
+
+
+async def test_v_opens_the_run_summary_with_every_figure_and_y_copies_it():
+    from engine.events import RunFinished
+
+    from gpta_tui.screens.run_summary import RunSummaryScreen
+    from test_tui_snapshots import finished_events
+
+    app = canned_app(finished_events())
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        screen = run_screen(app)
+        assert screen.check_action("summary", ())
+        await pilot.press("v")
+        await pilot.pause()
+        assert isinstance(app.screen, RunSummaryScreen)
+        text = screen_text(app.screen.query_one("#text-view-body"))
+        assert "test accuracy 0.6917 (no prefix 0.6542, +0.0375)" in text
+        assert "best val accuracy 0.7083 (epoch 2)" in text and PREFIXES[5] in text
+        assert "epochs 2/2" in text and "run time" in text and "2 requests" in text
+        await pilot.press("y")
+        assert app.clipboard == app.screen.text and "no prefix 0.6542" in app.clipboard
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is screen
+    # A failed run's reason and a TA prefix are shown as written (never parsed as markup).
+    events = finished_events()[:-1] + [RunFinished(
+        status="failed", best_epoch=1, best_prefix="[bold]x[/] [link=http://e]y",
+        val_metrics={}, test_metrics={}, test_metrics_no_prefix={}, summary={},
+        reason="CUDA [red]out[/red] of memory", ts=T0 + 200)]
+    app = canned_app(events)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        await pilot.press("v")
+        await pilot.pause()
+        text = screen_text(app.screen.query_one("#text-view-body"))
+        assert "failed: CUDA [red]out[/red] of memory" in text and "not measured" in text
+        assert "[bold]x[/] [link=http://e]y" in text
+    # A live run has no summary yet.
+    app = canned_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        assert run_screen(app).state.status not in ("finished", "failed", "stopped")
+        assert not run_screen(app).check_action("summary", ())
+
+
+async def test_q_and_help_work_over_the_run_summary():
+    """A modal hides the app's keys; the summary opens by itself when a run ends, so q (quit)
+    and ? (help) must still work there."""
+    from gpta_tui.screens.help import HelpScreen
+    from test_tui_snapshots import finished_events
+
+    app = canned_app(finished_events())
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        await pilot.press("v", "question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape", "q")
+        await pilot.pause()
+    assert app.return_code == 0 and not app.is_running
