@@ -33,7 +33,7 @@ from textual.worker import Worker, WorkerState
 from engine.config import PRESETS, RunConfig
 from engine.errors import GptaError, strip_control
 from gpta_tui import form
-from gpta_tui.prefs import Prefs, load_key
+from gpta_tui.prefs import Prefs, load_estimates, load_key
 from gpta_tui.run_control import RunController, load_past
 from gpta_tui.screens.confirm import ConfirmScreen
 from gpta_tui.screens.help import HelpScreen
@@ -255,9 +255,7 @@ class GptaApp(App[None]):
         state = controller.state
         resumed = controller.resume
         state.last_load = None  # a stored past's load is not this one
-        state.load_estimates = {
-            name: seconds for name, dequantized in (("plain", False), ("dequantize", True))
-            if (seconds := self.prefs.load_times.get(load_key(state.config, resumed, dequantized)))}
+        state.load_estimates = load_estimates(self.prefs, state.config, resumed)
         self.push_screen(RunScreen(controller.state, controller, clock=self.clock))
         controller.start()
         self.worker = self.run_worker(controller.wait(), name=f"engine:{controller.name}",
