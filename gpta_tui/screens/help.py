@@ -54,7 +54,7 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
 
     def __init__(self) -> None:
-        super().__init__(classes="dialog-screen")
+        super().__init__(classes="dialog-screen -opaque")
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
