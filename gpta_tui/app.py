@@ -33,7 +33,7 @@ from textual.worker import Worker, WorkerState
 from engine.config import PRESETS, RunConfig
 from engine.errors import GptaError, strip_control
 from gpta_tui import form
-from gpta_tui.prefs import Prefs, load_key
+from gpta_tui.prefs import Prefs, load_estimates, load_key
 from gpta_tui.run_control import RunController, load_past
 from gpta_tui.screens.confirm import ConfirmScreen
 from gpta_tui.screens.help import HelpScreen
@@ -255,9 +255,7 @@ class GptaApp(App[None]):
         state = controller.state
         resumed = controller.resume
         state.last_load = None  # a stored past's load is not this one
-        state.load_estimates = {
-            name: seconds for name, dequantized in (("plain", False), ("dequantize", True))
-            if (seconds := self.prefs.load_times.get(load_key(state.config, resumed, dequantized)))}
+        state.load_estimates = load_estimates(self.prefs, state.config, resumed)
         self.push_screen(RunScreen(controller.state, controller, clock=self.clock))
         controller.start()
         self.worker = self.run_worker(controller.wait(), name=f"engine:{controller.name}",
@@ -309,12 +307,19 @@ class GptaApp(App[None]):
                     screen.post_message(RunScreen.StateChanged(changed | {"header"}))
         elif controller.result is not None and not self._quitting:
             status = controller.result.status
-            self.notify(f"{controller.state.finish_summary()}\nEsc: back to the sessions.",
+            self.notify(f"{controller.state.finish_summary()}\nv: the run summary · "
+                        "Esc: back to the sessions.",
                         title=f"{controller.name}: {status}",
                         severity="information" if status == "finished" else "warning",
                         timeout=15 if status == "finished" else 8, markup=False)
         if self.ring_bell and controller.state.status in ("finished", "failed"):
             self.bell()
+        screen = self.run_screen
+        if (controller.state.status in ("finished", "failed") and screen is not None
+                and self.screen is screen and screen.state is controller.state):
+            from gpta_tui.screens.run_summary import RunSummaryScreen
+
+            self.push_screen(RunSummaryScreen(controller.state))  # q still quits
 
     # ---- actions -------------------------------------------------------------------
     def action_help(self) -> None:

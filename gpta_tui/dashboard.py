@@ -317,16 +317,10 @@ class DashboardState(EventHandler):
         return max(0.0, rate * (self.progress_total - self.progress_done))
 
     def load_expected_s(self) -> float | None:
-        """How long this load should take in all (seconds from the setup phase), from the
-        last load of the same models; the first dequantization counts its typical time."""
-        from gpta_tui.prefs import DEQUANTIZE_TYPICAL_S
+        """How long this load should take in all (gpta_tui.prefs.expected_load_s)."""
+        from gpta_tui.prefs import expected_load_s
 
-        if self.setup_dequantize_at is not None:
-            known = self.load_estimates.get("dequantize")
-            if known:
-                return known
-            return max(0.0, self.setup_dequantize_at - (self.setup_since or 0.0)) + DEQUANTIZE_TYPICAL_S
-        return self.load_estimates.get("plain")
+        return expected_load_s(self.load_estimates, self.setup_since, self.setup_dequantize_at)
 
     def elapsed_s(self, now: float | None = None) -> float:
         """Run time over all segments; the open segment counts up to `now` while live."""

@@ -108,3 +108,23 @@ def load_key(config: dict, resumed: bool, dequantized: bool) -> str:
     if dequantized:
         parts.append("dequantize")
     return "|".join(parts)
+
+
+def load_estimates(prefs: "Prefs", config: dict, resumed: bool) -> dict[str, float]:
+    """How long loading these models took last time on this machine: {"plain": s,
+    "dequantize": s}, only the ones that were timed."""
+    return {name: seconds for name, dequantized in (("plain", False), ("dequantize", True))
+            if (seconds := prefs.load_times.get(load_key(config, resumed, dequantized)))}
+
+
+def expected_load_s(estimates: dict[str, float], setup_since: float | None,
+                    dequantize_at: float | None) -> float | None:
+    """How long this load should take in all (seconds from the setup phase), from the last
+    load of the same models; the first dequantization counts its typical time. None: never
+    timed (no percentage is shown then)."""
+    if dequantize_at is not None:
+        known = estimates.get("dequantize")
+        if known:
+            return known
+        return max(0.0, dequantize_at - (setup_since or 0.0)) + DEQUANTIZE_TYPICAL_S
+    return estimates.get("plain")

@@ -235,6 +235,14 @@ def format_ts(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
+def _ta_label(cfg: dict) -> str:
+    """'backend:model' of a stored config's TA ('' when it has none)."""
+    ta = cfg.get("ta") if isinstance(cfg, dict) else None
+    if not isinstance(ta, dict) or not ta.get("backend") or ta.get("backend") == "none":
+        return ""
+    return f"{ta['backend']}:{ta['model']}" if ta.get("model") else str(ta["backend"])
+
+
 @dataclass(frozen=True)
 class SessionSummary:
     name: str
@@ -249,6 +257,10 @@ class SessionSummary:
     updated: float
     path: Path
     error: str = ""      # why the session is unreadable
+    student: str = ""    # the student model
+    ta: str = ""         # "backend:model" of the teaching assistant ("" when none)
+    best_epoch: int = 0
+    best_prefix: str = ""
 
 
 class SessionStore:
@@ -327,7 +339,10 @@ class SessionStore:
                 epoch=int(rec.get("epoch", 0)), epochs=int(cfg.get("loop", {}).get("epochs", 0)),
                 phase=rec.get("phase", ""), best_metric=best.get("score"),
                 metric=cfg.get("student", {}).get("metric", ""),
-                updated=max(float(rec.get("updated", 0.0)), _log_mtime(path)), path=path))
+                updated=max(float(rec.get("updated", 0.0)), _log_mtime(path)), path=path,
+                student=str(cfg.get("student", {}).get("model", "") or ""), ta=_ta_label(cfg),
+                best_epoch=best.get("epoch") if type(best.get("epoch")) is int else 0,
+                best_prefix=best.get("prefix") if isinstance(best.get("prefix"), str) else ""))
         out.sort(key=lambda s: s.updated, reverse=True)
         return out
 

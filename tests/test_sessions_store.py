@@ -60,6 +60,11 @@ def test_create_list_and_read_back(gpta_home):
     assert (summary.name, summary.mode, summary.dataset, summary.status) == (
         "alpha", "gpta", "twitter-sentiment", "finished")
     assert summary.epoch == 2 and summary.epochs == 2 and summary.best_metric == pytest.approx(0.8)
+    # what the TUI's preview pane shows, from the same read
+    config, best = r.config, r.record()["best"]
+    assert summary.student == config.student.model and summary.student
+    assert summary.ta == f"{config.ta.backend}:{config.ta.model}"
+    assert summary.best_epoch == best["epoch"] > 0 and summary.best_prefix == best["prefix"] != ""
     assert [p["step"] for p in r.loss_points()] == list(range(1, 13))
     assert [v["epoch"] for v in r.validations()] == [1, 2]
     hist = r.history(1)

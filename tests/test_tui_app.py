@@ -21,6 +21,7 @@ from gpta_tui.screens.description import DescriptionScreen
 from gpta_tui.screens.help import HelpScreen
 from gpta_tui.screens.new_session import NewSessionScreen
 from gpta_tui.screens.run import RunScreen
+from gpta_tui.screens.run_summary import RunSummaryScreen
 from gpta_tui.screens.sessions import SessionsScreen
 from gpta_tui.widgets.history_table import HistoryTable
 from gpta_tui.widgets.log_pane import LogPane
@@ -117,6 +118,11 @@ async def test_first_launch_goes_to_the_form_and_one_enter_starts_a_run(gpta_hom
         toast = " ".join(n.message for n in app._notifications)
         assert "Run finished" in toast and "test accuracy" in toast and "best val" in toast
         assert rings == [1]
+        # ... and the summary opens over the dashboard (esc closes it; q still quits)
+        assert isinstance(app.screen, RunSummaryScreen) and "no prefix" in app.screen.text
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is run_screen(app)
     summary = {s.name: s for s in SessionStore(gpta_home).list()}
     assert summary[name].status == "finished"
     # The load was timed for the next launch's loading bar (same models, new run).

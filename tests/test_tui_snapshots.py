@@ -162,19 +162,31 @@ def test_new_session_shows_errors_in_place(snap_compare):
     assert snap_compare(form_app(values, first_launch=False), terminal_size=(120, 40))
 
 
-def test_sessions_screen(snap_compare, monkeypatch, tmp_path):
+def sessions_app(monkeypatch, tmp_path) -> GptaApp:
+    """The sessions screen over three fixed sessions (one unreadable)."""
     from sessions.store import SessionStore, SessionSummary
 
     rows = [
         SessionSummary("sentiment-gpta", "gpta", "twitter-sentiment", "paused", 2, 3, "collecting",
-                       0.7125, "accuracy", T0 + 100, tmp_path),
+                       0.7125, "accuracy", T0 + 100, tmp_path, student="nreimers/MiniLM-L6-H384",
+                       ta="local:gemma-3-270m", best_epoch=1,
+                       best_prefix="Decide whether the tweet is [bold]positive[/bold] or negative."),
         SessionSummary("yelp-baseline", "baseline", "yelp_review_full", "finished", 3, 3, "done",
-                       0.5810, "accuracy", T0 - 86_400 * 3, tmp_path),
+                       0.5810, "accuracy", T0 - 86_400 * 3, tmp_path, student="bert-base-uncased",
+                       best_epoch=3),
         SessionSummary("broken", "?", "?", "unreadable", 0, 0, "", None, "", T0 - 86_400 * 9,
                        tmp_path, error="session database is unreadable"),
     ]
     monkeypatch.setattr(SessionStore, "list", lambda self: list(rows))
     monkeypatch.setattr(SessionStore, "test_metrics",
-                        lambda self, name: {"accuracy": 0.5790} if name == "yelp-baseline" else {})
-    app = GptaApp(Path("/srv/gpta-home"), clock=lambda: NOW)
-    assert snap_compare(app, terminal_size=(120, 24))
+                        lambda self, name: {"accuracy": 0.5790, "f1": 0.5512}
+                        if name == "yelp-baseline" else {})
+    return GptaApp(Path("/srv/gpta-home"), clock=lambda: NOW)
+
+
+def test_sessions_screen(snap_compare, monkeypatch, tmp_path):
+    assert snap_compare(sessions_app(monkeypatch, tmp_path), terminal_size=(120, 24))
+
+
+def test_sessions_screen_wide_shows_the_preview(snap_compare, monkeypatch, tmp_path):
+    assert snap_compare(sessions_app(monkeypatch, tmp_path), terminal_size=(160, 30))

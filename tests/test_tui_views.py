@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_tui_dashboard import PREFIXES, canned_events  # noqa: E402
+from test_tui_dashboard import PREFIXES, T0, canned_events  # noqa: E402
 from test_tui_snapshots import NOW  # noqa: E402
 
 from gpta_tui.app import GptaApp  # noqa: E402
@@ -495,3 +495,138 @@ async def test_form_errors_show_typed_text_literally():
         await pilot.press("ctrl+s")  # refused, with a toast quoting the same text
         await pilot.pause()
         assert app.screen is screen
+
+
+async def test_sessions_preview_follows_the_cursor_escaped_and_hides_when_narrow(monkeypatch,
+                                                                               tmp_path):
+    from gpta_tui.screens.sessions import SessionsScreen
+    from gpta_tui.widgets.session_preview import SessionPreview
+    from test_tui_snapshots import sessions_app
+
+    app = sessions_app(monkeypatch, tmp_path)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, SessionsScreen)
+        preview = screen.query_one(SessionPreview)
+        table = screen.query_one("#sessions-table")
+        assert preview.display and preview.region.width > 0
+        # beside the preview the table leaves mode and dataset to it, and needs no scrolling
+        assert "mode" not in [str(c.key.value) for c in table.columns.values()]
+        assert table.virtual_size.width <= table.scrollable_content_region.width
+        text = screen_text(preview)
+        # the newest session first: its facts, and its prefix as written (markup not parsed)
+        assert "sentiment-gpta" in text and "local:gemma-3-270m" in text
+        assert "nreimers/MiniLM-L6-H384" in text and "accuracy 0.7125 (epoch 1)" in text
+        assert "[bold]positive[/bold]" in text
+        await pilot.press("down")
+        await pilot.pause()
+        text = screen_text(preview)
+        assert "yelp-baseline" in text and "accuracy 0.5790, f1 0.5512" in text
+        assert "TA none" in text and "best prefix none yet" in text
+        await pilot.press("down")
+        await pilot.pause()
+        assert "session database is unreadable" in screen_text(preview)
+        await pilot.resize_terminal(120, 30)
+        await pilot.pause()
+        assert preview.region.width == 0  # hidden: the table keeps the width
+        assert "mode" in [str(c.key.value) for c in table.columns.values()]
+        assert len(screen.rows) == 3 and table.row_count == 3
+
+
+async def test_sessions_sort_and_filter(monkeypatch, tmp_path):
+    from textual.widgets import Input
+
+    from test_tui_snapshots import sessions_app
+
+    app = sessions_app(monkeypatch, tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        names = lambda: [r.name for r in screen.rows]  # noqa: E731
+        assert names() == ["sentiment-gpta", "yelp-baseline", "broken"]  # newest first
+        await pilot.press("o")  # by name
+        assert names() == ["broken", "sentiment-gpta", "yelp-baseline"]
+        await pilot.press("o")  # by best val, highest first; none last
+        assert names() == ["sentiment-gpta", "yelp-baseline", "broken"]
+        assert "sorted by best val" in str(screen.query_one("#sessions-title").content)
+        await pilot.press("o")  # by status, in the order of sessions.status.SHOWN
+        assert names() == ["sentiment-gpta", "yelp-baseline", "broken"]
+        await pilot.press("o")  # back to newest first
+        await pilot.press("/")
+        box = screen.query_one("#sessions-filter", Input)
+        assert box.has_focus
+        await pilot.press(*"BERT")  # typed keys go to the filter, not to the screen's keys
+        await pilot.pause()
+        assert names() == ["yelp-baseline"] and "1 of 3" in str(
+            screen.query_one("#sessions-title").content)
+        await pilot.press("enter")  # back to the table, the filter stays
+        assert screen.query_one("#sessions-table").has_focus and names() == ["yelp-baseline"]
+        await pilot.press("/", *"zzz")
+        await pilot.pause()
+        assert names() == [] and "No session matches" in str(
+            screen.query_one("#sessions-empty").content)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert names() == ["sentiment-gpta", "yelp-baseline", "broken"] and not box.display
+
+
+async def test_v_opens_the_run_summary_with_every_figure_and_y_copies_it():
+    from engine.events import RunFinished
+
+    from gpta_tui.screens.run_summary import RunSummaryScreen
+    from test_tui_snapshots import finished_events
+
+    app = canned_app(finished_events())
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        screen = run_screen(app)
+        assert screen.check_action("summary", ())
+        await pilot.press("v")
+        await pilot.pause()
+        assert isinstance(app.screen, RunSummaryScreen)
+        text = screen_text(app.screen.query_one("#text-view-body"))
+        assert "test accuracy 0.6917 (no prefix 0.6542, +0.0375)" in text
+        assert "best val accuracy 0.7083 (epoch 2)" in text and PREFIXES[5] in text
+        assert "epochs 2/2" in text and "run time" in text and "2 requests" in text
+        await pilot.press("y")
+        assert app.clipboard == app.screen.text and "no prefix 0.6542" in app.clipboard
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is screen
+    # A failed run's reason and a TA prefix are shown as written (never parsed as markup).
+    events = finished_events()[:-1] + [RunFinished(
+        status="failed", best_epoch=1, best_prefix="[bold]x[/] [link=http://e]y",
+        val_metrics={}, test_metrics={}, test_metrics_no_prefix={}, summary={},
+        reason="CUDA [red]out[/red] of memory", ts=T0 + 200)]
+    app = canned_app(events)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        await pilot.press("v")
+        await pilot.pause()
+        text = screen_text(app.screen.query_one("#text-view-body"))
+        assert "failed: CUDA [red]out[/red] of memory" in text and "not measured" in text
+        assert "[bold]x[/] [link=http://e]y" in text
+    # A live run has no summary yet.
+    app = canned_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        assert run_screen(app).state.status not in ("finished", "failed", "stopped")
+        assert not run_screen(app).check_action("summary", ())
+
+
+async def test_q_and_help_work_over_the_run_summary():
+    """A modal hides the app's keys; the summary opens by itself when a run ends, so q (quit)
+    and ? (help) must still work there."""
+    from gpta_tui.screens.help import HelpScreen
+    from test_tui_snapshots import finished_events
+
+    app = canned_app(finished_events())
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        await pilot.press("v", "question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape", "q")
+        await pilot.pause()
+    assert app.return_code == 0 and not app.is_running

@@ -198,6 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_paper_preset(args, config)
     view = HeadlessView(verbose=args.verbose)
     handle, engine = start_session(config, args.home, listeners=[view], controls=Controls())
+    view.expect_load(handle.config.to_dict(), resumed=False)
     view.console.print(f"session [bold]{lit(handle.name)}[/] in {lit(handle.dir)}")
     return _drive(handle, engine, view, new=True)
 
@@ -216,4 +217,5 @@ def cmd_resume(args: argparse.Namespace) -> int:
         overrides["ta"] = {"base_url": args.ta_base_url}
     handle, engine = resume_session(args.name, args.home, listeners=[view], controls=Controls(),
                                     overrides=overrides or None)
+    view.expect_load(handle.config.to_dict(), resumed=True)
     return _drive(handle, engine, view)

@@ -12,7 +12,9 @@ from textual.widgets import Label, Static
 
 KEYS = [
     ("Sessions", [("enter / r", "open or resume the selected session"), ("n", "new session"),
-                  ("d", "delete the selected session (asks first)"), ("x", "export the selected session")]),
+                  ("d", "delete the selected session (asks first)"), ("x", "export the selected session"),
+                  ("o", "sort: newest, name, best val, status"),
+                  ("/", "filter by name, mode, dataset, status, model (esc clears)")]),
     ("New session", [("enter", "on Start: start the run"), ("ctrl+s", "start the run"),
                      ("esc", "back to the sessions")]),
     ("Run dashboard", [("p", "pause / resume (at the next step boundary)"),
@@ -21,7 +23,8 @@ KEYS = [
                        ("enter / y", "history or windows: view the selected item in full / copy it"),
                        ("1-5", "small terminals: show chart, history, windows, jobs or log"),
                        ("esc", "back to the sessions (a live run keeps going)"),
-                       ("r / c / n", "after the run: resume, clone its config, new run")]),
+                       ("r / c / n", "after the run: resume, clone its config, new run"),
+                       ("v", "after the run: its summary (opens by itself when it ends)")]),
     ("Everywhere", [("q", "quit (the session is saved and resumable)"), ("?", "this help"),
                     ("ctrl+p", "command palette (theme, remembered; export curves)"),
                     ("tab / shift+tab", "move between panels (the focused one has a heavy border)")]),
@@ -51,7 +54,7 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
 
     def __init__(self) -> None:
-        super().__init__(classes="dialog-screen")
+        super().__init__(classes="dialog-screen -opaque")
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):

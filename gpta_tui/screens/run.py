@@ -53,6 +53,7 @@ class RunScreen(Screen[None]):
         Binding("r", "resume", "Resume"),
         Binding("c", "clone", "Clone config"),
         Binding("n", "new", "New run"),
+        Binding("v", "summary", "Summary"),
         Binding("escape", "back", "Sessions"),
         *(Binding(str(i), f"show_tab('{tab}')", label, show=False)
           for i, (tab, _, label) in enumerate(TABS, 1)),
@@ -223,6 +224,11 @@ class RunScreen(Screen[None]):
     def action_resume(self) -> None:
         self.app.open_session(self.state.name, resume=True)
 
+    def action_summary(self) -> None:
+        from gpta_tui.screens.run_summary import RunSummaryScreen
+
+        self.app.push_screen(RunSummaryScreen(self.state))
+
     def action_clone(self) -> None:
         self.app.new_session(config=self.state.config)
 
@@ -264,6 +270,8 @@ class RunScreen(Screen[None]):
             return not self.live and self.controller_free and resumable(self.state.status)
         if action in ("clone", "new"):
             return not self.live and self.controller_free
+        if action == "summary":
+            return not self.live and self.state.status in ("finished", "failed", "stopped")
         if action == "show_tab":
             return self.compact
         return True

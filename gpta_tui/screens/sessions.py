@@ -1,7 +1,9 @@
 """SessionsScreen: the start screen, a table of saved sessions.
 
-Keys: enter/r open or resume, n new, d delete (asks first), x export, q quit. The session this
-app is running is shown live (status, epoch, best) from its dashboard state.
+Keys: enter/r open or resume, n new, d delete (asks first), x export, o sort order, / filter
+(esc clears it), q quit. The session this app is running is shown live (status, epoch, best)
+from its dashboard state. From PREVIEW_AT columns a preview pane beside the table shows the
+highlighted session's facts and best prefix.
 """
 
 from __future__ import annotations
@@ -13,17 +15,30 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Input, Static
 
 from gpta_tui.widgets.key_footer import KeyFooter
+from gpta_tui.widgets.session_preview import SessionPreview
 
 from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, literal, one_line, score, when
-from sessions.status import resumable, shown
+from sessions.status import SHOWN, resumable, shown
 
 COLUMNS = (("name", "name"), ("mode", "mode"), ("dataset", "dataset"), ("status", "status"),
            ("epoch", "epoch"), ("best val", "best"), ("test", "test"), ("updated", "updated"))
+PREVIEW_AT = 150  # the preview pane needs this many columns beside the table
+# Beside the preview (which shows mode and dataset) the table drops those two columns.
+PREVIEW_COLUMNS = tuple(c for c in COLUMNS if c[1] not in ("mode", "dataset"))
+
+_NEWEST = lambda r: -(r.updated or 0.0)  # noqa: E731
+# (label, key): "o" cycles through them; ties keep the newest first.
+SORTS = (("newest first", lambda r: (_NEWEST(r),)),
+         ("name", lambda r: (r.name.lower(), _NEWEST(r))),
+         ("best val", lambda r: (-(r.best_score if r.best_score is not None else float("-inf")),
+                                 _NEWEST(r))),
+         ("status", lambda r: (SHOWN.index(r.status) if r.status in SHOWN else len(SHOWN),
+                               _NEWEST(r))))
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,18 @@ class SessionRow:
     updated: float | None
     error: str = ""
     test: str = "-"
+    student: str = ""
+    ta: str = ""
+    best_epoch: int = 0
+    best_prefix: str = ""
+    best_score: float | None = None
+    test_metrics: tuple = ()  # ((metric, value), ...) sorted
+
+    @property
+    def searchable(self) -> str:
+        """What the filter (/) matches, lower case."""
+        return " ".join((self.name, self.mode, self.dataset, self.status, self.student,
+                         self.ta)).lower()
 
     @property
     def resumable(self) -> bool:
@@ -66,6 +93,12 @@ def session_row(item: Any, live: bool = False, test: dict | None = None) -> Sess
         updated=float(getattr(item, "updated", 0.0) or 0.0) or None,
         error=str(getattr(item, "error", "") or ""),
         test=figure((test or {}).get(metric), metric),
+        student=str(getattr(item, "student", "") or ""),
+        ta=str(getattr(item, "ta", "") or ""),
+        best_epoch=int(getattr(item, "best_epoch", 0) or 0),
+        best_prefix=str(getattr(item, "best_prefix", "") or ""),
+        best_score=float(best) if isinstance(best, (int, float)) else None,
+        test_metrics=tuple(sorted((test or {}).items())),
     )
 
 
@@ -76,24 +109,35 @@ class SessionsScreen(Screen[None]):
         Binding("n", "new", "New"),
         Binding("d", "delete", "Delete"),
         Binding("x", "export", "Export"),
+        Binding("o", "sort", "Sort"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (PREVIEW_AT, "-wide")]
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[SessionRow] = []
+        self.rows: list[SessionRow] = []      # shown, in table order
+        self.all_rows: list[SessionRow] = []  # every session, as read
+        self.sort_index = 0
+        self.filter_text = ""
         self._live_name: str | None = None
+        self._columns: tuple = ()
 
     def compose(self) -> ComposeResult:
         with Vertical(id="sessions-box"):
             yield Static("Sessions", id="sessions-title")
-            yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
+            yield Input(placeholder="filter: part of a name, mode, dataset, status, model",
+                        id="sessions-filter")
+            with Horizontal(id="sessions-main"):
+                yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
+                yield SessionPreview(id="sessions-preview")
             yield Static("", id="sessions-empty")
         yield KeyFooter()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for label, key in COLUMNS:
-            table.add_column(label, key=key)
+        self.query_one(SessionPreview).border_title = "Selected session"
         self.reload()
         table.focus()
         self.set_interval(1.0, self.show_live)
@@ -125,14 +169,26 @@ class SessionsScreen(Screen[None]):
 
     def reload(self) -> None:
         """Re-read the store and redraw the table, keeping the cursor on the same session."""
+        try:
+            self.all_rows = [self._row(item) for item in self.app.list_sessions()]
+        except Exception as exc:  # noqa: BLE001 - shown, not fatal
+            self.all_rows = []
+            self.notify(f"Could not list sessions: {exc}", severity="error", markup=False)
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Show `all_rows` filtered and sorted, keeping the cursor on the same session."""
         table = self.query_one(DataTable)
         current = self.selected.name if self.selected else None
-        try:
-            self.rows = [self._row(item) for item in self.app.list_sessions()]
-        except Exception as exc:  # noqa: BLE001 - shown, not fatal
-            self.rows = []
-            self.notify(f"Could not list sessions: {exc}", severity="error", markup=False)
-        self.rows.sort(key=lambda r: r.updated or 0.0, reverse=True)
+        needle = self.filter_text.strip().lower()
+        self.rows = sorted((r for r in self.all_rows if needle in r.searchable),
+                           key=SORTS[self.sort_index][1])
+        columns = PREVIEW_COLUMNS if self.size.width >= PREVIEW_AT else COLUMNS
+        if columns != self._columns:
+            table.clear(columns=True)
+            for label, key in columns:
+                table.add_column(label, key=key)
+            self._columns = columns
         table.clear()
         now = self.app.clock() if hasattr(self.app, "clock") else None
         for row in self.rows:
@@ -141,19 +197,71 @@ class SessionsScreen(Screen[None]):
             if row.status == "unreadable":  # the reason (the row names the session already)
                 reason = re.sub(r"^session database '[^']*' ", "", row.error)
                 dataset = literal(one_line(reason, 60), style="red")
-            table.add_row(literal(row.name, style="bold"), literal(row.mode), dataset,
-                          literal(f"{STATUS_ICON.get(row.status, '·')} {row.status}", style=style),
-                          literal(row.epoch), literal(row.best, style="green"),
-                          literal(row.test, style="bold cyan"),
-                          literal(when(row.updated, now)), key=row.name)
+            cells = {"name": literal(row.name, style="bold"), "mode": literal(row.mode),
+                     "dataset": dataset,
+                     "status": literal(f"{STATUS_ICON.get(row.status, '·')} {row.status}",
+                                       style=style),
+                     "epoch": literal(row.epoch), "best": literal(row.best, style="green"),
+                     "test": literal(row.test, style="bold cyan"),
+                     "updated": literal(when(row.updated, now))}
+            table.add_row(*(cells[key] for _, key in self._columns), key=row.name)
         names = [r.name for r in self.rows]
         if current in names:
             table.move_cursor(row=names.index(current), animate=False)
         self.show_live()
         empty = self.query_one("#sessions-empty", Static)
-        empty.update("" if self.rows else "No sessions yet. Press n to start one.")
+        if not self.all_rows:
+            empty.update("No sessions yet. Press n to start one.")
+        elif not self.rows:
+            empty.update("No session matches the filter. Press esc to clear it.")
+        else:
+            empty.update("")
+        shown_count = (f"{len(self.rows)} of {len(self.all_rows)}" if needle
+                       else str(len(self.all_rows)))
         self.query_one("#sessions-title", Static).update(
-            literal(f"Sessions · {len(self.rows)} saved in {self.app.home_label}"))
+            literal(f"Sessions · {shown_count} saved in {self.app.home_label} · "
+                    f"sorted by {SORTS[self.sort_index][0]}"))
+        self.show_preview()
+
+    def show_preview(self) -> None:
+        now = self.app.clock() if hasattr(self.app, "clock") else None
+        self.query_one(SessionPreview).show(self.selected, now)
+
+    def on_resize(self) -> None:
+        if (PREVIEW_COLUMNS if self.size.width >= PREVIEW_AT else COLUMNS) != self._columns:
+            self.redraw()  # the preview came or went: the table's columns change with it
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_preview()
+
+    def action_sort(self) -> None:
+        self.sort_index = (self.sort_index + 1) % len(SORTS)
+        self.redraw()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#sessions-filter", Input)
+        box.add_class("-shown")
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "sessions-filter":
+            self.filter_text = event.value
+            self.redraw()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "sessions-filter":
+            event.stop()
+            self.query_one(DataTable).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#sessions-filter", Input)
+        if not box.has_class("-shown") and not self.filter_text:
+            return
+        box.value = ""
+        box.remove_class("-shown")
+        self.filter_text = ""
+        self.redraw()
+        self.query_one(DataTable).focus()
 
     def _row(self, item: Any) -> SessionRow:
         status = getattr(item, "status", "")
