@@ -116,6 +116,11 @@ class TAConfig:
     # A prefix this similar (0..1, normalised) to a worked example of the TA's own prompt is
     # rejected as a copy; 1.0 rejects exact copies only.
     copy_similarity: float = 0.8
+    # Your own TA wording (engine.prompts.PromptTemplate; empty keeps the built-in one), e.g.
+    # the paper's Table 4 wording, which is not shipped: README "Your own TA wording".
+    system_template: str = ""
+    user_template: str = ""
+    history_item_template: str = ""
     retries: int = 3
     timeout_s: float = 60.0
     max_tokens_budget: int = 0      # 0 = unlimited
@@ -262,6 +267,9 @@ class RunConfig:
                       "use 0 (choose on validation) or more rows")
         if not 0 < self.ta.copy_similarity <= 1:
             raise bad("ta.copy_similarity", self.ta.copy_similarity, "use a value in (0, 1]")
+        from engine.prompts import PromptTemplate
+
+        PromptTemplate.from_config(self.ta)  # ConfigError naming the template and the fix
         if self.data.exemplars < 0:
             raise bad("data.exemplars", self.data.exemplars, "use 0 or more")
         if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):

@@ -95,6 +95,7 @@ class Engine:
         self.on_ta_unavailable = on_ta_unavailable  # "stop" (headless) or "pause" (interactive)
         self.exemplars: list[dict] = []
         self.prompt_examples: tuple[str, ...] = ()  # the TA prompt's own worked examples
+        self.template = prompts.DEFAULT_TEMPLATE  # the TA wording (ta.*_template), set up in setup()
 
     # ---- plumbing --------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -293,7 +294,9 @@ class Engine:
                 self.finetune = build_finetune(cfg, self.device)
             if self.state.ta_model:
                 self.ta.use_model(self._ta_model_ref(self.state.ta_model))
-        self.prompt_examples = tuple(self.ta.prompt_examples()) if self.ta is not None else ()
+        self.template = prompts.PromptTemplate.from_config(cfg.ta)
+        self.prompt_examples = (tuple(self.ta.prompt_examples()) if self.ta is not None else ()) \
+            + tuple(self.template.sentences())
         if not self.state.description:
             self.state.description = cfg.data.description or self.data.default_description
 
@@ -575,14 +578,15 @@ class Engine:
 
     def _system_prompt(self) -> str:
         return prompts.system_prompt(self.data.task, self.student.family, self.student.placement,
-                                     list(self.data.label_names))
+                                     list(self.data.label_names), template=self.template,
+                                     metric=self.metric)
 
     def _request_messages(self, shown: list[tuple[str, float]], n: int) -> list[dict]:
         self._apply_description_update()
         user = prompts.user_prompt(self.state.description, shown, n,
                                    exemplars=self.exemplars or None,
                                    label_names=list(self.data.label_names), metric=self.metric,
-                                   task=self.data.task)
+                                   task=self.data.task, template=self.template)
         return prompts.build_messages(self._system_prompt(), user)
 
     def _ask_ta(self, messages: list[dict], n: int) -> list[str] | None:
@@ -722,7 +726,8 @@ class Engine:
         examples = [prompts.window_example(system, st.description, window, target,
                                            exemplars=self.exemplars or None,
                                            label_names=list(self.data.label_names),
-                                           metric=self.metric, task=self.data.task)
+                                           metric=self.metric, task=self.data.task,
+                                           template=self.template)
                     for window, target in windows]
         path = contained(self.workdir, f"windows/epoch-{st.epoch}.jsonl", "windows file")
         path.parent.mkdir(parents=True, exist_ok=True)
