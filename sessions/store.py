@@ -244,6 +244,15 @@ def _ta_label(cfg: dict) -> str:
 
 
 @dataclass(frozen=True)
+class TAUsage:
+    """A session's TA requests, tokens and estimated cost (`SessionReader.ta_usage`)."""
+
+    requests: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+
+
+@dataclass(frozen=True)
 class SessionSummary:
     name: str
     mode: str
@@ -1337,6 +1346,20 @@ class SessionReader(SessionLifecycle):
         with self._mutex:
             docs = sorted(self._calls, key=lambda d: d.get("_seq", 0))
             return [_clean(d) for d in docs if include_superseded or not d.get("superseded")]
+
+    def ta_usage(self) -> "TAUsage":
+        """What the TA cost this session, over the calls that count (superseded ones, replayed
+        after a resume, do not): requests (the highest request id, as the dashboard counts
+        them), tokens and estimated cost summed over every reply (retries included).
+        `gpta show`, the TUI's compare view and `gpta compare`'s report read it here."""
+        calls = self.ta_calls()
+        requests = max((int(c.get("request_id", 0) or 0) for c in calls), default=0)
+        replies = [r for c in calls for r in c.get("responses", []) if isinstance(r, dict)]
+        tokens = sum(int((r.get("usage") or {}).get("total_tokens", 0) or 0)
+                     for r in replies if isinstance(r.get("usage") or {}, dict))
+        cost = sum(float(r.get("cost", 0.0) or 0.0) for r in replies
+                   if isinstance(r.get("cost", 0.0) or 0.0, (int, float)))
+        return TAUsage(requests, tokens, cost)
 
     def windows_log_text(self) -> str:
         """The windows records as windows.jsonl holds them after a rewrite, for export."""
