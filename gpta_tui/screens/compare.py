@@ -64,10 +64,14 @@ class CompareScreen(Screen[None]):
         self.app.call_from_thread(self.show, results, statuses)
 
     def failed(self, exc: Exception) -> None:
+        if not self.is_attached:
+            return
         self.query_one("#compare-title", Static).update(
             Text(f"Compare: the sessions could not be read: {exc}", style="red"))
 
     def show(self, results: list[RunResult], statuses: list[str]) -> None:
+        if not self.is_attached:  # esc pressed while reading
+            return
         self.results, self.statuses = results, statuses
         metrics = sorted({r.metric for r in results if r.metric})
         finished = sum(s == "finished" for s in statuses)
