@@ -103,9 +103,6 @@ class GptaApp(App[None]):
         """A process (this one included) is running the session."""
         return self._store().is_locked(name)
 
-    def session_test_metrics(self, name: str) -> dict:
-        return self._store().test_metrics(name)
-
     def compare_sessions(self, names: list[str]) -> list:
         """The sessions side by side, read as `gpta compare` reads its runs (RunResult)."""
         from sessions.compare import read_sessions

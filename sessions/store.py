@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -270,6 +270,15 @@ class SessionSummary:
     ta: str = ""         # "backend:model" of the teaching assistant ("" when none)
     best_epoch: int = 0
     best_prefix: str = ""
+    test_metrics: dict = field(default_factory=dict, hash=False)  # stored test figures ({}: none)
+
+
+def _test_metrics(rec: dict) -> dict:
+    """The numeric test metrics a session record's RunFinished stored ({} when none)."""
+    finished = rec.get("finished") or {}
+    metrics = finished.get("test_metrics") if isinstance(finished, dict) else None
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+            and not isinstance(v, bool)} if isinstance(metrics, dict) else {}
 
 
 class SessionStore:
@@ -351,21 +360,10 @@ class SessionStore:
                 updated=max(float(rec.get("updated", 0.0)), _log_mtime(path)), path=path,
                 student=str(cfg.get("student", {}).get("model", "") or ""), ta=_ta_label(cfg),
                 best_epoch=best.get("epoch") if type(best.get("epoch")) is int else 0,
-                best_prefix=best.get("prefix") if isinstance(best.get("prefix"), str) else ""))
+                best_prefix=best.get("prefix") if isinstance(best.get("prefix"), str) else "",
+                test_metrics=_test_metrics(rec)))
         out.sort(key=lambda s: s.updated, reverse=True)
         return out
-
-    def test_metrics(self, name: str) -> dict:
-        """The test metrics a finished session stored ({} when it has none or cannot be read)."""
-        try:
-            path = self.session_dir(name) / DB_FILE
-            data = _check_schema(read_json_file(path) or {}, name, path)
-        except (GptaError, OSError):
-            return {}
-        finished = dict(data.get(Table.SESSION, {}).get("1", {})).get("finished") or {}
-        metrics = finished.get("test_metrics") if isinstance(finished, dict) else None
-        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
-                and not isinstance(v, bool)} if isinstance(metrics, dict) else {}
 
     def _effective_status(self, name: str, stored: str) -> str:
         if stored == "running" and not self.is_locked(name):

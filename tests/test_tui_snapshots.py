@@ -173,14 +173,11 @@ def sessions_app(monkeypatch, tmp_path) -> GptaApp:
                        best_prefix="Decide whether the tweet is [bold]positive[/bold] or negative."),
         SessionSummary("yelp-baseline", "baseline", "yelp_review_full", "finished", 3, 3, "done",
                        0.5810, "accuracy", T0 - 86_400 * 3, tmp_path, student="bert-base-uncased",
-                       best_epoch=3),
+                       best_epoch=3, test_metrics={"accuracy": 0.5790, "f1": 0.5512}),
         SessionSummary("broken", "?", "?", "unreadable", 0, 0, "", None, "", T0 - 86_400 * 9,
                        tmp_path, error="session database is unreadable"),
     ]
     monkeypatch.setattr(SessionStore, "list", lambda self: list(rows))
-    monkeypatch.setattr(SessionStore, "test_metrics",
-                        lambda self, name: {"accuracy": 0.5790, "f1": 0.5512}
-                        if name == "yelp-baseline" else {})
     return GptaApp(Path("/srv/gpta-home"), clock=lambda: NOW)
 
 

@@ -309,7 +309,8 @@ class SessionsScreen(Screen[None]):
     def _row(self, item: Any) -> SessionRow:
         status = getattr(item, "status", "")
         live = status == "paused" and self.app.session_locked(item.name)
-        test = self.app.session_test_metrics(item.name) if status == "finished" else None
+        # the test figures come with the list (one read of each session, not two)
+        test = dict(getattr(item, "test_metrics", None) or {}) if status == "finished" else None
         return session_row(item, live=live, test=test)
 
     @property
