@@ -47,6 +47,8 @@ async def test_space_marks_and_c_compares_two_or_more_sessions(tmp_path):
         await pilot.press("o")  # by name: sentiment-baseline, sentiment-gpta, sentiment-stopped
         assert [r.name for r in sessions.rows] == ["sentiment-baseline", "sentiment-gpta",
                                                    "sentiment-stopped"]
+        # the list's test figures come from the same read as the rest of the row
+        assert [r.test for r in sessions.rows] == ["accuracy 0.6375", "accuracy 0.6917", "-"]
         await pilot.press("C")  # nothing marked: a clear message, no view
         await pilot.pause()
         assert app.screen is sessions and "Mark two or more sessions" in toasts(app)
@@ -98,6 +100,8 @@ async def test_the_compare_view_shows_hostile_prefixes_as_written(tmp_path):
         # every session's prefix in full (wrapped in its column, never cut)
         assert "reading every word with care before answering:" in text
         assert "none (baseline)" in text and "≠ TA" in text and "≠ train size" in text
+        assert "≠ student.lr 2e-05 3e-05 2e-05" in text  # every other differing setting
+        assert "≠loop.max_requests_p 0 0 9 er_epoch" in text  # a long key folds
         # the figures side by side: one column per session
         assert facts.content.columns[1].header.plain.endswith(names[0])
         assert len(facts.content.columns) == 1 + len(names)

@@ -218,7 +218,9 @@ def compare_home(tmp_path: Path) -> Path:
         cfg = build_config("smoke", overrides={
             "name": name, "mode": mode, "seed": seed, "data": {"train_size": size},
             "ta": {"backend": "openai", "model": "gpt-4o-mini"} if mode == "gpta" else {},
-            "loop": {"epochs": 2}})
+            # two more settings that differ: the view lists every differing key
+            "student": {"lr": 3e-5} if mode == "baseline" else {},
+            "loop": {"epochs": 2, "max_requests_per_epoch": 9 if seed == 44 else 0}})
         st = RunState()
         ts = iter(T0 + i for i in range(1000))
         handle = store.create(cfg)

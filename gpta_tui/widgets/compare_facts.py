@@ -26,7 +26,7 @@ from gpta_tui.formatting import (STATUS_ICON, STATUS_STYLE, literal, one_line, p
                                  ta_usage_text, test_figure)
 from gpta_tui.widgets.compare_chart import series_label
 
-LABEL_WIDTH = 12
+LABEL_WIDTH = (12, 20)  # the label column: at least, at most (a long config key folds)
 MIN_COLUMN = 22  # narrower than this per session: one block per session instead of columns
 # Config keys with a row of their own (or nothing to compare: the name differs by definition).
 OWN_ROWS = {"name", "mode", "seed", "data.train_size", "data.dataset", "student.model",
@@ -130,8 +130,10 @@ def compare_rows(results: list[RunResult], statuses: list[str]) -> list[Row]:
 
 
 def _label(row: Row) -> Text:
-    return Text(("≠ " if row.differs else "") + row.label,
-                style="bold yellow" if row.differs else "dim")
+    """The row's name (a config key for the other settings: shown as written), marked ≠ when
+    the sessions differ there; a key too long for the column folds (no space to break at)."""
+    mark = ("≠ " if len(row.label) + 2 <= LABEL_WIDTH[1] else "≠") if row.differs else ""
+    return literal(mark + row.label, style="bold yellow" if row.differs else "dim")
 
 
 def render_facts(results: list[RunResult], statuses: list[str], width: int) -> RenderableType:
@@ -139,9 +141,10 @@ def render_facts(results: list[RunResult], statuses: list[str], width: int) -> R
     rows = compare_rows(results, statuses)
     if not results:
         return Text("")
-    if (width - LABEL_WIDTH - 2) // len(results) >= MIN_COLUMN:
+    label = max(LABEL_WIDTH[0], min(LABEL_WIDTH[1], max(len(_label(r)) for r in rows)))
+    if (width - label - 2) // len(results) >= MIN_COLUMN:
         table = Table(box=None, padding=(0, 1), expand=True, show_edge=False)
-        table.add_column("", width=LABEL_WIDTH, no_wrap=True)
+        table.add_column("", width=label, overflow="fold")
         for i, r in enumerate(results):
             table.add_column(series_label(i, r.run.session), ratio=1, overflow="fold")
         for row in rows:
@@ -150,7 +153,7 @@ def render_facts(results: list[RunResult], statuses: list[str], width: int) -> R
     blocks: list[RenderableType] = []
     for i, r in enumerate(results):
         block = Table(box=None, padding=(0, 1), expand=True, show_header=False, show_edge=False)
-        block.add_column(width=LABEL_WIDTH, no_wrap=True)
+        block.add_column(width=label, overflow="fold")
         block.add_column(ratio=1, overflow="fold")
         for row in rows:
             block.add_row(_label(row), row.values[i])
