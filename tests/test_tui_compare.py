@@ -79,6 +79,9 @@ async def test_space_marks_and_c_compares_two_or_more_sessions(tmp_path):
         assert "1 request · 150 tokens · $0.0011" in facts
         assert "≠ seed 44 42" in facts  # the settings that differ are flagged
         assert "≠ mode" not in facts  # both gpta
+        await pilot.press("y")  # the comparison as plain text
+        assert "validation accuracy of sentiment-gpta: epoch 1 0.6250 · epoch 2 0.7083" in \
+            app.clipboard and "no prefix 0.6542, +0.0375" in app.clipboard
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is sessions and sessions.marked == ["sentiment-stopped",

@@ -5,11 +5,15 @@ The validation curves overlaid (`CompareChart`), then the sessions in columns
 the no-prefix figure and gain, TA use and cost, best prefix in full. The sessions are read
 through the sessions layer (`GptaApp.compare_sessions` -> `sessions.compare.read_sessions`,
 the reading `gpta compare`'s report makes) in a thread worker, so a long session does not
-freeze the keys. Everything scrolls (80x24 up); esc goes back to the sessions.
+freeze the keys. Everything scrolls (80x24 up); `y` copies the comparison as plain text; esc
+goes back to the sessions.
 """
 
 from __future__ import annotations
 
+import io
+
+from rich.console import Console
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -19,8 +23,10 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from engine.experiments import RunResult
+from gpta_tui.formatting import literal, score
+from gpta_tui.screens.text_view import copy_text
 from gpta_tui.widgets.compare_chart import CompareChart, legend
-from gpta_tui.widgets.compare_facts import CompareFacts
+from gpta_tui.widgets.compare_facts import CompareFacts, render_facts
 from gpta_tui.widgets.key_footer import KeyFooter
 from sessions.status import shown
 
@@ -29,6 +35,7 @@ class CompareScreen(Screen[None]):
     CSS_PATH = "compare.tcss"
     BINDINGS = [
         Binding("escape", "back", "Back"),
+        Binding("y", "copy", "Copy"),
     ]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]
 
@@ -81,6 +88,23 @@ class CompareScreen(Screen[None]):
         self.query_one(CompareChart).show_curves(
             [(r.run.session, r.val_curve) for r in results], " / ".join(metrics) or "metric")
         self.query_one(CompareFacts).show(results, statuses)
+
+    def plain_text(self, width: int = 120) -> str:
+        """The comparison as plain text: the validation figures per epoch, then the facts."""
+        console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+        console.print(self.query_one("#compare-title", Static).content)
+        metric = " / ".join(sorted({r.metric for r in self.results if r.metric})) or "metric"
+        for r in self.results:
+            curve = " · ".join(f"epoch {e} {score(v)}" for e, v in r.val_curve) or "none"
+            console.print(literal(f"validation {metric} of {r.run.session}: {curve}"))
+        console.print(render_facts(self.results, self.statuses, width))
+        return console.export_text()
+
+    def action_copy(self) -> None:
+        if not self.results:
+            self.notify("Still reading the sessions.", severity="warning")
+            return
+        copy_text(self.app, self.plain_text(), "the comparison")
 
     def action_back(self) -> None:
         self.dismiss(None)
