@@ -303,6 +303,15 @@ class RunResult:
     copied: int = 0                      # TA prefixes rejected as copies of the prompt's examples
     prefix_words: list[int] = field(default_factory=list)  # word count of every new scored prefix
     history_sizes: list[int] = field(default_factory=list)  # prefixes ranked per epoch (<= k)
+    # What a side-by-side view of sessions shows besides (gpta-tui's compare view):
+    metric: str = ""                     # the session's metric (the plan's, in a comparison)
+    test_metrics: dict[str, float] = field(default_factory=dict)            # every test metric
+    test_metrics_no_prefix: dict[str, float] = field(default_factory=dict)  # the same, no prefix
+    epochs_done: int = 0
+    ta_tokens: int = 0
+    ta_cost: float = 0.0                 # estimated (engine.pricing), 0 for a local TA
+    status_reason: str = ""
+    config: dict = field(default_factory=dict)  # the session's stored config
 
     @property
     def done(self) -> bool:

@@ -79,6 +79,7 @@ class GptaApp(App[None]):
         self.controller: RunController | None = None
         self.worker: Worker | None = None
         self._quitting = False
+        self._quit_question: ConfirmScreen | None = None
         self.last_form: dict[str, str] | None = None  # the new-run form as last submitted
 
     # ---- store access (the only place that talks to sessions/) ------------------------
@@ -102,8 +103,11 @@ class GptaApp(App[None]):
         """A process (this one included) is running the session."""
         return self._store().is_locked(name)
 
-    def session_test_metrics(self, name: str) -> dict:
-        return self._store().test_metrics(name)
+    def compare_sessions(self, names: list[str]) -> list:
+        """The sessions side by side, read as `gpta compare` reads its runs (RunResult)."""
+        from sessions.compare import read_sessions
+
+        return read_sessions(names, self.home)
 
     def session_names(self) -> set[str]:
         return set(self._store().names())
@@ -341,13 +345,16 @@ class GptaApp(App[None]):
             self.exit()
             return
         job = controller.state.active_job
+        if job is not None and self.screen is self._quit_question:
+            self._quit_question.dismiss(True)  # q over "Quit?": yes (q twice quits)
+            return
         if job is not None:
             question = (f"Fine-tune job {escape(strip_control(job.job_id))} ({job.backend}) is still "
                         f"{escape(strip_control(job.status))}. Quitting "
                         "cancels it; the session is saved and resumes from this epoch's fine-tune. "
                         "Quit?")
-            self.push_screen(ConfirmScreen(question, yes="Quit", no="Stay", danger=True),
-                             self._quit_confirmed)
+            self._quit_question = ConfirmScreen(question, yes="Quit", no="Stay", danger=True)
+            self.push_screen(self._quit_question, self._quit_confirmed)
             return
         await self._stop_and_exit()
 

@@ -78,6 +78,22 @@ def score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def test_figure(metric: str, value: float, without: float | None = None) -> str:
+    """One test figure, with the no-prefix figure and the prefix's gain (value - without)
+    when the engine measured it: 'accuracy 0.6917 (no prefix 0.6542, +0.0375)'. The run
+    summary and the compare view both say it this way."""
+    shown = f"{metric} {score(value)}"
+    if without is not None:
+        shown += f"  (no prefix {score(without)}, {value - without:+.4f})"
+    return shown
+
+
+def ta_usage_text(requests: int, tokens: int, cost: float = 0.0) -> str:
+    """'12 requests · 3400 tokens · $0.0021' (no cost when none was estimated)."""
+    text = f"{requests} request{'s' * (requests != 1)} · {tokens} tokens"
+    return text + (f" · ${cost:.4f}" if cost else "")
+
+
 def literal(text: object, style: str = "") -> Text:
     """Text from users, files or the TA for a widget: shown as written (never parsed as
     markup), without control characters."""

@@ -307,7 +307,6 @@ def collect_results(spec: CompareSpec, home: Path | str | None = None,
                     manifest: dict | None = None) -> list[RunResult]:
     """One RunResult per planned run, read from its session (status "missing" if none)."""
     store = SessionStore(home)
-    metric = spec.metric
     walls = {k: v.get("wall_s") for k, v in ((manifest or {}).get("runs") or {}).items()}
     results = []
     for run in spec.runs():
@@ -315,30 +314,73 @@ def collect_results(spec: CompareSpec, home: Path | str | None = None,
             results.append(RunResult(run, "missing", wall_s=walls.get(run.session)))
             continue
         with store.open(run.session) as handle:
-            rec = handle.record()
-            series = session_epoch_series(handle)
-            status = handle.status
-            scored_words = [len(str(s.get("prefix", "")).split()) for s in handle.scored_prefixes()
-                            if not s.get("reused") and int(s.get("request_id", 0)) > 0]
-        finished = rec.get("finished") or {}
-        best = rec.get("best") or {}
-        test = (finished.get("test_metrics") or {}).get(metric)
-        no_prefix = (finished.get("test_metrics_no_prefix") or {}).get(metric)
-        results.append(RunResult(
-            run, status,
-            test=float(test) if status == "finished" and test is not None else None,
-            test_no_prefix=float(no_prefix) if status == "finished" and no_prefix is not None else None,
-            best_val=(best.get("metrics") or {}).get(metric, best.get("score")),
-            best_selection=(best.get("selection_metrics") or {}).get(metric),
-            copied=int((finished.get("summary") or {}).get("copied_from_prompt", 0) or 0),
-            prefix_words=scored_words,
-            history_sizes=[int(e.get("history_size", 0) or 0) for e in
-                           (finished.get("summary") or {}).get("epochs", []) if isinstance(e, dict)],
-            best_epoch=best.get("epoch"), best_prefix=best.get("prefix", ""),
-            val_curve=list(zip(series.epochs, series.val)),
-            loss_curve=list(zip(series.epochs, series.train_loss)),
-            ta_requests=int((finished.get("summary") or {}).get("ta_requests", 0) or 0),
-            wall_s=walls.get(run.session)))
+            results.append(session_result(handle, run, spec.metric, walls.get(run.session)))
+    return results
+
+
+def _floats(metrics: object) -> dict[str, float]:
+    """The numeric entries of a stored metrics mapping."""
+    if not isinstance(metrics, dict):
+        return {}
+    return {str(k): float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def session_result(handle, run: RunSpec | None = None, metric: str | None = None,
+                   wall_s: float | None = None) -> RunResult:
+    """One session read back as `gpta compare`'s report reads it. `run`: its place in a
+    comparison plan (default: mode, seed and train size from its own config); `metric`: the
+    plan's metric (default: the session's). Test figures count only for a finished session."""
+    rec = handle.record()
+    cfg = rec.get("config") or {}
+    metric = metric or record_metric(rec)
+    if run is None:
+        run = RunSpec(session=handle.name, arm=str(cfg.get("mode", "?")),
+                      seed=int(cfg.get("seed", 0) or 0),
+                      train_size=int((cfg.get("data") or {}).get("train_size", 0) or 0),
+                      max_windows=None)
+    series = session_epoch_series(handle)
+    status = handle.status
+    scored_words = [len(str(s.get("prefix", "")).split()) for s in handle.scored_prefixes()
+                    if not s.get("reused") and int(s.get("request_id", 0)) > 0]
+    usage = handle.ta_usage()
+    finished = rec.get("finished") or {}
+    best = rec.get("best") or {}
+    done = status == "finished"
+    test = _floats(finished.get("test_metrics")) if done else {}
+    no_prefix = _floats(finished.get("test_metrics_no_prefix")) if done else {}
+    return RunResult(
+        run, status,
+        test=test.get(metric), test_no_prefix=no_prefix.get(metric),
+        best_val=(best.get("metrics") or {}).get(metric, best.get("score")),
+        best_selection=(best.get("selection_metrics") or {}).get(metric),
+        copied=int((finished.get("summary") or {}).get("copied_from_prompt", 0) or 0),
+        prefix_words=scored_words,
+        history_sizes=[int(e.get("history_size", 0) or 0) for e in
+                       (finished.get("summary") or {}).get("epochs", []) if isinstance(e, dict)],
+        best_epoch=best.get("epoch"), best_prefix=best.get("prefix", ""),
+        val_curve=list(zip(series.epochs, series.val)),
+        loss_curve=list(zip(series.epochs, series.train_loss)),
+        ta_requests=usage.requests, ta_tokens=usage.tokens, ta_cost=usage.cost,
+        wall_s=wall_s, metric=metric, test_metrics=test, test_metrics_no_prefix=no_prefix,
+        epochs_done=int(rec.get("epoch", 0) or 0),
+        status_reason=str(rec.get("status_reason") or finished.get("reason") or ""),
+        config=cfg)
+
+
+def read_sessions(names: list[str], home: Path | str | None = None) -> list[RunResult]:
+    """Saved sessions side by side (gpta-tui's compare view), each read as `gpta compare`
+    reads its runs; one that cannot be read comes back with status "unreadable" and the
+    reason in `status_reason`."""
+    store = SessionStore(home)
+    results = []
+    for name in names:
+        try:
+            with store.open(name) as handle:
+                results.append(session_result(handle))
+        except GptaError as exc:
+            results.append(RunResult(RunSpec(name, "?", 0, 0, None), "unreadable",
+                                     status_reason=str(exc)))
     return results
 
 

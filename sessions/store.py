@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -244,6 +244,15 @@ def _ta_label(cfg: dict) -> str:
 
 
 @dataclass(frozen=True)
+class TAUsage:
+    """A session's TA requests, tokens and estimated cost (`SessionReader.ta_usage`)."""
+
+    requests: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+
+
+@dataclass(frozen=True)
 class SessionSummary:
     name: str
     mode: str
@@ -261,6 +270,15 @@ class SessionSummary:
     ta: str = ""         # "backend:model" of the teaching assistant ("" when none)
     best_epoch: int = 0
     best_prefix: str = ""
+    test_metrics: dict = field(default_factory=dict, hash=False)  # stored test figures ({}: none)
+
+
+def _test_metrics(rec: dict) -> dict:
+    """The numeric test metrics a session record's RunFinished stored ({} when none)."""
+    finished = rec.get("finished") or {}
+    metrics = finished.get("test_metrics") if isinstance(finished, dict) else None
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+            and not isinstance(v, bool)} if isinstance(metrics, dict) else {}
 
 
 class SessionStore:
@@ -342,21 +360,10 @@ class SessionStore:
                 updated=max(float(rec.get("updated", 0.0)), _log_mtime(path)), path=path,
                 student=str(cfg.get("student", {}).get("model", "") or ""), ta=_ta_label(cfg),
                 best_epoch=best.get("epoch") if type(best.get("epoch")) is int else 0,
-                best_prefix=best.get("prefix") if isinstance(best.get("prefix"), str) else ""))
+                best_prefix=best.get("prefix") if isinstance(best.get("prefix"), str) else "",
+                test_metrics=_test_metrics(rec)))
         out.sort(key=lambda s: s.updated, reverse=True)
         return out
-
-    def test_metrics(self, name: str) -> dict:
-        """The test metrics a finished session stored ({} when it has none or cannot be read)."""
-        try:
-            path = self.session_dir(name) / DB_FILE
-            data = _check_schema(read_json_file(path) or {}, name, path)
-        except (GptaError, OSError):
-            return {}
-        finished = dict(data.get(Table.SESSION, {}).get("1", {})).get("finished") or {}
-        metrics = finished.get("test_metrics") if isinstance(finished, dict) else None
-        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
-                and not isinstance(v, bool)} if isinstance(metrics, dict) else {}
 
     def _effective_status(self, name: str, stored: str) -> str:
         if stored == "running" and not self.is_locked(name):
@@ -1337,6 +1344,20 @@ class SessionReader(SessionLifecycle):
         with self._mutex:
             docs = sorted(self._calls, key=lambda d: d.get("_seq", 0))
             return [_clean(d) for d in docs if include_superseded or not d.get("superseded")]
+
+    def ta_usage(self) -> "TAUsage":
+        """What the TA cost this session, over the calls that count (superseded ones, replayed
+        after a resume, do not): requests (the highest request id, as the dashboard counts
+        them), tokens and estimated cost summed over every reply (retries included).
+        `gpta show`, the TUI's compare view and `gpta compare`'s report read it here."""
+        calls = self.ta_calls()
+        requests = max((int(c.get("request_id", 0) or 0) for c in calls), default=0)
+        replies = [r for c in calls for r in c.get("responses", []) if isinstance(r, dict)]
+        tokens = sum(int((r.get("usage") or {}).get("total_tokens", 0) or 0)
+                     for r in replies if isinstance(r.get("usage") or {}, dict))
+        cost = sum(float(r.get("cost", 0.0) or 0.0) for r in replies
+                   if isinstance(r.get("cost", 0.0) or 0.0, (int, float)))
+        return TAUsage(requests, tokens, cost)
 
     def windows_log_text(self) -> str:
         """The windows records as windows.jsonl holds them after a rewrite, for export."""

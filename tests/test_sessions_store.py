@@ -65,6 +65,8 @@ def test_create_list_and_read_back(gpta_home):
     assert summary.student == config.student.model and summary.student
     assert summary.ta == f"{config.ta.backend}:{config.ta.model}"
     assert summary.best_epoch == best["epoch"] > 0 and summary.best_prefix == best["prefix"] != ""
+    assert summary.test_metrics == r.record()["finished"]["test_metrics"] == {
+        "accuracy": 0.7, "macro_f1": 0.65}
     assert [p["step"] for p in r.loss_points()] == list(range(1, 13))
     assert [v["epoch"] for v in r.validations()] == [1, 2]
     hist = r.history(1)

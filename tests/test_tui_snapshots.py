@@ -173,14 +173,11 @@ def sessions_app(monkeypatch, tmp_path) -> GptaApp:
                        best_prefix="Decide whether the tweet is [bold]positive[/bold] or negative."),
         SessionSummary("yelp-baseline", "baseline", "yelp_review_full", "finished", 3, 3, "done",
                        0.5810, "accuracy", T0 - 86_400 * 3, tmp_path, student="bert-base-uncased",
-                       best_epoch=3),
+                       best_epoch=3, test_metrics={"accuracy": 0.5790, "f1": 0.5512}),
         SessionSummary("broken", "?", "?", "unreadable", 0, 0, "", None, "", T0 - 86_400 * 9,
                        tmp_path, error="session database is unreadable"),
     ]
     monkeypatch.setattr(SessionStore, "list", lambda self: list(rows))
-    monkeypatch.setattr(SessionStore, "test_metrics",
-                        lambda self, name: {"accuracy": 0.5790, "f1": 0.5512}
-                        if name == "yelp-baseline" else {})
     return GptaApp(Path("/srv/gpta-home"), clock=lambda: NOW)
 
 
@@ -190,3 +187,97 @@ def test_sessions_screen(snap_compare, monkeypatch, tmp_path):
 
 def test_sessions_screen_wide_shows_the_preview(snap_compare, monkeypatch, tmp_path):
     assert snap_compare(sessions_app(monkeypatch, tmp_path), terminal_size=(160, 30))
+
+
+# ---- the compare view ---------------------------------------------------------------
+HOSTILE_PREFIX = "[bold]x[/] \x1b[31mred\x1b[0m [link=http://e]Classify the tweet's mood:"
+COMPARED = (
+    # name, mode, seed, train size, validation per epoch, test, no-prefix test, TA cost, prefix
+    ("sentiment-gpta", "gpta", 42, 192, [0.625, 0.7083], {"accuracy": 0.6917, "macro_f1": 0.6512},
+     {"accuracy": 0.6542, "macro_f1": 0.6101}, 0.0042, HOSTILE_PREFIX),
+    ("sentiment-baseline", "baseline", 43, 384, [0.6, 0.6458], {"accuracy": 0.6375,
+                                                                 "macro_f1": 0.6003},
+     {}, 0.0, ""),
+    ("sentiment-stopped", "gpta", 44, 192, [0.5917], None, None, 0.0011,
+     "Decide whether the author of this tweet feels positive, negative or neutral about it, "
+     "reading every word with care before answering:"),
+)
+
+
+def compare_home(tmp_path: Path) -> Path:
+    """Three real sessions (written through the store, fixed figures): two finished with test
+    figures, one stopped after an epoch; one best prefix carries markup and an escape."""
+    from engine import events as ev
+    from engine.config import build_config
+    from engine.state import RunState
+    from sessions.store import SessionStore
+
+    home = tmp_path / "home"
+    store = SessionStore(home)
+    for name, mode, seed, size, val, test, plain, cost, prefix in COMPARED:
+        cfg = build_config("smoke", overrides={
+            "name": name, "mode": mode, "seed": seed, "data": {"train_size": size},
+            "ta": {"backend": "openai", "model": "gpt-4o-mini"} if mode == "gpta" else {},
+            # two more settings that differ: the view lists every differing key
+            "student": {"lr": 3e-5} if mode == "baseline" else {},
+            "loop": {"epochs": 2, "max_requests_per_epoch": 9 if seed == 44 else 0}})
+        st = RunState()
+        ts = iter(T0 + i for i in range(1000))
+        handle = store.create(cfg)
+        events: list = [ev.RunStarted(name=name, mode=mode, config=cfg.to_dict(), metric="accuracy",
+                                      label_names=["negative", "neutral", "positive"], ts=next(ts)),
+                        ev.StatusChanged(status="running", ts=next(ts))]
+        for epoch, score_ in enumerate(val, 1):
+            st.epoch, st.phase, st.step = epoch, "collecting", epoch * 4
+            events.append(ev.ValidationResult(epoch=epoch, prefix=prefix, metrics={"accuracy": score_},
+                                              best_epoch=epoch, improved=True, ts=next(ts)))
+            if mode == "gpta":
+                st.request_id += 1
+                events += [ev.TARequest(request_id=st.request_id, epoch=epoch, backend="openai",
+                                        model="gpt-4o-mini", messages=[], params={"n": 2},
+                                        description_version=1, ts=next(ts)),
+                           ev.TAResponse(request_id=st.request_id, epoch=epoch, texts=[prefix],
+                                         prefixes=[prefix], rejected=[], latency_s=0.1,
+                                         usage={"total_tokens": 150}, cost=cost / len(val),
+                                         ts=next(ts))]
+            st.best = {"epoch": epoch, "score": score_, "prefix": prefix,
+                       "metrics": {"accuracy": score_}}
+            events.append(ev.CheckpointSaved(epoch=epoch, phase="collecting", step=st.step,
+                                             state=st.to_dict(), path=f"checkpoints/e{epoch}",
+                                             ts=next(ts)))
+        if test is None:
+            events += [ev.StatusChanged(status="stopped", reason="stopped by the user", ts=next(ts)),
+                       ev.RunFinished(status="stopped", best_epoch=len(val), best_prefix=prefix,
+                                      val_metrics={"accuracy": val[-1]}, test_metrics={},
+                                      test_metrics_no_prefix={}, summary={},
+                                      reason="stopped by the user", ts=next(ts))]
+        else:
+            events += [ev.StatusChanged(status="finished", ts=next(ts)),
+                       ev.RunFinished(status="finished", best_epoch=len(val), best_prefix=prefix,
+                                      val_metrics={"accuracy": val[-1]}, test_metrics=test,
+                                      test_metrics_no_prefix=plain, summary={}, ts=next(ts))]
+        for event in events:
+            handle.listener(event)
+        handle.close()
+    return home
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=lambda size: f"{size[0]}x{size[1]}")
+def test_compare_view(snap_compare, tmp_path, size):
+    """Three sessions side by side: curves overlaid, then columns (160x48) or one block per
+    session (80x24, scrolling); the hostile prefix shows as written."""
+    from gpta_tui.screens.compare import CompareScreen
+    from gpta_tui.widgets.compare_chart import CompareChart
+
+    app = GptaApp(compare_home(tmp_path), clock=lambda: NOW)
+
+    async def compare(pilot):
+        app.push_screen(CompareScreen([c[0] for c in COMPARED]))
+        await pilot.pause()
+        for _ in range(1200):
+            if app.screen.results and app.screen.query_one(CompareChart).ready:
+                break
+            await pilot.pause(0.025)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=compare)

@@ -630,3 +630,84 @@ async def test_q_and_help_work_over_the_run_summary():
         await pilot.press("escape", "q")
         await pilot.pause()
     assert app.return_code == 0 and not app.is_running
+
+
+def _modals() -> dict:
+    from gpta_tui.screens.confirm import ConfirmScreen
+    from gpta_tui.screens.description import DescriptionScreen
+    from gpta_tui.screens.export import ExportScreen
+
+    return {"confirm": lambda: ConfirmScreen("Delete it?", danger=True),
+            "export": lambda: ExportScreen("demo-run", "./demo-run-export"),
+            "text view": lambda: TextViewScreen("prefix", "Classify:", "Classify:", "the prefix"),
+            "description": lambda: DescriptionScreen("Tweets.", 1, 1)}
+
+
+@pytest.mark.parametrize("name", ["confirm", "export", "text view", "description"])
+async def test_q_and_help_work_over_every_modal(name):
+    """Every modal is a screens.modal.Modal: q quits and ? opens the help over it, as on the
+    screens; a text field with the focus takes them as typed characters instead."""
+    from textual.widgets import Button
+
+    from gpta_tui.screens.help import HelpScreen
+
+    app = canned_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        modal = _modals()[name]()
+        app.push_screen(modal)
+        await pilot.pause()
+        if name in ("export", "description"):
+            field = modal.query_one("Input, TextArea")
+            assert field.has_focus
+            await pilot.press("q", "question_mark")
+            await pilot.pause()
+            assert app.screen is modal and "q?" in str(getattr(field, "value", None)
+                                                       or field.text)
+            modal.query_one(Button).focus()
+            await pilot.pause()
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is modal
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code == 0 and not app.is_running
+
+
+async def test_q_over_the_help_quits_and_q_over_the_quit_question_answers_it():
+    from types import SimpleNamespace
+
+    from gpta_tui.screens.confirm import ConfirmScreen
+    from gpta_tui.screens.help import HelpScreen
+
+    app = canned_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("q")
+        await pilot.pause()
+    assert not app.is_running
+    # A live run with a fine-tune job asks first; q over that question is "yes" (no second
+    # question on top of it).
+    stopped = []
+    app = canned_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause()
+        job = SimpleNamespace(job_id="ftjob-1", backend="openai", status="running")
+        app.controller = SimpleNamespace(running=True, name="demo-run",
+                                         state=SimpleNamespace(active_job=job, last_load=None),
+                                         drain=lambda: set(), stop=lambda: stopped.append(True),
+                                         note=lambda *a, **k: {"log"})
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen) and "ftjob-1" in str(
+            app.screen.question)
+        await pilot.press("q")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen) and stopped == [True]
+    assert not app.is_running

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.errors import UsageError, strip_control
+from gpta_tui.formatting import ta_usage_text
 from sessions.store import SessionStore, format_ts
 
 STATUS_STYLE = {"running": "green", "paused": "yellow", "interrupted": "magenta",
@@ -143,11 +144,9 @@ def cmd_show(args: argparse.Namespace) -> int:
                            + ("   without prefix: " + ", ".join(
                                f"{k} {v:.4f}" for k, v in finished["test_metrics_no_prefix"].items())
                               if finished.get("test_metrics_no_prefix") else "")))
-    calls = handle.ta_calls()
-    if calls:
-        tokens = sum(int((r.get("usage") or {}).get("total_tokens", 0) or 0)
-                     for c in calls for r in c.get("responses", []))
-        console.print(f"TA: {len(calls)} requests, {tokens} tokens; "
+    usage = handle.ta_usage()
+    if usage.requests:
+        console.print(f"TA: {ta_usage_text(usage.requests, usage.tokens, usage.cost)}; "
                       f"fine-tune jobs: {len(handle.jobs())}")
     problems = [n for n in handle.notices() if n["level"] in ("warning", "error")]
     for n in problems[-5:]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static, TextArea
 
 from gpta_tui.formatting import description_size
+from gpta_tui.screens.modal import Modal
 
 
-class DescriptionScreen(ModalScreen[str | None]):
+class DescriptionScreen(Modal[str | None]):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", priority=True),
         Binding("escape", "cancel", "Cancel"),

@@ -5,11 +5,12 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
+from gpta_tui.screens.modal import Modal
 
-class ExportScreen(ModalScreen[str | None]):
+
+class ExportScreen(Modal[str | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, name: str, default_dir: str) -> None:

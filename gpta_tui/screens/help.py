@@ -7,14 +7,19 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Label, Static
+
+from gpta_tui.screens.modal import Modal
 
 KEYS = [
     ("Sessions", [("enter / r", "open or resume the selected session"), ("n", "new session"),
                   ("d", "delete the selected session (asks first)"), ("x", "export the selected session"),
                   ("o", "sort: newest, name, best val, status"),
-                  ("/", "filter by name, mode, dataset, status, model (esc clears)")]),
+                  ("/", "filter by name, mode, dataset, status, model (esc clears)"),
+                  ("space", "mark / unmark the selected session for comparing"),
+                  ("C", "compare the marked sessions side by side (two or more)")]),
+    ("Compare", [("up / down / pgup / pgdn", "scroll"), ("y", "copy the comparison as text"),
+                 ("esc", "back to the sessions")]),
     ("New session", [("enter", "on Start: start the run"), ("ctrl+s", "start the run"),
                      ("esc", "back to the sessions")]),
     ("Run dashboard", [("p", "pause / resume (at the next step boundary)"),
@@ -50,8 +55,8 @@ def keys_table() -> Table:
     return table
 
 
-class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
+class HelpScreen(Modal[None]):
+    BINDINGS = [Binding("escape,question_mark", "close", "Close")]  # q quits (Modal)
 
     def __init__(self) -> None:
         super().__init__(classes="dialog-screen -opaque")
@@ -62,7 +67,7 @@ class HelpScreen(ModalScreen[None]):
             with VerticalScroll():
                 yield Static(Text(ABOUT), classes="help-about")
                 yield Static(keys_table())
-            yield Label("esc to close", classes="dim")
+            yield Label("esc or ? to close · q quits", classes="dim")
 
     def action_close(self) -> None:
         self.dismiss(None)

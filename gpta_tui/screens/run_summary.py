@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections import Counter
 
 from rich.text import Text
-from textual.binding import Binding
 
 from gpta_tui.dashboard import DashboardState
-from gpta_tui.formatting import STATUS_STYLE, duration, printable, score
+from gpta_tui.formatting import (STATUS_STYLE, duration, printable, score, ta_usage_text,
+                                 test_figure)
 from gpta_tui.screens.text_view import TextViewScreen
 
 
@@ -43,11 +43,7 @@ def summary_text(state: DashboardState) -> Text:
             value = _number(value)
             if value is None:
                 continue
-            shown = f"{metric} {score(value)}"
-            without = _number(base.get(metric))
-            if without is not None:
-                shown += f"  (no prefix {score(without)}, {value - without:+.4f})"
-            line("test", shown, "bold cyan")
+            line("test", test_figure(metric, value, _number(base.get(metric))), "bold cyan")
         if not finished.test_metrics:
             line("test", "not measured (the run did not reach the test)", "dim")
     best = state.best or {}
@@ -60,9 +56,7 @@ def summary_text(state: DashboardState) -> Text:
             line("", f"{metric} {score(_number(value))}", "green")
     line("epochs", f"{state.epoch}/{state.epochs_total}" if state.epochs_total else str(state.epoch))
     line("run time", duration(state.elapsed_s()))
-    ta = f"{state.ta_requests} requests · {state.ta_tokens} tokens"
-    if state.ta_cost:
-        ta += f" · ${state.ta_cost:.4f}"
+    ta = ta_usage_text(state.ta_requests, state.ta_tokens, state.ta_cost)
     line("TA", f"{state.ta_model_in_use} · {ta}" if state.ta_requests else state.ta_model_in_use)
     if state.jobs:
         counts = Counter(job.status or "submitted" for job in state.jobs.values())
@@ -74,15 +68,7 @@ def summary_text(state: DashboardState) -> Text:
     return text
 
 
-class RunSummaryScreen(TextViewScreen, inherit_bindings=False):
-    BINDINGS = [
-        Binding("y", "copy", "Copy"),
-        Binding("escape,enter", "close", "Close"),
-        # A modal screen hides the app's keys: q and ? do here what they do everywhere.
-        Binding("q", "app.quit", "Quit"),
-        Binding("question_mark", "app.help", "Help", key_display="?"),
-    ]
-
+class RunSummaryScreen(TextViewScreen):
     def __init__(self, state: DashboardState) -> None:
         body = summary_text(state)
         super().__init__(f"{state.name}: run {state.finished.status if state.finished else state.status}",

@@ -1,7 +1,7 @@
 """SessionsScreen: the start screen, a table of saved sessions.
 
 Keys: enter/r open or resume, n new, d delete (asks first), x export, o sort order, / filter
-(esc clears it), q quit. The session this app is running is shown live (status, epoch, best)
+(esc clears it), space marks a session, C compares the marked ones (two or more), q quit. The session this app is running is shown live (status, epoch, best)
 from its dashboard state. From PREVIEW_AT columns a preview pane beside the table shows the
 highlighted session's facts and best prefix.
 """
@@ -111,6 +111,8 @@ class SessionsScreen(Screen[None]):
         Binding("x", "export", "Export"),
         Binding("o", "sort", "Sort"),
         Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("space", "mark", "Mark"),
+        Binding("C", "compare", "Compare", key_display="C"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (PREVIEW_AT, "-wide")]
@@ -121,6 +123,7 @@ class SessionsScreen(Screen[None]):
         self.all_rows: list[SessionRow] = []  # every session, as read
         self.sort_index = 0
         self.filter_text = ""
+        self.marked: list[str] = []  # marked for the compare view, in the order marked
         self._live_name: str | None = None
         self._columns: tuple = ()
 
@@ -174,6 +177,8 @@ class SessionsScreen(Screen[None]):
         except Exception as exc:  # noqa: BLE001 - shown, not fatal
             self.all_rows = []
             self.notify(f"Could not list sessions: {exc}", severity="error", markup=False)
+        names = {r.name for r in self.all_rows}
+        self.marked = [name for name in self.marked if name in names]  # deleted: unmarked
         self.redraw()
 
     def redraw(self) -> None:
@@ -197,7 +202,7 @@ class SessionsScreen(Screen[None]):
             if row.status == "unreadable":  # the reason (the row names the session already)
                 reason = re.sub(r"^session database '[^']*' ", "", row.error)
                 dataset = literal(one_line(reason, 60), style="red")
-            cells = {"name": literal(row.name, style="bold"), "mode": literal(row.mode),
+            cells = {"name": self._name_cell(row.name), "mode": literal(row.mode),
                      "dataset": dataset,
                      "status": literal(f"{STATUS_ICON.get(row.status, '·')} {row.status}",
                                        style=style),
@@ -216,12 +221,50 @@ class SessionsScreen(Screen[None]):
             empty.update("No session matches the filter. Press esc to clear it.")
         else:
             empty.update("")
+        self.show_title()
+        self.show_preview()
+
+    def show_title(self) -> None:
+        needle = self.filter_text.strip()
         shown_count = (f"{len(self.rows)} of {len(self.all_rows)}" if needle
                        else str(len(self.all_rows)))
+        marked = f" · {len(self.marked)} marked (C: compare)" if self.marked else ""
         self.query_one("#sessions-title", Static).update(
             literal(f"Sessions · {shown_count} saved in {self.app.home_label} · "
-                    f"sorted by {SORTS[self.sort_index][0]}"))
-        self.show_preview()
+                    f"sorted by {SORTS[self.sort_index][0]}{marked}"))
+
+    def _name_cell(self, name: str) -> Text:
+        """The name, with a mark when it is marked for comparing (no column of its own:
+        the table keeps its width)."""
+        cell = literal(name, style="bold")
+        return cell + Text(" ✓", style="bold magenta") if name in self.marked else cell
+
+    def action_mark(self) -> None:
+        """Mark or unmark the selected session for the compare view."""
+        row = self.selected
+        if row is None:
+            return
+        if row.status == "unreadable":
+            self.notify(f"{row.name} cannot be read, so it cannot be compared.",
+                        severity="warning", markup=False)
+            return
+        if row.name in self.marked:
+            self.marked.remove(row.name)
+        else:
+            self.marked.append(row.name)
+        self.query_one(DataTable).update_cell(row.name, "name", self._name_cell(row.name),
+                                              update_width=True)
+        self.show_title()
+
+    def action_compare(self) -> None:
+        """The marked sessions side by side (two or more)."""
+        if len(self.marked) < 2:
+            self.notify(f"Mark two or more sessions with space to compare them "
+                        f"({len(self.marked)} marked).", severity="warning", markup=False)
+            return
+        from gpta_tui.screens.compare import CompareScreen
+
+        self.app.push_screen(CompareScreen(self.marked))
 
     def show_preview(self) -> None:
         now = self.app.clock() if hasattr(self.app, "clock") else None
@@ -266,7 +309,8 @@ class SessionsScreen(Screen[None]):
     def _row(self, item: Any) -> SessionRow:
         status = getattr(item, "status", "")
         live = status == "paused" and self.app.session_locked(item.name)
-        test = self.app.session_test_metrics(item.name) if status == "finished" else None
+        # the test figures come with the list (one read of each session, not two)
+        test = dict(getattr(item, "test_metrics", None) or {}) if status == "finished" else None
         return session_row(item, live=live, test=test)
 
     @property

@@ -1,6 +1,7 @@
 """TextViewScreen: a read-only modal showing one item in full (a prefix, a dialogue window).
 
-`y` copies the item's text (Textual's `copy_to_clipboard`: OSC 52 to the terminal), esc closes.
+`y` copies the item's text (Textual's `copy_to_clipboard`: OSC 52 to the terminal), esc or
+enter closes; q quits and ? opens the help, as everywhere (Modal).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from rich.console import RenderableType
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Label, Static
+
+from gpta_tui.screens.modal import Modal
 
 
 def copy_text(app: App, text: str, what: str) -> None:
@@ -19,10 +21,10 @@ def copy_text(app: App, text: str, what: str) -> None:
     app.notify(f"Copied {what} ({len(text)} characters) to the clipboard.", timeout=3)
 
 
-class TextViewScreen(ModalScreen[None]):
+class TextViewScreen(Modal[None]):
     BINDINGS = [
         Binding("y", "copy", "Copy"),
-        Binding("escape,q,enter", "close", "Close"),
+        Binding("escape,enter", "close", "Close"),  # q quits, ? helps (Modal)
     ]
 
     def __init__(self, title: str, body: RenderableType, text: str, what: str) -> None:

@@ -3,26 +3,19 @@
 A long run does not cost more to draw: the raw curve keeps each column's lowest and highest
 loss (`minmax_downsample`), the smoothed one each column's mean (`downsample`).
 
-Building a plotext figure is by far the most expensive drawing on the dashboard (tens of
-milliseconds, more on a busy CPU), so the chart never builds on the UI thread's render path:
-a thread worker builds the figure into a Rich `Text` when the curves changed (at most once
-per `min_period` seconds, and less often if builds are slow), and `render()` returns the last
-finished figure. Screen switches, modals and key presses repaint from that cache for free.
+The figure is built off the UI thread (`CachedPlot`). The tick helpers here (`nice_ticks`,
+`one_per_row`, `int_ticks`) serve every chart of the app.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import time
 
 from rich.text import Text
-from textual import work
-from textual.app import RenderResult
-from textual_plotext import PlotextPlot
 from textual_plotext.plot import Plot
 
 from gpta_tui.dashboard import DashboardState
+from gpta_tui.widgets.cached_plot import CachedPlot
 from sessions.curves import smooth
 
 
@@ -152,26 +145,16 @@ def draw(plt: Plot, steps: list[int], losses: list[float], val: list[tuple[int, 
     return Text.from_ansi(plt.build())
 
 
-class LossChart(PlotextPlot):
+class LossChart(CachedPlot):
+    """The run's loss and validation curves (figures built off the UI thread: CachedPlot)."""
+
     def __init__(self, min_period: float = 1.0, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self._min_period = min_period
-        self._period = min_period
-        self._dirty = True
-        self._building = threading.Lock()
-        self._figure: Text | None = None
-        self._figure_size = (0, 0)
+        super().__init__(min_period=min_period, **kwargs)
         self._steps: list[int] = []
         self._losses: list[float] = []
         self._val: list[tuple[int, float]] = []
         self._metric = "accuracy"
         self._best_step: int | None = None
-        self._last_build = 0.0
-        self.builds = 0
-
-    def on_mount(self) -> None:
-        super().on_mount()
-        self.set_interval(0.25, self._maybe_build)
 
     @property
     def point_count(self) -> int:
@@ -184,50 +167,12 @@ class LossChart(PlotextPlot):
         best_epoch = state.best.get("epoch") if state.best else None
         self._best_step = state.val_step.get(best_epoch) if best_epoch in state.val else None
         self.border_subtitle = LEGEND.format(metric=state.metric)
-        self._dirty = True
-        if now:
-            self._last_build = 0.0
-            self._maybe_build()
+        self.changed(now)
 
-    def on_resize(self) -> None:
-        self._dirty = True
-        self._last_build = 0.0
-        self._maybe_build()
+    def figure_inputs(self) -> tuple:
+        return (list(self._steps), list(self._losses), list(self._val), self._metric,
+                self._best_step)
 
-    def _maybe_build(self) -> None:
-        width, height = self.size
-        if not self._dirty or width <= 0 or height <= 0:
-            return
-        if time.monotonic() - self._last_build < self._period or self._building.locked():
-            return
-        self._dirty = False
-        self._last_build = time.monotonic()
-        theme = self._get_plotext_theme_name(self.app.theme)
-        self._build(list(self._steps), list(self._losses), list(self._val), self._metric,
-                    width, height, theme, self._best_step)
-
-    @work(thread=True, exclusive=True, group="loss-chart", exit_on_error=False)
-    def _build(self, steps, losses, val, metric, width, height, theme, best_step) -> None:
-        with self._building:
-            started = time.monotonic()
-            figure = draw(self.plt, steps, losses, val, metric, width, height, theme, best_step)
-            took = time.monotonic() - started
-        try:
-            self.app.call_from_thread(self._show, figure, (width, height), took)
-        except RuntimeError:  # the app closed meanwhile
-            pass
-
-    def _show(self, figure: Text, size: tuple[int, int], took: float) -> None:
-        self._figure, self._figure_size = figure, size
-        self.builds += 1
-        # Slow builds (a busy CPU) redraw less often: keep the chart under ~10% of a core.
-        self._period = max(self._min_period, 10 * took)
-        if size != tuple(self.size):  # resized while drawing: redraw at once, not after the period
-            self._dirty = True
-            self._last_build = 0.0
-        self.refresh()
-
-    def render(self) -> RenderResult:
-        if self._figure is None:
-            return Text("drawing…", style="dim")
-        return self._figure
+    def draw_figure(self, plt: Plot, width: int, height: int, theme: str, inputs: tuple) -> Text:
+        steps, losses, val, metric, best_step = inputs
+        return draw(plt, steps, losses, val, metric, width, height, theme, best_step)

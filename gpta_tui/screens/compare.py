@@ -1,0 +1,110 @@
+"""CompareScreen: sessions marked on the sessions screen (space), side by side (C).
+
+The validation curves overlaid (`CompareChart`), then the sessions in columns
+(`CompareFacts`): status, the settings that differ, best validation figure, test figures with
+the no-prefix figure and gain, TA use and cost, best prefix in full. The sessions are read
+through the sessions layer (`GptaApp.compare_sessions` -> `sessions.compare.read_sessions`,
+the reading `gpta compare`'s report makes) in a thread worker, so a long session does not
+freeze the keys. Everything scrolls (80x24 up); `y` copies the comparison as plain text; esc
+goes back to the sessions.
+"""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Static
+
+from engine.experiments import RunResult
+from gpta_tui.formatting import literal, score
+from gpta_tui.screens.text_view import copy_text
+from gpta_tui.widgets.compare_chart import CompareChart, legend
+from gpta_tui.widgets.compare_facts import CompareFacts, render_facts
+from gpta_tui.widgets.key_footer import KeyFooter
+from sessions.status import shown
+
+
+class CompareScreen(Screen[None]):
+    CSS_PATH = "compare.tcss"
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("y", "copy", "Copy"),
+    ]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = list(names)
+        self.results: list[RunResult] = []
+        self.statuses: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="compare-box"):
+            yield Static(Text(f"Compare · {len(self.names)} sessions · reading…"),
+                         id="compare-title")
+            with VerticalScroll(id="compare-scroll"):
+                yield Static(legend(self.names), id="compare-legend")
+                yield CompareChart(id="compare-chart")
+                yield CompareFacts(id="compare-facts")
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        self.query_one("#compare-scroll").focus()
+        self.read()
+
+    @work(thread=True, exclusive=True, group="compare-read", exit_on_error=False)
+    def read(self) -> None:
+        try:
+            results = self.app.compare_sessions(self.names)
+            statuses = [shown(r.status, r.status == "paused"
+                              and self.app.session_locked(r.run.session)) for r in results]
+        except Exception as exc:  # noqa: BLE001 - shown, not fatal
+            self.app.call_from_thread(self.failed, exc)
+            return
+        self.app.call_from_thread(self.show, results, statuses)
+
+    def failed(self, exc: Exception) -> None:
+        if not self.is_attached:
+            return
+        self.query_one("#compare-title", Static).update(
+            Text(f"Compare: the sessions could not be read: {exc}", style="red"))
+
+    def show(self, results: list[RunResult], statuses: list[str]) -> None:
+        if not self.is_attached:  # esc pressed while reading
+            return
+        self.results, self.statuses = results, statuses
+        metrics = sorted({r.metric for r in results if r.metric})
+        finished = sum(s == "finished" for s in statuses)
+        self.query_one("#compare-title", Static).update(Text(
+            f"Compare · {len(results)} sessions · {finished} finished · validation and test "
+            f"{' / '.join(metrics) or 'metric'}"))
+        self.query_one(CompareChart).show_curves(
+            [(r.run.session, r.val_curve) for r in results], " / ".join(metrics) or "metric")
+        self.query_one(CompareFacts).show(results, statuses)
+
+    def plain_text(self, width: int = 120) -> str:
+        """The comparison as plain text: the validation figures per epoch, then the facts."""
+        console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+        console.print(self.query_one("#compare-title", Static).content)
+        metric = " / ".join(sorted({r.metric for r in self.results if r.metric})) or "metric"
+        for r in self.results:
+            curve = " · ".join(f"epoch {e} {score(v)}" for e, v in r.val_curve) or "none"
+            console.print(literal(f"validation {metric} of {r.run.session}: {curve}"))
+        console.print(render_facts(self.results, self.statuses, width))
+        return console.export_text()
+
+    def action_copy(self) -> None:
+        if not self.results:
+            self.notify("Still reading the sessions.", severity="warning")
+            return
+        copy_text(self.app, self.plain_text(), "the comparison")
+
+    def action_back(self) -> None:
+        self.dismiss(None)

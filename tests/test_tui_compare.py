@@ -1,0 +1,180 @@
+"""The compare view (sessions screen: space marks, C compares) on real sessions written
+through the store (test_tui_snapshots.compare_home), and its figures against `gpta show` and
+`gpta compare`'s reading of the same sessions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_tui_snapshots import COMPARED, HOSTILE_PREFIX, NOW, compare_home  # noqa: E402
+from test_tui_views import screen_text  # noqa: E402
+
+from gpta_tui.app import GptaApp  # noqa: E402
+from gpta_tui.screens.compare import CompareScreen  # noqa: E402
+from gpta_tui.screens.sessions import SessionsScreen  # noqa: E402
+from gpta_tui.widgets.compare_chart import CompareChart  # noqa: E402
+from gpta_tui.widgets.compare_facts import CompareFacts  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+
+def toasts(app) -> str:
+    return " ".join(str(n.message) for n in app._notifications)
+
+
+async def until_compared(pilot) -> CompareScreen:
+    """Wait for the compare view to have read its sessions and drawn its chart."""
+    screen = pilot.app.screen
+    assert isinstance(screen, CompareScreen)
+    for _ in range(1200):
+        if screen.results and screen.query_one(CompareChart).ready:
+            break
+        await pilot.pause(0.025)
+    assert screen.results, "the sessions were never read"
+    return screen
+
+
+async def test_space_marks_and_c_compares_two_or_more_sessions(tmp_path):
+    app = GptaApp(compare_home(tmp_path), clock=lambda: NOW)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        sessions = app.screen
+        assert isinstance(sessions, SessionsScreen)
+        await pilot.press("o")  # by name: sentiment-baseline, sentiment-gpta, sentiment-stopped
+        assert [r.name for r in sessions.rows] == ["sentiment-baseline", "sentiment-gpta",
+                                                   "sentiment-stopped"]
+        # the list's test figures come from the same read as the rest of the row
+        assert [r.test for r in sessions.rows] == ["accuracy 0.6375", "accuracy 0.6917", "-"]
+        await pilot.press("C")  # nothing marked: a clear message, no view
+        await pilot.pause()
+        assert app.screen is sessions and "Mark two or more sessions" in toasts(app)
+        table = sessions.query_one("#sessions-table")
+        table.move_cursor(row=0)  # the cursor stayed on the newest session while sorting
+        await pilot.press("space")
+        assert str(table.get_cell("sentiment-baseline", "name")) == "sentiment-baseline ✓"
+        assert "1 marked" in str(sessions.query_one("#sessions-title").content)
+        app.clear_notifications()
+        await pilot.press("C")  # one is not enough
+        await pilot.pause()
+        assert app.screen is sessions and "(1 marked)" in toasts(app)
+        await pilot.press("space")  # space again unmarks
+        assert sessions.marked == [] and str(table.get_cell("sentiment-baseline", "name")) == \
+            "sentiment-baseline"
+        await pilot.press("down", "down", "space", "up", "space", "C")
+        await pilot.pause()
+        screen = await until_compared(pilot)
+        # in the order marked: the stopped one first, then the gpta one
+        assert screen.names == ["sentiment-stopped", "sentiment-gpta"]
+        facts = screen_text(screen.query_one(CompareFacts))
+        assert "stopped: stopped by the user" in facts and "finished" in facts
+        assert "not measured" in facts  # the stopped run has no test figures
+        assert "accuracy 0.6917 (no prefix 0.6542, +0.0375)" in facts
+        assert "macro_f1 0.6512 (no prefix 0.6101, +0.0411)" in facts
+        assert "accuracy 0.7083 (epoch 2)" in facts and "accuracy 0.5917 (epoch 1)" in facts
+        assert "2 requests · 300 tokens · $0.0042" in facts
+        assert "1 request · 150 tokens · $0.0011" in facts
+        assert "≠ seed 44 42" in facts  # the settings that differ are flagged
+        assert "≠ mode" not in facts  # both gpta
+        await pilot.press("y")  # the comparison as plain text
+        assert "validation accuracy of sentiment-gpta: epoch 1 0.6250 · epoch 2 0.7083" in \
+            app.clipboard and "no prefix 0.6542, +0.0375" in app.clipboard
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is sessions and sessions.marked == ["sentiment-stopped",
+                                                              "sentiment-gpta"]
+
+
+async def test_the_compare_view_shows_hostile_prefixes_as_written(tmp_path):
+    """A prefix is TA output: its markup is not parsed and no escape byte reaches the screen."""
+    app = GptaApp(compare_home(tmp_path), clock=lambda: NOW)
+    names = [c[0] for c in COMPARED]
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        app.push_screen(CompareScreen(names))
+        screen = await until_compared(pilot)
+        facts = screen.query_one(CompareFacts)
+        text = screen_text(facts)
+        assert "[bold]x[/]" in text and "[link=http://e]Classify the tweet's mood:" in text
+        assert "\x1b" not in text and "[31mred" in text
+        # every session's prefix in full (wrapped in its column, never cut)
+        assert "reading every word with care before answering:" in text
+        assert "none (baseline)" in text and "≠ TA" in text and "≠ train size" in text
+        assert "≠ student.lr 2e-05 3e-05 2e-05" in text  # every other differing setting
+        assert "≠loop.max_requests_p 0 0 9 er_epoch" in text  # a long key folds
+        # the figures side by side: one column per session
+        assert facts.content.columns[1].header.plain.endswith(names[0])
+        assert len(facts.content.columns) == 1 + len(names)
+        assert HOSTILE_PREFIX.split()[0] in text
+
+
+async def test_the_compare_view_stacks_at_80x24_and_scrolls(tmp_path):
+    app = GptaApp(compare_home(tmp_path), clock=lambda: NOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        app.push_screen(CompareScreen([c[0] for c in COMPARED]))
+        screen = await until_compared(pilot)
+        facts = screen.query_one(CompareFacts)
+        assert not hasattr(facts.content, "columns")  # one block per session
+        scroll = screen.query_one("#compare-scroll")
+        assert scroll.max_scroll_y > 0 and scroll.has_focus
+        await pilot.press("end")
+        await pilot.pause()
+        assert scroll.scroll_y == scroll.max_scroll_y
+        await pilot.resize_terminal(160, 48)  # wider: back to columns
+        await pilot.pause(0.1)
+        assert hasattr(facts.content, "columns")
+
+
+async def test_an_unreadable_marked_session_says_why(tmp_path):
+    home = compare_home(tmp_path)
+    (home / "sessions" / "sentiment-baseline" / "session.json").write_text("{not json")
+    app = GptaApp(home, clock=lambda: NOW)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        app.push_screen(CompareScreen(["sentiment-gpta", "sentiment-baseline"]))
+        screen = await until_compared(pilot)
+        text = screen_text(screen.query_one(CompareFacts))
+        assert "unreadable" in text and "accuracy 0.6917" in text
+        # the sessions screen refuses to mark it
+        await pilot.press("escape")
+        await pilot.pause()
+        sessions = app.screen
+        row = [r.name for r in sessions.rows].index("sentiment-baseline")
+        sessions.query_one("#sessions-table").move_cursor(row=row)
+        await pilot.press("space")
+        assert sessions.marked == [] and "cannot be read" in toasts(app)
+
+
+def test_the_figures_agree_with_gpta_show_and_gpta_compare(tmp_path, capsys):
+    """One reading: the compare view's RunResults are `gpta compare`'s (session_result), and
+    the TA use is the one `gpta show` prints (SessionReader.ta_usage)."""
+    from engine.experiments import RunSpec
+    from gpta_tui.cli import main
+    from gpta_tui.formatting import ta_usage_text
+    from sessions.compare import read_sessions, session_result
+    from sessions.store import SessionStore
+
+    home = compare_home(tmp_path)
+    results = {r.run.session: r for r in read_sessions([c[0] for c in COMPARED], home)}
+    for name, mode, seed, size, val, test, plain, cost, prefix in COMPARED:
+        r = results[name]
+        assert (r.run.arm, r.run.seed, r.run.train_size) == (mode, seed, size)
+        assert r.val_curve == list(enumerate(val, 1)) and r.best_prefix == prefix
+        assert r.test_metrics == (test or {}) and r.test_metrics_no_prefix == (plain or {})
+        assert r.test == (test or {}).get("accuracy")
+        assert r.ta_cost == pytest.approx(cost, abs=1e-12)
+        with SessionStore(home).open(name) as handle:  # as a comparison plan reads it
+            planned = session_result(handle, RunSpec(name, mode, seed, size, None), "accuracy")
+        assert planned == r
+        assert main(["--home", str(home), "show", name]) == 0
+        out = capsys.readouterr().out
+        if r.ta_requests:
+            assert f"TA: {ta_usage_text(r.ta_requests, r.ta_tokens, r.ta_cost)}" in out
+        else:
+            assert "TA:" not in out
+    bad = read_sessions(["no-such-session"], home)[0]
+    assert bad.status == "unreadable" and "no-such-session" in bad.status_reason
