@@ -51,26 +51,101 @@ def smooth(values: Iterable[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def curves_png(loss: list[tuple[int, int, float]], val: list[tuple[int, float]], metric: str,
-               best_epoch: int | None, title: str) -> bytes:
-    """The student loss (raw, smoothed) and validation per epoch, best epoch marked."""
-    import matplotlib
+def downsample(xs: list[int], ys: list[float], buckets: int) -> tuple[list[float], list[float]]:
+    """Mean per bucket so a long run stays readable (and cheap to draw) in a narrow chart."""
+    if buckets <= 0 or len(xs) <= buckets:
+        return list(map(float, xs)), list(ys)
+    size = len(xs) / buckets
+    out_x, out_y = [], []
+    for b in range(buckets):
+        lo, hi = int(b * size), max(int((b + 1) * size), int(b * size) + 1)
+        out_x.append(sum(xs[lo:hi]) / (hi - lo))
+        out_y.append(sum(ys[lo:hi]) / (hi - lo))
+    return out_x, out_y
 
-    matplotlib.use("Agg", force=True)
+
+def minmax_downsample(xs: list[int], ys: list[float], buckets: int
+                      ) -> tuple[list[float], list[float]]:
+    """The lowest and the highest point of each bucket, in step order, so a long run (31,250
+    steps) draws as cheaply as a short one and still shows its spikes, which means hide.
+    The first and the last point are kept too: the line spans the whole run."""
+    if buckets <= 0 or len(xs) <= 2 * buckets:
+        return list(map(float, xs)), list(ys)
+    size = len(xs) / buckets
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for b in range(buckets):
+        lo, hi = int(b * size), max(int((b + 1) * size), int(b * size) + 1)
+        part = ys[lo:hi]
+        i_min = lo + min(range(len(part)), key=part.__getitem__)
+        i_max = lo + max(range(len(part)), key=part.__getitem__)
+        ends = {0} if b == 0 else {len(xs) - 1} if b == buckets - 1 else set()
+        for i in sorted({i_min, i_max} | ends):
+            out_x.append(float(xs[i]))
+            out_y.append(ys[i])
+    return out_x, out_y
+
+
+# The PNG's plot area is about 800 pixels wide: past 1,000 buckets (at most 2,000 points per
+# line) a longer run draws the same picture, only slower.
+PNG_BUCKETS = 1000
+PNG_SIZE = (9.0, 4.8)   # inches, at 110 dpi
+
+
+def _margins(fig, axes_and_sides) -> tuple[float, float]:
+    """(left, right) margins in inches for the vertical axes: the widest tick label of each
+    side, measured with the renderer's font metrics (a few strings), plus the ticks, the pads
+    and the axis label. `tight_layout` would find the same room but renders every text of the
+    figure once more for it (a third of the render)."""
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+
+    renderer = fig.canvas.get_renderer()
+    dpi = fig.dpi
+    room = {"left": 0.3, "right": 0.3}   # nothing on that side: a little air
+    for ax, side in axes_and_sides:
+        axis = ax.yaxis
+        labels = axis.get_major_formatter().format_ticks(axis.get_majorticklocs())
+        font = FontProperties(size=rcParams["ytick.labelsize"])
+        widest = max((renderer.get_text_width_height_descent(s, font, ismath=False)[0]
+                      for s in labels if s), default=0.0) / dpi
+        label_font = FontProperties(size=rcParams["axes.labelsize"])
+        label_h = renderer.get_text_width_height_descent("Xg", label_font, ismath=False)[1] / dpi
+        ticks = (rcParams["ytick.major.size"] + rcParams["ytick.major.pad"]
+                 + rcParams["axes.labelpad"]) / 72
+        room[side] = 0.12 + label_h + ticks + widest
+    return room["left"], room["right"]
+
+
+def curves_figure(loss: list[tuple[int, int, float]], val: list[tuple[int, float]],
+                  metric: str, best_epoch: int | None, title: str):
+    """The student loss (raw, smoothed) and validation per epoch, best epoch marked, as a
+    matplotlib `Figure` (not drawn yet).
+    A long run is drawn through min/max buckets, as the dashboard's chart: each line keeps
+    each bucket's lowest and highest value (spikes survive; the smoothed line is computed over
+    every point first), so the picture is the one all points draw at this resolution.
+    Only `matplotlib.figure` and the Agg canvas are imported (no pyplot); the side margins
+    come from the tick labels' widths (`_margins`), not from `tight_layout`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     points = sorted(loss)
-    fig = Figure(figsize=(9, 4.8), dpi=110)
+    width, height = PNG_SIZE
+    fig = Figure(figsize=PNG_SIZE, dpi=110)
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     steps = [p[0] for p in points]
     losses = [p[2] for p in points]
     if points:
-        ax.plot(steps, losses, color="0.7", linewidth=1, label="loss")
-        ax.plot(steps, smooth(losses), color="tab:blue", linewidth=2, label="loss (smoothed)")
+        ax.plot(*minmax_downsample(steps, losses, PNG_BUCKETS), color="0.7", linewidth=1,
+                label="loss")
+        ax.plot(*minmax_downsample(steps, smooth(losses), PNG_BUCKETS), color="tab:blue",
+                linewidth=2, label="loss (smoothed)")
     ax.set_xlabel("training step")
     ax.set_ylabel("student loss")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
+    sides = [(ax, "left")]
     if val:
         last = _last_step(points)
         right = ax.twinx()
@@ -82,14 +157,25 @@ def curves_png(loss: list[tuple[int, int, float]], val: list[tuple[int, float]],
             if epoch == best_epoch:
                 right.plot([last.get(epoch, 0)], [value], marker="*", markersize=16,
                            color="tab:orange", linestyle="none", label=f"best (epoch {epoch})")
+        sides.append((right, "right"))
         more_h, more_l = right.get_legend_handles_labels()
         handles, labels = handles + more_h, labels + more_l
     if handles:  # outside the plot, under it
         fig.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
     ax.set_title(title)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    # title on top; the step label and the legend under the plot. The height is set first:
+    # it decides the y ticks, whose labels decide the side margins.
+    fig.subplots_adjust(bottom=1.0 / height, top=1 - 0.4 / height)
+    left, right_in = _margins(fig, sides)
+    fig.subplots_adjust(left=left / width, right=1 - right_in / width)
+    return fig
+
+
+def curves_png(loss: list[tuple[int, int, float]], val: list[tuple[int, float]], metric: str,
+               best_epoch: int | None, title: str) -> bytes:
+    """`curves_figure` as PNG bytes (matplotlib's Agg canvas, headless)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    curves_figure(loss, val, metric, best_epoch, title).savefig(buf, format="png")
     return buf.getvalue()
 
 

@@ -113,11 +113,16 @@ def parse(raw: bytes, path: Path | str, *, strict: bool = False
 
 def read(path: Path | str) -> tuple[list[tuple[int, dict]], list[str], bool]:
     """([(line number, record)], problems, torn tail?) of the log at `path` (none: empty)."""
+    records, problems, torn, _ = _read(path)
+    return records, problems, torn
+
+
+def _read(path: Path | str) -> tuple[list[tuple[int, dict]], list[str], bool, bytes]:
     raw = read_raw(path)
     if raw is None:
-        return [], [], False
+        return [], [], False, b""
     records, end, problems = parse(raw, path)
-    return records, problems, end < len(raw)
+    return records, problems, end < len(raw), raw[:end]
 
 
 def load(path: Path | str, accept: Callable[[Any], Any], explain: Callable[[Any], str]
@@ -128,10 +133,16 @@ def load(path: Path | str, accept: Callable[[Any], Any], explain: Callable[[Any]
     (empty when only a torn tail was cut: that is what a crash leaves) and `explain(record)`
     names what is wrong with the first refused one. `damaged` tells a writer to rewrite the
     file clean before it appends (`AppendLog.replace`)."""
+    return load_with_bytes(path, accept, explain)[:3]
+
+
+def load_with_bytes(path: Path | str, accept: Callable[[Any], Any],
+                    explain: Callable[[Any], str]) -> tuple[list[Any], str, bool, bytes]:
+    """`load`, and the bytes of the log's complete lines (for a copy of a clean log)."""
     try:
-        records, problems, torn = read(path)
+        records, problems, torn, raw = _read(path)
     except DatabaseUnreadable as exc:
-        return [], f"{str(exc.path)!r} was ignored ({exc.reason})", True
+        return [], f"{str(exc.path)!r} was ignored ({exc.reason})", True, b""
     out = []
     for number, record in records:
         value = accept(record)
@@ -141,7 +152,7 @@ def load(path: Path | str, accept: Callable[[Any], Any], explain: Callable[[Any]
             out.append(value)
     problem = (f"{str(Path(path))!r}: {problems[0]} ({len(problems)} line(s) left out)"
                if problems else "")
-    return out, problem, bool(problems) or torn
+    return out, problem, bool(problems) or torn, raw
 
 
 def read_strict(path: Path | str, explain: Callable[[Any], str | None]) -> list[dict]:

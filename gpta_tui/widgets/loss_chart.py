@@ -23,40 +23,7 @@ from textual_plotext import PlotextPlot
 from textual_plotext.plot import Plot
 
 from gpta_tui.dashboard import DashboardState
-from sessions.curves import smooth
-
-
-def downsample(xs: list[int], ys: list[float], buckets: int) -> tuple[list[float], list[float]]:
-    """Mean per bucket so a long run stays readable (and cheap to draw) in a narrow chart."""
-    if buckets <= 0 or len(xs) <= buckets:
-        return list(map(float, xs)), list(ys)
-    size = len(xs) / buckets
-    out_x, out_y = [], []
-    for b in range(buckets):
-        lo, hi = int(b * size), max(int((b + 1) * size), int(b * size) + 1)
-        out_x.append(sum(xs[lo:hi]) / (hi - lo))
-        out_y.append(sum(ys[lo:hi]) / (hi - lo))
-    return out_x, out_y
-
-
-def minmax_downsample(xs: list[int], ys: list[float], buckets: int
-                      ) -> tuple[list[float], list[float]]:
-    """The lowest and the highest point of each bucket, in step order, so a long run (31,250
-    steps) draws as cheaply as a short one and still shows its spikes, which means hide."""
-    if buckets <= 0 or len(xs) <= 2 * buckets:
-        return list(map(float, xs)), list(ys)
-    size = len(xs) / buckets
-    out_x: list[float] = []
-    out_y: list[float] = []
-    for b in range(buckets):
-        lo, hi = int(b * size), max(int((b + 1) * size), int(b * size) + 1)
-        part = ys[lo:hi]
-        i_min = lo + min(range(len(part)), key=part.__getitem__)
-        i_max = lo + max(range(len(part)), key=part.__getitem__)
-        for i in sorted({i_min, i_max}):
-            out_x.append(float(xs[i]))
-            out_y.append(ys[i])
-    return out_x, out_y
+from sessions.curves import downsample, minmax_downsample, smooth
 
 
 def chart_series(state: DashboardState) -> tuple[list[int], list[float], list[tuple[int, float]]]:
