@@ -87,13 +87,14 @@ def parse(raw: bytes, path: Path | str, *, strict: bool = False
     end = raw.rfind(b"\n") + 1
     if end < len(raw) and strict:
         raise DatabaseUnreadable(Path(path), "its last line is incomplete")
-    lines = raw[:end].split(b"\n")[:-1]
+    count = raw.count(b"\n", 0, end)
     try:  # one parse for the whole file; any doubt and each line is parsed on its own
-        values = json.loads(b"[" + b",".join(lines) + b"]") if lines else []
-        if len(values) == len(lines) and all(type(v) is dict for v in values):
+        values = json.loads(b"[" + raw[:end - 1].replace(b"\n", b",") + b"]") if count else []
+        if len(values) == count and all(type(v) is dict for v in values):
             return list(enumerate(values, start=1)), end, []
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         pass
+    lines = raw[:end].split(b"\n")[:-1]
     records, problems = [], []
     for number, line in enumerate(lines, start=1):
         try:
@@ -137,22 +138,26 @@ def load(path: Path | str, accept: Callable[[Any], Any], explain: Callable[[Any]
 
 
 def load_with_bytes(path: Path | str, accept: Callable[[Any], Any],
-                    explain: Callable[[Any], str]) -> tuple[list[Any], str, bool, bytes]:
-    """`load`, and the bytes of the log's complete lines (for a copy of a clean log)."""
+                    explain: Callable[[Any], str]) -> tuple[list[Any], str, bool, bytes | None]:
+    """`load`, and the file's bytes when they say exactly what was loaded: nothing left out
+    and every value the parsed record itself (`accept` returned it unchanged); else None."""
     try:
         records, problems, torn, raw = _read(path)
     except DatabaseUnreadable as exc:
-        return [], f"{str(exc.path)!r} was ignored ({exc.reason})", True, b""
+        return [], f"{str(exc.path)!r} was ignored ({exc.reason})", True, None
     out = []
+    as_is = True
     for number, record in records:
         value = accept(record)
         if value is None:
             problems.append(f"line {number}: {explain(record)}")
         else:
+            as_is = as_is and value is record
             out.append(value)
     problem = (f"{str(Path(path))!r}: {problems[0]} ({len(problems)} line(s) left out)"
                if problems else "")
-    return out, problem, bool(problems) or torn, raw
+    damaged = bool(problems) or torn
+    return out, problem, damaged, raw if as_is and not damaged else None
 
 
 def read_strict(path: Path | str, explain: Callable[[Any], str | None]) -> list[dict]:

@@ -128,6 +128,27 @@ def test_wrong_shaped_lines_are_left_out_and_never_crash_a_reader(gpta_home, dam
     assert len(log.read_bytes().splitlines()) == len(good)
 
 
+_FULL_POINT = {"epoch": 1, "step": 3, "epoch_step": 3, "epoch_steps": 10, "loss": 0.5,
+               "lr": 1e-3, "ts": 1.5, "_seq": 7}
+
+
+@pytest.mark.parametrize("change", [
+    {}, {"loss": 1}, {"lr": 0}, {"ts": 2}, {"step": 0}, {"step": True}, {"epoch": 1.0},
+    {"epoch_step": "3"}, {"epoch_steps": None}, {"loss": "0.5"}, {"lr": [1]}, {"ts": None},
+    {"_seq": 1.0}, {"_seq": False}, {"kind": "train_step"}, {"superseded": True},
+    {"superseded": 1}, {"x": 1}])
+def test_the_fast_point_check_agrees_with_the_event_shape_check(change):
+    """A line of exactly the point's keys takes `_valid_point`'s fast path (the parsed dict
+    itself is kept); any other shape the written-out one. Both agree with `_point_problem`."""
+    from sessions.store import _point, _point_problem, _valid_point
+
+    doc = {**_FULL_POINT, **change}
+    point = _valid_point(dict(doc))
+    assert (point is None) == (_point_problem(doc) is not None)
+    if point is not None:
+        assert point == _point(doc)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=False)
     | st.text(max_size=8),
