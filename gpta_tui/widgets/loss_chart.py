@@ -12,7 +12,6 @@ finished figure. Screen switches, modals and key presses repaint from that cache
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 
@@ -23,7 +22,7 @@ from textual_plotext import PlotextPlot
 from textual_plotext.plot import Plot
 
 from gpta_tui.dashboard import DashboardState
-from sessions.curves import downsample, minmax_downsample, smooth
+from sessions.curves import downsample, minmax_downsample, nice_ticks, smooth
 
 
 def chart_series(state: DashboardState) -> tuple[list[int], list[float], list[tuple[int, float]]]:
@@ -39,21 +38,6 @@ def int_ticks(lo: int, hi: int, width: int) -> list[int]:
         return [lo]
     count = max(2, min(hi - lo + 1, (width - 12) // 12))
     return sorted({round(lo + i * (hi - lo) / (count - 1)) for i in range(count)})
-
-
-def nice_ticks(lo: float, hi: float, count: int = 4) -> tuple[list[float], list[str]]:
-    """About `count` round tick values covering [lo, hi] and labels with just enough decimals."""
-    if not math.isfinite(lo) or not math.isfinite(hi):
-        return [], []
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    raw = (hi - lo) / max(1, count - 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    values = [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if step / mag == 2.5 else 0)
-    return values, [f"{v:.{decimals}f}" for v in values]
 
 
 def one_per_row(ticks: list[float], labels: list[str], lo: float, hi: float,
