@@ -475,9 +475,9 @@ def main() -> None:
         "in the database, rewritten with it at every checkpoint); scored prefixes and the "
         "sorted history still are in it, and the checkpoint's state holds the epoch's history.",
         "Commands run in a fresh Python process (median of 3): most of their time is imports "
-        "(`gpta list` is about that start-up alone); export's curves.png is matplotlib's "
-        "import (~0.3 s) and one render, drawn through min/max buckets since round 3 so its "
-        "cost hardly depends on the length. The short session, read the same way in the "
+        "(`gpta list` is about that start-up alone). Since round 3 export's curves.png is "
+        "drawn with Pillow through one min/max bucket per pixel column (before: matplotlib, "
+        "whose import alone was ~0.3 s of CPU), so its cost hardly depends on the length. The short session, read the same way in the "
         "same run, shows what the length itself adds; the old code's column reads the same "
         "session files with the tree of --old-rev (git archive), in the same run.",
         "TUI open: the real app (GptaApp under a Textual pilot, 160x48) already running; "
