@@ -347,6 +347,23 @@ def tui_open_in(root: Path, home: Path, name: str, repeats: int = 3) -> dict[str
     return runs[len(runs) // 2]
 
 
+def as_schema_4(folder: Path, to: Path) -> None:
+    """A copy of a session as the schema-4 store (--old-rev) wrote it: the scored prefixes
+    and histories of scored.jsonl / history.jsonl in the database's `scored` / `history`
+    tables (the code of --old-rev refuses a schema-5 session)."""
+    shutil.copytree(folder, to)
+    data = json.loads((to / "session.json").read_text())
+    logs = {}
+    for name in ("scored", "history"):
+        path = to / f"{name}.jsonl"
+        logs[name] = [json.loads(line) for line in path.read_text().splitlines()]
+        path.unlink()
+    data["scored"] = {str(i): x for i, x in enumerate(logs["scored"], start=1)}
+    data["history"] = {str(x["epoch"]): x for x in logs["history"]}
+    data["meta"]["1"]["schema"] = 4
+    (to / "session.json").write_text(json.dumps(data))
+
+
 def source_tree(rev: str, into: Path) -> Path | None:
     """The files of commit `rev` (git archive) under `into`, or None without git."""
     try:
@@ -385,7 +402,8 @@ def main() -> None:
 
     machine = machine_info("cpu")
     home = Path(tempfile.mkdtemp(prefix=".bench-store-", dir=args.home or REPO_ROOT))
-    contenders = {"schema-4 store: loss, TA calls, windows in .jsonl (this branch)": current}
+    contenders = {"schema-5 store: loss, TA calls, windows, scores, history in .jsonl (this branch)":
+                  current}
     if not args.no_baseline:
         old = baseline_store(args.baseline_rev)
         if old is None:
@@ -411,8 +429,9 @@ def main() -> None:
         old_root = source_tree(args.old_rev, home / "old-tree") if args.old_rev else None
         if old_root is not None:
             progress(f"reading the long session with the code of {args.old_rev} ...")
-            tui = tui_open_in(old_root, home, "run-0")
-            old_reading = {**commands(home, "run-0", old_root), TUI_OPEN: tui["wall"]}
+            as_schema_4(home / "sessions" / "run-0", home / "sessions" / "run-0-s4")
+            tui = tui_open_in(old_root, home, "run-0-s4")
+            old_reading = {**commands(home, "run-0-s4", old_root), TUI_OPEN: tui["wall"]}
             tui_cpu["old"] = tui["cpu"]
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -471,9 +490,10 @@ def main() -> None:
         "KiB written per step: bytes passed to write(2) by the whole process during the run "
         "(/proc/self/io wchar) divided by the steps; the baseline rewrites its whole database "
         "on every flush.",
-        "TA calls and windows are in ta_calls.jsonl / windows.jsonl since schema 4 (before: "
-        "in the database, rewritten with it at every checkpoint); scored prefixes and the "
-        "sorted history still are in it, and the checkpoint's state holds the epoch's history.",
+        "TA calls and windows are in ta_calls.jsonl / windows.jsonl since schema 4, scored "
+        "prefixes and each epoch's history in scored.jsonl / history.jsonl since schema 5 "
+        "(before: in the database, rewritten with it at every checkpoint); the checkpoint's "
+        "state still holds the current epoch's history.",
         "Commands run in a fresh Python process (median of 3): most of their time is imports "
         "(`gpta list` is about that start-up alone). Since round 3 export's curves.png is "
         "drawn with Pillow through one min/max bucket per pixel column (before: matplotlib, "

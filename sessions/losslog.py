@@ -1,6 +1,7 @@
 """Append-only JSON-lines files: the session's high-rate series (training loss points in
 `loss.jsonl`, TA calls with their prompts and replies in `ta_calls.jsonl`, each epoch's
-dialogue-gradient windows in `windows.jsonl`).
+dialogue-gradient windows in `windows.jsonl`, scored prefixes in `scored.jsonl`, each epoch's
+sorted history in `history.jsonl`).
 
 TinyDB rewrites its whole file on every write, so a series that grows with the run (31,250
 loss points in a paper-scale run) makes every write cost more than the last. Loss points
@@ -42,7 +43,9 @@ from sessions.storage import DatabaseUnreadable
 LOSS_FILE = "loss.jsonl"
 TA_FILE = "ta_calls.jsonl"  # schema 4: TA requests and responses (sessions/store.py)
 WINDOWS_FILE = "windows.jsonl"  # schema 4: the dialogue-gradient windows of each epoch
-LOG_FILES = (LOSS_FILE, TA_FILE, WINDOWS_FILE)
+SCORED_FILE = "scored.jsonl"    # schema 5: every scored prefix
+HISTORY_FILE = "history.jsonl"  # schema 5: each epoch's sorted history (the later line wins)
+LOG_FILES = (LOSS_FILE, TA_FILE, WINDOWS_FILE, SCORED_FILE, HISTORY_FILE)
 MAX_LOG_BYTES = 256 * 2**20  # about a million loss points; more is not a file gpta wrote
 
 # One encoder for every line: json.dumps with options builds a new encoder per call, which
