@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import filelock
 from tinydb import TinyDB
@@ -211,6 +211,14 @@ def _point_event(doc: dict) -> TrainStep:
     """A stored point as its event, without the generic (deep-copying) path: a replay of a
     31,250-step session builds 31,250 of these."""
     return TrainStep(**{k: doc[k] for k in _POINT_KEYS[:-1] if k in doc})
+
+
+def _not_in(table_docs: Iterable[dict], log_records: list[dict]) -> list[dict]:
+    """An older schema's table records, in _seq order, without those the log holds too
+    (same _seq): what a writer's move left when it was cut short before the table went."""
+    logged = {r["_seq"] for r in log_records if "_seq" in r}
+    return sorted((d for d in table_docs if d.get("_seq") not in logged or "_seq" not in d),
+                  key=lambda d: d.get("_seq", 0))
 
 
 def _clean_call(doc: dict) -> dict:
@@ -911,10 +919,12 @@ class SessionLifecycle:
         self._loss_raw = raw if exact else None
         for point in points:
             self._loss[point["step"]] = point
-        self._calls = [_clean_call(doc) for doc in sorted(self._table(Table.TA_CALLS).all(),
-                                                          key=lambda d: d.get("_seq", 0))]
         records, self.ta_log_problem, ta_damaged = losslog.load(
             self._ta_log.path, _valid_ta, _ta_problem)
+        # A move cut short leaves a table and the log that already holds its records: every
+        # record has its own _seq, so the log's copy wins (no record is read twice).
+        self._calls = [_clean_call(doc) for doc in _not_in(self._table(Table.TA_CALLS).all(),
+                                                           records)]
         self._index_calls()
         for record in records:
             if record["kind"] == "ta_request":
@@ -929,10 +939,9 @@ class SessionLifecycle:
             self._windows_log.path, _valid_windows, _windows_problem)
         for record in records:
             self._windows[int(record["epoch"])] = record
-        self._scored = sorted((dict(doc) for doc in self._table(Table.SCORED).all()),
-                              key=lambda d: d.get("_seq", 0))
         records, self.scored_log_problem, scored_damaged = losslog.load(
             self._scored_log.path, _valid_scored, _scored_problem)
+        self._scored = [dict(doc) for doc in _not_in(self._table(Table.SCORED).all(), records)]
         self._scored.extend(records)
         self._history = {doc.doc_id: dict(doc) for doc in self._table(Table.HISTORY).all()}
         records, self.history_log_problem, history_damaged = losslog.load(

@@ -18,7 +18,7 @@ from sessions.store import DB_FILE, SCHEMA_VERSION, SessionStore
 from test_sessions_helpers import SyntheticRun, feed, small_config
 from test_sessions_losslog import _finished, _strip_ts
 from test_sessions_store import _crash_after, _index
-from test_sessions_talog import _lines, _resume, as_older_schema, damage_log
+from test_sessions_talog import _as_schema_3, _lines, _resume, as_older_schema, damage_log
 
 
 def _no_ts(rows):
@@ -128,6 +128,38 @@ def test_a_schema_4_session_is_read_as_is_and_migrated_by_a_writer(gpta_home):
     assert (folder / f"{DB_FILE}.schema-4").read_bytes() == raw
     migrated = store.open("old")
     assert (migrated.scored_prefixes(), migrated.history(), _strip_ts(migrated.events())) == want
+
+
+@pytest.mark.parametrize("schema", [3, 4])
+def test_a_move_cut_short_is_redone_without_reading_a_record_twice(gpta_home, monkeypatch,
+                                                                    schema):
+    """A writer writes the logs, then drops the tables: killed in between, the database
+    still has the tables and the logs already hold their records. Readers and the next
+    writer see each TA call and each score once (the log's copy of a _seq wins)."""
+    store = SessionStore()
+    done = _finished(store, "half")
+    want = (done.ta_calls(include_superseded=True), done.scored_prefixes(), done.history(),
+            done.windows(), _strip_ts(done.events()))
+    done.close()
+    (_as_schema_3 if schema == 3 else _as_schema_4)(store, "half")
+    from sessions import store as store_mod
+
+    def crash(self):
+        raise KeyboardInterrupt  # the process dies after the logs were written
+    monkeypatch.setattr(store_mod.SessionLifecycle, "flush", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.open("half", write=True)
+    monkeypatch.undo()
+
+    def seen():
+        r = store.open("half")
+        return (r.ta_calls(include_superseded=True), r.scored_prefixes(), r.history(),
+                r.windows(), _strip_ts(r.events()))
+    assert seen() == want
+    store.open("half", write=True).close()
+    assert seen() == want
+    data = json.loads((store.session_dir("half") / DB_FILE).read_text())
+    assert not {"ta_calls", "windows", "scored", "history"} & set(data)
 
 
 def test_export_and_import_carry_the_scored_and_history_logs(gpta_home, tmp_path):
