@@ -282,6 +282,19 @@ def test_a_schema_2_session_killed_mid_run_migrates_and_resumes_exactly(gpta_hom
     assert _no_ts(store.open("old").loss_points()) == straight
 
 
+def open_killed_before_the_database_write(store: SessionStore, name: str, monkeypatch) -> None:
+    """Open `name` for writing and die at its first database write (after a migration
+    wrote the logs, before the tables left the database)."""
+    from sessions import store as store_mod
+
+    def crash(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(store_mod.SessionLifecycle, "flush", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.open(name, write=True)
+    monkeypatch.undo()
+
+
 def test_a_move_cut_short_is_redone_on_the_next_open(gpta_home, monkeypatch):
     """The log is written before the table leaves the database: a crash between the two
     leaves both, and the next writer merges and moves them again."""
@@ -291,14 +304,7 @@ def test_a_move_cut_short_is_redone_on_the_next_open(gpta_home, monkeypatch):
     h.close()
     want = store.open("half").loss_points()
     raw = _as_schema_2(store, "half")
-    from sessions import store as store_mod
-
-    def crash(self):
-        raise KeyboardInterrupt  # the process dies after the log was written
-    monkeypatch.setattr(store_mod.SessionLifecycle, "flush", crash)
-    with pytest.raises(KeyboardInterrupt):
-        store.open("half", write=True)
-    monkeypatch.undo()
+    open_killed_before_the_database_write(store, "half", monkeypatch)
     folder = store.session_dir("half")
     assert (folder / DB_FILE).read_bytes() == raw and (folder / LOSS_FILE).exists()
     assert store.open("half").loss_points() == want

@@ -16,7 +16,7 @@ from sessions.losslog import HISTORY_FILE, SCORED_FILE
 from sessions.store import DB_FILE, SCHEMA_VERSION, SessionStore
 
 from test_sessions_helpers import SyntheticRun, feed, small_config
-from test_sessions_losslog import _finished, _strip_ts
+from test_sessions_losslog import _finished, _strip_ts, open_killed_before_the_database_write
 from test_sessions_store import _crash_after, _index
 from test_sessions_talog import _as_schema_3, _lines, _resume, as_older_schema, damage_log
 
@@ -142,14 +142,7 @@ def test_a_move_cut_short_is_redone_without_reading_a_record_twice(gpta_home, mo
             done.windows(), _strip_ts(done.events()))
     done.close()
     (_as_schema_3 if schema == 3 else _as_schema_4)(store, "half")
-    from sessions import store as store_mod
-
-    def crash(self):
-        raise KeyboardInterrupt  # the process dies after the logs were written
-    monkeypatch.setattr(store_mod.SessionLifecycle, "flush", crash)
-    with pytest.raises(KeyboardInterrupt):
-        store.open("half", write=True)
-    monkeypatch.undo()
+    open_killed_before_the_database_write(store, "half", monkeypatch)
 
     def seen():
         r = store.open("half")
