@@ -217,7 +217,7 @@ def _not_in(table_docs: Iterable[dict], log_records: list[dict]) -> list[dict]:
     """An older schema's table records, in _seq order, without those the log holds too
     (same _seq): what a writer's move left when it was cut short before the table went."""
     logged = {r["_seq"] for r in log_records if "_seq" in r}
-    return sorted((d for d in table_docs if d.get("_seq") not in logged or "_seq" not in d),
+    return sorted((d for d in table_docs if d.get("_seq") not in logged),
                   key=lambda d: d.get("_seq", 0))
 
 
