@@ -19,8 +19,9 @@ Reported for each store:
   <= 10 ms), checkpoint records (durable by contract: fsync-bound, see the notes) and the rest;
 - bytes handed to write(2) per step (/proc/self/io `wchar`), and the session's size on disk;
 - reading the finished session: open, `events()` replay, the TUI's `load_past` (the
-  dashboard reducer over every event) and one loss-chart figure of all points, and
-  `gpta show` / `gpta export` as commands (a fresh process each: imports included).
+  dashboard reducer over every event) and one loss-chart figure of all points,
+  `gpta show` / `gpta export` as commands (a fresh process each: imports included) and the
+  real TUI opening it (a Textual pilot), the last two also with the code of `--old-rev`.
 
 The baseline is the store before issue 20 (loss points in the TinyDB database, schema 2),
 loaded from git (`--baseline-rev`) and run in the same process, one after the other.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -43,6 +45,8 @@ from bench.common import (REPO_ROOT, Report, base_parser, machine_info, progress
                           run_main)
 
 BASELINE_REV = "2022aa7"  # the last commit with loss points in the database (schema 2)
+OLD_READERS_REV = "4aa4e27"  # main before round 3 of issue 20 (the readers' old path)
+TUI_OPEN = "TUI: open it until chart and history show its past (pilot), wall"
 
 
 def _wchar() -> int | None:
@@ -254,24 +258,122 @@ def readers(home: Path, name: str) -> dict[str, float]:
     return out
 
 
-def commands(home: Path, name: str) -> dict[str, float]:
-    """Wall seconds of `gpta show` and `gpta export` in a fresh process each."""
-    env = {**os.environ, "GPTA_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)}
+def tui_open(home: Path, name: str, size: tuple[int, int] = (160, 48)) -> dict[str, float]:
+    """Seconds from asking the real app (a Textual pilot) to open a finished session until its
+    dashboard shows the past: the RunScreen is up, the loss chart has drawn every step and
+    the history table holds the last epoch's rows. `cpu` is this process's CPU time over the
+    same span (the app's threads included)."""
+    import asyncio
+
+    from gpta_tui.app import GptaApp
+    from gpta_tui.screens.run import RunScreen
+    from gpta_tui.widgets.history_table import HistoryTable
+    from gpta_tui.widgets.loss_chart import LossChart
+
+    async def measure() -> dict[str, float]:
+        app = GptaApp(home)
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            c0, t0 = time.process_time(), time.perf_counter()
+            app.open_session(name, resume=False)
+            deadline = t0 + 120
+            while time.perf_counter() < deadline:
+                screen = app.screen
+                if isinstance(screen, RunScreen) and screen.is_mounted:
+                    chart = screen.query_one(LossChart)
+                    table = screen.query_one(HistoryTable)
+                    if (chart.builds and chart.point_count == len(screen.state.losses)
+                            and table.row_count == len(screen.state.history) > 0):
+                        break
+                await asyncio.sleep(0.005)
+            else:
+                raise RuntimeError(f"the dashboard of {name} did not show its past in 120 s")
+            took, cpu = time.perf_counter() - t0, time.process_time() - c0
+            return {"wall": took, "cpu": cpu, "points": chart.point_count}
+
+    return asyncio.run(measure())
+
+
+def commands(home: Path, name: str, root: Path = REPO_ROOT, repeats: int = 3
+             ) -> dict[str, float]:
+    """Wall seconds of `gpta show` and `gpta export` in a fresh process each (the median of
+    `repeats`), run from the source tree `root` (this branch, or an older commit's tree)."""
+    env = {**os.environ, "GPTA_HOME": str(home), "PYTHONPATH": str(root)}
     out = {}
     tmp = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
         for label, argv in (("`gpta list` (process start and imports, for reference)", ["list"]),
                             ("`gpta show NAME`", ["show", name]),
                             ("`gpta export NAME DIR`", ["export", name, str(tmp / "out")])):
-            t0 = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "gpta_tui.cli", *argv], env=env,
-                                  capture_output=True, text=True)
-            out[label] = time.perf_counter() - t0
-            if done.returncode != 0:
-                raise RuntimeError(f"{argv}: {done.stderr.strip()[-300:]}")
+            times = []
+            for _ in range(repeats):
+                shutil.rmtree(tmp / "out", ignore_errors=True)
+                t0 = time.perf_counter()
+                done = subprocess.run([sys.executable, "-m", "gpta_tui.cli", *argv], env=env,
+                                      cwd=root, capture_output=True, text=True)
+                times.append(time.perf_counter() - t0)
+                if done.returncode != 0:
+                    raise RuntimeError(f"{argv}: {done.stderr.strip()[-300:]}")
+            out[label] = sorted(times)[len(times) // 2]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+_TUI_OPEN = """
+import importlib.util, json, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("bench_store_tui", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+runs = [module.tui_open(Path(sys.argv[2]), sys.argv[3]) for _ in range(int(sys.argv[4]))]
+print(json.dumps(runs))
+"""
+
+
+def tui_open_in(root: Path, home: Path, name: str, repeats: int = 3) -> dict[str, float]:
+    """`tui_open` in a fresh process whose gpta_tui/sessions come from the source tree `root`
+    (this file's `tui_open` is loaded by path, so an older tree needs none of its own); the
+    median of `repeats` opens in that process (the first one includes no import: the app
+    is already up)."""
+    env = {**os.environ, "GPTA_HOME": str(home), "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", _TUI_OPEN, str(Path(__file__).resolve()),
+                           str(home), name, str(repeats)], env=env, cwd=root,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"tui_open in {root}: {done.stderr.strip()[-500:]}")
+    runs = sorted(json.loads(done.stdout.strip().splitlines()[-1]), key=lambda r: r["wall"])
+    return runs[len(runs) // 2]
+
+
+def as_schema_4(folder: Path, to: Path) -> None:
+    """A copy of a session as the schema-4 store (--old-rev) wrote it: the scored prefixes
+    and histories of scored.jsonl / history.jsonl in the database's `scored` / `history`
+    tables (the code of --old-rev refuses a schema-5 session)."""
+    shutil.copytree(folder, to)
+    data = json.loads((to / "session.json").read_text())
+    logs = {}
+    for name in ("scored", "history"):
+        path = to / f"{name}.jsonl"
+        logs[name] = [json.loads(line) for line in path.read_text().splitlines()]
+        path.unlink()
+    data["scored"] = {str(i): x for i, x in enumerate(logs["scored"], start=1)}
+    data["history"] = {str(x["epoch"]): x for x in logs["history"]}
+    data["meta"]["1"]["schema"] = 4
+    (to / "session.json").write_text(json.dumps(data))
+
+
+def source_tree(rev: str, into: Path) -> Path | None:
+    """The files of commit `rev` (git archive) under `into`, or None without git."""
+    try:
+        archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO_ROOT,
+                                 capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def main() -> None:
@@ -287,6 +389,9 @@ def main() -> None:
     parser.add_argument("--baseline-rev", default=BASELINE_REV,
                         help="git revision of the schema-2 store to run as the baseline")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--old-rev", default=OLD_READERS_REV,
+                        help="git revision whose `gpta show/export` and TUI open the same "
+                             "finished session, for the reading table ('' to skip)")
     parser.add_argument("--home", type=Path, default=None,
                         help="where the sessions go (default: a temporary folder on the "
                              "repository's disk, removed at the end)")
@@ -297,7 +402,8 @@ def main() -> None:
 
     machine = machine_info("cpu")
     home = Path(tempfile.mkdtemp(prefix=".bench-store-", dir=args.home or REPO_ROOT))
-    contenders = {"schema-4 store: loss, TA calls, windows in .jsonl (this branch)": current}
+    contenders = {"schema-5 store: loss, TA calls, windows, scores, history in .jsonl (this branch)":
+                  current}
     if not args.no_baseline:
         old = baseline_store(args.baseline_rev)
         if old is None:
@@ -314,9 +420,19 @@ def main() -> None:
                                       "window": args.small_steps // 2})
         feed(current, home, "small", small)
         readers(home, "small")  # warm: imports (matplotlib, textual) and font caches
-        reading = {}
+        reading, tui_cpu = {}, {}
         for name in ("run-0", "small"):
-            reading[name] = {**readers(home, name), **commands(home, name)}
+            tui = tui_open_in(REPO_ROOT, home, name)
+            reading[name] = {**readers(home, name), **commands(home, name), TUI_OPEN: tui["wall"]}
+            tui_cpu[name] = tui["cpu"]
+        old_reading: dict[str, float] = {}
+        old_root = source_tree(args.old_rev, home / "old-tree") if args.old_rev else None
+        if old_root is not None:
+            progress(f"reading the long session with the code of {args.old_rev} ...")
+            as_schema_4(home / "sessions" / "run-0", home / "sessions" / "run-0-s4")
+            tui = tui_open_in(old_root, home, "run-0-s4")
+            old_reading = {**commands(home, "run-0-s4", old_root), TUI_OPEN: tui["wall"]}
+            tui_cpu["old"] = tui["cpu"]
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -346,10 +462,19 @@ def main() -> None:
                   "CPU ms/step first / last (ratio)", "train-step block ms: longest / 99.9th pct (target <= 10)",
                   "longest checkpoint record ms", "longest other event ms",
                   "KiB written per step", "session MiB on disk", "whole run s"], rows)
-    report.table(["reading a finished session (this branch)", f"{args.steps:,} steps, s",
-                  f"{args.small_steps:,} steps, s", "ratio"],
-                 [[k, f"{v:.3f}", f"{reading['small'][k]:.3f}", f"{v / reading['small'][k]:.2f}"]
+    old_label = args.old_rev or "old"
+    report.table(["reading a finished session", f"{args.steps:,} steps, s",
+                  f"{args.small_steps:,} steps, s", "ratio long/short",
+                  f"{args.steps:,} steps, code of {old_label}, s", "this / old"],
+                 [[k, f"{v:.3f}", f"{reading['small'][k]:.3f}", f"{v / reading['small'][k]:.2f}",
+                   f"{old_reading[k]:.3f}" if k in old_reading else "-",
+                   f"{v / old_reading[k]:.2f}" if k in old_reading else "-"]
                   for k, v in reading["run-0"].items()])
+    report.notes.append(
+        "TUI open, CPU seconds of that process over the same span: "
+        + ", ".join(f"{label} {tui_cpu[key]:.3f}" for key, label in (
+            ("run-0", f"{args.steps:,} steps"), ("small", f"{args.small_steps:,} steps"),
+            ("old", f"{args.steps:,} steps with {old_label}")) if key in tui_cpu) + ".")
     report.notes += [
         "ms/step: the listener calls of the training steps in the window, the flushes they "
         "trigger included (loss points are written every 25 steps or 5 s). 'With "
@@ -365,13 +490,20 @@ def main() -> None:
         "KiB written per step: bytes passed to write(2) by the whole process during the run "
         "(/proc/self/io wchar) divided by the steps; the baseline rewrites its whole database "
         "on every flush.",
-        "TA calls and windows are in ta_calls.jsonl / windows.jsonl since schema 4 (before: "
-        "in the database, rewritten with it at every checkpoint); scored prefixes and the "
-        "sorted history still are in it, and the checkpoint's state holds the epoch's history.",
-        "Commands run in a fresh Python process: most of their time is imports (`gpta list` "
-        "is about that start-up alone); export's curves.png costs the same for any length "
-        "(matplotlib's import and one render). The short session, read the same way in the "
-        "same run, shows what the length itself adds.",
+        "TA calls and windows are in ta_calls.jsonl / windows.jsonl since schema 4, scored "
+        "prefixes and each epoch's history in scored.jsonl / history.jsonl since schema 5 "
+        "(before: in the database, rewritten with it at every checkpoint); the checkpoint's "
+        "state still holds the current epoch's history.",
+        "Commands run in a fresh Python process (median of 3): most of their time is imports "
+        "(`gpta list` is about that start-up alone). Since round 3 export's curves.png is "
+        "drawn with Pillow through one min/max bucket per pixel column (before: matplotlib, "
+        "whose import alone was ~0.3 s of CPU), so its cost hardly depends on the length. The short session, read the same way in the "
+        "same run, shows what the length itself adds; the old code's column reads the same "
+        "session files with the tree of --old-rev (git archive), in the same run.",
+        "TUI open: the real app (GptaApp under a Textual pilot, 160x48) already running; "
+        "from `open_session(name, resume=False)` until the RunScreen is mounted, the loss "
+        "chart has built its figure of every step and the history table holds the last "
+        "epoch's rows; median of 3 opens in one process.",
     ]
     publish(report, args, machine)
 

@@ -6,6 +6,8 @@ An export folder holds:
     loss.jsonl          the training loss points, as the session stores them (re-importable)
     ta_calls.jsonl      the TA calls (requests, prompts, responses), one per line (re-importable)
     windows.jsonl       each epoch's windows record, as the session stores it (re-importable)
+    scored.jsonl        every scored prefix, as the session stores it (re-importable)
+    history.jsonl       each epoch's sorted history record (re-importable)
     config.toml         the run's settings: `gpta run --config config.toml` repeats the run
     history.csv/.json   the sorted history of every epoch
     scored.csv          every scored prefix, in order
@@ -35,18 +37,22 @@ from typing import Any
 from engine.errors import GptaError, UsageError
 from sessions.curves import write_curves
 from sessions import losslog
-from sessions.losslog import LOSS_FILE, TA_FILE, WINDOWS_FILE
+from sessions.losslog import HISTORY_FILE, LOSS_FILE, SCORED_FILE, TA_FILE, WINDOWS_FILE
 from sessions.storage import DatabaseUnreadable, atomic_write_text, read_json_file
 from sessions.store import (SCHEMA_VERSION, Table, SessionHandle, SessionStore, _check_schema,
-                            _clean_call, _point_problem, _scrub, _ta_problem, _windows_problem,
+                            _LOG_TABLES, _clean_call, _history_problem, _point_problem, _scrub,
+                            _scored_problem, _ta_problem, _windows_problem,
                             format_ts,
                             validate_name)
 
 EXPORT_FORMAT = "gpta-session-export"
+# 4: scored prefixes in scored.jsonl and the history in history.jsonl (3: in the database's
+# `scored` and `history` tables);
 # 3: TA calls in ta_calls.jsonl and windows records in windows.jsonl (2: in the database's
 # `ta_calls` and `windows` tables); 2: loss points in
 # loss.jsonl (1: in the database's `loss` table). Import converts the older formats.
-EXPORT_VERSION = 3
+EXPORT_VERSION = 4
+LOG_NAMES = (LOSS_FILE, TA_FILE, WINDOWS_FILE, SCORED_FILE, HISTORY_FILE)  # beside session.json
 
 
 # ---- small writers -----------------------------------------------------------------
@@ -113,14 +119,15 @@ def session_files(handle: SessionHandle) -> dict[str, str]:
     (sessions/cluster.py)."""
     data = _scrub(handle.snapshot())
     # an older session read before a writer moved them
-    for table in (Table.LOSS, Table.TA_CALLS, Table.WINDOWS):
+    for table in _LOG_TABLES:
         data.pop(table.value, None)
     payload = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
                "schema": SCHEMA_VERSION, "exported": time.time(), "name": handle.name,
                "database": data}
     files = {"session.json": json.dumps(payload, ensure_ascii=False, indent=1),
              LOSS_FILE: handle.loss_log_text(), TA_FILE: _scrub_lines(handle.ta_log_text()),
-             WINDOWS_FILE: handle.windows_log_text()}
+             WINDOWS_FILE: handle.windows_log_text(), SCORED_FILE: handle.scored_log_text(),
+             HISTORY_FILE: handle.history_log_text()}
     by_epoch: dict[int, list[dict]] = {}
     for w in handle.windows():
         by_epoch.setdefault(w.pop("epoch"), []).append(w)
@@ -373,6 +380,8 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
     files[LOSS_FILE] = _loss_log(data, src / LOSS_FILE)
     files[TA_FILE] = _ta_log(data, src / TA_FILE)
     files[WINDOWS_FILE] = _windows_log(data, src / WINDOWS_FILE)
+    files[SCORED_FILE] = _scored_log(data, src / SCORED_FILE)
+    files[HISTORY_FILE] = _history_log(data, src / HISTORY_FILE)
     store.write_imported(name, _scrub(data), files)
     return name
 
@@ -390,7 +399,7 @@ def import_files(store: SessionStore, files: dict, *, origin: str) -> str:
         folder = Path(tmp)
         for rel, text in files.items():
             if not isinstance(rel, str) or not isinstance(text, str) or not (
-                    rel in ("session.json", LOSS_FILE, TA_FILE, WINDOWS_FILE) or (rel.startswith("windows/")
+                    rel in ("session.json", *LOG_NAMES) or (rel.startswith("windows/")
                                               and _WINDOW_NAME.fullmatch(rel[len("windows/"):]))):
                 raise UsageError(f"the session sent by {origin} holds an unexpected file "
                                  f"{str(rel)[:80]!r}", fix)
@@ -426,6 +435,25 @@ def _windows_log(data: dict, path: Path) -> str:
     records = {int(doc.get("epoch", key)): doc
                for key, doc in (data.pop(Table.WINDOWS.value, None) or {}).items()}
     for record in _read_log(path, _windows_problem):
+        records[int(record["epoch"])] = record
+    return "".join(losslog.line_of(_scrub(records[e])) for e in sorted(records))
+
+
+def _scored_log(data: dict, path: Path) -> str:
+    """The imported session's scored.jsonl: an older export's `scored` table (removed from
+    `data`, in _seq order), then the export's file, checked line by line."""
+    table = sorted((data.pop(Table.SCORED.value, None) or {}).values(),
+                   key=lambda d: d.get("_seq", 0))
+    records = table + _read_log(path, _scored_problem)
+    return "".join(losslog.line_of(_scrub(r)) for r in records)
+
+
+def _history_log(data: dict, path: Path) -> str:
+    """The imported session's history.jsonl: an older export's `history` table (removed
+    from `data`), then the export's file, checked line by line; a later record of an epoch
+    wins."""
+    records = {int(key): doc for key, doc in (data.pop(Table.HISTORY.value, None) or {}).items()}
+    for record in _read_log(path, _history_problem):
         records[int(record["epoch"])] = record
     return "".join(losslog.line_of(_scrub(records[e])) for e in sorted(records))
 

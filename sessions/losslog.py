@@ -1,6 +1,7 @@
 """Append-only JSON-lines files: the session's high-rate series (training loss points in
 `loss.jsonl`, TA calls with their prompts and replies in `ta_calls.jsonl`, each epoch's
-dialogue-gradient windows in `windows.jsonl`).
+dialogue-gradient windows in `windows.jsonl`, scored prefixes in `scored.jsonl`, each epoch's
+sorted history in `history.jsonl`).
 
 TinyDB rewrites its whole file on every write, so a series that grows with the run (31,250
 loss points in a paper-scale run) makes every write cost more than the last. Loss points
@@ -42,7 +43,9 @@ from sessions.storage import DatabaseUnreadable
 LOSS_FILE = "loss.jsonl"
 TA_FILE = "ta_calls.jsonl"  # schema 4: TA requests and responses (sessions/store.py)
 WINDOWS_FILE = "windows.jsonl"  # schema 4: the dialogue-gradient windows of each epoch
-LOG_FILES = (LOSS_FILE, TA_FILE, WINDOWS_FILE)
+SCORED_FILE = "scored.jsonl"    # schema 5: every scored prefix
+HISTORY_FILE = "history.jsonl"  # schema 5: each epoch's sorted history (the later line wins)
+LOG_FILES = (LOSS_FILE, TA_FILE, WINDOWS_FILE, SCORED_FILE, HISTORY_FILE)
 MAX_LOG_BYTES = 256 * 2**20  # about a million loss points; more is not a file gpta wrote
 
 # One encoder for every line: json.dumps with options builds a new encoder per call, which
@@ -87,13 +90,14 @@ def parse(raw: bytes, path: Path | str, *, strict: bool = False
     end = raw.rfind(b"\n") + 1
     if end < len(raw) and strict:
         raise DatabaseUnreadable(Path(path), "its last line is incomplete")
-    lines = raw[:end].split(b"\n")[:-1]
+    count = raw.count(b"\n", 0, end)
     try:  # one parse for the whole file; any doubt and each line is parsed on its own
-        values = json.loads(b"[" + b",".join(lines) + b"]") if lines else []
-        if len(values) == len(lines) and all(type(v) is dict for v in values):
+        values = json.loads(b"[" + raw[:end - 1].replace(b"\n", b",") + b"]") if count else []
+        if len(values) == count and all(type(v) is dict for v in values):
             return list(enumerate(values, start=1)), end, []
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         pass
+    lines = raw[:end].split(b"\n")[:-1]
     records, problems = [], []
     for number, line in enumerate(lines, start=1):
         try:
@@ -113,11 +117,16 @@ def parse(raw: bytes, path: Path | str, *, strict: bool = False
 
 def read(path: Path | str) -> tuple[list[tuple[int, dict]], list[str], bool]:
     """([(line number, record)], problems, torn tail?) of the log at `path` (none: empty)."""
+    records, problems, torn, _ = _read(path)
+    return records, problems, torn
+
+
+def _read(path: Path | str) -> tuple[list[tuple[int, dict]], list[str], bool, bytes]:
     raw = read_raw(path)
     if raw is None:
-        return [], [], False
+        return [], [], False, b""
     records, end, problems = parse(raw, path)
-    return records, problems, end < len(raw)
+    return records, problems, end < len(raw), raw[:end]
 
 
 def load(path: Path | str, accept: Callable[[Any], Any], explain: Callable[[Any], str]
@@ -128,20 +137,30 @@ def load(path: Path | str, accept: Callable[[Any], Any], explain: Callable[[Any]
     (empty when only a torn tail was cut: that is what a crash leaves) and `explain(record)`
     names what is wrong with the first refused one. `damaged` tells a writer to rewrite the
     file clean before it appends (`AppendLog.replace`)."""
+    return load_with_bytes(path, accept, explain)[:3]
+
+
+def load_with_bytes(path: Path | str, accept: Callable[[Any], Any],
+                    explain: Callable[[Any], str]) -> tuple[list[Any], str, bool, bytes | None]:
+    """`load`, and the file's bytes when they say exactly what was loaded: nothing left out
+    and every value the parsed record itself (`accept` returned it unchanged); else None."""
     try:
-        records, problems, torn = read(path)
+        records, problems, torn, raw = _read(path)
     except DatabaseUnreadable as exc:
-        return [], f"{str(exc.path)!r} was ignored ({exc.reason})", True
+        return [], f"{str(exc.path)!r} was ignored ({exc.reason})", True, None
     out = []
+    as_is = True
     for number, record in records:
         value = accept(record)
         if value is None:
             problems.append(f"line {number}: {explain(record)}")
         else:
+            as_is = as_is and value is record
             out.append(value)
     problem = (f"{str(Path(path))!r}: {problems[0]} ({len(problems)} line(s) left out)"
                if problems else "")
-    return out, problem, bool(problems) or torn
+    damaged = bool(problems) or torn
+    return out, problem, damaged, raw if as_is and not damaged else None
 
 
 def read_strict(path: Path | str, explain: Callable[[Any], str | None]) -> list[dict]:

@@ -33,8 +33,10 @@ def test_export_writes_every_artifact(gpta_home, tmp_path):
     out = export_session(r, tmp_path / "out")
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == ["best_prefix.txt", "config.toml", "curves.png", "history.csv", "history.json",
-                     "loss.csv", "loss.jsonl", "metrics.csv", "report.md", "scored.csv", "session.json", "ta_calls.jsonl", "validation.csv",
-                     "windows.jsonl", "windows/epoch-1.jsonl", "windows/epoch-2.jsonl"]
+                     "history.jsonl", "loss.csv", "loss.jsonl", "metrics.csv", "report.md",
+                     "scored.csv", "scored.jsonl", "session.json", "ta_calls.jsonl",
+                     "validation.csv", "windows.jsonl", "windows/epoch-1.jsonl",
+                     "windows/epoch-2.jsonl"]
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     val = list(csv.DictReader((out / "validation.csv").open()))
     assert [int(v["epoch"]) for v in val] == [v["epoch"] for v in r.validations()]

@@ -128,6 +128,27 @@ def test_wrong_shaped_lines_are_left_out_and_never_crash_a_reader(gpta_home, dam
     assert len(log.read_bytes().splitlines()) == len(good)
 
 
+_FULL_POINT = {"epoch": 1, "step": 3, "epoch_step": 3, "epoch_steps": 10, "loss": 0.5,
+               "lr": 1e-3, "ts": 1.5, "_seq": 7}
+
+
+@pytest.mark.parametrize("change", [
+    {}, {"loss": 1}, {"lr": 0}, {"ts": 2}, {"step": 0}, {"step": True}, {"epoch": 1.0},
+    {"epoch_step": "3"}, {"epoch_steps": None}, {"loss": "0.5"}, {"lr": [1]}, {"ts": None},
+    {"_seq": 1.0}, {"_seq": False}, {"kind": "train_step"}, {"superseded": True},
+    {"superseded": 1}, {"x": 1}])
+def test_the_fast_point_check_agrees_with_the_event_shape_check(change):
+    """A line of exactly the point's keys takes `_valid_point`'s fast path (the parsed dict
+    itself is kept); any other shape the written-out one. Both agree with `_point_problem`."""
+    from sessions.store import _point, _point_problem, _valid_point
+
+    doc = {**_FULL_POINT, **change}
+    point = _valid_point(dict(doc))
+    assert (point is None) == (_point_problem(doc) is not None)
+    if point is not None:
+        assert point == _point(doc)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=False)
     | st.text(max_size=8),
@@ -261,6 +282,19 @@ def test_a_schema_2_session_killed_mid_run_migrates_and_resumes_exactly(gpta_hom
     assert _no_ts(store.open("old").loss_points()) == straight
 
 
+def open_killed_before_the_database_write(store: SessionStore, name: str, monkeypatch) -> None:
+    """Open `name` for writing and die at its first database write (after a migration
+    wrote the logs, before the tables left the database)."""
+    from sessions import store as store_mod
+
+    def crash(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(store_mod.SessionLifecycle, "flush", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.open(name, write=True)
+    monkeypatch.undo()
+
+
 def test_a_move_cut_short_is_redone_on_the_next_open(gpta_home, monkeypatch):
     """The log is written before the table leaves the database: a crash between the two
     leaves both, and the next writer merges and moves them again."""
@@ -270,14 +304,7 @@ def test_a_move_cut_short_is_redone_on_the_next_open(gpta_home, monkeypatch):
     h.close()
     want = store.open("half").loss_points()
     raw = _as_schema_2(store, "half")
-    from sessions import store as store_mod
-
-    def crash(self):
-        raise KeyboardInterrupt  # the process dies after the log was written
-    monkeypatch.setattr(store_mod.SessionLifecycle, "flush", crash)
-    with pytest.raises(KeyboardInterrupt):
-        store.open("half", write=True)
-    monkeypatch.undo()
+    open_killed_before_the_database_write(store, "half", monkeypatch)
     folder = store.session_dir("half")
     assert (folder / DB_FILE).read_bytes() == raw and (folder / LOSS_FILE).exists()
     assert store.open("half").loss_points() == want

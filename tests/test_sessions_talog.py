@@ -133,6 +133,21 @@ def test_a_ta_log_that_is_a_symlink_is_ignored_and_replaced(gpta_home, tmp_path)
     assert log.is_file() and not log.is_symlink() and outside.read_bytes() == original
 
 
+def as_older_schema(folder, schema: int, tables: dict[str, tuple[list[dict], str, str | None]]
+                    ) -> bytes:
+    """Rewrite a session as an older store wrote it: `tables` maps a database table to (its
+    records, the log file they now live in, the record field that is its id, or None for
+    insertion ids); the logs are removed and the schema set. Returns the database's bytes."""
+    data = json.loads((folder / DB_FILE).read_text())
+    for table, (records, log, key) in tables.items():
+        data[table] = {str(r[key] if key else i): r for i, r in enumerate(records, start=1)}
+        (folder / log).unlink()
+    data["meta"]["1"]["schema"] = schema
+    raw = json.dumps(data).encode()
+    (folder / DB_FILE).write_bytes(raw)
+    return raw
+
+
 def _as_schema_3(store: SessionStore, name: str) -> bytes:
     """Rewrite a session as the schema-3 store wrote it: TA calls in the database's
     `ta_calls` table (each request with its responses), no ta_calls.jsonl."""
@@ -140,15 +155,9 @@ def _as_schema_3(store: SessionStore, name: str) -> bytes:
     h = store.open(name)
     calls = [json.loads(x) for x in h.ta_log_text().splitlines()]
     h.close()
-    data = json.loads((folder / DB_FILE).read_text())
-    data["ta_calls"] = {str(i): c for i, c in enumerate(calls, start=1)}
-    data["windows"] = {str(x["epoch"]): x for x in _lines(folder / WINDOWS_FILE)}
-    data["meta"]["1"]["schema"] = 3
-    (folder / TA_FILE).unlink()
-    (folder / WINDOWS_FILE).unlink()
-    raw = json.dumps(data).encode()
-    (folder / DB_FILE).write_bytes(raw)
-    return raw
+    return as_older_schema(folder, 3, {"ta_calls": (calls, TA_FILE, None),
+                                       "windows": (_lines(folder / WINDOWS_FILE), WINDOWS_FILE,
+                                                   "epoch")})
 
 
 def test_a_schema_3_session_is_read_as_is_and_migrated_by_a_writer(gpta_home):
@@ -166,7 +175,7 @@ def test_a_schema_3_session_is_read_as_is_and_migrated_by_a_writer(gpta_home):
     assert (folder / DB_FILE).read_bytes() == raw and not (folder / TA_FILE).exists()
     store.open("old", write=True).close()
     data = json.loads((folder / DB_FILE).read_text())
-    assert data["meta"]["1"]["schema"] == SCHEMA_VERSION == 4
+    assert data["meta"]["1"]["schema"] == SCHEMA_VERSION  # 3 -> the current schema
     assert "ta_calls" not in data and "windows" not in data
     assert (folder / f"{DB_FILE}.schema-3").read_bytes() == raw
     assert [x["request_id"] for x in _lines(folder / TA_FILE)] == [c["request_id"] for c in want_calls]
@@ -196,7 +205,7 @@ def test_export_and_import_carry_the_ta_log(gpta_home, tmp_path):
     r = _finished(store, "src")
     out = export_session(r, tmp_path / "out")
     payload = json.loads((out / "session.json").read_text())
-    assert payload["format_version"] == EXPORT_VERSION == 3 and "ta_calls" not in payload["database"]
+    assert payload["format_version"] == EXPORT_VERSION and "ta_calls" not in payload["database"]
     name = import_session(store, out, name="copy")
     copy = store.open(name)
     assert copy.ta_calls(include_superseded=True) == r.ta_calls(include_superseded=True)
@@ -225,6 +234,23 @@ def test_an_export_of_format_2_imports_its_ta_calls_table_into_the_log(gpta_home
     assert store.open(name).ta_calls(include_superseded=True) == r.ta_calls(include_superseded=True)
 
 
+def damage_log(log, damage: str, tmp_path) -> None:
+    """Spoil an exported log: a torn last line, a line that is not JSON, a line of another
+    kind, or the file replaced by a symbolic link to a copy elsewhere."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    if damage == "torn":
+        log.write_bytes(b"".join(lines) + lines[0][:-5])
+    elif damage == "garbage":
+        log.write_bytes(lines[0] + b"{oops\n" + b"".join(lines[1:]))
+    elif damage == "kind":
+        log.write_bytes(b'{"kind": "train_step"}\n')
+    else:
+        target = tmp_path / "elsewhere.jsonl"
+        target.write_bytes(log.read_bytes())
+        log.unlink()
+        log.symlink_to(target)
+
+
 @pytest.mark.parametrize("damage, message", [
     ("torn", "last line is incomplete"),
     ("garbage", "not JSON"),
@@ -236,22 +262,12 @@ def test_import_refuses_a_bad_ta_log_and_writes_nothing(gpta_home, tmp_path, dam
     store = SessionStore()
     out = export_session(_finished(store, "src"), tmp_path / "out")
     log = out / TA_FILE
-    lines = log.read_bytes().splitlines(keepends=True)
-    if damage == "torn":
-        log.write_bytes(b"".join(lines) + lines[0][:-5])
-    elif damage == "garbage":
-        log.write_bytes(lines[0] + b"{oops\n" + b"".join(lines[1:]))
-    elif damage == "shape":
-        call = json.loads(lines[0])  # an export holds each request with its responses
+    if damage == "shape":
+        call = json.loads(log.read_bytes().splitlines()[0])  # each request with its responses
         call["responses"][0]["texts"] = [1]
         log.write_bytes(json.dumps(call).encode() + b"\n")
-    elif damage == "kind":
-        log.write_bytes(b'{"kind": "train_step"}\n')
     else:
-        target = tmp_path / "elsewhere.jsonl"
-        target.write_bytes(log.read_bytes())
-        log.unlink()
-        log.symlink_to(target)
+        damage_log(log, damage, tmp_path)
     with pytest.raises(UsageError) as info:
         import_session(store, out, name="imp")
     assert message in str(info.value.problem) and TA_FILE in info.value.problem

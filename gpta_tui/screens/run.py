@@ -237,7 +237,7 @@ class RunScreen(Screen[None]):
 
     def action_export_curves(self, folder: str | None = None) -> None:
         """Write the loss and validation curves (curves.png, loss.csv, validation.csv) to
-        ./<session>-curves, in a worker thread (matplotlib takes a moment)."""
+        ./<session>-curves, in a worker thread (files on disk, off the UI thread)."""
         state = self.state
         target = Path(folder or f"{state.name or 'run'}-curves")
         loss = [(step, state.step_epoch.get(step, 0), value) for step, value in sorted(state.losses.items())]

@@ -11,7 +11,8 @@ from textual_plotext.plot import Plot
 
 from gpta_tui.formatting import literal
 from gpta_tui.widgets.cached_plot import CachedPlot
-from gpta_tui.widgets.loss_chart import int_ticks, nice_ticks, one_per_row
+from gpta_tui.widgets.loss_chart import int_ticks, one_per_row
+from sessions.curves import nice_ticks
 
 # (colour, marker) per session, in the order they were marked; shapes tell the sessions
 # apart where colours do not (256-colour terminals, colour blindness).

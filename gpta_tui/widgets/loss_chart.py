@@ -3,53 +3,19 @@
 A long run does not cost more to draw: the raw curve keeps each column's lowest and highest
 loss (`minmax_downsample`), the smoothed one each column's mean (`downsample`).
 
-The figure is built off the UI thread (`CachedPlot`). The tick helpers here (`nice_ticks`,
+The figure is built off the UI thread (`CachedPlot`). The tick helpers (`nice_ticks` from sessions.curves,
 `one_per_row`, `int_ticks`) serve every chart of the app.
 """
 
 from __future__ import annotations
 
-import math
 
 from rich.text import Text
 from textual_plotext.plot import Plot
 
 from gpta_tui.dashboard import DashboardState
 from gpta_tui.widgets.cached_plot import CachedPlot
-from sessions.curves import smooth
-
-
-def downsample(xs: list[int], ys: list[float], buckets: int) -> tuple[list[float], list[float]]:
-    """Mean per bucket so a long run stays readable (and cheap to draw) in a narrow chart."""
-    if buckets <= 0 or len(xs) <= buckets:
-        return list(map(float, xs)), list(ys)
-    size = len(xs) / buckets
-    out_x, out_y = [], []
-    for b in range(buckets):
-        lo, hi = int(b * size), max(int((b + 1) * size), int(b * size) + 1)
-        out_x.append(sum(xs[lo:hi]) / (hi - lo))
-        out_y.append(sum(ys[lo:hi]) / (hi - lo))
-    return out_x, out_y
-
-
-def minmax_downsample(xs: list[int], ys: list[float], buckets: int
-                      ) -> tuple[list[float], list[float]]:
-    """The lowest and the highest point of each bucket, in step order, so a long run (31,250
-    steps) draws as cheaply as a short one and still shows its spikes, which means hide."""
-    if buckets <= 0 or len(xs) <= 2 * buckets:
-        return list(map(float, xs)), list(ys)
-    size = len(xs) / buckets
-    out_x: list[float] = []
-    out_y: list[float] = []
-    for b in range(buckets):
-        lo, hi = int(b * size), max(int((b + 1) * size), int(b * size) + 1)
-        part = ys[lo:hi]
-        i_min = lo + min(range(len(part)), key=part.__getitem__)
-        i_max = lo + max(range(len(part)), key=part.__getitem__)
-        for i in sorted({i_min, i_max}):
-            out_x.append(float(xs[i]))
-            out_y.append(ys[i])
-    return out_x, out_y
+from sessions.curves import downsample, minmax_downsample, nice_ticks, smooth
 
 
 def chart_series(state: DashboardState) -> tuple[list[int], list[float], list[tuple[int, float]]]:
@@ -65,21 +31,6 @@ def int_ticks(lo: int, hi: int, width: int) -> list[int]:
         return [lo]
     count = max(2, min(hi - lo + 1, (width - 12) // 12))
     return sorted({round(lo + i * (hi - lo) / (count - 1)) for i in range(count)})
-
-
-def nice_ticks(lo: float, hi: float, count: int = 4) -> tuple[list[float], list[str]]:
-    """About `count` round tick values covering [lo, hi] and labels with just enough decimals."""
-    if not math.isfinite(lo) or not math.isfinite(hi):
-        return [], []
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    raw = (hi - lo) / max(1, count - 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    values = [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if step / mag == 2.5 else 0)
-    return values, [f"{v:.{decimals}f}" for v in values]
 
 
 def one_per_row(ticks: list[float], labels: list[str], lo: float, hi: float,
