@@ -91,3 +91,20 @@ def test_home_after_the_command_works_like_the_global_one(tmp_path, capsys, monk
     assert "here" in capsys.readouterr().out
     assert main(["list"]) == 0  # neither: $GPTA_HOME
     assert "No sessions" in capsys.readouterr().out
+
+
+def test_list_keeps_every_column_readable_at_80_columns_and_shows_the_test_figure(
+        tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    _session(home, "a-rather-long-session-name-that-must-fold-s1-n2000")
+    for width, wide in ((80, False), (140, True)):
+        monkeypatch.setenv("COLUMNS", str(width))
+        assert main(["--home", str(home), "list"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert max(len(line) for line in lines) <= width
+        header = next(line for line in lines if "name" in line and "status" in line)
+        for column in ("mode", "status", "epoch", "best val", "test"):
+            assert column in header
+        assert ("dataset" in header) is wide and ("updated" in header) is wide
+        row = next(line for line in lines if "finished" in line)
+        assert "acc 0.8000" in row and "acc 0.7000" in row and "2/2" in row

@@ -73,14 +73,26 @@ def cmd_list(args: argparse.Namespace) -> int:
         console.print(f"No sessions in {_lit(store.root)}. Start one with `gpta run`.")
         return 0
     table = Table(title=f"Sessions in {_lit(store.root)}", title_justify="left")
-    for column in ("name", "mode", "dataset", "status", "epoch", "best metric", "updated"):
-        table.add_column(column, no_wrap=column in ("name", "status", "best metric", "updated"))
+    # Long names fold onto more lines and the other columns keep their width, so a narrow or
+    # piped (80-column) output never squeezes a column to nothing; below 120 columns the
+    # dataset and the update time are left out (`gpta show` has them).
+    wide = console.width >= 120
+    columns = [("name", 12), ("mode", 13), ("dataset", 10), ("status", 9), ("epoch", 5),
+               ("best val", 10), ("test", 10), ("updated", 16)]
+    if not wide:
+        columns = [c for c in columns if c[0] not in ("dataset", "updated")]
+    for column, min_width in columns:
+        table.add_column(column, min_width=min_width, overflow="fold",
+                         no_wrap=column not in ("name", "dataset"))
     for s in sessions:
         style = STATUS_STYLE.get(s.status, "")
         status = f"[{style}]{s.status}[/]" if style else s.status
         epoch = f"{s.epoch}/{s.epochs}" if s.epochs else "-"
-        table.add_row(_lit(s.name), _lit(s.mode), _lit(s.dataset), status, epoch,
-                      _lit(_metric(s.best_metric, s.metric)), format_ts(s.updated))
+        test = s.test_metrics.get(s.metric) if s.test_metrics else None
+        cells = {"name": _lit(s.name), "mode": _lit(s.mode), "dataset": _lit(s.dataset),
+                 "status": status, "epoch": epoch, "best val": _lit(_metric(s.best_metric, s.metric)),
+                 "test": _lit(_metric(test, s.metric)), "updated": format_ts(s.updated)}
+        table.add_row(*(cells[c] for c, _ in columns))
     console.print(table)
     for s in sessions:
         if s.error:
