@@ -178,3 +178,36 @@ def test_the_figures_agree_with_gpta_show_and_gpta_compare(tmp_path, capsys):
             assert "TA:" not in out
     bad = read_sessions(["no-such-session"], home)[0]
     assert bad.status == "unreadable" and "no-such-session" in bad.status_reason
+
+
+async def test_control_characters_in_a_session_file_never_reach_the_compare_view(tmp_path):
+    """The record's metric, its test metric names and its status are file contents too: an
+    escape sequence there is dropped from the title, the chart, the facts and the copy."""
+    import json
+
+    home = compare_home(tmp_path)
+    path = home / "sessions" / "sentiment-gpta" / "session.json"
+    data = json.loads(path.read_text())
+    record = data["session"]["1"]
+    record["metric"] = "\x1b[31maccuracy"
+    record["finished"]["test_metrics"]["\x1b]0;pwned\x07f1"] = 0.5
+    path.write_text(json.dumps(data))
+    stopped = home / "sessions" / "sentiment-stopped" / "session.json"
+    data = json.loads(stopped.read_text())
+    data["session"]["1"]["status"] = "\x1b[35mpaused"
+    stopped.write_text(json.dumps(data))
+    app = GptaApp(home, clock=lambda: NOW)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        app.push_screen(CompareScreen(["sentiment-gpta", "sentiment-stopped"]))
+        screen = await until_compared(pilot)
+        title = screen.query_one("#compare-title").content
+        facts = screen.query_one(CompareFacts).content
+        chart = screen.query_one(CompareChart).render()
+        for shown in (title, facts, chart):
+            text = screen_text(type("W", (), {"content": shown})())
+            assert "\x1b" not in text and "\x07" not in text
+        assert "[31maccuracy 0.7083 (epoch 2)" in screen_text(screen.query_one(CompareFacts))
+        assert "[35mpaused" in screen_text(screen.query_one(CompareFacts))
+        await pilot.press("y")
+        assert "\x1b" not in app.clipboard and "0;pwnedf1 0.5000" in app.clipboard

@@ -79,7 +79,7 @@ def compare_rows(results: list[RunResult], statuses: list[str]) -> list[Row]:
         plain = {t.plain for t, r in zip(texts, results) if r.status != "unreadable"}
         rows.append(Row(label, texts, setting and len(plain) > 1))
 
-    row("status", [Text(f"{STATUS_ICON.get(s, '·')} {s}", style=STATUS_STYLE.get(s, ""))
+    row("status", [literal(f"{STATUS_ICON.get(s, '·')} {s}", style=STATUS_STYLE.get(s, ""))
                    + (literal(f": {one_line(r.status_reason, 200)}") if r.status_reason else Text())
                    for r, s in zip(results, statuses)])
 
@@ -106,7 +106,7 @@ def compare_rows(results: list[RunResult], statuses: list[str]) -> list[Row]:
 
     row("epochs", [f"{r.epochs_done}/{_get(r.config, 'loop.epochs')}"
                    if r.status != "unreadable" else "-" for r in results])
-    row("best val", [Text(f"{r.metric} {score(float(r.best_val))}"
+    row("best val", [literal(f"{r.metric} {score(float(r.best_val))}"
                           + (f" (epoch {r.best_epoch})" if r.best_epoch else ""), style="green")
                      if isinstance(r.best_val, (int, float)) else Text("-", style="dim")
                      for r in results])
@@ -117,7 +117,7 @@ def compare_rows(results: list[RunResult], statuses: list[str]) -> list[Row]:
         for r in results:
             value = r.test_metrics.get(metric)
             if value is not None:
-                values.append(Text(test_figure(metric, value, r.test_metrics_no_prefix.get(metric)),
+                values.append(literal(test_figure(metric, value, r.test_metrics_no_prefix.get(metric)),
                                    style="bold cyan"))
             else:
                 values.append(Text("-" if r.test_metrics or i else "not measured", style="dim"))
