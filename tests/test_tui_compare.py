@@ -211,3 +211,34 @@ async def test_control_characters_in_a_session_file_never_reach_the_compare_view
         assert "[35mpaused" in screen_text(screen.query_one(CompareFacts))
         await pilot.press("y")
         assert "\x1b" not in app.clipboard and "0;pwnedf1 0.5000" in app.clipboard
+
+
+def test_the_selection_figure_the_other_views_call_best_is_shown_beside_best_val(tmp_path):
+    """A session with a selection split stores two best figures: validation (best.metrics,
+    `gpta compare`'s best_val) and selection (best.score, what the sessions list shows).
+    The compare view names both, so its figures can be matched with the list's."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from gpta_tui.widgets.compare_facts import render_facts
+    from sessions.compare import read_sessions
+
+    home = compare_home(tmp_path)
+    path = home / "sessions" / "sentiment-gpta" / "session.json"
+    data = json.loads(path.read_text())
+    best = data["session"]["1"]["best"]
+    best["score"], best["selection_metrics"] = 0.7333, {"accuracy": 0.7333}
+    path.write_text(json.dumps(data))
+    results = read_sessions(["sentiment-gpta", "sentiment-baseline"], home)
+    assert results[0].best_val == pytest.approx(0.7083) and results[0].best_selection == 0.7333
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render_facts(results, ["finished", "finished"], 200))
+    lines = {" ".join(line.split()) for line in console.export_text().splitlines()}
+    assert "best val accuracy 0.7083 (epoch 2) accuracy 0.6458 (epoch 2)" in lines
+    assert "best selection accuracy 0.7333 -" in lines
+    # no selection figure anywhere: no row
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render_facts(results[1:], ["finished"], 200))
+    assert "best selection" not in console.export_text()

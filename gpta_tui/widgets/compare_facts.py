@@ -1,6 +1,6 @@
 """CompareFacts: marked sessions side by side, one column each (stacked one block each when
 the columns would be too narrow): status, the settings that tell them apart (mode, seed,
-sizes and every other config key that differs), best validation figure, test figures with the
+sizes and every other config key that differs), best validation figure (and the selection figure that chose the best), test figures with the
 no-prefix figure and the gain, TA use and cost, and the best prefix in full.
 
 The figures are `sessions.compare.session_result`'s, the same reading `gpta compare`'s report
@@ -110,6 +110,12 @@ def compare_rows(results: list[RunResult], statuses: list[str]) -> list[Row]:
                           + (f" (epoch {r.best_epoch})" if r.best_epoch else ""), style="green")
                      if isinstance(r.best_val, (int, float)) else Text("-", style="dim")
                      for r in results])
+    # The figure that chose the checkpoint and test prefix (the selection split; the sessions
+    # list, the run header and the run summary show this one as the session's best).
+    if any(isinstance(r.best_selection, (int, float)) for r in results):
+        row("best selection", [literal(f"{r.metric} {score(float(r.best_selection))}", style="green")
+                               if isinstance(r.best_selection, (int, float))
+                               else Text("-", style="dim") for r in results])
     metrics = sorted({m for r in results for m in r.test_metrics},
                      key=lambda m: (m not in {r.metric for r in results}, m))
     for i, metric in enumerate(metrics or [""]):
