@@ -179,6 +179,15 @@ class PromptTemplate:
             template_fields("ta.history_item_template", self.history_item, HISTORY_ITEM_FIELDS,
                             HISTORY_ITEM_REQUIRED)
 
+    def check_shows_exemplars(self) -> None:
+        """GPTA-Data mode: a custom user message must show the exemplars, else the arm would
+        silently run as plain GPTA (ConfigError)."""
+        if self.user and "exemplars" not in template_fields("ta.user_template", self.user,
+                                                            USER_FIELDS, USER_REQUIRED):
+            raise ConfigError("ta.user_template has no {exemplars}, so mode gpta-data would send "
+                              "the TA none of its data.exemplars training rows",
+                              "add {exemplars} to ta.user_template, or set data.exemplars = 0")
+
     @property
     def custom(self) -> bool:
         return bool(self.system or self.user or self.history_item)

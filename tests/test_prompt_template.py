@@ -140,3 +140,20 @@ def test_the_engine_asks_and_trains_the_ta_in_the_users_wording(tiny_bert_dir, s
     assert first[0]["content"] == system
     assert first[1]["content"].startswith("Data: ") and "exactly 1 better prefixes" in first[1]["content"]
     assert json.loads(first[2]["content"])["prefixes"]
+
+
+def test_mode_gpta_data_needs_the_exemplars_in_a_custom_user_message():
+    """Without {exemplars} the GPTA-Data arm would send no training rows and run as GPTA."""
+    ta = {"user_template": "Data: {description}\n{history}"}
+    with pytest.raises(ConfigError) as err:
+        build_config("smoke", overrides={"mode": "gpta-data", "ta": ta})
+    assert "{exemplars}" in str(err.value) and "Fix: add {exemplars}" in str(err.value)
+    assert "\n" not in str(err.value)
+    build_config("smoke", overrides={"mode": "gpta", "ta": ta})  # other arms show none
+    build_config("smoke", overrides={"mode": "gpta-data", "data": {"exemplars": 0}, "ta": ta})
+    cfg = build_config("smoke", overrides={"mode": "gpta-data", "ta": {
+        "user_template": "Data: {description}\n{exemplars}\n{history}"}})
+    user = prompts.user_prompt("d", [], 1, exemplars=[{"text": "so good", "label": 2}],
+                               label_names=["negative", "neutral", "positive"],
+                               template=PromptTemplate.from_config(cfg.ta))
+    assert "so good" in user
