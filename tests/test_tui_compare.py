@@ -125,7 +125,10 @@ async def test_the_compare_view_stacks_at_80x24_and_scrolls(tmp_path):
         await pilot.pause()
         assert scroll.scroll_y == scroll.max_scroll_y
         await pilot.resize_terminal(160, 48)  # wider: back to columns
-        await pilot.pause(0.1)
+        for _ in range(400):  # wait for the resize to reach the widget (no fixed delay)
+            if hasattr(facts.content, "columns"):
+                break
+            await pilot.pause(0.025)
         assert hasattr(facts.content, "columns")
 
 
