@@ -216,6 +216,27 @@ async def test_control_characters_in_a_session_file_never_reach_the_compare_view
         assert "\x1b" not in app.clipboard and "0;pwnedf1 0.5000" in app.clipboard
 
 
+async def test_the_copied_curves_name_each_sessions_own_metric(tmp_path):
+    """Sessions scored by different metrics: each copied validation line names its own."""
+    import json
+
+    home = compare_home(tmp_path)
+    path = home / "sessions" / "sentiment-baseline" / "session.json"
+    data = json.loads(path.read_text())
+    data["session"]["1"]["metric"] = "macro_f1"
+    path.write_text(json.dumps(data))
+    app = GptaApp(home, clock=lambda: NOW)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        app.push_screen(CompareScreen(["sentiment-gpta", "sentiment-baseline"]))
+        await until_compared(pilot)
+        await pilot.press("y")
+    lines = app.clipboard.splitlines()
+    assert "validation accuracy of sentiment-gpta: epoch 1 0.6250 · epoch 2 0.7083" in lines
+    assert any(line.startswith("validation macro_f1 of sentiment-baseline: ") for line in lines)
+    assert not any("accuracy / macro_f1 of" in line for line in lines)
+
+
 def test_the_selection_figure_the_other_views_call_best_is_shown_beside_best_val(tmp_path):
     """A session with a selection split stores two best figures: validation (best.metrics,
     `gpta compare`'s best_val) and selection (best.score, what the sessions list shows).

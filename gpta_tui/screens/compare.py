@@ -100,10 +100,9 @@ class CompareScreen(Screen[None]):
         """The comparison as plain text: the validation figures per epoch, then the facts."""
         console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
         console.print(self.query_one("#compare-title", Static).content)
-        metric = " / ".join(metric_names(self.results)) or "metric"
-        for r in self.results:
+        for r in self.results:  # each session's own metric (they may differ)
             curve = " · ".join(f"epoch {e} {score(v)}" for e, v in r.val_curve) or "none"
-            console.print(literal(f"validation {metric} of {r.run.session}: {curve}"))
+            console.print(literal(f"validation {r.metric or 'metric'} of {r.run.session}: {curve}"))
         console.print(render_facts(self.results, self.statuses, width))
         return console.export_text()
 
