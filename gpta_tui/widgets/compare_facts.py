@@ -1,7 +1,8 @@
 """CompareFacts: marked sessions side by side, one column each (stacked one block each when
 the columns would be too narrow): status, the settings that tell them apart (mode, seed,
-sizes and every other config key that differs), best validation figure (and the selection figure that chose the best), test figures with the
-no-prefix figure and the gain, TA use and cost, and the best prefix in full.
+sizes and every other config key that differs), best validation figure (and the selection
+figure that chose the best), test figures with the no-prefix figure and the gain, TA use and
+cost, and the best prefix in full.
 
 The figures are `sessions.compare.session_result`'s, the same reading `gpta compare`'s report
 makes, and they are worded as the run summary words them (`formatting.test_figure`,
