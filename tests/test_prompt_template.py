@@ -157,3 +157,14 @@ def test_mode_gpta_data_needs_the_exemplars_in_a_custom_user_message():
                                label_names=["negative", "neutral", "positive"],
                                template=PromptTemplate.from_config(cfg.ta))
     assert "so good" in user
+
+
+def test_a_comparison_refuses_the_template_before_its_first_run():
+    """gpta compare with a gpta-data arm checks every run's config when it plans, so a user
+    template without {exemplars} is refused before the gpta arm runs, not after it."""
+    from engine.experiments import CompareSpec
+
+    cfg = build_config("smoke", overrides={"ta": {"user_template": "D: {description}\n{history}"}})
+    with pytest.raises(ConfigError, match="exemplars"):
+        CompareSpec.create("cmp", cfg, arms=["gpta", "gpta-data"], seeds=[1])
+    assert CompareSpec.create("cmp", cfg, arms=["gpta", "baseline"], seeds=[1]).arms
