@@ -269,9 +269,11 @@ class RunConfig:
             raise bad("ta.copy_similarity", self.ta.copy_similarity, "use a value in (0, 1]")
         from engine.prompts import PromptTemplate
 
-        PromptTemplate.from_config(self.ta)  # ConfigError naming the template and the fix
+        template = PromptTemplate.from_config(self.ta)  # ConfigError naming the template and the fix
         if self.data.exemplars < 0:
             raise bad("data.exemplars", self.data.exemplars, "use 0 or more")
+        if self.mode == "gpta-data" and self.data.exemplars:
+            template.check_shows_exemplars()
         if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
             raise bad("device", self.device, "use auto, cpu, cuda, cuda:N or mps")
         return self

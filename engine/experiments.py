@@ -218,6 +218,8 @@ class CompareSpec:
         if len(longest) > MAX_NAME:
             raise UsageError(f"session name {longest!r} would be longer than {MAX_NAME} characters",
                              "choose a shorter --name")
+        for run in self.runs():  # an arm's own settings refused now, not after the runs before it
+            self.run_config(run)
         return self
 
     def settings(self) -> list[Setting]:

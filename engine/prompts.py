@@ -92,6 +92,10 @@ HISTORY_ITEM_FIELDS = ("prefix", "score")
 HISTORY_ITEM_REQUIRED = ("prefix", "score")
 #: Longest custom template, in characters (every TA request and dialogue gradient carries it).
 MAX_TEMPLATE_CHARS = 8000
+#: Shortest template sentence that joins the copy check, in words. A short generic instruction
+#: ("Classify the sentiment.") is what a good prefix says too: at 3 words, "Classify the
+#: sentiment of tweets." (0.81 similar) was rejected as a copy.
+MIN_COPY_WORDS = 6
 #: A custom history with no pairs yet.
 CUSTOM_HISTORY_EMPTY = "(none yet)"
 
@@ -175,19 +179,29 @@ class PromptTemplate:
             template_fields("ta.history_item_template", self.history_item, HISTORY_ITEM_FIELDS,
                             HISTORY_ITEM_REQUIRED)
 
+    def check_shows_exemplars(self) -> None:
+        """GPTA-Data mode: a custom user message must show the exemplars, else the arm would
+        silently run as plain GPTA (ConfigError)."""
+        if self.user and "exemplars" not in template_fields("ta.user_template", self.user,
+                                                            USER_FIELDS, USER_REQUIRED):
+            raise ConfigError("ta.user_template has no {exemplars}, so mode gpta-data would send "
+                              "the TA none of its data.exemplars training rows",
+                              "add {exemplars} to ta.user_template, or set data.exemplars = 0")
+
     @property
     def custom(self) -> bool:
         return bool(self.system or self.user or self.history_item)
 
     def sentences(self) -> list[str]:
-        """The fixed text of the custom templates, cut into sentences of 3 words or more: a
-        TA reply that is a near copy of one of them is copied from the prompt, not written."""
+        """The fixed text of the custom templates, cut into sentences of MIN_COPY_WORDS words or
+        more: a TA reply that is a near copy of one of them is copied from the prompt, not
+        written. Shorter pieces (generic instructions, text cut by a placeholder) do not count."""
         out: list[str] = []
         for text in (self.system, self.user):
             plain = _TEMPLATE_TOKEN.sub("\n", text)
             for piece in re.split(r"(?<=[.!?:;])\s+|\n+", plain):
                 piece = " ".join(piece.split())
-                if len(piece.split()) >= 3 and piece not in out:
+                if len(piece.split()) >= MIN_COPY_WORDS and piece not in out:
                     out.append(piece)
         return out
 

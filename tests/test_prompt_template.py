@@ -20,7 +20,7 @@ from test_engine import FakeJobs, run_engine, tiny_config
 
 SYSTEM = "You help a {family} model for {task}. Labels: {labels}. Prefixes go in as {placement}."
 USER = ("Data: {description}\n"
-        "Earlier prefixes, worst first:\n{history}\n"
+        "Earlier prefixes, from the worst to the best:\n{history}\n"
         "Please write exactly {n} better prefixes for {metric} as JSON.")
 ITEM = "<{prefix}> = {score}"
 
@@ -52,7 +52,8 @@ def test_placeholders_are_filled_once_so_text_from_users_and_tas_is_never_expand
     user = prompts.user_prompt("tweets {history} {{x}}", [("say {n} things", 0.25), ("ok", 0.5)], 3,
                                metric="accuracy", template=template)
     assert user == ("Data: tweets {history} {{x}}\n"
-                    "Earlier prefixes, worst first:\n<say {n} things> = 0.2500\n<ok> = 0.5000\n"
+                    "Earlier prefixes, from the worst to the best:\n"
+                    "<say {n} things> = 0.2500\n<ok> = 0.5000\n"
                     "Please write exactly 3 better prefixes for accuracy as JSON.")
     empty = prompts.user_prompt("d", [], 2, template=template)
     assert prompts.CUSTOM_HISTORY_EMPTY in empty
@@ -67,10 +68,27 @@ def test_placeholders_are_filled_once_so_text_from_users_and_tas_is_never_expand
 def test_template_sentences_are_the_fixed_text_only():
     sentences = PromptTemplate(system=SYSTEM, user=USER).sentences()
     assert "Please write exactly better prefixes for as JSON." not in sentences
-    assert "Please write exactly" in sentences  # cut at the placeholder
-    assert "Earlier prefixes, worst first:" in sentences
+    assert "Earlier prefixes, from the worst to the best:" in sentences
     assert all("{" not in s for s in sentences)
-    assert not any(s == "Data:" for s in sentences)  # fewer than 3 words
+    # pieces of fewer than MIN_COPY_WORDS words do not count (cut at a placeholder, or short)
+    assert sentences == ["Earlier prefixes, from the worst to the best:"]
+
+
+def test_a_prefix_that_says_a_short_template_instruction_is_not_a_copy():
+    """A short generic instruction of the template is what a good prefix says too."""
+    from engine.parsing import clean_prefixes
+
+    template = PromptTemplate(system="Classify the sentiment. Prefixes are instructions placed "
+                                     "before every input text of the student model.")
+    examples = template.sentences()
+    assert examples == ["Prefixes are instructions placed before every input text of the "
+                        "student model."]
+    accepted, rejected = clean_prefixes(
+        ["Classify the sentiment of tweets.", "prefixes are instructions placed before every "
+         "input text of the student model"], prompt_examples=examples)
+    assert accepted == ["Classify the sentiment of tweets."]
+    assert rejected == [("prefixes are instructions placed before every input text of the "
+                         "student model", COPIED)]
 
 
 class RecordingTA(TeachingAssistant):
@@ -99,7 +117,7 @@ def test_the_engine_asks_and_trains_the_ta_in_the_users_wording(tiny_bert_dir, s
     cfg = tiny_config(tiny_bert_dir, sentiment_csv, loop={"epochs": 1, "k": 6, "l": 3, "window": 2},
                       ta={"backend": "scripted", "system_template": SYSTEM, "user_template": USER,
                           "history_item_template": ITEM})
-    copied = "Earlier prefixes, worst first:"
+    copied = "Earlier prefixes, from the worst to the best:"
     ta = RecordingTA(copy=copied)
     engine, rec = run_engine(cfg, tmp_path, ta=ta, jobs=FakeJobs(polls=1))
     finished = engine.run()
@@ -122,3 +140,31 @@ def test_the_engine_asks_and_trains_the_ta_in_the_users_wording(tiny_bert_dir, s
     assert first[0]["content"] == system
     assert first[1]["content"].startswith("Data: ") and "exactly 1 better prefixes" in first[1]["content"]
     assert json.loads(first[2]["content"])["prefixes"]
+
+
+def test_mode_gpta_data_needs_the_exemplars_in_a_custom_user_message():
+    """Without {exemplars} the GPTA-Data arm would send no training rows and run as GPTA."""
+    ta = {"user_template": "Data: {description}\n{history}"}
+    with pytest.raises(ConfigError) as err:
+        build_config("smoke", overrides={"mode": "gpta-data", "ta": ta})
+    assert "{exemplars}" in str(err.value) and "Fix: add {exemplars}" in str(err.value)
+    assert "\n" not in str(err.value)
+    build_config("smoke", overrides={"mode": "gpta", "ta": ta})  # other arms show none
+    build_config("smoke", overrides={"mode": "gpta-data", "data": {"exemplars": 0}, "ta": ta})
+    cfg = build_config("smoke", overrides={"mode": "gpta-data", "ta": {
+        "user_template": "Data: {description}\n{exemplars}\n{history}"}})
+    user = prompts.user_prompt("d", [], 1, exemplars=[{"text": "so good", "label": 2}],
+                               label_names=["negative", "neutral", "positive"],
+                               template=PromptTemplate.from_config(cfg.ta))
+    assert "so good" in user
+
+
+def test_a_comparison_refuses_the_template_before_its_first_run():
+    """gpta compare with a gpta-data arm checks every run's config when it plans, so a user
+    template without {exemplars} is refused before the gpta arm runs, not after it."""
+    from engine.experiments import CompareSpec
+
+    cfg = build_config("smoke", overrides={"ta": {"user_template": "D: {description}\n{history}"}})
+    with pytest.raises(ConfigError, match="exemplars"):
+        CompareSpec.create("cmp", cfg, arms=["gpta", "gpta-data"], seeds=[1])
+    assert CompareSpec.create("cmp", cfg, arms=["gpta", "baseline"], seeds=[1]).arms

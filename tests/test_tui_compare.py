@@ -125,7 +125,10 @@ async def test_the_compare_view_stacks_at_80x24_and_scrolls(tmp_path):
         await pilot.pause()
         assert scroll.scroll_y == scroll.max_scroll_y
         await pilot.resize_terminal(160, 48)  # wider: back to columns
-        await pilot.pause(0.1)
+        for _ in range(400):  # wait for the resize to reach the widget (no fixed delay)
+            if hasattr(facts.content, "columns"):
+                break
+            await pilot.pause(0.025)
         assert hasattr(facts.content, "columns")
 
 
@@ -178,3 +181,88 @@ def test_the_figures_agree_with_gpta_show_and_gpta_compare(tmp_path, capsys):
             assert "TA:" not in out
     bad = read_sessions(["no-such-session"], home)[0]
     assert bad.status == "unreadable" and "no-such-session" in bad.status_reason
+
+
+async def test_control_characters_in_a_session_file_never_reach_the_compare_view(tmp_path):
+    """The record's metric, its test metric names and its status are file contents too: an
+    escape sequence there is dropped from the title, the chart, the facts and the copy."""
+    import json
+
+    home = compare_home(tmp_path)
+    path = home / "sessions" / "sentiment-gpta" / "session.json"
+    data = json.loads(path.read_text())
+    record = data["session"]["1"]
+    record["metric"] = "\x1b[31maccuracy"
+    record["finished"]["test_metrics"]["\x1b]0;pwned\x07f1"] = 0.5
+    path.write_text(json.dumps(data))
+    stopped = home / "sessions" / "sentiment-stopped" / "session.json"
+    data = json.loads(stopped.read_text())
+    data["session"]["1"]["status"] = "\x1b[35mpaused"
+    stopped.write_text(json.dumps(data))
+    app = GptaApp(home, clock=lambda: NOW)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        app.push_screen(CompareScreen(["sentiment-gpta", "sentiment-stopped"]))
+        screen = await until_compared(pilot)
+        title = screen.query_one("#compare-title").content
+        facts = screen.query_one(CompareFacts).content
+        chart = screen.query_one(CompareChart).render()
+        for shown in (title, facts, chart):
+            text = screen_text(type("W", (), {"content": shown})())
+            assert "\x1b" not in text and "\x07" not in text
+        assert "[31maccuracy 0.7083 (epoch 2)" in screen_text(screen.query_one(CompareFacts))
+        assert "[35mpaused" in screen_text(screen.query_one(CompareFacts))
+        await pilot.press("y")
+        assert "\x1b" not in app.clipboard and "0;pwnedf1 0.5000" in app.clipboard
+
+
+async def test_the_copied_curves_name_each_sessions_own_metric(tmp_path):
+    """Sessions scored by different metrics: each copied validation line names its own."""
+    import json
+
+    home = compare_home(tmp_path)
+    path = home / "sessions" / "sentiment-baseline" / "session.json"
+    data = json.loads(path.read_text())
+    data["session"]["1"]["metric"] = "macro_f1"
+    path.write_text(json.dumps(data))
+    app = GptaApp(home, clock=lambda: NOW)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        app.push_screen(CompareScreen(["sentiment-gpta", "sentiment-baseline"]))
+        await until_compared(pilot)
+        await pilot.press("y")
+    lines = app.clipboard.splitlines()
+    assert "validation accuracy of sentiment-gpta: epoch 1 0.6250 · epoch 2 0.7083" in lines
+    assert any(line.startswith("validation macro_f1 of sentiment-baseline: ") for line in lines)
+    assert not any("accuracy / macro_f1 of" in line for line in lines)
+
+
+def test_the_selection_figure_the_other_views_call_best_is_shown_beside_best_val(tmp_path):
+    """A session with a selection split stores two best figures: validation (best.metrics,
+    `gpta compare`'s best_val) and selection (best.score, what the sessions list shows).
+    The compare view names both, so its figures can be matched with the list's."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from gpta_tui.widgets.compare_facts import render_facts
+    from sessions.compare import read_sessions
+
+    home = compare_home(tmp_path)
+    path = home / "sessions" / "sentiment-gpta" / "session.json"
+    data = json.loads(path.read_text())
+    best = data["session"]["1"]["best"]
+    best["score"], best["selection_metrics"] = 0.7333, {"accuracy": 0.7333}
+    path.write_text(json.dumps(data))
+    results = read_sessions(["sentiment-gpta", "sentiment-baseline"], home)
+    assert results[0].best_val == pytest.approx(0.7083) and results[0].best_selection == 0.7333
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render_facts(results, ["finished", "finished"], 200))
+    lines = {" ".join(line.split()) for line in console.export_text().splitlines()}
+    assert "best val accuracy 0.7083 (epoch 2) accuracy 0.6458 (epoch 2)" in lines
+    assert "best selection accuracy 0.7333 -" in lines
+    # no selection figure anywhere: no row
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render_facts(results[1:], ["finished"], 200))
+    assert "best selection" not in console.export_text()

@@ -646,7 +646,8 @@ def _modals() -> dict:
 @pytest.mark.parametrize("name", ["confirm", "export", "text view", "description"])
 async def test_q_and_help_work_over_every_modal(name):
     """Every modal is a screens.modal.Modal: q quits and ? opens the help over it, as on the
-    screens; a text field with the focus takes them as typed characters instead."""
+    screens; a text field with the focus takes them as typed characters instead; a text view
+    (read-only) closes on q."""
     from textual.widgets import Button
 
     from gpta_tui.screens.help import HelpScreen
@@ -674,10 +675,14 @@ async def test_q_and_help_work_over_every_modal(name):
         assert app.screen is modal
         await pilot.press("q")
         await pilot.pause()
+        if name == "text view":  # closed, the app still runs
+            assert app.screen is not modal and app.is_running
+            await pilot.press("q")
+            await pilot.pause()
     assert app.return_code == 0 and not app.is_running
 
 
-async def test_q_over_the_help_quits_and_q_over_the_quit_question_answers_it():
+async def test_q_over_the_help_closes_it_and_q_over_the_quit_question_answers_it():
     from types import SimpleNamespace
 
     from gpta_tui.screens.confirm import ConfirmScreen
@@ -689,6 +694,9 @@ async def test_q_over_the_help_quits_and_q_over_the_quit_question_answers_it():
         await pilot.press("question_mark")
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
+        await pilot.press("q")  # closes the help, as esc and ? do
+        await pilot.pause()
+        assert not isinstance(app.screen, HelpScreen) and app.is_running
         await pilot.press("q")
         await pilot.pause()
     assert not app.is_running

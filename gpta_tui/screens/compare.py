@@ -22,6 +22,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Static
 
+from engine.errors import strip_control
 from engine.experiments import RunResult
 from gpta_tui.formatting import literal, score
 from gpta_tui.screens.text_view import copy_text
@@ -29,6 +30,12 @@ from gpta_tui.widgets.compare_chart import CompareChart, legend
 from gpta_tui.widgets.compare_facts import CompareFacts, render_facts
 from gpta_tui.widgets.key_footer import KeyFooter
 from sessions.status import shown
+
+
+def metric_names(results: list[RunResult]) -> list[str]:
+    """The sessions' metrics, sorted, as plain words (a session file is untrusted: no control
+    characters reach the title, the chart or the copied text)."""
+    return sorted({strip_control(r.metric) for r in results if r.metric})
 
 
 class CompareScreen(Screen[None]):
@@ -74,15 +81,15 @@ class CompareScreen(Screen[None]):
         if not self.is_attached:
             return
         self.query_one("#compare-title", Static).update(
-            Text(f"Compare: the sessions could not be read: {exc}", style="red"))
+            literal(f"Compare: the sessions could not be read: {exc}", style="red"))
 
     def show(self, results: list[RunResult], statuses: list[str]) -> None:
         if not self.is_attached:  # esc pressed while reading
             return
         self.results, self.statuses = results, statuses
-        metrics = sorted({r.metric for r in results if r.metric})
+        metrics = metric_names(results)
         finished = sum(s == "finished" for s in statuses)
-        self.query_one("#compare-title", Static).update(Text(
+        self.query_one("#compare-title", Static).update(literal(
             f"Compare · {len(results)} sessions · {finished} finished · validation and test "
             f"{' / '.join(metrics) or 'metric'}"))
         self.query_one(CompareChart).show_curves(
@@ -93,10 +100,9 @@ class CompareScreen(Screen[None]):
         """The comparison as plain text: the validation figures per epoch, then the facts."""
         console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
         console.print(self.query_one("#compare-title", Static).content)
-        metric = " / ".join(sorted({r.metric for r in self.results if r.metric})) or "metric"
-        for r in self.results:
+        for r in self.results:  # each session's own metric (they may differ)
             curve = " · ".join(f"epoch {e} {score(v)}" for e, v in r.val_curve) or "none"
-            console.print(literal(f"validation {metric} of {r.run.session}: {curve}"))
+            console.print(literal(f"validation {r.metric or 'metric'} of {r.run.session}: {curve}"))
         console.print(render_facts(self.results, self.statuses, width))
         return console.export_text()
 

@@ -56,7 +56,9 @@ def keys_table() -> Table:
 
 
 class HelpScreen(Modal[None]):
-    BINDINGS = [Binding("escape,question_mark", "close", "Close")]  # q quits (Modal)
+    # q closes the help (as it did before Modal, and as in less): a q meant for the help must
+    # not stop a live run
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
 
     def __init__(self) -> None:
         super().__init__(classes="dialog-screen -opaque")
@@ -67,7 +69,7 @@ class HelpScreen(Modal[None]):
             with VerticalScroll():
                 yield Static(Text(ABOUT), classes="help-about")
                 yield Static(keys_table())
-            yield Label("esc or ? to close · q quits", classes="dim")
+            yield Label("esc, q or ? to close", classes="dim")
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 
 from rich.text import Text
+from textual.binding import Binding
 
 from gpta_tui.dashboard import DashboardState
 from gpta_tui.formatting import (STATUS_STYLE, duration, printable, score, ta_usage_text,
@@ -69,6 +70,9 @@ def summary_text(state: DashboardState) -> Text:
 
 
 class RunSummaryScreen(TextViewScreen):
+    # It opens by itself when the run has ended: q quits here (as before Modal), not closes.
+    BINDINGS = [Binding("q", "app.quit", "Quit")]
+
     def __init__(self, state: DashboardState) -> None:
         body = summary_text(state)
         super().__init__(f"{state.name}: run {state.finished.status if state.finished else state.status}",

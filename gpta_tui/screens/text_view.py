@@ -1,7 +1,7 @@
 """TextViewScreen: a read-only modal showing one item in full (a prefix, a dialogue window).
 
-`y` copies the item's text (Textual's `copy_to_clipboard`: OSC 52 to the terminal), esc or
-enter closes; q quits and ? opens the help, as everywhere (Modal).
+`y` copies the item's text (Textual's `copy_to_clipboard`: OSC 52 to the terminal), esc,
+enter or q closes; ? opens the help, as everywhere (Modal).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def copy_text(app: App, text: str, what: str) -> None:
 class TextViewScreen(Modal[None]):
     BINDINGS = [
         Binding("y", "copy", "Copy"),
-        Binding("escape,enter", "close", "Close"),  # q quits, ? helps (Modal)
+        # q closes a viewer (as in less, and as before Modal): a q meant for the viewer must
+        # not stop a live run; ? helps (Modal)
+        Binding("escape,enter,q", "close", "Close"),
     ]
 
     def __init__(self, title: str, body: RenderableType, text: str, what: str) -> None:
@@ -36,7 +38,7 @@ class TextViewScreen(Modal[None]):
             yield Label(self.title_text, classes="dialog-title")
             with VerticalScroll(can_focus=False):
                 yield Static(self.body, id="text-view-body")
-            yield Label("y copy · esc close", classes="dim")
+            yield Label("y copy · esc or q close", classes="dim")
 
     def action_copy(self) -> None:
         copy_text(self.app, self.text, self.what)

@@ -1,7 +1,8 @@
 """CompareFacts: marked sessions side by side, one column each (stacked one block each when
 the columns would be too narrow): status, the settings that tell them apart (mode, seed,
-sizes and every other config key that differs), best validation figure, test figures with the
-no-prefix figure and the gain, TA use and cost, and the best prefix in full.
+sizes and every other config key that differs), best validation figure (and the selection
+figure that chose the best), test figures with the no-prefix figure and the gain, TA use and
+cost, and the best prefix in full.
 
 The figures are `sessions.compare.session_result`'s, the same reading `gpta compare`'s report
 makes, and they are worded as the run summary words them (`formatting.test_figure`,
@@ -79,7 +80,7 @@ def compare_rows(results: list[RunResult], statuses: list[str]) -> list[Row]:
         plain = {t.plain for t, r in zip(texts, results) if r.status != "unreadable"}
         rows.append(Row(label, texts, setting and len(plain) > 1))
 
-    row("status", [Text(f"{STATUS_ICON.get(s, '·')} {s}", style=STATUS_STYLE.get(s, ""))
+    row("status", [literal(f"{STATUS_ICON.get(s, '·')} {s}", style=STATUS_STYLE.get(s, ""))
                    + (literal(f": {one_line(r.status_reason, 200)}") if r.status_reason else Text())
                    for r, s in zip(results, statuses)])
 
@@ -106,10 +107,16 @@ def compare_rows(results: list[RunResult], statuses: list[str]) -> list[Row]:
 
     row("epochs", [f"{r.epochs_done}/{_get(r.config, 'loop.epochs')}"
                    if r.status != "unreadable" else "-" for r in results])
-    row("best val", [Text(f"{r.metric} {score(float(r.best_val))}"
+    row("best val", [literal(f"{r.metric} {score(float(r.best_val))}"
                           + (f" (epoch {r.best_epoch})" if r.best_epoch else ""), style="green")
                      if isinstance(r.best_val, (int, float)) else Text("-", style="dim")
                      for r in results])
+    # The figure that chose the checkpoint and test prefix (the selection split; the sessions
+    # list, the run header and the run summary show this one as the session's best).
+    if any(isinstance(r.best_selection, (int, float)) for r in results):
+        row("best selection", [literal(f"{r.metric} {score(float(r.best_selection))}", style="green")
+                               if isinstance(r.best_selection, (int, float))
+                               else Text("-", style="dim") for r in results])
     metrics = sorted({m for r in results for m in r.test_metrics},
                      key=lambda m: (m not in {r.metric for r in results}, m))
     for i, metric in enumerate(metrics or [""]):
@@ -117,7 +124,7 @@ def compare_rows(results: list[RunResult], statuses: list[str]) -> list[Row]:
         for r in results:
             value = r.test_metrics.get(metric)
             if value is not None:
-                values.append(Text(test_figure(metric, value, r.test_metrics_no_prefix.get(metric)),
+                values.append(literal(test_figure(metric, value, r.test_metrics_no_prefix.get(metric)),
                                    style="bold cyan"))
             else:
                 values.append(Text("-" if r.test_metrics or i else "not measured", style="dim"))
