@@ -104,3 +104,18 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
              "dict | None": (dict, type(None))}[f.type]
     for f in dataclasses.fields(RunState)
 }
+
+
+def best_validation(best: Any, metric: str) -> float | None:
+    """The validation figure of the chosen ("best") checkpoint, the one every "best val" label
+    shows: ``best["metrics"][metric]``. ``best["score"]`` is the figure the checkpoint was
+    chosen on, which is the selection split's whenever the run has one (`Engine._select`), so
+    it is used only for records that have no validation metrics (older sessions, where it is
+    the validation figure anyway). None when there is no number."""
+    if not isinstance(best, dict):
+        return None
+    metrics = best.get("metrics")
+    value = metrics.get(metric) if isinstance(metrics, dict) else None
+    if value is None:
+        value = best.get("score")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

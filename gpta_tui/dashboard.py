@@ -36,6 +36,7 @@ from engine.events import (
     WindowsBuilt,
 )
 from engine.prompts import decode_assistant_message
+from engine.state import best_validation
 
 SECTIONS = ("header", "chart", "history", "windows", "finetune", "log", "description")
 MAX_LOG = 2000
@@ -581,8 +582,11 @@ class DashboardState(EventHandler):
         changed = {"header"}
         st = e.state if isinstance(e.state, dict) else {}
         best = st.get("best") or {}
-        if isinstance(best.get("score"), (int, float)):
-            new_best = {"epoch": best.get("epoch", 0), "score": float(best["score"]),
+        value = best_validation(best, self.metric)
+        if value is not None:
+            # "score" here is the chosen checkpoint's validation figure (as on_validation's),
+            # never the selection-split figure it was chosen on
+            new_best = {"epoch": best.get("epoch", 0), "score": value,
                         "prefix": best.get("prefix", "")}
             if new_best != self.best:
                 self.best = new_best

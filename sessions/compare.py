@@ -25,6 +25,7 @@ from typing import Callable
 
 from engine.config import RunConfig
 from engine.controls import Controls
+from engine.state import best_validation
 from engine.errors import GptaError, UsageError
 from engine.experiments import (Band, CompareSpec, RunResult, RunSpec, Setting, dotted_differences,
                                 epoch_bands, low_resource_setting, record_metric,
@@ -352,7 +353,7 @@ def session_result(handle, run: RunSpec | None = None, metric: str | None = None
     return RunResult(
         run, status,
         test=test.get(metric), test_no_prefix=no_prefix.get(metric),
-        best_val=(best.get("metrics") or {}).get(metric, best.get("score")),
+        best_val=best_validation(best, metric),
         best_selection=(best.get("selection_metrics") or {}).get(metric),
         copied=int((finished.get("summary") or {}).get("copied_from_prompt", 0) or 0),
         prefix_words=scored_words,

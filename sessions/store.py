@@ -47,7 +47,7 @@ from engine.events import (CheckpointSaved, DescriptionChanged, Event, EventHand
                            PrefixScored, Progress, RunFinished, RunStarted, StatusChanged,
                            TAModelChanged, TARequest, TAResponse, TrainStep, ValidationResult,
                            WindowsBuilt, event_from_dict, shape_problem)
-from engine.state import RunState
+from engine.state import RunState, best_validation
 from engine.fsutil import stale_temp_files
 from engine.paths import SESSION_NAME_RE
 from sessions import losslog
@@ -389,12 +389,13 @@ class SessionStore:
             status = self._effective_status(name, rec.get("status", "interrupted"))
             cfg = rec.get("config", {})
             best = rec.get("best") or {}
+            metric = cfg.get("student", {}).get("metric", "")
             out.append(SessionSummary(
                 name=name, mode=rec.get("mode", cfg.get("mode", "?")),
                 dataset=cfg.get("data", {}).get("dataset", "?"), status=status,
                 epoch=int(rec.get("epoch", 0)), epochs=int(cfg.get("loop", {}).get("epochs", 0)),
-                phase=rec.get("phase", ""), best_metric=best.get("score"),
-                metric=cfg.get("student", {}).get("metric", ""),
+                phase=rec.get("phase", ""), best_metric=best_validation(best, metric),
+                metric=metric,
                 updated=max(float(rec.get("updated", 0.0)), _log_mtime(path)), path=path,
                 student=str(cfg.get("student", {}).get("model", "") or ""), ta=_ta_label(cfg),
                 best_epoch=best.get("epoch") if type(best.get("epoch")) is int else 0,

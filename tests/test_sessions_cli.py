@@ -108,3 +108,29 @@ def test_list_keeps_every_column_readable_at_80_columns_and_shows_the_test_figur
         assert ("dataset" in header) is wide and ("updated" in header) is wide
         row = next(line for line in lines if "finished" in line)
         assert "acc 0.8000" in row and "acc 0.7000" in row and "2/2" in row
+
+
+def test_list_and_show_call_the_validation_figure_best_val_and_name_the_selection_one(
+        tmp_path, capsys, monkeypatch):
+    from sessions.store import SessionStore as Store
+
+    home = tmp_path / "home"
+    store = Store(home)
+    h = store.create(small_config("chosen-on-selection"))
+    run = SyntheticRun(h.config)
+    events = list(run.events())
+    for e in events:  # the engine's shape with a selection split: score = selection figure
+        best = getattr(e, "state", {}).get("best") if isinstance(getattr(e, "state", None), dict) else None
+        if best:
+            best["selection_metrics"] = {"accuracy": 0.9123}
+            best["score"] = 0.9123
+    feed(h, iter(events))
+    h.close()
+    [summary] = Store(home).list()
+    assert summary.best_metric == 0.8  # the validation figure, not 0.9123
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["--home", str(home), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "acc 0.8000" in out and "0.9123" not in out
+    assert main(["--home", str(home), "show", "chosen-on-selection"]) == 0
+    assert "val acc 0.8000, selection acc 0.9123" in capsys.readouterr().out

@@ -372,3 +372,19 @@ def test_examples_sent_and_ta_cost_accumulate():
     state.apply(TAResponse(request_id=2, epoch=1, texts=["y"], prefixes=["y"], rejected=[],
                            usage={"total_tokens": 5}, latency_s=0.1, cost=0.5))
     assert (state.examples_sent, state.ta_tokens, state.ta_cost) == (6, 15, 0.75)
+
+
+def test_best_val_is_the_chosen_checkpoints_validation_figure_not_its_selection_score():
+    """With a selection split the engine's best["score"] is the selection figure the checkpoint
+    was chosen on; every "best val" shows best["metrics"][metric] (engine.state.best_validation),
+    as gpta compare does."""
+    from engine.state import best_validation
+
+    best = {"epoch": 2, "score": 0.65, "prefix": "p", "metrics": {"accuracy": 0.58},
+            "selection_metrics": {"accuracy": 0.65}}
+    assert best_validation(best, "accuracy") == 0.58
+    assert best_validation({"score": 0.7}, "accuracy") == 0.7  # older records: score is validation
+    assert best_validation({"score": True}, "accuracy") is None and best_validation(None, "x") is None
+    state = DashboardState()
+    state.apply(CheckpointSaved(epoch=2, phase="next", step=10, state={"best": best}))
+    assert state.best == {"epoch": 2, "score": 0.58, "prefix": "p"}

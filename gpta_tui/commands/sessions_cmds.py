@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.errors import UsageError, strip_control
+from engine.state import best_validation
 from gpta_tui.formatting import ta_usage_text
 from sessions.store import SessionStore, format_ts
 
@@ -130,8 +131,11 @@ def cmd_show(args: argparse.Namespace) -> int:
                                   f"phase {rec.get('phase')}, step {rec.get('step')}"))
     best = rec.get("best") or {}
     if best:
-        info.add_row("best", _lit(f"epoch {best.get('epoch')}: {_metric(best.get('score'), metric)}"
-                                  f"  {best.get('prefix', '')!r}"))
+        selection = (best.get("selection_metrics") or {}).get(metric) \
+            if isinstance(best.get("selection_metrics"), dict) else None
+        figures = f"val {_metric(best_validation(best, metric), metric)}" + (
+            f", selection {_metric(selection, metric)}" if isinstance(selection, (int, float)) else "")
+        info.add_row("best", _lit(f"epoch {best.get('epoch')}: {figures}  {best.get('prefix', '')!r}"))
     info.add_row("created", format_ts(rec.get("created")))
     info.add_row("updated", format_ts(rec.get("updated")))
     if rec.get("resumes"):
