@@ -390,6 +390,18 @@ def task_options(options: ClusterOptions, session: str) -> dict:
                 retry_exceptions=False)
 
 
+def longest_first(todo: list) -> list:
+    """The order the runs are submitted in: the likely longest first (more training examples
+    x epochs, then the arms that consult a TA), the plan's order among equals. Ray starts
+    queued tasks in submission order, so the runs that start last are short ones and the
+    workers end close together (longest-processing-time-first). Every run is seeded on its
+    own: the order changes no result."""
+    from engine.experiments import NO_TA_ARMS
+
+    return sorted(todo, key=lambda item: (-item[0].train_size * item[1].loop.epochs,
+                                          item[0].arm in NO_TA_ARMS))
+
+
 def run_compare_ray(spec, home: Path | str | None, out_dir: Path | str | None,
                     options: ClusterOptions, *, controls=None, engine_kwargs: Callable | None = None,
                     say: Callable[[str], None] = lambda s: None,
@@ -427,15 +439,15 @@ def run_compare_ray(spec, home: Path | str | None, out_dir: Path | str | None,
             check_resources(ray, options)
             board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
             task = ray.remote(run_task)
-        for run, config, _state in todo:
+        for run, _config, _state in todo:
+            progress.runs[run.session] = RunProgress(run.session)
+            manifest["runs"][run.session].update(status="queued", executor="ray")
+            ran.append(run.session)
+        for run, config, _state in longest_first(todo):
             ref = task.options(**task_options(options, run.session)).remote(
                 config.to_dict(), run.session, home_for_tasks, options.cpus_per_run,
                 options.gpus_per_run, board, engine_kwargs)
             pending[ref] = run
-            progress.runs[run.session] = RunProgress(run.session)
-            entry = manifest["runs"][run.session]
-            entry.update(status="queued", executor="ray")
-            ran.append(run.session)
         save_manifest(out, manifest)
         if todo:
             say(f"{len(todo)} run(s) queued on Ray: {options.cpus_per_run} CPU(s)"

@@ -345,6 +345,19 @@ def test_the_board_link_thread_registers_the_start_before_the_task_ends():
         link.close()  # the task fails rather than report an attempt it never registered
 
 
+def test_the_longest_runs_are_submitted_first(tiny_bert_dir, sentiment_csv):
+    """Larger train sizes first, then the TA arms; the plan's order among equals."""
+    from sessions.cluster import longest_first
+
+    cfg = build_config("default", overrides=tiny_overrides(tiny_bert_dir, sentiment_csv))
+    spec = CompareSpec.create("lpt", cfg, arms=["baseline", "gpta"], seeds=[1, 2],
+                              train_sizes=[48, 96])
+    todo = [(run, spec.run_config(run), "new") for run in spec.runs()]
+    assert [run.session for run, _, _ in longest_first(todo)] == [
+        "lpt-gpta-s1-n96", "lpt-gpta-s2-n96", "lpt-baseline-s1-n96", "lpt-baseline-s2-n96",
+        "lpt-gpta-s1-n48", "lpt-gpta-s2-n48", "lpt-baseline-s1-n48", "lpt-baseline-s2-n48"]
+
+
 def test_task_options_carry_resources_and_retries():
     from sessions.cluster import task_options
 
