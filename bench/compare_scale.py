@@ -7,7 +7,8 @@ tasks on single-threaded workers, in one process run.
 Both contenders run the same plan (baseline and gpta x --seeds seeds) on the smoke preset's
 student and data (the real MiniLM, twitter-sentiment), each in a fresh home, with one torch
 thread per run: sequential in this process, and on a local Ray instance of --workers CPUs
-with --cpus-per-run 1 (the default: a worker-local home, the session imported back). The
+with --cpus-per-run 1 (the default: a worker-local home, the session imported back), started
+as `gpta compare --executor ray` starts one (workers at niceness 0, as the sequential runs). The
 target of issue 18 is a ratio >= 1.7x on 2 workers. Reported: the wall time of each
 contender and their ratio; the Ray instance's start is timed apart (a cluster is started
 once for many comparisons) and a second ratio includes it; whether the results are
@@ -55,6 +56,7 @@ class RayCpu:
     def __init__(self):
         self.first: dict[int, tuple[str, float]] = {}
         self.last: dict[int, tuple[str, float]] = {}
+        self.worker_nice: set[int] = set()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.tick = os.sysconf("SC_CLK_TCK")
@@ -83,6 +85,8 @@ class RayCpu:
             except OSError:
                 continue
             kind = self.kind(int(entry), cmd)
+            if kind == "workers (the runs)":
+                self.worker_nice.add(int(fields[16]))
             if kind:
                 cpu = (int(fields[11]) + int(fields[12])) / self.tick
                 self.first.setdefault(int(entry), (kind, cpu))
@@ -134,7 +138,7 @@ def main() -> None:
     import ray
     import torch
 
-    from sessions.cluster import ClusterOptions, run_compare_ray
+    from sessions.cluster import ClusterOptions, run_compare_ray, start_local_ray
     from sessions.compare import collect_results, run_compare
 
     machine = machine_info(device)
@@ -144,15 +148,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpta-bench-scale-") as tmp:
         work = Path(tmp)
         torch.set_num_threads(1)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         local = run_compare(spec, work / "local", say=progress)
         sequential_s = time.perf_counter() - t0
+        sequential_share = (time.process_time() - cpu0) / sequential_s
         progress(f"sequential: {sequential_s:.1f} s ({local.status})")
 
         t0 = time.perf_counter()
         root = str(Path(__file__).resolve().parent.parent)
-        ray.init(num_cpus=args.workers, num_gpus=0, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+        start_local_ray(ray, num_cpus=args.workers, num_gpus=0, include_dashboard=False,
+                        log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                      [root, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}})
         start_s = time.perf_counter() - t0
         try:
@@ -196,11 +201,16 @@ def main() -> None:
         [kind, f"{used[kind]:.1f}", f"{100 * used[kind] / (ray_s * args.workers):.1f}%"]
         for kind in sorted(used, key=lambda k: -used[k])])
     setups = [f"{t['setup_s']:.1f}" for t in sorted(tasks, key=lambda t: t["span"][0])]
+    ray_share = used.get("workers (the runs)", 0.0) / (ray_s * args.workers)
     report.notes += [
         f"statuses: sequential {local.status}, ray {cluster.status}; nodes: {', '.join(nodes)}",
         f"Ray tasks: most runs training at once {max_overlap([t['span'] for t in tasks])}, worker "
         f"processes {len({t['pid'] for t in tasks})}, setup s per task in start order "
         f"(imports on a new worker + engine build) {', '.join(setups)}",
+        f"CPU the runs got: sequential {100 * sequential_share:.0f}% of one core, Ray workers "
+        f"{100 * ray_share:.0f}% of {args.workers} cores (niceness: this process {os.nice(0)}, Ray's "
+        f"workers {', '.join(map(str, sorted(ray_cpu.worker_nice)))}); other work on the machine shows in "
+        "the load averages",
         f"bound from the runs' CPU alone: sequential CPU / (Ray's CPU / {args.workers} workers) = "
         f"{seq_cpu / (ray_run_cpu / args.workers):.2f}x" if ray_run_cpu else "no CPU recorded",
         f"results identical run for run: {'yes' if identical else 'NO'}",

@@ -347,6 +347,24 @@ def init_ray(ray, **kwargs) -> None:
                 signal.signal(sig, handler)
 
 
+#: niceness of the workers of a local Ray instance gpta starts (Ray's own default is 15)
+LOCAL_WORKER_NICENESS = "0"
+
+
+def start_local_ray(ray, **kwargs) -> None:
+    """`init_ray` for a local instance whose workers run at niceness 0, as the local executor's
+    runs do: Ray starts its workers at 15, which hands the runs' cores to any other work on
+    the machine. A RAY_worker_niceness of the user's own is kept; on a cluster started with
+    `ray start` its own setting holds."""
+    before = os.environ.get("RAY_worker_niceness")
+    os.environ.setdefault("RAY_worker_niceness", LOCAL_WORKER_NICENESS)  # the raylet reads it
+    try:
+        init_ray(ray, **kwargs)
+    finally:
+        if before is None:
+            os.environ.pop("RAY_worker_niceness", None)
+
+
 def connect(options: ClusterOptions) -> bool:
     """Join the Ray cluster at options.address, or start a local instance; True if this call
     started it (the caller shuts it down). A Ray already initialised in this process is used."""
@@ -356,8 +374,9 @@ def connect(options: ClusterOptions) -> bool:
     import logging
 
     try:
-        init_ray(ray, address=options.address or None, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+        start = start_local_ray if not options.address else init_ray
+        start(ray, address=options.address or None, include_dashboard=False,
+              log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception when its node is slow to start
         ray.shutdown()
         where = f"the Ray cluster at {options.address}" if options.address else "a local Ray instance"

@@ -424,6 +424,26 @@ def test_a_negative_max_retries_is_refused_before_anything_is_written(tmp_path, 
     assert not (home / "compare" / "r").exists()
 
 
+def test_a_local_ray_instance_runs_its_workers_at_niceness_0(monkeypatch):
+    """Ray starts its workers at niceness 15; the runs of a local instance get the priority of
+    the local executor's (the raylet reads RAY_worker_niceness when it starts); a user's own
+    setting is kept, and the environment is left as it was."""
+    from sessions.cluster import start_local_ray
+
+    seen = []
+
+    class FakeRay:
+        def init(self, **kwargs):
+            seen.append(os.environ.get("RAY_worker_niceness"))
+
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    start_local_ray(FakeRay(), num_cpus=1)
+    assert seen == ["0"] and "RAY_worker_niceness" not in os.environ
+    monkeypatch.setenv("RAY_worker_niceness", "5")
+    start_local_ray(FakeRay(), num_cpus=1)
+    assert seen == ["0", "5"] and os.environ["RAY_worker_niceness"] == "5"
+
+
 def test_ray_init_keeps_our_signal_handlers():
     """Ray's driver installs a SIGTERM handler that exits; gpta keeps its own (stop at a step
     boundary) and none of Ray's outlives the comparison."""
