@@ -211,6 +211,10 @@ def main() -> None:
         f"{100 * ray_share:.0f}% of {args.workers} cores (niceness: this process {os.nice(0)}, Ray's "
         f"workers {', '.join(map(str, sorted(ray_cpu.worker_nice)))}); other work on the machine shows in "
         "the load averages",
+        f"estimate at equal CPU (the wall times scaled by the CPU each contender's runs got, "
+        f"which other work on the machine changes): {sequential_s * sequential_share:.1f} s / "
+        f"{ray_s * ray_share:.1f} s = {sequential_s * sequential_share / (ray_s * ray_share):.2f}x"
+        if ray_share else "no worker CPU read",
         f"bound from the runs' CPU alone: sequential CPU / (Ray's CPU / {args.workers} workers) = "
         f"{seq_cpu / (ray_run_cpu / args.workers):.2f}x" if ray_run_cpu else "no CPU recorded",
         f"results identical run for run: {'yes' if identical else 'NO'}",
