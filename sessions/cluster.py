@@ -177,6 +177,7 @@ class BoardLink:
         self.attempt = 0
         self._error: BaseException | None = None
         self._closed = threading.Event()
+        self._registered = threading.Event()
         self._thread: threading.Thread | None = None
 
     def register(self) -> int:
@@ -195,9 +196,14 @@ class BoardLink:
             self.controls.stop()
 
     def open(self) -> "BoardLink":
+        """Starts the thread and waits (on a Python event, not on Ray) until the start is on
+        the board: a worker that dies later still counts as an attempt."""
         self._thread = threading.Thread(target=self._loop, name=f"gpta-board-{self.session}",
                                         daemon=True)
         self._thread.start()
+        self._registered.wait()
+        if self._error is not None:
+            self.close()
         return self
 
     def end(self) -> None:
@@ -205,7 +211,7 @@ class BoardLink:
         self._closed.set()
 
     def close(self) -> int:
-        """Ends the thread; returns the attempt number (the start is registered by then)."""
+        """Ends the thread; returns the attempt number."""
         self.end()
         if self._thread is not None:
             self._thread.join()
@@ -216,9 +222,11 @@ class BoardLink:
     def _loop(self) -> None:
         try:
             self.register()
-        except BaseException as exc:  # noqa: BLE001 - handed to close(), in the run's thread
+        except BaseException as exc:  # noqa: BLE001 - raised by open(), in the run's thread
             self._error = exc
             return
+        finally:
+            self._registered.set()
         while not self._closed.wait(REPORT_EVERY_S):
             try:
                 self.tick()
@@ -280,15 +288,15 @@ def run_task(config: dict, session: str, home: str | None, cpus: int, gpus: floa
     cfg = RunConfig.from_dict(config, "comparison run")
     # Ray made the task's GPUs (if any) the only visible ones: "cuda" is the first of them
     cfg.device = "cuda" if gpus > 0 else "cpu"
+    link = BoardLink(board, session, node, controls).open()  # raises if the board is gone
     own_home = tempfile.mkdtemp(prefix="gpta-ray-") if home is None else None
     store = SessionStore(own_home or home)
     out: dict[str, Any] = {"session": session, "node": node, "gpu_ids": gpu_ids, "attempt": 0,
                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                            "files": None, "setup_s": 0.0, "cpu_s": 0.0, "pid": os.getpid()}
-    link = BoardLink(board, session, node, controls).open()
 
     def ended(**fields) -> dict:
-        out["attempt"] = link.close()  # the start is on the board before the result is ready
+        out["attempt"] = link.close()
         return {**out, **fields, "wall_s": round(time.perf_counter() - started, 2),
                 "span": [round(started_at, 3), round(time.time(), 3)]}
 

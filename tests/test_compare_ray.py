@@ -326,13 +326,16 @@ def test_a_task_reports_progress_and_obeys_a_stop_from_its_board_link():
     assert controls.stop_requested
 
 
-def test_the_board_link_thread_registers_the_start_before_the_task_ends():
+def test_the_board_link_thread_registers_the_start_before_the_run_begins():
+    """open() returns once the start is on the board: a worker that dies at the run's first
+    step still counts as an attempt (the retry is attempt 2)."""
     from sessions.cluster import BoardLink
 
     board = FakeBoard()
     board.starts = 1  # a retry: this is the second start
     link = BoardLink(board, "s", "n", Controls(), get=lambda ref, timeout=None: ref).open()
-    assert link.close() == 2 and board.log[0] == ("start", ("s", "n"))
+    assert board.log == [("start", ("s", "n"))] and link.attempt == 2
+    assert link.close() == 2
     board.stop, controls = True, Controls()  # a stop requested before the run started
     link = BoardLink(board, "s", "n", controls, get=lambda ref, timeout=None: ref)
     assert link.register() == 3 and controls.stop_requested
@@ -340,9 +343,8 @@ def test_the_board_link_thread_registers_the_start_before_the_task_ends():
     def unreachable(ref, timeout=None):
         raise ConnectionError("board gone")
 
-    link = BoardLink(board, "s", "n", Controls(), get=unreachable).open()
     with pytest.raises(ConnectionError, match="board gone"):
-        link.close()  # the task fails rather than report an attempt it never registered
+        BoardLink(board, "s", "n", Controls(), get=unreachable).open()  # the task fails
 
 
 def test_the_longest_runs_are_submitted_first(tiny_bert_dir, sentiment_csv):
