@@ -165,9 +165,10 @@ class BoardLink:
     (a task waiting on another must not deadlock the node); here that let 3 and 4 runs train
     at once on 2 CPUs, each new one in a newly started worker. Calls from another thread of
     the task keep its CPUs. `register()` says the run started (and learns which attempt this
-    is, and whether a stop came first), then `tick()` once a second sends the share of training the listener noted and turns
-    the board's stop request into `controls.stop()` (a stop at the next step boundary).
-    `get` is ray.get (tests pass a stand-in and call register/tick themselves)."""
+    is, and whether a stop came first), then `tick()` once a second sends the share of
+    training the listener noted and turns the board's stop request into `controls.stop()` (a
+    stop at the next step boundary). `get` is ray.get (tests pass a stand-in and call
+    register/tick themselves)."""
 
     def __init__(self, board, session: str, node: str, controls, get: Callable | None = None):
         self.board, self.session, self.node, self.controls = board, session, node, controls
