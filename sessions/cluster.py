@@ -24,10 +24,16 @@ the running ones to stop at their next step boundary; a KeyboardInterrupt (the s
 Ctrl-C) cancels every task at once. The manifest is saved at every change, and running the
 comparison again skips the finished runs.
 
-Progress. Tasks report to a small actor (`ProgressBoard`): started on which node, the share
-of training done (at most once a second), and they poll it for a stop. The driver turns
-that into a `ClusterProgress` (runs queued / running / finished / failed, per node) and
-hands it to `on_progress` about twice a second.
+Progress. Tasks report to a small actor (`ProgressBoard`): started on which node, and once a
+second the share of training done, the reply saying whether to stop. A task talks to it from
+a thread of its own (`BoardLink`): while a task's main thread waits in `ray.get`, Ray lends
+the task's CPUs to the next queued task, which would put more runs on a node than it has
+CPUs. The driver turns the board's events into a `ClusterProgress` (runs queued / running /
+finished / failed, per node) and hands it to `on_progress` about once a second.
+
+Workers are reused: a worker process runs one task after another (Ray's default for tasks
+that ask for no GPU at submission), so torch and transformers are imported once per worker,
+not once per run.
 
 Ray is optional (`pip install 'gpta-tui[cluster]'`); nothing here imports it before a
 comparison asks for it.
@@ -40,6 +46,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +57,11 @@ from sessions.compare import (RAY_ORIGIN, CompareOutcome, finish_run, open_run, 
                               prepare, record_result, save_manifest)
 from sessions.export import import_files, session_files
 
-#: how often a task may report its progress and ask whether to stop (seconds)
+#: how often a task reports its progress and asks whether to stop (seconds)
 REPORT_EVERY_S = 1.0
-#: Ray's retries of a task whose worker process or node died (Ray's own default)
+#: how often the driver looks at the board when no task ends (seconds)
+POLL_S = 1.0
+#: default retries of a task whose worker process or node died (Ray's own default)
 MAX_RETRIES = 3
 
 
@@ -72,8 +81,10 @@ class ClusterOptions:
         if not (gpus >= 0) or (gpus > 1 and gpus != int(gpus)):
             raise UsageError(f"invalid --gpus-per-run {gpus!r}",
                              "give 0, a fraction below 1 (runs share a GPU) or a whole number")
-        if self.max_retries < 0:
-            raise UsageError(f"invalid max_retries {self.max_retries!r}", "use 0 or more")
+        if (not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool)
+                or self.max_retries < 0):
+            raise UsageError(f"invalid --max-retries {self.max_retries!r}",
+                             "give a whole number of retries, 0 or more (default 3)")
         return self
 
 
@@ -126,14 +137,18 @@ class ProgressBoard:
         self._starts: dict[str, int] = {}
         self._stop = False
 
-    def start(self, session: str, node: str) -> int:
-        """A worker starts `session`; returns which attempt this is (2 and up: Ray retried it)."""
+    def start(self, session: str, node: str) -> tuple[int, bool]:
+        """A worker starts `session`: which attempt this is (2 and up: Ray retried it), and
+        whether it should stop."""
         self._starts[session] = self._starts.get(session, 0) + 1
         self._events.append((session, "started", node, 0.0))
-        return self._starts[session]
+        return self._starts[session], self._stop
 
-    def report(self, session: str, status: str, node: str, fraction: float) -> None:
-        self._events.append((session, status, node, float(fraction)))
+    def report(self, session: str, node: str, fraction: float | None) -> bool:
+        """A running task's share of training (None: nothing new); True: it should stop."""
+        if fraction is not None:
+            self._events.append((session, "running", node, float(fraction)))
+        return self._stop
 
     def drain(self) -> list[tuple]:
         events, self._events = self._events, []
@@ -142,37 +157,101 @@ class ProgressBoard:
     def request_stop(self) -> None:
         self._stop = True
 
-    def stopping(self) -> bool:
-        return self._stop
 
+class BoardLink:
+    """A task's line to the board, on a thread of its own: the run's thread never waits on Ray.
 
-class TaskListener:
-    """In a task: the run's share of training to the board, and the board's stop request to
-    the run's controls (a stop at the next step boundary); both at most once a second, the
-    first time at the run's first event. `get` is ray.get (tests pass a stand-in)."""
+    Ray lends the CPUs of a task whose main thread blocks in `ray.get` to the next queued task
+    (a task waiting on another must not deadlock the node); here that let 3 and 4 runs train
+    at once on 2 CPUs, each new one in a newly started worker. Calls from another thread of
+    the task keep its CPUs. `register()` says the run started (and learns which attempt this
+    is, and whether a stop came first), then `tick()` once a second sends the share of
+    training the listener noted and turns the board's stop request into `controls.stop()` (a
+    stop at the next step boundary). `get` is ray.get (tests pass a stand-in and call
+    register/tick themselves)."""
 
-    def __init__(self, board, session: str, node: str, epochs: int, controls,
-                 get: Callable | None = None):
-        self.board, self.session, self.node = board, session, node
-        self.epochs, self.controls = max(1, int(epochs)), controls
+    def __init__(self, board, session: str, node: str, controls, get: Callable | None = None):
+        self.board, self.session, self.node, self.controls = board, session, node, controls
         self.get = get
-        self.last = -REPORT_EVERY_S
+        self.fraction: float | None = None   # set by the run's thread (TaskListener)
+        self._sent: float | None = None
+        self.attempt = 0
+        self._error: BaseException | None = None
+        self._closed = threading.Event()
+        self._registered = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def __call__(self, event) -> None:
-        now = time.monotonic()
-        if now - self.last < REPORT_EVERY_S:
+    def register(self) -> int:
+        self.attempt, stop = self._get(self.board.start.remote(self.session, self.node))
+        self._obey(stop)
+        return self.attempt
+
+    def tick(self) -> None:
+        fraction = self.fraction
+        new = fraction if fraction != self._sent else None
+        self._obey(self._get(self.board.report.remote(self.session, self.node, new), timeout=30))
+        self._sent = fraction
+
+    def _obey(self, stop: bool) -> None:
+        if stop and not self.controls.stop_requested:
+            self.controls.stop()
+
+    def open(self) -> "BoardLink":
+        """Starts the thread and waits (on a Python event, not on Ray) until the start is on
+        the board: a worker that dies later still counts as an attempt."""
+        self._thread = threading.Thread(target=self._loop, name=f"gpta-board-{self.session}",
+                                        daemon=True)
+        self._thread.start()
+        self._registered.wait()
+        if self._error is not None:
+            self.close()
+        return self
+
+    def end(self) -> None:
+        """Asks the thread to end, without waiting."""
+        self._closed.set()
+
+    def close(self) -> int:
+        """Ends the thread; returns the attempt number."""
+        self.end()
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.attempt
+
+    def _loop(self) -> None:
+        try:
+            self.register()
+        except BaseException as exc:  # noqa: BLE001 - raised by open(), in the run's thread
+            self._error = exc
             return
-        self.last = now
-        steps = getattr(event, "epoch_steps", 0)
-        if steps:
-            done = (event.epoch - 1 + event.epoch_step / steps) / self.epochs
-            self.board.report.remote(self.session, "running", self.node, min(1.0, done))
+        finally:
+            self._registered.set()
+        while not self._closed.wait(REPORT_EVERY_S):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - progress only: a slow board skips a beat
+                pass
+
+    def _get(self, ref, timeout: float | None = None):
         if self.get is None:
             import ray
 
             self.get = ray.get
-        if not self.controls.stop_requested and self.get(self.board.stopping.remote(), timeout=30):
-            self.controls.stop()
+        return self.get(ref, timeout=timeout)
+
+
+class TaskListener:
+    """In a task: notes the run's share of training for the BoardLink (no Ray call here)."""
+
+    def __init__(self, link: BoardLink, epochs: int):
+        self.link, self.epochs = link, max(1, int(epochs))
+
+    def __call__(self, event) -> None:
+        steps = getattr(event, "epoch_steps", 0)
+        if steps:
+            self.link.fraction = min(1.0, (event.epoch - 1 + event.epoch_step / steps) / self.epochs)
 
 
 def node_label() -> str:
@@ -191,7 +270,11 @@ def node_label() -> str:
 def run_task(config: dict, session: str, home: str | None, cpus: int, gpus: float, board,
              engine_kwargs: Callable | None = None) -> dict:
     """One run, in a Ray worker. `home` is the shared home, or None for a temporary home of
-    its own whose session is returned as `session_files`. Returns a plain dict."""
+    its own whose session is returned as `session_files`. Returns a plain dict, with the
+    task's wall seconds, `setup_s` (wall seconds to the engine built: a new worker pays the
+    imports of torch and transformers, a reused one does not) and `cpu_s` (the CPU seconds of
+    the run once built, as the local executor records them)."""
+    started, started_at = time.perf_counter(), time.time()
     import ray
     import torch
 
@@ -202,26 +285,31 @@ def run_task(config: dict, session: str, home: str | None, cpus: int, gpus: floa
     torch.set_num_threads(max(1, int(cpus)))  # one pool per run, sized to its CPUs
     node = node_label()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    attempt = ray.get(board.start.remote(session, node))  # before the result can be ready
+    controls = Controls()
     cfg = RunConfig.from_dict(config, "comparison run")
     # Ray made the task's GPUs (if any) the only visible ones: "cuda" is the first of them
     cfg.device = "cuda" if gpus > 0 else "cpu"
-    controls = Controls()
+    link = BoardLink(board, session, node, controls).open()  # raises if the board is gone
     own_home = tempfile.mkdtemp(prefix="gpta-ray-") if home is None else None
     store = SessionStore(own_home or home)
-    started = time.perf_counter()
-    out: dict[str, Any] = {"session": session, "node": node, "gpu_ids": gpu_ids, "attempt": attempt,
+    out: dict[str, Any] = {"session": session, "node": node, "gpu_ids": gpu_ids, "attempt": 0,
                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                           "files": None}
+                           "files": None, "setup_s": 0.0, "cpu_s": 0.0, "pid": os.getpid()}
+
+    def ended(**fields) -> dict:
+        out["attempt"] = link.close()
+        return {**out, **fields, "wall_s": round(time.perf_counter() - started, 2),
+                "span": [round(started_at, 3), round(time.time(), 3)]}
+
     try:
         resume = store.exists(session)
         if resume:  # a shared home: a retried task, or a run stopped earlier
             with store.open(session) as reader:
                 if reader.status == "finished":  # its worker died after the end
-                    return {**out, "result": "finished", "message": "", "wall_s": 0.0}
+                    return {**ended(result="finished", message=""), "wall_s": 0.0}
         try:
             kwargs = engine_kwargs(cfg) if engine_kwargs else {}
-            listener = TaskListener(board, session, node, cfg.loop.epochs, controls)
+            listener = TaskListener(link, cfg.loop.epochs)
             handle, engine = open_run(session, cfg, store.home, resume=resume, listeners=[listener],
                                       controls=controls, engine_kwargs=kwargs)
         except GptaError as exc:
@@ -229,13 +317,16 @@ def run_task(config: dict, session: str, home: str | None, cpus: int, gpus: floa
         except Exception as exc:  # noqa: BLE001 - the run's own failure: recorded, not retried
             result, message = "failed", f"{type(exc).__name__}: {exc}"
         else:
+            out["setup_s"] = round(time.perf_counter() - started, 2)
+            cpu0 = time.process_time()
             result, message = finish_run(handle, engine)
+            out["cpu_s"] = round(time.process_time() - cpu0, 2)
         if own_home is not None and result in ("finished", "failed") and store.exists(session):
             with store.open(session) as reader:
                 out["files"] = session_files(reader)
-        return {**out, "result": result, "message": message,
-                "wall_s": round(time.perf_counter() - started, 2)}
+        return ended(result=result, message=message)
     finally:
+        link.end()  # an interrupted task: its thread ends too
         if own_home is not None:
             shutil.rmtree(own_home, ignore_errors=True)
 
@@ -265,6 +356,24 @@ def init_ray(ray, **kwargs) -> None:
                 signal.signal(sig, handler)
 
 
+#: niceness of the workers of a local Ray instance gpta starts (Ray's own default is 15)
+LOCAL_WORKER_NICENESS = "0"
+
+
+def start_local_ray(ray, **kwargs) -> None:
+    """`init_ray` for a local instance whose workers run at niceness 0, as the local executor's
+    runs do: Ray starts its workers at 15, which hands the runs' cores to any other work on
+    the machine. A RAY_worker_niceness of the user's own is kept; on a cluster started with
+    `ray start` its own setting holds."""
+    before = os.environ.get("RAY_worker_niceness")
+    os.environ.setdefault("RAY_worker_niceness", LOCAL_WORKER_NICENESS)  # the raylet reads it
+    try:
+        init_ray(ray, **kwargs)
+    finally:
+        if before is None:
+            os.environ.pop("RAY_worker_niceness", None)
+
+
 def connect(options: ClusterOptions) -> bool:
     """Join the Ray cluster at options.address, or start a local instance; True if this call
     started it (the caller shuts it down). A Ray already initialised in this process is used."""
@@ -274,8 +383,9 @@ def connect(options: ClusterOptions) -> bool:
     import logging
 
     try:
-        init_ray(ray, address=options.address or None, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+        start = start_local_ray if not options.address else init_ray
+        start(ray, address=options.address or None, include_dashboard=False,
+              log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception when its node is slow to start
         ray.shutdown()
         where = f"the Ray cluster at {options.address}" if options.address else "a local Ray instance"
@@ -298,6 +408,26 @@ def check_resources(ray, options: ClusterOptions) -> None:
         raise UsageError(f"--gpus-per-run {options.gpus_per_run:g}: no node of the Ray cluster "
                          f"has that many GPUs (the largest has {gpus:g})",
                          "use --gpus-per-run 0 to train on CPUs, or add GPU nodes")
+
+
+def task_options(options: ClusterOptions, session: str) -> dict:
+    """Ray options of one run's task: its resources, and retries only when its worker died
+    (a run's own exception is a result, never retried)."""
+    return dict(name=f"gpta:{session}", num_cpus=options.cpus_per_run,
+                num_gpus=options.gpus_per_run, max_retries=options.max_retries,
+                retry_exceptions=False)
+
+
+def longest_first(todo: list) -> list:
+    """The order the runs are submitted in: the likely longest first (more training examples
+    x epochs, then the arms that consult a TA), the plan's order among equals. Ray starts
+    queued tasks in submission order, so the runs that start last are short ones and the
+    workers end close together (longest-processing-time-first). Every run is seeded on its
+    own: the order changes no result."""
+    from engine.experiments import NO_TA_ARMS
+
+    return sorted(todo, key=lambda item: (-item[0].train_size * item[1].loop.epochs,
+                                          item[0].arm in NO_TA_ARMS))
 
 
 def run_compare_ray(spec, home: Path | str | None, out_dir: Path | str | None,
@@ -337,18 +467,15 @@ def run_compare_ray(spec, home: Path | str | None, out_dir: Path | str | None,
             check_resources(ray, options)
             board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
             task = ray.remote(run_task)
-        for run, config, _state in todo:
-            ref = task.options(
-                name=f"gpta:{run.session}", num_cpus=options.cpus_per_run,
-                num_gpus=options.gpus_per_run, max_retries=options.max_retries,
-                retry_exceptions=False).remote(
+        for run, _config, _state in todo:
+            progress.runs[run.session] = RunProgress(run.session)
+            manifest["runs"][run.session].update(status="queued", executor="ray")
+            ran.append(run.session)
+        for run, config, _state in longest_first(todo):
+            ref = task.options(**task_options(options, run.session)).remote(
                 config.to_dict(), run.session, home_for_tasks, options.cpus_per_run,
                 options.gpus_per_run, board, engine_kwargs)
             pending[ref] = run
-            progress.runs[run.session] = RunProgress(run.session)
-            entry = manifest["runs"][run.session]
-            entry.update(status="queued", executor="ray")
-            ran.append(run.session)
         save_manifest(out, manifest)
         if todo:
             say(f"{len(todo)} run(s) queued on Ray: {options.cpus_per_run} CPU(s)"
@@ -363,7 +490,7 @@ def run_compare_ray(spec, home: Path | str | None, out_dir: Path | str | None,
                 for ref, run in pending.items():
                     if progress.runs[run.session].status == "queued":
                         ray.cancel(ref)
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
             changed = _apply_board(ray, board, progress, manifest)
             for ref in ready:
                 run = pending.pop(ref)
@@ -371,7 +498,7 @@ def run_compare_ray(spec, home: Path | str | None, out_dir: Path | str | None,
                 changed = True
             if changed:
                 save_manifest(out, manifest)
-            if on_progress is not None and (changed or time.monotonic() - last_shown > 0.5):
+            if on_progress is not None and (changed or time.monotonic() - last_shown > POLL_S):
                 on_progress(progress)
                 last_shown = time.monotonic()
     except BaseException:
@@ -438,14 +565,16 @@ def _settle(ray, ref, run, progress: ClusterProgress, manifest: dict, store, fai
         say(f"{run.session}: failed: {reason}")
         return
     result, message = res["result"], res["message"]
-    entry.update(node=res["node"], gpu_ids=res["gpu_ids"], attempts=res["attempt"])
+    entry.update(node=res["node"], gpu_ids=res["gpu_ids"], attempts=res["attempt"],
+                 # its last attempt in the worker: process, clock times, imports + engine build
+                 task={"pid": res["pid"], "span": res["span"], "setup_s": res["setup_s"]})
     shown.node, shown.starts = res["node"], max(shown.starts, res["attempt"])
     if res.get("files") is not None:
         try:
             import_files(store, res["files"], origin=f"{RAY_ORIGIN}{res['node']}")
         except GptaError as exc:
             result, message = "failed", f"its session could not be imported: {exc}"
-    record_result(entry, result, message, res["wall_s"])
+    record_result(entry, result, message, res["wall_s"], res.get("cpu_s"))
     if result == "stopped" and not options.shared_home:
         entry["status"] = "pending"  # its session stayed in the worker's home: it runs afresh
         entry["message"] = "stopped; it runs again from the start"

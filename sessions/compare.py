@@ -209,8 +209,11 @@ def finish_run(handle, engine) -> tuple[str, str]:
         return "failed", f"{type(exc).__name__}: {exc}"
 
 
-def record_result(entry: dict, result: str, message: str, wall_s: float) -> None:
+def record_result(entry: dict, result: str, message: str, wall_s: float,
+                  cpu_s: float | None = None) -> None:
     entry["wall_s"] = round(entry["wall_s"] + wall_s, 2)
+    if cpu_s is not None:  # CPU seconds of the run's process while it ran (all its threads)
+        entry["cpu_s"] = round(entry.get("cpu_s", 0.0) + cpu_s, 2)
     entry["status"] = session_status(result)
     entry["message"] = message
     if result == "finished":
@@ -246,7 +249,7 @@ def run_compare(spec: CompareSpec, home: Path | str | None = None, out_dir: Path
         entry.setdefault("started", time.time())
         save_manifest(out, manifest)
         ran.append(run.session)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         try:
             result, message = finish_run(handle, engine)
         except BaseException:
@@ -259,7 +262,7 @@ def run_compare(spec: CompareSpec, home: Path | str | None = None, out_dir: Path
                 close = getattr(view, "close", None)
                 if callable(close):
                     close()
-        record_result(entry, result, message, time.perf_counter() - t0)
+        record_result(entry, result, message, time.perf_counter() - t0, time.process_time() - cpu0)
         save_manifest(out, manifest)
         if result == "stopped":
             status = "stopped"

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,21 @@ def comparable(results) -> list[dict]:
     return [{k: v for k, v in dataclasses.asdict(r).items() if k != "wall_s"} for r in results]
 
 
+def max_overlap(spans: list[list[float]]) -> int:
+    """Most [start, end] spans open at one instant (an end before a start at the same time)."""
+    edges = sorted([(end, -1) for _, end in spans] + [(start, 1) for start, _ in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_max_overlap_counts_spans_open_at_once():
+    assert max_overlap([[0, 1], [1, 2], [2, 3]]) == 1
+    assert max_overlap([[0, 5], [1, 2], [1.5, 3], [4, 6]]) == 3
+
+
 def untimed(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "ts"} for r in records]
 
@@ -84,6 +100,20 @@ class DyingTA(ScriptedTA):
             Path(self.marker).write_text("died once\n")
             os._exit(1)
         return super().propose(messages, n, temperature, seed, should_stop=should_stop)
+
+
+class StallingTA(ScriptedTA):
+    """Waits at every request until the run is asked to stop (then stops, as a TA does)."""
+
+    def propose(self, messages, n, temperature, seed, *, should_stop=None):
+        assert should_stop is not None
+        while not should_stop():
+            time.sleep(0.05)
+        return super().propose(messages, n, temperature, seed, should_stop=should_stop)
+
+
+def stalling_parts(config) -> dict:
+    return {"ta": StallingTA()} if config.mode == "gpta" else {}
 
 
 def faulty_parts(marker: str, config) -> dict:
@@ -139,6 +169,12 @@ def test_ray_runs_give_the_local_executors_results_run_for_run(
     assert {manifest["runs"][n]["status"] for n in NAMES} == {"finished"}
     assert all(manifest["runs"][n]["executor"] == "ray" and manifest["runs"][n]["node"]
                for n in NAMES)
+    # never more runs at once than the instance has CPUs (a task waiting on Ray in its main
+    # thread would lend its CPU to the next run), each run's CPU time recorded
+    spans = [manifest["runs"][n]["task"]["span"] for n in NAMES]
+    assert max_overlap(spans) <= 2, spans
+    assert all(manifest["runs"][n]["cpu_s"] > 0 and manifest["runs"][n]["task"]["setup_s"] > 0
+               for n in NAMES)
     # progress: every run went queued -> running -> finished, on the one node
     final = seen[-1]
     assert final.counts() == {"finished": 4} and final.done() == 4
@@ -157,7 +193,7 @@ def test_a_failed_run_a_killed_worker_a_stop_and_the_rerun(
     spec = tiny_spec(tiny_bert_dir, sentiment_csv, name="flt")
     names = [n.replace("cmp-", "flt-") for n in NAMES]
     home = tmp_path / "home"
-    options = ClusterOptions(cpus_per_run=1, shared_home=True)
+    options = ClusterOptions(cpus_per_run=1, shared_home=True, max_retries=1)
     marker = tmp_path / "died"
     seen: list[dict] = []
 
@@ -180,16 +216,22 @@ def test_a_failed_run_a_killed_worker_a_stop_and_the_rerun(
         assert rec["status"] == "finished" and "imported_from" not in rec
         assert len(rec["resumes"]) == 1  # resumed from its checkpoint, not started again
 
-    # a stop (the CLI's first Ctrl-C) before the failed run could start again: its task is
-    # cancelled, the manifest stays resumable
+    # a stop (the CLI's first Ctrl-C) while the failed run runs again: the driver asks the
+    # board, the task's link turns it into a stop at a step boundary (the TA waits for it,
+    # so the run cannot end any other way); saved in the shared home, resumable
     controls = Controls()
-    controls.stop()
-    second = run_compare_ray(spec, home, None, options, controls=controls)
+
+    def stop_once_running(progress):
+        if progress.runs["flt-gpta-s3-n48"].status == "running":
+            controls.stop()
+
+    second = run_compare_ray(spec, home, None, options, controls=controls,
+                             engine_kwargs=stalling_parts, on_progress=stop_once_running)
     assert second.status == "stopped" and second.ran == ["flt-gpta-s3-n48"]
     assert sorted(second.skipped) == sorted(n for n in names if n != "flt-gpta-s3-n48")
-    assert second.manifest["runs"]["flt-gpta-s3-n48"]["status"] in ("pending", "interrupted")
+    assert second.manifest["runs"]["flt-gpta-s3-n48"]["status"] == "paused"
     with SessionStore(home).open("flt-gpta-s3-n48") as handle:
-        assert handle.status != "finished"
+        assert handle.status == "paused"  # shown as "stopped": saved, nobody runs it
 
     # the rerun, through the CLI: it finishes the rest and skips what finished
     from gpta_tui import cli
@@ -210,7 +252,9 @@ def test_options_are_checked():
     assert ClusterOptions(gpus_per_run=0.5, cpus_per_run=2).validate()
     for bad, message in ((dict(cpus_per_run=0), "cpus-per-run"), (dict(cpus_per_run=1.5), "cpus-per-run"),
                          (dict(gpus_per_run=-1), "gpus-per-run"), (dict(gpus_per_run=1.5), "gpus-per-run"),
-                         (dict(gpus_per_run=float("nan")), "gpus-per-run")):
+                         (dict(gpus_per_run=float("nan")), "gpus-per-run"),
+                         (dict(max_retries=-1), "max-retries"), (dict(max_retries=1.5), "max-retries"),
+                         (dict(max_retries=True), "max-retries")):
         with pytest.raises(UsageError, match=message):
             ClusterOptions(**bad).validate()
 
@@ -231,40 +275,98 @@ def test_a_run_no_node_can_hold_is_refused_at_once():
         check_resources(FakeRay, ClusterOptions(gpus_per_run=2))
 
 
-def test_a_task_reports_progress_and_obeys_a_stop_at_most_once_a_second(monkeypatch):
+class FakeBoard:
+    """ProgressBoard's calls as a task makes them (`.remote(...)`), answered at once."""
+
+    def __init__(self):
+        self.log, self.stop, self.starts = [], False, 0
+        board = self
+
+        class Call:
+            def __init__(self, name):
+                self.name = name
+
+            def remote(self, *args):
+                board.log.append((self.name, args))
+                if self.name == "start":
+                    board.starts += 1
+                    return board.starts, board.stop
+                return board.stop
+
+        self.start, self.report = Call("start"), Call("report")
+
+
+def test_a_task_reports_progress_and_obeys_a_stop_from_its_board_link():
+    """The run's thread only notes its share of training (no Ray call there: Ray would lend
+    the task's CPU to another run while it waits); the link sends what changed and turns the
+    board's stop request into a stop at the next step boundary."""
     from engine import events as ev
-    from sessions import cluster
+    from sessions.cluster import BoardLink, TaskListener
 
-    class Call:
-        def __init__(self, log, name):
-            self.log, self.name = log, name
-
-        def remote(self, *args):
-            self.log.append((self.name, args))
-            return self.name
-
-    class Board:
-        def __init__(self):
-            self.log, self.stop = [], False
-            self.report, self.stopping = Call(self.log, "report"), Call(self.log, "stopping")
-
-    board, controls, clock = Board(), Controls(), [100.0]
-    monkeypatch.setattr(cluster.time, "monotonic", lambda: clock[0])
-    listener = cluster.TaskListener(board, "s", "node-1", 2, controls,
-                                    get=lambda ref, timeout: board.stop)
+    board, controls = FakeBoard(), Controls()
+    link = BoardLink(board, "s", "node-1", controls, get=lambda ref, timeout=None: ref)
+    listener = TaskListener(link, 2)
 
     def step(epoch, i):
         return ev.TrainStep(epoch=epoch, step=i, epoch_step=i, epoch_steps=4, loss=1.0, lr=0.1)
 
-    listener(step(1, 2))        # the first event: reported, and the board asked
-    clock[0] += 0.5
-    listener(step(1, 3))        # within a second: nothing
+    assert link.register() == 1
+    link.tick()                  # nothing trained yet: only the question
+    listener(step(1, 2))
+    listener(step(1, 3))         # the listener itself never calls the board
+    assert board.log == [("start", ("s", "node-1")), ("report", ("s", "node-1", None))]
+    link.tick()                  # the latest share: 3/4 of the first of 2 epochs
+    link.tick()                  # unchanged: not sent again
     board.stop = True
-    clock[0] += 0.6
-    listener(step(2, 2))        # 3/4 of 2 epochs done; the stop request reaches the controls
-    assert board.log == [("report", ("s", "running", "node-1", 0.25)), ("stopping", ()),
-                         ("report", ("s", "running", "node-1", 0.75)), ("stopping", ())]
+    listener(step(2, 2))
+    assert not controls.stop_requested
+    link.tick()
+    assert board.log[2:] == [("report", ("s", "node-1", 0.375)), ("report", ("s", "node-1", None)),
+                             ("report", ("s", "node-1", 0.75))]
     assert controls.stop_requested
+
+
+def test_the_board_link_thread_registers_the_start_before_the_run_begins():
+    """open() returns once the start is on the board: a worker that dies at the run's first
+    step still counts as an attempt (the retry is attempt 2)."""
+    from sessions.cluster import BoardLink
+
+    board = FakeBoard()
+    board.starts = 1  # a retry: this is the second start
+    link = BoardLink(board, "s", "n", Controls(), get=lambda ref, timeout=None: ref).open()
+    assert board.log == [("start", ("s", "n"))] and link.attempt == 2
+    assert link.close() == 2
+    board.stop, controls = True, Controls()  # a stop requested before the run started
+    link = BoardLink(board, "s", "n", controls, get=lambda ref, timeout=None: ref)
+    assert link.register() == 3 and controls.stop_requested
+
+    def unreachable(ref, timeout=None):
+        raise ConnectionError("board gone")
+
+    with pytest.raises(ConnectionError, match="board gone"):
+        BoardLink(board, "s", "n", Controls(), get=unreachable).open()  # the task fails
+
+
+def test_the_longest_runs_are_submitted_first(tiny_bert_dir, sentiment_csv):
+    """Larger train sizes first, then the TA arms; the plan's order among equals."""
+    from sessions.cluster import longest_first
+
+    cfg = build_config("default", overrides=tiny_overrides(tiny_bert_dir, sentiment_csv))
+    spec = CompareSpec.create("lpt", cfg, arms=["baseline", "gpta"], seeds=[1, 2],
+                              train_sizes=[48, 96])
+    todo = [(run, spec.run_config(run), "new") for run in spec.runs()]
+    assert [run.session for run, _, _ in longest_first(todo)] == [
+        "lpt-gpta-s1-n96", "lpt-gpta-s2-n96", "lpt-baseline-s1-n96", "lpt-baseline-s2-n96",
+        "lpt-gpta-s1-n48", "lpt-gpta-s2-n48", "lpt-baseline-s1-n48", "lpt-baseline-s2-n48"]
+
+
+def test_task_options_carry_resources_and_retries():
+    from sessions.cluster import task_options
+
+    opts = task_options(ClusterOptions(cpus_per_run=2, gpus_per_run=0.5, max_retries=0), "a-s1")
+    assert opts == dict(name="gpta:a-s1", num_cpus=2, num_gpus=0.5, max_retries=0,
+                        retry_exceptions=False)
+    assert task_options(ClusterOptions(), "x")["max_retries"] == 3
 
 
 def test_progress_counts_runs_per_node():
@@ -308,6 +410,40 @@ def test_ray_flags_need_the_ray_executor(capsys):
     assert "--gpus-per-run needs --executor ray" in capsys.readouterr().err
     assert cli.main(["compare", "--executor", "ray", "--device", "cpu"]) == 2
     assert "--device cannot be combined with --executor ray" in capsys.readouterr().err
+    assert cli.main(["compare", "--name", "x", "--resume", "--max-retries", "1"]) == 2
+    assert "--max-retries needs --executor ray" in capsys.readouterr().err
+
+
+def test_a_negative_max_retries_is_refused_before_anything_is_written(tmp_path, capsys):
+    from gpta_tui import cli
+
+    home = tmp_path / "home"
+    assert cli.main(["--home", str(home), "compare", "--preset", "smoke", "--name", "r",
+                     "--executor", "ray", "--max-retries", "-1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "gpta: error: invalid --max-retries -1. Fix: give a whole number of retries, 0 or more "
+        "(default 3)"]
+    assert not (home / "compare" / "r").exists()
+
+
+def test_a_local_ray_instance_runs_its_workers_at_niceness_0(monkeypatch):
+    """Ray starts its workers at niceness 15; the runs of a local instance get the priority of
+    the local executor's (the raylet reads RAY_worker_niceness when it starts); a user's own
+    setting is kept, and the environment is left as it was."""
+    from sessions.cluster import start_local_ray
+
+    seen = []
+
+    class FakeRay:
+        def init(self, **kwargs):
+            seen.append(os.environ.get("RAY_worker_niceness"))
+
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    start_local_ray(FakeRay(), num_cpus=1)
+    assert seen == ["0"] and "RAY_worker_niceness" not in os.environ
+    monkeypatch.setenv("RAY_worker_niceness", "5")
+    start_local_ray(FakeRay(), num_cpus=1)
+    assert seen == ["0", "5"] and os.environ["RAY_worker_niceness"] == "5"
 
 
 def test_ray_init_keeps_our_signal_handlers():

@@ -70,6 +70,9 @@ def register(subparsers) -> None:
                      "Ray sets each task's CUDA_VISIBLE_DEVICES and the run uses device cuda")
     ray.add_argument("--cpus-per-run", type=int, default=1, metavar="C",
                      help="CPUs per run, also its torch thread count (default 1)")
+    ray.add_argument("--max-retries", type=int, default=3, metavar="N",
+                     help="times Ray reruns a run whose worker process or node died (default 3; "
+                     "0: never). A run that fails for its own reasons is never retried")
     ray.add_argument("--shared-home", action="store_true",
                      help="every Ray node sees GPTA_HOME at the same path: runs write there "
                      "directly and a retried run resumes from its last checkpoint (default: a "
@@ -134,7 +137,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     ray_flags = [f for f, default in (("ray_address", None), ("gpus_per_run", 0.0),
-                                      ("cpus_per_run", 1), ("shared_home", False))
+                                      ("cpus_per_run", 1), ("max_retries", 3),
+                                      ("shared_home", False))
                  if getattr(args, f, default) != default]
     if args.executor != "ray" and ray_flags:
         raise UsageError(f"--{ray_flags[0].replace('_', '-')} needs --executor ray",
@@ -215,7 +219,8 @@ def _compare_on_ray(args: argparse.Namespace, spec: CompareSpec, out: Path, cont
     from sessions.cluster import ClusterOptions, run_compare_ray
 
     options = ClusterOptions(address=args.ray_address, gpus_per_run=args.gpus_per_run,
-                             cpus_per_run=args.cpus_per_run, shared_home=args.shared_home)
+                             cpus_per_run=args.cpus_per_run, shared_home=args.shared_home,
+                             max_retries=args.max_retries)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
     task = bar.add_task("runs", total=None)
