@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from bench.common import Report, base_parser, machine_info, prepare, progress, publish, run_main
+from sessions.cluster import max_overlap
 
 
 def build_spec(args):
@@ -113,15 +114,6 @@ class RayCpu:
         for pid, (kind, cpu) in self.last.items():
             out[kind] = out.get(kind, 0.0) + cpu - self.first[pid][1]
         return out
-
-
-def max_overlap(spans: list[list[float]]) -> int:
-    edges = sorted([(end, -1) for _, end in spans] + [(start, 1) for start, _ in spans])
-    most = now = 0
-    for _, step in edges:
-        now += step
-        most = max(most, now)
-    return most
 
 
 def main() -> None:

@@ -254,6 +254,16 @@ class TaskListener:
             self.link.fraction = min(1.0, (event.epoch - 1 + event.epoch_step / steps) / self.epochs)
 
 
+def max_overlap(spans: list[list[float]]) -> int:
+    """How many runs trained at once: the most [start, end] spans (task `span`s) open at one instant (an end before a start at the same time)."""
+    edges = sorted([(end, -1) for _, end in spans] + [(start, 1) for start, _ in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
 def node_label() -> str:
     """The node a task runs on, as shown in the progress and stored in the manifest."""
     import ray

@@ -25,7 +25,7 @@ from engine.controls import Controls
 from engine.errors import UsageError
 from engine.experiments import CompareSpec
 from engine.ta.scripted import ScriptedTA
-from sessions.cluster import (ClusterOptions, ClusterProgress, RunProgress, init_ray,
+from sessions.cluster import (ClusterOptions, ClusterProgress, RunProgress, init_ray, max_overlap,
                               run_compare_ray)
 from sessions.compare import collect_results, read_manifest, run_compare
 from sessions.store import SessionStore
@@ -66,16 +66,6 @@ def tiny_spec(tiny_bert_dir, sentiment_csv, name="cmp") -> CompareSpec:
 def comparable(results) -> list[dict]:
     """RunResults without the wall time (which differs from run to run)."""
     return [{k: v for k, v in dataclasses.asdict(r).items() if k != "wall_s"} for r in results]
-
-
-def max_overlap(spans: list[list[float]]) -> int:
-    """Most [start, end] spans open at one instant (an end before a start at the same time)."""
-    edges = sorted([(end, -1) for _, end in spans] + [(start, 1) for start, _ in spans])
-    most = now = 0
-    for _, step in edges:
-        now += step
-        most = max(most, now)
-    return most
 
 
 def test_max_overlap_counts_spans_open_at_once():

@@ -183,22 +183,28 @@ def test_the_figures_agree_with_gpta_show_and_gpta_compare(tmp_path, capsys):
     assert bad.status == "unreadable" and "no-such-session" in bad.status_reason
 
 
+def edit_record(home, name, change) -> None:
+    """Edit a stored session's record in place, as a hand-edited or hostile file would."""
+    import json
+
+    path = home / "sessions" / name / "session.json"
+    data = json.loads(path.read_text())
+    change(data["session"]["1"])
+    path.write_text(json.dumps(data))
+
+
 async def test_control_characters_in_a_session_file_never_reach_the_compare_view(tmp_path):
     """The record's metric, its test metric names and its status are file contents too: an
     escape sequence there is dropped from the title, the chart, the facts and the copy."""
-    import json
 
     home = compare_home(tmp_path)
-    path = home / "sessions" / "sentiment-gpta" / "session.json"
-    data = json.loads(path.read_text())
-    record = data["session"]["1"]
-    record["metric"] = "\x1b[31maccuracy"
-    record["finished"]["test_metrics"]["\x1b]0;pwned\x07f1"] = 0.5
-    path.write_text(json.dumps(data))
-    stopped = home / "sessions" / "sentiment-stopped" / "session.json"
-    data = json.loads(stopped.read_text())
-    data["session"]["1"]["status"] = "\x1b[35mpaused"
-    stopped.write_text(json.dumps(data))
+
+    def hostile(record):
+        record["metric"] = "\x1b[31maccuracy"
+        record["finished"]["test_metrics"]["\x1b]0;pwned\x07f1"] = 0.5
+
+    edit_record(home, "sentiment-gpta", hostile)
+    edit_record(home, "sentiment-stopped", lambda record: record.update(status="\x1b[35mpaused"))
     app = GptaApp(home, clock=lambda: NOW)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
@@ -218,13 +224,9 @@ async def test_control_characters_in_a_session_file_never_reach_the_compare_view
 
 async def test_the_copied_curves_name_each_sessions_own_metric(tmp_path):
     """Sessions scored by different metrics: each copied validation line names its own."""
-    import json
 
     home = compare_home(tmp_path)
-    path = home / "sessions" / "sentiment-baseline" / "session.json"
-    data = json.loads(path.read_text())
-    data["session"]["1"]["metric"] = "macro_f1"
-    path.write_text(json.dumps(data))
+    edit_record(home, "sentiment-baseline", lambda record: record.update(metric="macro_f1"))
     app = GptaApp(home, clock=lambda: NOW)
     async with app.run_test(size=(120, 30)) as pilot:
         await pilot.pause()
