@@ -196,7 +196,6 @@ def edit_record(home, name, change) -> None:
 async def test_control_characters_in_a_session_file_never_reach_the_compare_view(tmp_path):
     """The record's metric, its test metric names and its status are file contents too: an
     escape sequence there is dropped from the title, the chart, the facts and the copy."""
-
     home = compare_home(tmp_path)
 
     def hostile(record):
