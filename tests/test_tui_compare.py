@@ -230,7 +230,12 @@ async def test_the_copied_curves_name_each_sessions_own_metric(tmp_path):
     async with app.run_test(size=(120, 30)) as pilot:
         await pilot.pause()
         app.push_screen(CompareScreen(["sentiment-gpta", "sentiment-baseline"]))
-        await until_compared(pilot)
+        screen = await until_compared(pilot)
+        chart = screen.query_one(CompareChart)
+        # one axis, one metric: the first marked session's accuracy (a tie); the other is named
+        assert [curve for _, curve in chart._curves][1] == [] and chart._curves[0][1]
+        assert chart._metric == "accuracy"
+        assert chart._note == "1 scored by another metric not drawn"
         await pilot.press("y")
     lines = app.clipboard.splitlines()
     assert "validation accuracy of sentiment-gpta: epoch 1 0.6250 · epoch 2 0.7083" in lines
@@ -267,3 +272,14 @@ def test_the_selection_figure_the_other_views_call_best_is_shown_beside_best_val
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(render_facts(results[1:], ["finished"], 200))
     assert "best selection" not in console.export_text()
+
+
+def test_the_chart_draws_the_most_common_metric_and_counts_the_others():
+    from types import SimpleNamespace as R
+
+    from gpta_tui.screens.compare import chart_metric
+
+    assert chart_metric([R(metric="accuracy"), R(metric="macro_f1"), R(metric="macro_f1")]) == ("macro_f1", 1)
+    assert chart_metric([R(metric="macro_f1"), R(metric="accuracy")]) == ("macro_f1", 1)  # tie: first
+    assert chart_metric([R(metric="\x1b[31mf1"), R(metric="[31mf1")]) == ("[31mf1", 0)
+    assert chart_metric([R(metric="")]) == ("metric", 0)

@@ -32,6 +32,16 @@ from gpta_tui.widgets.key_footer import KeyFooter
 from sessions.status import shown
 
 
+def chart_metric(results: list[RunResult]) -> tuple[str, int]:
+    """The metric the chart draws (the most common; a tie goes to the first marked session's)
+    and how many sessions it leaves out: curves of different metrics share no axis."""
+    names = [strip_control(r.metric) for r in results if r.metric]
+    if not names:
+        return "metric", 0
+    drawn = max(dict.fromkeys(names), key=names.count)  # first-seen order breaks ties
+    return drawn, sum(1 for r in results if strip_control(r.metric) != drawn)
+
+
 def metric_names(results: list[RunResult]) -> list[str]:
     """The sessions' metrics, sorted, as plain words (a session file is untrusted: no control
     characters reach the title, the chart or the copied text)."""
@@ -92,8 +102,12 @@ class CompareScreen(Screen[None]):
         self.query_one("#compare-title", Static).update(literal(
             f"Compare · {len(results)} sessions · {finished} finished · validation and test "
             f"{' / '.join(metrics) or 'metric'}"))
+        drawn, left_out = chart_metric(results)
+        # one axis, one metric: the others keep their colour and place in the legend, undrawn
         self.query_one(CompareChart).show_curves(
-            [(r.run.session, r.val_curve) for r in results], " / ".join(metrics) or "metric")
+            [(r.run.session, r.val_curve if strip_control(r.metric) == drawn else [])
+             for r in results], drawn,
+            note=f"{left_out} scored by another metric not drawn" if left_out else "")
         self.query_one(CompareFacts).show(results, statuses)
 
     def plain_text(self, width: int = 120) -> str:

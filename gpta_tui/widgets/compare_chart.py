@@ -38,7 +38,7 @@ Curve = tuple[str, list[tuple[int, float]]]  # (session name, [(epoch, validatio
 
 
 def draw_curves(plt: Plot, curves: list[Curve], metric: str, width: int, height: int,
-                theme: str) -> Text:
+                theme: str, note: str = "") -> Text:
     """Every session's validation metric per epoch on one pair of axes (pure; no legend
     inside the plot: the view prints it above)."""
     plt.clear_data()
@@ -50,7 +50,7 @@ def draw_curves(plt: Plot, curves: list[Curve], metric: str, width: int, height:
     if not points:
         plt.title(f"validation {metric} per epoch · no validation results yet")
         return Text.from_ansi(plt.build())
-    plt.title(f"validation {metric} per epoch")
+    plt.title(f"validation {metric} per epoch" + (f" · {note}" if note else ""))
     for index, (_, curve) in enumerate(curves):
         if not curve:
             continue
@@ -83,17 +83,18 @@ class CompareChart(CachedPlot):
         super().__init__(min_period=0.0, **kwargs)
         self._curves: list[Curve] = []
         self._metric = "accuracy"
+        self._note = ""  # e.g. sessions left out because they were scored by another metric
         self.waiting = True  # nothing to draw before the sessions are read (show_curves)
 
-    def show_curves(self, curves: list[Curve], metric: str) -> None:
+    def show_curves(self, curves: list[Curve], metric: str, note: str = "") -> None:
         self._curves = [(name, list(curve)) for name, curve in curves]
-        self._metric = metric
+        self._metric, self._note = metric, note
         self.waiting = False
         self.changed(now=True)
 
     def figure_inputs(self) -> tuple:
-        return (list(self._curves), self._metric)
+        return (list(self._curves), self._metric, self._note)
 
     def draw_figure(self, plt: Plot, width: int, height: int, theme: str, inputs: tuple) -> Text:
-        curves, metric = inputs
-        return draw_curves(plt, curves, metric, width, height, theme)
+        curves, metric, note = inputs
+        return draw_curves(plt, curves, metric, width, height, theme, note)
