@@ -67,7 +67,10 @@ class Tmux:
 def command(home: Path, *args: str, extra_env: dict[str, str] | None = None) -> str:
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TERM": "xterm-256color",
-           "GPTA_HOME": str(home), **(extra_env or {})}
+           "GPTA_HOME": str(home),
+           # the remembered theme and load times stay in the test's folder (tmux's server may
+           # not carry the conftest's GPTA_CONFIG to the pane), never the user's config
+           "GPTA_CONFIG": str(home.parent / "gpta-config"), **(extra_env or {})}
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     run = " ".join(shlex.quote(a) for a in (str(BINARY), "--home", str(home), *args))
     # Keep the pane open after the app exits so the test can read what it left behind.

@@ -93,7 +93,9 @@ class NewSessionScreen(Screen[RunConfig | None]):
     def on_mount(self) -> None:
         self._update_mode_fields()
         self.validate()
-        self.query_one("#start", Button).focus()
+        # Start has the focus (one Enter runs the defaults), but the form opens at its top: the
+        # title and the intro that says so stay in view on a short terminal
+        self.query_one("#start", Button).focus(scroll_visible=False)
 
     # ---- values and validation -------------------------------------------------------
     def values(self) -> dict[str, str]:
