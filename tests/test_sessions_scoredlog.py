@@ -82,6 +82,10 @@ def test_a_resume_drops_the_scores_after_the_checkpoint_once_and_ends_as_a_strai
     (HISTORY_FILE, b'{"kind": "history", "epoch": 1, "history": [["a", "b"]], '
                    b'"training_prefix": ""}\n', "[prefix, score] pairs"),
     (HISTORY_FILE, b"[1]\n", "not a JSON object"),
+    # Python's json refuses an integer of over 4,300 digits with a plain ValueError, and
+    # deep nesting with a RecursionError: both crashed every reader (`gpta show`)
+    (SCORED_FILE, b'{"kind": "prefix_scored", "epoch": ' + b"9" * 5000 + b"}\n", "not JSON"),
+    (HISTORY_FILE, b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "not JSON"),
 ])
 def test_wrong_lines_are_left_out_and_a_writer_rewrites_the_log_clean(gpta_home, log, damage,
                                                                       problem):
@@ -203,3 +207,24 @@ def test_import_refuses_a_bad_scored_or_history_log_and_writes_nothing(gpta_home
         import_session(store, out, name="imp")
     assert message in str(info.value.problem) and log in info.value.problem
     assert not store.session_dir("imp").exists()
+
+
+@pytest.mark.parametrize("what", ["huge integer", "deep nesting"])
+def test_import_refuses_json_that_python_cannot_parse_as_unreadable(gpta_home, tmp_path, what):
+    """An integer of over 4,300 digits (ValueError) or nesting past the recursion limit
+    (RecursionError), in a log or in session.json: one UsageError, nothing written."""
+    store = SessionStore()
+    out = export_session(_finished(store, "src"), tmp_path / "out")
+    value = b"9" * 5000 if what == "huge integer" else b"[" * 100_000 + b"]" * 100_000
+    for target in (out / SCORED_FILE, out / "session.json"):
+        original = target.read_bytes()
+        if target.name == "session.json":
+            target.write_bytes(original.rstrip()[:-1] + b', "x": ' + value + b"}")
+        else:
+            target.write_bytes(original + b'{"kind": "prefix_scored", "x": ' + value + b"}\n")
+        with pytest.raises(UsageError) as info:
+            import_session(store, out, name="imp")
+        assert target.name in info.value.problem
+        assert "not JSON" in info.value.problem or "invalid JSON" in info.value.problem
+        assert not store.session_dir("imp").exists()
+        target.write_bytes(original)
