@@ -299,9 +299,7 @@ def run_task(config: dict, session: str, home: str | None, cpus: int, gpus: floa
     cfg = RunConfig.from_dict(config, "comparison run")
     # Ray made the task's GPUs (if any) the only visible ones: "cuda" is the first of them
     cfg.device = "cuda" if gpus > 0 else "cpu"
-    link = BoardLink(board, session, node, controls).open()  # raises if the board is gone
-    own_home = tempfile.mkdtemp(prefix="gpta-ray-") if home is None else None
-    store = SessionStore(own_home or home)
+    link = BoardLink(board, session, node, controls)
     out: dict[str, Any] = {"session": session, "node": node, "gpu_ids": gpu_ids, "attempt": 0,
                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                            "files": None, "setup_s": 0.0, "cpu_s": 0.0, "pid": os.getpid()}
@@ -311,7 +309,14 @@ def run_task(config: dict, session: str, home: str | None, cpus: int, gpus: floa
         return {**out, **fields, "wall_s": round(time.perf_counter() - started, 2),
                 "span": [round(started_at, 3), round(time.time(), 3)]}
 
+    own_home = None
+    # Everything after the link's thread starts is inside the try: a cancel (KeyboardInterrupt)
+    # during open() or a home that cannot be opened must not leave the thread ticking in the
+    # reused worker for good, nor the temporary home on its disk.
     try:
+        link.open()  # raises if the board is gone
+        own_home = tempfile.mkdtemp(prefix="gpta-ray-") if home is None else None
+        store = SessionStore(own_home or home)
         resume = store.exists(session)
         if resume:  # a shared home: a retried task, or a run stopped earlier
             with store.open(session) as reader:
