@@ -741,7 +741,7 @@ def _shape_problem(data: dict) -> str | None:
         if not isinstance(docs, dict):
             return f"table {table!r} is a {type(docs).__name__}, not a mapping"
         for doc_id, doc in docs.items():
-            if not str(doc_id).isdigit():
+            if not (str(doc_id).isascii() and str(doc_id).isdigit()):  # int("²") fails
                 return f"table {table!r} has a record id {doc_id!r} that is not a number"
             if not isinstance(doc, dict):
                 return f"table {table!r} record {doc_id} is a {type(doc).__name__}, not a mapping"

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from engine import events as ev
-from engine.errors import UsageError
+from engine.errors import GptaError, UsageError
 from sessions.export import EXPORT_VERSION, export_session, import_session
 from sessions.losslog import HISTORY_FILE, SCORED_FILE
 from sessions.store import DB_FILE, SCHEMA_VERSION, SessionStore
@@ -228,3 +228,28 @@ def test_import_refuses_json_that_python_cannot_parse_as_unreadable(gpta_home, t
         assert "not JSON" in info.value.problem or "invalid JSON" in info.value.problem
         assert not store.session_dir("imp").exists()
         target.write_bytes(original)
+
+
+def test_a_record_id_that_is_a_digit_but_not_a_number_is_refused_not_a_traceback(gpta_home,
+                                                                                  tmp_path):
+    """'²'.isdigit() is True but int('²') raises: a crafted schema-4 database (or a format-3
+    export) with such a history id was a ValueError in TinyDB / the import."""
+    store = SessionStore()
+    done = _finished(store, "sq")
+    out = export_session(done, tmp_path / "out")
+    done.close()
+    _as_schema_4(store, "sq")
+    db = store.session_dir("sq") / DB_FILE
+    data = json.loads(db.read_text())
+    data["history"]["²"] = data["history"].pop("1")
+    db.write_text(json.dumps(data))
+    with pytest.raises(GptaError, match="not a number"):
+        store.open("sq")
+    payload = json.loads((out / "session.json").read_text())
+    payload["database"]["history"] = {"²": _lines(out / HISTORY_FILE)[0]}
+    payload["format_version"] = 3
+    (out / "session.json").write_text(json.dumps(payload))
+    (out / HISTORY_FILE).unlink()
+    with pytest.raises(UsageError, match="not a number"):
+        import_session(store, out, name="imp")
+    assert not store.session_dir("imp").exists()
