@@ -106,6 +106,7 @@ class ClusterProgress:
     runs: dict[str, RunProgress] = field(default_factory=dict)
     skipped: int = 0
     started: float = field(default_factory=time.monotonic)
+    board_lost: str = ""       # why the progress board stopped answering ("" while it answers)
 
     ENDED = ("finished", "failed", "stopped", "interrupted")
 
@@ -503,10 +504,11 @@ def run_compare_ray(spec, home: Path | str | None, out_dir: Path | str | None,
                 say("stopping: queued runs cancelled, running runs stop at their next step boundary")
                 board.request_stop.remote()
                 for ref, run in pending.items():
-                    if progress.runs[run.session].status == "queued":
+                    # without a board a running task cannot hear the stop: it is cancelled
+                    if progress.runs[run.session].status == "queued" or progress.board_lost:
                         ray.cancel(ref)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-            changed = _apply_board(ray, board, progress, manifest)
+            changed = _apply_board(ray, board, progress, manifest, say)
             for ref in ready:
                 run = pending.pop(ref)
                 _settle(ray, ref, run, progress, manifest, store, failed, say, options)
@@ -539,10 +541,20 @@ def run_compare_ray(spec, home: Path | str | None, out_dir: Path | str | None,
                           round(time.perf_counter() - started, 2))
 
 
-def _apply_board(ray, board, progress: ClusterProgress, manifest: dict) -> bool:
-    if board is None:
+def _apply_board(ray, board, progress: ClusterProgress, manifest: dict,
+                 say: Callable[[str], None] = lambda s: None) -> bool:
+    """The board's news into `progress` and the manifest; True if there was any. A board that
+    died (its actor's process was killed) is said once and ignored from then on: the runs'
+    results come back with their tasks, so the comparison goes on without progress."""
+    if board is None or progress.board_lost:
         return False
-    events = ray.get(board.drain.remote())
+    try:
+        events = ray.get(board.drain.remote())
+    except ray.exceptions.RayActorError as exc:
+        progress.board_lost = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        say(f"the progress board is gone ({progress.board_lost}): runs that are running go "
+            "on without progress; runs that start now fail (rerun them with the same command)")
+        return False
     for session, status, node, fraction in events:
         run = progress.runs.get(session)
         if run is None or run.status in ClusterProgress.ENDED:
