@@ -51,6 +51,11 @@ def read_json_file(path: Path) -> dict | None:
         return None
     except OSError as exc:
         raise DatabaseUnreadable(path, f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    return parse_json_object(raw, path)
+
+
+def parse_json_object(raw: bytes, path: Path) -> dict:
+    """The JSON object in the bytes `raw` of the file `path`; DatabaseUnreadable otherwise."""
     if not raw.strip():
         # An empty file is never written by AtomicJSONStorage; treat it as damage.
         raise DatabaseUnreadable(path, "the file is empty")

@@ -253,3 +253,28 @@ def test_a_record_id_that_is_a_digit_but_not_a_number_is_refused_not_a_traceback
     with pytest.raises(UsageError, match="not a number"):
         import_session(store, out, name="imp")
     assert not store.session_dir("imp").exists()
+
+
+def test_import_reads_session_json_as_the_logs_never_through_a_link(gpta_home, tmp_path,
+                                                                     monkeypatch):
+    """An export's session.json was read through a symbolic link and whole, whatever its
+    size; its logs never were. Now it is held to the same rules (regular file, size cap)."""
+    from sessions import losslog
+
+    store = SessionStore()
+    out = export_session(_finished(store, "src"), tmp_path / "out")
+    target = tmp_path / "elsewhere.json"
+    target.write_bytes((out / "session.json").read_bytes())
+    (out / "session.json").unlink()
+    (out / "session.json").symlink_to(target)
+    with pytest.raises(UsageError, match="symbolic link"):
+        import_session(store, out, name="imp")
+    (out / "session.json").unlink()
+    (out / "session.json").write_bytes(target.read_bytes())
+    monkeypatch.setattr(losslog, "MAX_LOG_BYTES", 1000)
+    monkeypatch.setattr(losslog.read_raw, "__defaults__", (1000,))
+    with pytest.raises(UsageError, match="larger than"):
+        import_session(store, out, name="imp")
+    assert not store.session_dir("imp").exists()
+    monkeypatch.undo()
+    assert store.open(import_session(store, out, name="imp")).status == "finished"
