@@ -336,7 +336,7 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
         raise UsageError(f"{str(src)!r} is not a gpta session export (no session.json in it)",
                          "pass the folder written by `gpta export`")
     try:  # as the logs: a regular file (never a link to elsewhere), under their size cap
-        payload = parse_json_object(losslog.read_raw(path) or b"", path)
+        payload = parse_json_object(losslog.read_raw(path, MAX_SESSION_JSON_BYTES) or b"", path)
     except DatabaseUnreadable as exc:
         raise UsageError(f"export file {str(path)!r} is unreadable ({exc.reason})",
                          "export the session again") from None
@@ -473,6 +473,7 @@ def _scrub_lines(text: str) -> str:
 
 
 MAX_WINDOW_FILE_BYTES = 64 * 1024 * 1024
+MAX_SESSION_JSON_BYTES = 256 * 1024 * 1024  # an export's session.json (format 1 held the loss)
 _WINDOW_NAME = re.compile(r"epoch-\d{1,6}\.jsonl")
 
 

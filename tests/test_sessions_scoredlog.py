@@ -259,7 +259,7 @@ def test_import_reads_session_json_as_the_logs_never_through_a_link(gpta_home, t
                                                                      monkeypatch):
     """An export's session.json was read through a symbolic link and whole, whatever its
     size; its logs never were. Now it is held to the same rules (regular file, size cap)."""
-    from sessions import losslog
+    from sessions import export as export_module
 
     store = SessionStore()
     out = export_session(_finished(store, "src"), tmp_path / "out")
@@ -271,10 +271,11 @@ def test_import_reads_session_json_as_the_logs_never_through_a_link(gpta_home, t
         import_session(store, out, name="imp")
     (out / "session.json").unlink()
     (out / "session.json").write_bytes(target.read_bytes())
-    monkeypatch.setattr(losslog, "MAX_LOG_BYTES", 1000)
-    monkeypatch.setattr(losslog.read_raw, "__defaults__", (1000,))
+    monkeypatch.setattr(export_module, "MAX_SESSION_JSON_BYTES", 2**20)
+    (out / "session.json").write_bytes(target.read_bytes().rstrip()[:-1]
+                                       + b', "pad": "' + b"x" * 2**20 + b'"}')
     with pytest.raises(UsageError, match="larger than"):
         import_session(store, out, name="imp")
     assert not store.session_dir("imp").exists()
-    monkeypatch.undo()
+    (out / "session.json").write_bytes(target.read_bytes())
     assert store.open(import_session(store, out, name="imp")).status == "finished"
