@@ -37,7 +37,7 @@ def resolve_device(name: str) -> str:
         if value == "cuda":
             return "cuda"
         index_text = value.split(":", 1)[1]
-        if not index_text.isdigit():
+        if not (index_text.isascii() and index_text.isdigit()):  # int("²") fails
             raise UsageError(f"device {name!r} is not a valid CUDA device name", _FIX)
         index = int(index_text)
         if index >= count:

@@ -48,6 +48,15 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     return cls(**{k: v for k, v in d.items() if k in names})
 
 
+FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max
+
+
+def real_number(value: Any) -> bool:
+    """A float, or an int float() takes: JSON allows an integer of 400 digits, whose float()
+    (a chart, a sum, a test metric) raises OverflowError."""
+    return type(value) is float or (type(value) is int and -FLOAT_MAX <= value <= FLOAT_MAX)
+
+
 def _matches(value: Any, typ: Any) -> bool:
     if typ is Any:
         return True
@@ -59,7 +68,7 @@ def _matches(value: Any, typ: Any) -> bool:
     if isinstance(value, bool) and typ is not bool:
         return False
     if typ is float:
-        return isinstance(value, (int, float))
+        return real_number(value)
     return isinstance(value, typ)
 
 

@@ -106,6 +106,7 @@ class ClusterProgress:
     runs: dict[str, RunProgress] = field(default_factory=dict)
     skipped: int = 0
     started: float = field(default_factory=time.monotonic)
+    board_lost: str = ""       # why the progress board stopped answering ("" while it answers)
 
     ENDED = ("finished", "failed", "stopped", "interrupted")
 
@@ -299,9 +300,7 @@ def run_task(config: dict, session: str, home: str | None, cpus: int, gpus: floa
     cfg = RunConfig.from_dict(config, "comparison run")
     # Ray made the task's GPUs (if any) the only visible ones: "cuda" is the first of them
     cfg.device = "cuda" if gpus > 0 else "cpu"
-    link = BoardLink(board, session, node, controls).open()  # raises if the board is gone
-    own_home = tempfile.mkdtemp(prefix="gpta-ray-") if home is None else None
-    store = SessionStore(own_home or home)
+    link = BoardLink(board, session, node, controls)
     out: dict[str, Any] = {"session": session, "node": node, "gpu_ids": gpu_ids, "attempt": 0,
                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                            "files": None, "setup_s": 0.0, "cpu_s": 0.0, "pid": os.getpid()}
@@ -311,7 +310,14 @@ def run_task(config: dict, session: str, home: str | None, cpus: int, gpus: floa
         return {**out, **fields, "wall_s": round(time.perf_counter() - started, 2),
                 "span": [round(started_at, 3), round(time.time(), 3)]}
 
+    own_home = None
+    # Everything after the link's thread starts is inside the try: a cancel (KeyboardInterrupt)
+    # during open() or a home that cannot be opened must not leave the thread ticking in the
+    # reused worker for good, nor the temporary home on its disk.
     try:
+        link.open()  # raises if the board is gone
+        own_home = tempfile.mkdtemp(prefix="gpta-ray-") if home is None else None
+        store = SessionStore(own_home or home)
         resume = store.exists(session)
         if resume:  # a shared home: a retried task, or a run stopped earlier
             with store.open(session) as reader:
@@ -498,10 +504,11 @@ def run_compare_ray(spec, home: Path | str | None, out_dir: Path | str | None,
                 say("stopping: queued runs cancelled, running runs stop at their next step boundary")
                 board.request_stop.remote()
                 for ref, run in pending.items():
-                    if progress.runs[run.session].status == "queued":
+                    # without a board a running task cannot hear the stop: it is cancelled
+                    if progress.runs[run.session].status == "queued" or progress.board_lost:
                         ray.cancel(ref)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-            changed = _apply_board(ray, board, progress, manifest)
+            changed = _apply_board(ray, board, progress, manifest, say)
             for ref in ready:
                 run = pending.pop(ref)
                 _settle(ray, ref, run, progress, manifest, store, failed, say, options)
@@ -534,10 +541,20 @@ def run_compare_ray(spec, home: Path | str | None, out_dir: Path | str | None,
                           round(time.perf_counter() - started, 2))
 
 
-def _apply_board(ray, board, progress: ClusterProgress, manifest: dict) -> bool:
-    if board is None:
+def _apply_board(ray, board, progress: ClusterProgress, manifest: dict,
+                 say: Callable[[str], None] = lambda s: None) -> bool:
+    """The board's news into `progress` and the manifest; True if there was any. A board that
+    died (its actor's process was killed) is said once and ignored from then on: the runs'
+    results come back with their tasks, so the comparison goes on without progress."""
+    if board is None or progress.board_lost:
         return False
-    events = ray.get(board.drain.remote())
+    try:
+        events = ray.get(board.drain.remote())
+    except ray.exceptions.RayActorError as exc:
+        progress.board_lost = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        say(f"the progress board is gone ({progress.board_lost}): runs that are running go "
+            "on without progress; runs that start now fail (rerun them with the same command)")
+        return False
     for session, status, node, fraction in events:
         run = progress.runs.get(session)
         if run is None or run.status in ClusterProgress.ENDED:

@@ -53,7 +53,7 @@ def read_manifest(out_dir: Path | str) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # ValueError: bad JSON
         raise GptaError(f"comparison manifest {str(path)!r} is unreadable ({exc})",
                         "restore it, or remove the folder and run the comparison again "
                         "(finished sessions are reused)") from None

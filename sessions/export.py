@@ -38,7 +38,7 @@ from engine.errors import GptaError, UsageError
 from sessions.curves import write_curves
 from sessions import losslog
 from sessions.losslog import HISTORY_FILE, LOSS_FILE, SCORED_FILE, TA_FILE, WINDOWS_FILE
-from sessions.storage import DatabaseUnreadable, atomic_write_text, read_json_file
+from sessions.storage import DatabaseUnreadable, atomic_write_text, parse_json_object
 from sessions.store import (SCHEMA_VERSION, Table, SessionHandle, SessionStore, _check_schema,
                             _LOG_TABLES, _clean_call, _history_problem, _point_problem, _scrub,
                             _scored_problem, _ta_problem, _windows_problem,
@@ -335,8 +335,8 @@ def import_session(store: SessionStore, src_dir: Path | str, name: str | None = 
     if not path.is_file():
         raise UsageError(f"{str(src)!r} is not a gpta session export (no session.json in it)",
                          "pass the folder written by `gpta export`")
-    try:
-        payload = read_json_file(path)
+    try:  # as the logs: a regular file (never a link to elsewhere), under their size cap
+        payload = parse_json_object(losslog.read_raw(path, MAX_SESSION_JSON_BYTES) or b"", path)
     except DatabaseUnreadable as exc:
         raise UsageError(f"export file {str(path)!r} is unreadable ({exc.reason})",
                          "export the session again") from None
@@ -473,6 +473,7 @@ def _scrub_lines(text: str) -> str:
 
 
 MAX_WINDOW_FILE_BYTES = 64 * 1024 * 1024
+MAX_SESSION_JSON_BYTES = 256 * 1024 * 1024  # an export's session.json (format 1 held the loss)
 _WINDOW_NAME = re.compile(r"epoch-\d{1,6}\.jsonl")
 
 

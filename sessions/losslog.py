@@ -95,8 +95,8 @@ def parse(raw: bytes, path: Path | str, *, strict: bool = False
         values = json.loads(b"[" + raw[:end - 1].replace(b"\n", b",") + b"]") if count else []
         if len(values) == count and all(type(v) is dict for v in values):
             return list(enumerate(values, start=1)), end, []
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        pass
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        pass  # ValueError: also an integer of over 4,300 digits (Python's limit)
     lines = raw[:end].split(b"\n")[:-1]
     records, problems = [], []
     for number, line in enumerate(lines, start=1):
@@ -104,8 +104,9 @@ def parse(raw: bytes, path: Path | str, *, strict: bool = False
             record = json.loads(line.decode("utf-8"))
             problem = "" if isinstance(record, dict) else \
                 f"line {number} is a {type(record).__name__}, not a JSON object"
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            problem = f"line {number} is not JSON: {exc}"
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            # ValueError: JSONDecodeError, or an integer of over 4,300 digits
+            problem = f"line {number} is not JSON: {str(exc)[:200] or type(exc).__name__}"
         if problem and strict:
             raise DatabaseUnreadable(Path(path), problem)
         if problem:

@@ -51,13 +51,20 @@ def read_json_file(path: Path) -> dict | None:
         return None
     except OSError as exc:
         raise DatabaseUnreadable(path, f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    return parse_json_object(raw, path)
+
+
+def parse_json_object(raw: bytes, path: Path) -> dict:
+    """The JSON object in the bytes `raw` of the file `path`; DatabaseUnreadable otherwise."""
     if not raw.strip():
         # An empty file is never written by AtomicJSONStorage; treat it as damage.
         raise DatabaseUnreadable(path, "the file is empty")
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatabaseUnreadable(path, f"invalid JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError: JSONDecodeError, or an integer of over 4,300 digits (Python's limit);
+        # RecursionError: arrays or objects nested too deep
+        raise DatabaseUnreadable(path, f"invalid JSON: {str(exc)[:200] or type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise DatabaseUnreadable(path, f"expected a JSON object, found {type(data).__name__}")
     return data

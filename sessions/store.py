@@ -46,7 +46,7 @@ from engine.events import (CheckpointSaved, DescriptionChanged, Event, EventHand
                            HistoryUpdated, Notice, PhaseChanged, PrefixFindingAccuracy,
                            PrefixScored, Progress, RunFinished, RunStarted, StatusChanged,
                            TAModelChanged, TARequest, TAResponse, TrainStep, ValidationResult,
-                           WindowsBuilt, event_from_dict, shape_problem)
+                           WindowsBuilt, event_from_dict, real_number, shape_problem)
 from engine.state import RunState, best_validation
 from engine.fsutil import stale_temp_files
 from engine.paths import SESSION_NAME_RE
@@ -165,7 +165,7 @@ def _point(doc: dict) -> dict:
 
 
 _POINT_KEYSET = frozenset(_POINT_KEYS)
-_NUMBER = (int, float)
+_MAX_STEP = 2**53  # a step float() keeps exactly (the charts draw steps as floats)
 
 
 def _valid_point(doc: Any) -> dict | None:
@@ -177,10 +177,10 @@ def _valid_point(doc: Any) -> dict | None:
         return None
     if doc.keys() == _POINT_KEYSET:  # a line this store wrote: the parsed dict itself
         step, seq, ts = doc["step"], doc["_seq"], doc["ts"]
-        if (type(doc["epoch"]) is int and type(step) is int and step >= 1
+        if (type(doc["epoch"]) is int and type(step) is int and 1 <= step <= _MAX_STEP
                 and type(doc["epoch_step"]) is int and type(doc["epoch_steps"]) is int
-                and type(doc["loss"]) in _NUMBER and type(doc["lr"]) in _NUMBER
-                and type(ts) in _NUMBER and type(seq) is int):
+                and real_number(doc["loss"]) and real_number(doc["lr"])
+                and real_number(ts) and type(seq) is int):
             return doc
         return None
     if "kind" in doc:
@@ -190,12 +190,13 @@ def _valid_point(doc: Any) -> dict | None:
                "epoch_steps": doc["epoch_steps"], "loss": doc["loss"], "lr": doc["lr"]}
     except KeyError:
         return None
-    if not (type(out["epoch"]) is int and type(out["step"]) is int and out["step"] >= 1
+    if not (type(out["epoch"]) is int and type(out["step"]) is int
+            and 1 <= out["step"] <= _MAX_STEP
             and type(out["epoch_step"]) is int and type(out["epoch_steps"]) is int
-            and type(out["loss"]) in (int, float) and type(out["lr"]) in (int, float)):
+            and real_number(out["loss"]) and real_number(out["lr"])):
         return None
     if "ts" in doc:
-        if type(doc["ts"]) not in (int, float):
+        if not real_number(doc["ts"]):
             return None
         out["ts"] = doc["ts"]
     if "_seq" in doc:
@@ -615,6 +616,8 @@ _METRIC_FIELDS = ("metrics", "val_metrics", "test_metrics", "test_metrics_no_pre
 
 
 def _typed(value: Any, types: tuple[type, ...]) -> bool:
+    if types is _NUMBER:  # a number readers turn into a float (a 400-digit int would not go)
+        return real_number(value)
     return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
 
 
@@ -675,8 +678,8 @@ def _point_problem(point: Any) -> str | None:
     problem = _event_problem(TrainStep, point, replayed=False)
     if problem is None and "kind" in point:
         return "a loss point with a kind"
-    if problem is None and point["step"] < 1:
-        return f"a loss point with step {point['step']}"
+    if problem is None and not 1 <= point["step"] <= _MAX_STEP:
+        return f"a loss point with step {str(point['step'])[:40]}"
     return problem
 
 
@@ -741,7 +744,7 @@ def _shape_problem(data: dict) -> str | None:
         if not isinstance(docs, dict):
             return f"table {table!r} is a {type(docs).__name__}, not a mapping"
         for doc_id, doc in docs.items():
-            if not str(doc_id).isdigit():
+            if not (str(doc_id).isascii() and str(doc_id).isdigit()):  # int("²") fails
                 return f"table {table!r} has a record id {doc_id!r} that is not a number"
             if not isinstance(doc, dict):
                 return f"table {table!r} record {doc_id} is a {type(doc).__name__}, not a mapping"

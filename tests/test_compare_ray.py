@@ -337,6 +337,65 @@ def test_the_board_link_thread_registers_the_start_before_the_run_begins():
         BoardLink(board, "s", "n", Controls(), get=unreachable).open()  # the task fails
 
 
+def test_a_task_that_fails_before_its_run_ends_its_board_thread_and_its_temporary_home(
+        monkeypatch, tiny_bert_dir, sentiment_csv):
+    """The link's thread starts before the task's home is opened: a home that cannot be
+    opened (or a cancel arriving then) used to leave the thread ticking in the reused worker
+    for good, and the temporary home on its disk."""
+    import threading
+
+    import sessions.store
+    from sessions import cluster
+
+    homes = []
+
+    class BrokenStore:
+        def __init__(self, home):
+            homes.append(home)
+            raise OSError("the home cannot be opened")
+
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(ray, "get", lambda ref, timeout=None: ref)
+    monkeypatch.setattr(cluster, "node_label", lambda: "n")
+    monkeypatch.setattr(sessions.store, "SessionStore", BrokenStore)
+    config = tiny_spec(tiny_bert_dir, sentiment_csv).base
+    with pytest.raises(OSError, match="cannot be opened"):
+        cluster.run_task(config, "leaky", None, 1, 0.0, FakeBoard())
+    threads = [t for t in threading.enumerate() if t.name == "gpta-board-leaky"]
+    for thread in threads:
+        thread.join(timeout=30)  # it ends at its next wait: at once once told to
+    assert not any(t.is_alive() for t in threads)
+    assert len(homes) == 1 and not Path(homes[0]).exists()
+
+
+def test_a_board_that_died_is_said_once_and_the_comparison_goes_on(monkeypatch):
+    """The driver drains the board once a second: a dead board actor (its process killed)
+    raised RayActorError out of the loop, which cancelled every running task and ended the
+    whole comparison with a traceback."""
+    from sessions.cluster import _apply_board
+
+    class DeadBoard:
+        class drain:
+            @staticmethod
+            def remote():
+                return "ref"
+
+    calls, said = [], []
+
+    def dead_get(ref, timeout=None):
+        calls.append(ref)
+        raise ray.exceptions.ActorDiedError()
+
+    monkeypatch.setattr(ray, "get", dead_get)
+    progress = ClusterProgress(runs={"s": RunProgress("s", status="running")})
+    manifest = {"runs": {"s": {"status": "running"}}}
+    assert _apply_board(ray, DeadBoard, progress, manifest, said.append) is False
+    assert progress.board_lost and len(said) == 1 and "progress board is gone" in said[0]
+    assert _apply_board(ray, DeadBoard, progress, manifest, said.append) is False
+    assert len(calls) == 1 and len(said) == 1   # not asked again, not said again
+    assert progress.runs["s"].status == "running" and manifest["runs"]["s"]["status"] == "running"
+
+
 def test_the_longest_runs_are_submitted_first(tiny_bert_dir, sentiment_csv):
     """Larger train sizes first, then the TA arms; the plan's order among equals."""
     from sessions.cluster import longest_first

@@ -136,7 +136,10 @@ _FULL_POINT = {"epoch": 1, "step": 3, "epoch_step": 3, "epoch_steps": 10, "loss"
     {}, {"loss": 1}, {"lr": 0}, {"ts": 2}, {"step": 0}, {"step": True}, {"epoch": 1.0},
     {"epoch_step": "3"}, {"epoch_steps": None}, {"loss": "0.5"}, {"lr": [1]}, {"ts": None},
     {"_seq": 1.0}, {"_seq": False}, {"kind": "train_step"}, {"superseded": True},
-    {"superseded": 1}, {"x": 1}])
+    {"superseded": 1}, {"x": 1},
+    # JSON integers float() cannot take (OverflowError in the charts and curves.png)
+    {"loss": 10**400}, {"lr": -10**400}, {"ts": 10**400}, {"step": 10**400},
+    {"step": 2**53 + 1}, {"loss": 10**400, "x": 1}, {"step": 10**400, "x": 1}])
 def test_the_fast_point_check_agrees_with_the_event_shape_check(change):
     """A line of exactly the point's keys takes `_valid_point`'s fast path (the parsed dict
     itself is kept); any other shape the written-out one. Both agree with `_point_problem`."""
@@ -457,3 +460,29 @@ def test_a_run_of_the_papers_length_killed_with_sigkill_resumes_exactly(tmp_path
     assert len(lines) == PAPER_STEPS  # a resume rewrote the log: no replayed step twice
     train = [e for e in done.events() if e.kind == "train_step"]
     assert [e.step for e in train] == list(range(1, PAPER_STEPS + 1))
+
+
+def test_numbers_too_large_for_a_float_are_left_out_and_export_draws_the_rest(gpta_home,
+                                                                            tmp_path):
+    """A crafted loss.jsonl line whose loss or step is a 400-digit integer (valid JSON) made
+    `gpta export` (curves.png) raise OverflowError; a test metric of 400 digits in session.json
+    did the same for every session list."""
+    from sessions.export import export_session
+
+    store = SessionStore()
+    done = _finished(store, "big")
+    want = done.loss_points()
+    done.close()
+    log = store.session_dir("big") / LOSS_FILE
+    good = log.read_bytes()
+    huge = [{**_FULL_POINT, "step": 10**6, "loss": 10**400}, {**_FULL_POINT, "step": 10**400}]
+    log.write_bytes(good + b"".join(json.dumps(p).encode() + b"\n" for p in huge))
+    reader = store.open("big")
+    assert reader.loss_points() == want and "2 line(s) left out" in reader.loss_log_problem
+    assert (export_session(reader, tmp_path / "out") / "curves.png").stat().st_size > 0
+    db = store.session_dir("big") / "session.json"
+    data = json.loads(db.read_text())
+    data["session"]["1"]["finished"]["test_metrics"]["accuracy"] = 10**400
+    db.write_text(json.dumps(data))
+    listed = {s.name: s for s in store.list()}
+    assert listed["big"].test_metrics == {}  # an unreadable session lists without figures

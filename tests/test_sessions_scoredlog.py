@@ -10,7 +10,7 @@ import json
 import pytest
 
 from engine import events as ev
-from engine.errors import UsageError
+from engine.errors import GptaError, UsageError
 from sessions.export import EXPORT_VERSION, export_session, import_session
 from sessions.losslog import HISTORY_FILE, SCORED_FILE
 from sessions.store import DB_FILE, SCHEMA_VERSION, SessionStore
@@ -82,6 +82,10 @@ def test_a_resume_drops_the_scores_after_the_checkpoint_once_and_ends_as_a_strai
     (HISTORY_FILE, b'{"kind": "history", "epoch": 1, "history": [["a", "b"]], '
                    b'"training_prefix": ""}\n', "[prefix, score] pairs"),
     (HISTORY_FILE, b"[1]\n", "not a JSON object"),
+    # Python's json refuses an integer of over 4,300 digits with a plain ValueError, and
+    # deep nesting with a RecursionError: both crashed every reader (`gpta show`)
+    (SCORED_FILE, b'{"kind": "prefix_scored", "epoch": ' + b"9" * 5000 + b"}\n", "not JSON"),
+    (HISTORY_FILE, b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "not JSON"),
 ])
 def test_wrong_lines_are_left_out_and_a_writer_rewrites_the_log_clean(gpta_home, log, damage,
                                                                       problem):
@@ -203,3 +207,75 @@ def test_import_refuses_a_bad_scored_or_history_log_and_writes_nothing(gpta_home
         import_session(store, out, name="imp")
     assert message in str(info.value.problem) and log in info.value.problem
     assert not store.session_dir("imp").exists()
+
+
+@pytest.mark.parametrize("what", ["huge integer", "deep nesting"])
+def test_import_refuses_json_that_python_cannot_parse_as_unreadable(gpta_home, tmp_path, what):
+    """An integer of over 4,300 digits (ValueError) or nesting past the recursion limit
+    (RecursionError), in a log or in session.json: one UsageError, nothing written."""
+    store = SessionStore()
+    out = export_session(_finished(store, "src"), tmp_path / "out")
+    value = b"9" * 5000 if what == "huge integer" else b"[" * 100_000 + b"]" * 100_000
+    for target in (out / SCORED_FILE, out / "session.json"):
+        original = target.read_bytes()
+        if target.name == "session.json":
+            target.write_bytes(original.rstrip()[:-1] + b', "x": ' + value + b"}")
+        else:
+            target.write_bytes(original + b'{"kind": "prefix_scored", "x": ' + value + b"}\n")
+        with pytest.raises(UsageError) as info:
+            import_session(store, out, name="imp")
+        assert target.name in info.value.problem
+        assert "not JSON" in info.value.problem or "invalid JSON" in info.value.problem
+        assert not store.session_dir("imp").exists()
+        target.write_bytes(original)
+
+
+def test_a_record_id_that_is_a_digit_but_not_a_number_is_refused_not_a_traceback(gpta_home,
+                                                                                  tmp_path):
+    """'²'.isdigit() is True but int('²') raises: a crafted schema-4 database (or a format-3
+    export) with such a history id was a ValueError in TinyDB / the import."""
+    store = SessionStore()
+    done = _finished(store, "sq")
+    out = export_session(done, tmp_path / "out")
+    done.close()
+    _as_schema_4(store, "sq")
+    db = store.session_dir("sq") / DB_FILE
+    data = json.loads(db.read_text())
+    data["history"]["²"] = data["history"].pop("1")
+    db.write_text(json.dumps(data))
+    with pytest.raises(GptaError, match="not a number"):
+        store.open("sq")
+    payload = json.loads((out / "session.json").read_text())
+    payload["database"]["history"] = {"²": _lines(out / HISTORY_FILE)[0]}
+    payload["format_version"] = 3
+    (out / "session.json").write_text(json.dumps(payload))
+    (out / HISTORY_FILE).unlink()
+    with pytest.raises(UsageError, match="not a number"):
+        import_session(store, out, name="imp")
+    assert not store.session_dir("imp").exists()
+
+
+def test_import_reads_session_json_as_the_logs_never_through_a_link(gpta_home, tmp_path,
+                                                                     monkeypatch):
+    """An export's session.json was read through a symbolic link and whole, whatever its
+    size; its logs never were. Now it is held to the same rules (regular file, size cap)."""
+    from sessions import export as export_module
+
+    store = SessionStore()
+    out = export_session(_finished(store, "src"), tmp_path / "out")
+    target = tmp_path / "elsewhere.json"
+    target.write_bytes((out / "session.json").read_bytes())
+    (out / "session.json").unlink()
+    (out / "session.json").symlink_to(target)
+    with pytest.raises(UsageError, match="symbolic link"):
+        import_session(store, out, name="imp")
+    (out / "session.json").unlink()
+    (out / "session.json").write_bytes(target.read_bytes())
+    monkeypatch.setattr(export_module, "MAX_SESSION_JSON_BYTES", 2**20)
+    (out / "session.json").write_bytes(target.read_bytes().rstrip()[:-1]
+                                       + b', "pad": "' + b"x" * 2**20 + b'"}')
+    with pytest.raises(UsageError, match="larger than"):
+        import_session(store, out, name="imp")
+    assert not store.session_dir("imp").exists()
+    (out / "session.json").write_bytes(target.read_bytes())
+    assert store.open(import_session(store, out, name="imp")).status == "finished"

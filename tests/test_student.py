@@ -406,6 +406,8 @@ def test_resolve_device_with_gpus(monkeypatch):
         dev.resolve_device("cuda:2")
     with pytest.raises(UsageError, match="not a valid CUDA device"):
         dev.resolve_device("cuda:x")
+    with pytest.raises(UsageError, match="not a valid CUDA device"):
+        dev.resolve_device("cuda:\u00b2")  # '²'.isdigit(), but int('²') raises
     monkeypatch.setattr(dev.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(dev, "_mps_available", lambda: True)
     assert dev.resolve_device("auto") == "mps"
