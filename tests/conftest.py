@@ -157,6 +157,12 @@ def fake_openai(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _own_tui_prefs(tmp_path, monkeypatch):
-    """gpta-tui's remembered theme and load times go to a temporary folder, never the user's."""
-    monkeypatch.setenv("GPTA_CONFIG", str(tmp_path / "gpta-config"))
+def _own_tui_prefs(tmp_path):
+    """gpta-tui's remembered theme and load times go to a temporary folder, never the user's.
+
+    Its own MonkeyPatch: a test's `monkeypatch.undo()` (several use it to lift a fault
+    mid-test) must not undo this too, which let `gpta resume` in test_cuda_paths write the
+    user's prefs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPTA_CONFIG", str(tmp_path / "gpta-config"))
+        yield
