@@ -624,7 +624,11 @@ async def test_q_and_help_work_over_the_run_summary():
     app = canned_app(finished_events())
     async with app.run_test(size=(120, 36)) as pilot:
         await pilot.pause()
-        await pilot.press("v", "question_mark")
+        await pilot.press("v")
+        await pilot.pause()
+        # the hint under the summary says what q does there (quit, not close)
+        assert str(app.screen.query_one("#text-view-hint").render()) == "y copy · esc close · q quit"
+        await pilot.press("question_mark")
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape", "q")

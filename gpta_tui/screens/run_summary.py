@@ -72,6 +72,7 @@ def summary_text(state: DashboardState) -> Text:
 class RunSummaryScreen(TextViewScreen):
     # It opens by itself when the run has ended: q quits here (as before Modal), not closes.
     BINDINGS = [Binding("q", "app.quit", "Quit")]
+    HINT = "y copy · esc close · q quit"
 
     def __init__(self, state: DashboardState) -> None:
         body = summary_text(state)

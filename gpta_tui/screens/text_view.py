@@ -28,6 +28,7 @@ class TextViewScreen(Modal[None]):
         # not stop a live run; ? helps (Modal)
         Binding("escape,enter,q", "close", "Close"),
     ]
+    HINT = "y copy · esc or q close"  # the keys, under the text
 
     def __init__(self, title: str, body: RenderableType, text: str, what: str) -> None:
         super().__init__(classes="dialog-screen")
@@ -38,7 +39,7 @@ class TextViewScreen(Modal[None]):
             yield Label(self.title_text, classes="dialog-title")
             with VerticalScroll(can_focus=False):
                 yield Static(self.body, id="text-view-body")
-            yield Label("y copy · esc or q close", classes="dim")
+            yield Label(self.HINT, classes="dim", id="text-view-hint")
 
     def action_copy(self) -> None:
         copy_text(self.app, self.text, self.what)
