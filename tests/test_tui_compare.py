@@ -38,6 +38,13 @@ async def until_compared(pilot) -> CompareScreen:
     return screen
 
 
+async def open_compare(pilot, names: list[str]) -> CompareScreen:
+    """Open the compare view on `names` straight from the app, once it has read them."""
+    await pilot.pause()
+    pilot.app.push_screen(CompareScreen(names))
+    return await until_compared(pilot)
+
+
 async def test_space_marks_and_c_compares_two_or_more_sessions(tmp_path):
     app = GptaApp(compare_home(tmp_path), clock=lambda: NOW)
     async with app.run_test(size=(120, 30)) as pilot:
@@ -93,9 +100,7 @@ async def test_the_compare_view_shows_hostile_prefixes_as_written(tmp_path):
     app = GptaApp(compare_home(tmp_path), clock=lambda: NOW)
     names = [c[0] for c in COMPARED]
     async with app.run_test(size=(160, 48)) as pilot:
-        await pilot.pause()
-        app.push_screen(CompareScreen(names))
-        screen = await until_compared(pilot)
+        screen = await open_compare(pilot, names)
         facts = screen.query_one(CompareFacts)
         text = screen_text(facts)
         assert "[bold]x[/]" in text and "[link=http://e]Classify the tweet's mood:" in text
@@ -114,9 +119,7 @@ async def test_the_compare_view_shows_hostile_prefixes_as_written(tmp_path):
 async def test_the_compare_view_stacks_at_80x24_and_scrolls(tmp_path):
     app = GptaApp(compare_home(tmp_path), clock=lambda: NOW)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
-        app.push_screen(CompareScreen([c[0] for c in COMPARED]))
-        screen = await until_compared(pilot)
+        screen = await open_compare(pilot, [c[0] for c in COMPARED])
         facts = screen.query_one(CompareFacts)
         assert not hasattr(facts.content, "columns")  # one block per session
         scroll = screen.query_one("#compare-scroll")
@@ -137,9 +140,7 @@ async def test_an_unreadable_marked_session_says_why(tmp_path):
     (home / "sessions" / "sentiment-baseline" / "session.json").write_text("{not json")
     app = GptaApp(home, clock=lambda: NOW)
     async with app.run_test(size=(120, 30)) as pilot:
-        await pilot.pause()
-        app.push_screen(CompareScreen(["sentiment-gpta", "sentiment-baseline"]))
-        screen = await until_compared(pilot)
+        screen = await open_compare(pilot, ["sentiment-gpta", "sentiment-baseline"])
         text = screen_text(screen.query_one(CompareFacts))
         assert "unreadable" in text and "accuracy 0.6917" in text
         # the sessions screen refuses to mark it
@@ -206,9 +207,7 @@ async def test_control_characters_in_a_session_file_never_reach_the_compare_view
     edit_record(home, "sentiment-stopped", lambda record: record.update(status="\x1b[35mpaused"))
     app = GptaApp(home, clock=lambda: NOW)
     async with app.run_test(size=(160, 48)) as pilot:
-        await pilot.pause()
-        app.push_screen(CompareScreen(["sentiment-gpta", "sentiment-stopped"]))
-        screen = await until_compared(pilot)
+        screen = await open_compare(pilot, ["sentiment-gpta", "sentiment-stopped"])
         title = screen.query_one("#compare-title").content
         facts = screen.query_one(CompareFacts).content
         chart = screen.query_one(CompareChart).render()
@@ -228,9 +227,7 @@ async def test_the_copied_curves_name_each_sessions_own_metric(tmp_path):
     edit_record(home, "sentiment-baseline", lambda record: record.update(metric="macro_f1"))
     app = GptaApp(home, clock=lambda: NOW)
     async with app.run_test(size=(120, 30)) as pilot:
-        await pilot.pause()
-        app.push_screen(CompareScreen(["sentiment-gpta", "sentiment-baseline"]))
-        screen = await until_compared(pilot)
+        screen = await open_compare(pilot, ["sentiment-gpta", "sentiment-baseline"])
         chart = screen.query_one(CompareChart)
         # one axis, one metric: the first marked session's accuracy (a tie); the other is named
         assert [curve for _, curve in chart._curves][1] == [] and chart._curves[0][1]
