@@ -188,10 +188,6 @@ class PromptTemplate:
                               "the TA none of its data.exemplars training rows",
                               "add {exemplars} to ta.user_template, or set data.exemplars = 0")
 
-    @property
-    def custom(self) -> bool:
-        return bool(self.system or self.user or self.history_item)
-
     def sentences(self) -> list[str]:
         """The fixed text of the custom templates, cut into sentences of MIN_COPY_WORDS words or
         more: a TA reply that is a near copy of one of them is copied from the prompt, not
