@@ -10,8 +10,10 @@ the engine. Both contenders run the same requests with the same seeds in this pr
 "stock" is one batched `model.generate(num_return_sequences=l)` call (the TA before #19),
 "fast" the TA's own path (engine.ta.generate). Reported: generated tokens/s, time to first
 token, prompt tokens, whether the same texts came out, a time split of one decode step
-(transformer body, vocabulary head in fp32 and exact-bf16, sampling), and the weight-read /
-FLOP bound of a step from this machine's measured bandwidth and matmul speed.
+(transformer body with transformers' cache and nn.Linear, with the in-place cache, with
+oneDNN-packed linears; vocabulary head in fp32 and exact-bf16; sampling), the largest
+log-likelihood difference the packed float32 kernels make, and the weight-read / FLOP bound of
+a step from this machine's measured bandwidth and matmul speed.
 """
 
 from __future__ import annotations
@@ -116,12 +118,13 @@ def step_split(ta: Any, msgs: list[dict], l: int) -> dict[str, float]:
     model = ta.model
     decoder = _decoder(model)
     ids = encode_prompt(ta.tokenizer, ta.render(msgs), ta.chat)
+    import copy
+
     with torch.inference_mode():
         cache = ta.generator._new_cache()
         ta.generator._forward(decoder, torch.tensor([ids]), cache)
         cache.batch_repeat_interleave(l)
         token = torch.full((l, 1), 100)
-        import copy
 
         hidden = ta.generator._forward(decoder, token, copy.deepcopy(cache)).last_hidden_state[:, -1, :]
         weight = model.get_output_embeddings().weight
@@ -136,16 +139,27 @@ def step_split(ta: Any, msgs: list[dict], l: int) -> dict[str, float]:
             probs = torch.softmax(scores, dim=-1)
             SparseMultinomial.sample(probs) if sparse else torch.multinomial(probs, 1)
 
-        # consecutive real decode steps (the cache grows by one token each); the first step
-        # after the batch repeat is left out
-        times = []
+        # consecutive real decode steps (the cache grows by one token each), alternating
+        # between the contenders step by step; the first step after the batch repeat left out
+        from transformers import DynamicCache
+
+        plain = DynamicCache(config=model.config)
+        ta.generator._forward(decoder, torch.tensor([ids]), plain)
+        plain.batch_repeat_interleave(l)
+        bodies = {"body, transformers' DynamicCache and nn.Linear (before)": plain,
+                  "body, in-place KV cache and nn.Linear": cache,
+                  "body, in-place KV cache and oneDNN-packed linears": copy.deepcopy(cache)}
+        times: dict[str, list[float]] = {name: [] for name in bodies}
+        packs = ta.generator.packs
         for _ in range(13):
-            started = time.process_time()
-            ta.generator._forward(decoder, token, cache)
-            times.append(time.process_time() - started)
-        body = median(times[1:])
-        return {"body (transformer layers)": body,
-                "head fp32": timeit(lambda: hidden.float() @ weight.T),
+            for name, kv in bodies.items():
+                with packs.patched(decoder if "packed" in name else None):
+                    started = time.process_time()
+                    ta.generator._forward(decoder, token, kv)
+                    times[name].append(time.process_time() - started)
+        split = {name: median(t[1:]) for name, t in times.items()}
+        return {**split,
+                "head fp32 (nn.Linear)": timeit(lambda: hidden.float() @ weight.T),
                 "head exact-bf16": timeit(lambda: exact(hidden, ta.top_k)),
                 "sampling, stock (warpers, softmax, torch.multinomial)": timeit(sample),
                 "sampling, fast (warpers, softmax, SparseMultinomial)": timeit(lambda: sample(True))}
@@ -165,24 +179,26 @@ def machine_bounds(ta: Any) -> dict[str, float]:
             "gemv-like bf16 GB/s (8 rows)": b16.numel() * 2 / timeit(lambda: a16 @ b16) / 1e9}
 
 
-def log_likelihood_gap(ta32: Any, ta16: Any, msgs: list[dict], texts: list[str]) -> float:
-    """Largest |log p32 - log p16| over the tokens of `texts` continuing the prompt `msgs`."""
+def token_log_probs(ta: Any, msgs: list[dict], text: str, packed: bool = False) -> Any:
+    """log p of each token of `text` (and its closing quote) continuing the prompt `msgs`,
+    from one forward of the whole sequence; `packed`: through oneDNN-packed linears."""
     import torch
 
     from engine.ta.local import encode_prompt
 
-    prompt = encode_prompt(ta32.tokenizer, ta32.render(msgs), ta32.chat)
-    worst = 0.0
-    with torch.inference_mode():
-        for text in texts:
-            new = ta32.tokenizer(text + '"', add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt + new])
-            lp = []
-            for model in (ta32.model, ta16.model):
-                logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
-                lp.append(torch.log_softmax(logits, -1).gather(1, ids[0, len(prompt):, None]))
-            worst = max(worst, float((lp[0] - lp[1]).abs().max()))
-    return worst
+    prompt = encode_prompt(ta.tokenizer, ta.render(msgs), ta.chat)
+    new = ta.tokenizer(text + '"', add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + new])
+    with torch.inference_mode(), ta.generator.packs.patched(ta.model if packed else None):
+        logits = ta.model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+    return torch.log_softmax(logits, -1).gather(1, ids[0, len(prompt):, None])
+
+
+def log_likelihood_gap(ta_a: Any, ta_b: Any, msgs: list[dict], texts: list[str],
+                       packed: tuple[bool, bool] = (False, False)) -> float:
+    """Largest |log p_a - log p_b| over the tokens of `texts` continuing the prompt `msgs`."""
+    return max(float((token_log_probs(ta_a, msgs, t, packed[0])
+                      - token_log_probs(ta_b, msgs, t, packed[1])).abs().max()) for t in texts)
 
 
 def main() -> None:
@@ -222,6 +238,17 @@ def main() -> None:
         raise UsageError(f"bad --shapes {args.shapes!r}", "give l x tokens pairs, e.g. --shapes 5x24,3x48") from None
     if args.split_only:
         shapes, args.no_ttft = [], True
+    # one-time work (the stop table, the bf16 head, packing the weights) out of the timed
+    # epochs: one short untimed request per contender, on a prompt the epochs do not use
+    warm_cpu = {}
+    if shapes:
+        progress("warm-up")
+        ta.max_new_tokens = 2
+        for fast in (False, True):
+            ta.fast, started = fast, time.process_time()
+            ta.propose(requests(1, 1)[0], n=1, temperature=1.0, seed=args.seed)
+            warm_cpu[fast] = time.process_time() - started
+        ta.generator.reset()
     for l, tokens in shapes:
         ta.max_new_tokens = tokens
         msgs = requests(l, args.requests)
@@ -255,11 +282,19 @@ def main() -> None:
     read32 = (body_params + head_params) * 4 / 1e9
     read_mixed = (body_params * 4 + head_params * 2) / 1e9
     bw = bounds["read GB/s"]
-    step_s = (split["body (transformer layers)"] + split["head exact-bf16"]
+    step_s = (split["body, in-place KV cache and oneDNN-packed linears"] + split["head exact-bf16"]
               + split["sampling, fast (warpers, softmax, SparseMultinomial)"])
     report.table(["part of one decode step (l=5, last request's cache)", "CPU ms"],
                  [[k, f"{v * 1000:.1f}"] for k, v in split.items()]
-                 + [["step (body + exact-bf16 head + sampling)", f"{step_s * 1000:.1f}"]])
+                 + [["fast step (packed body + exact-bf16 head + fast sampling)", f"{step_s * 1000:.1f}"]])
+    if sampled:
+        progress("log-likelihood gap, packed against plain linears")
+        gap_msgs, gap_texts = next(iter(sampled.values()))
+        gap = max(log_likelihood_gap(ta, ta, m, t, packed=(False, True)) for m, t in zip(gap_msgs, gap_texts))
+        report.table(["float32 kernels (same weights)", "value"], [
+            ["largest per-token |log p nn.Linear - log p oneDNN-packed| on the fast path's samples",
+             f"{gap:.2e}"],
+            ["texts compared (requests x l)", f"{sum(len(t) for t in gap_texts)}"]])
     report.table(["bound", "value"], [
         *[[k, f"{v:.1f}"] for k, v in bounds.items()],
         ["weights read per step, fp32 / body fp32 + head bf16 (GB)", f"{read32:.2f} / {read_mixed:.2f}"],
@@ -299,7 +334,14 @@ def main() -> None:
         "fast also drops finished rows from the batch (they still draw from the random "
         "stream) and samples with SparseMultinomial (torch.multinomial's draws, exponentials "
         "only where probs > 0)",
+        "fast keeps the KV cache of the stable prompt part (system message, examples, "
+        "description) as well as the deepest boundary shared with the previous prompt; its KV "
+        "cache appends in place; on a CPU with oneDNN its matmuls use packed weights "
+        "(float32, another summation order than MKL's: the log-likelihood gap above)",
         "same texts: requests whose l texts are identical between the two (same seeds)",
+        *([f"warm-up, untimed: one 2-token request per contender first (CPU s: stock "
+           f"{warm_cpu[False]:.1f} incl. the stop table, fast {warm_cpu[True]:.1f} incl. the bf16 "
+           "head and packing); in a run this is the setup's first request"] if warm_cpu else []),
         f"head: exact-bf16 steps {ta.generator._head.used if ta.generator._head else 0}, "
         f"fp32 fallbacks {ta.generator._head.fallbacks if ta.generator._head else 0}",
     ]

@@ -108,8 +108,8 @@ class TAConfig:
     top_p: float = 1.0
     max_new_tokens: int = 48
     # local TA weights: "auto" (bf16 on a GPU with native bf16, float32 elsewhere), "float32"
-    # or "bfloat16" (faster on a CPU with AVX-512-BF16/AMX, but not the float32 distribution:
-    # BENCHMARKS.md, section ta-cpu)
+    # or "bfloat16" (half the weight memory, not the float32 distribution, and on a CPU no
+    # faster than the float32 fast path: BENCHMARKS.md, section ta-cpu-bf16)
     dtype: str = "auto"
     max_prefix_words: int = 40
     max_prefix_chars: int = 240

@@ -570,9 +570,10 @@ def test_sparse_multinomial_refuses_what_torch_refuses():
         SparseMultinomial.sample(torch.full((2, 1000), float("nan")))
 
 
-def test_exact_bf16_head_cut_to_the_margin_changes_nothing_after_top_k():
-    """Recomputing only the candidates inside the margin gives, after the top-k warper,
-    exactly (bit for bit) what recomputing all candidates gives."""
+def test_exact_bf16_head_recomputes_only_the_margin_and_keeps_the_float32_top_k():
+    """Only the tokens inside the bf16 margin are recomputed in float32 (the rest are -inf);
+    after the top-k warper the same tokens survive as from the float32 head, with float32
+    values. A flat distribution (everything inside the margin) takes the float32 head."""
     import torch
 
     from engine.ta.generate import ExactBf16Head, logits_warpers
@@ -585,10 +586,14 @@ def test_exact_bf16_head_cut_to_the_margin_changes_nothing_after_top_k():
         hidden = torch.randn(5, 64, generator=gen) * scale
         for k in (1, 50):
             warp = logits_warpers(1.0, k, 1.0)[0]
-            head.cut = True
-            cut = head(hidden, k)
-            head.cut = False
-            full = head(hidden, k)
-            shorter += bool(torch.isinf(cut).sum() > torch.isinf(full).sum())
-            assert torch.equal(warp(None, cut), warp(None, full))
-    assert shorter  # the cut really dropped candidates
+            got = warp(None, head(hidden, k))
+            want = warp(None, hidden @ weight.T)
+            kept = torch.isfinite(want)
+            assert torch.equal(torch.isfinite(got), kept)
+            torch.testing.assert_close(got[kept], want[kept], rtol=1e-5, atol=1e-5)
+            shorter += int(torch.isfinite(head(hidden, k)).sum()) < hidden.shape[0] * 1000
+    assert shorter  # the margin really left most tokens out
+    assert head.fallbacks == 0
+    flat = head(torch.zeros(2, 64), 50)
+    assert head.fallbacks == 1 and torch.equal(flat, torch.zeros(2, 20000))
+

@@ -11,8 +11,16 @@ message, worked examples, description) is the same in every request of an epoch.
   next request only prefills from there. Because the chunking depends on the prompt alone, a
   request computes bit-identical numbers whether its prefix came from the cache or not: a
   resumed run (cold cache) samples exactly what the uninterrupted run sampled;
+* two cut points are kept (`PrefixKV`): the end of the part every request of an epoch shares
+  (system message, worked examples, description) and the deepest boundary shared with the
+  previous prompt, so a request whose sorted history changes early still skips the stable part;
+* the KV cache appends in place (`engine.ta.kvcache`: the same values as transformers'
+  concatenating `DynamicCache`, without a copy of the cache per layer per step);
+* on a CPU with oneDNN, every `nn.Linear` multiplies by a packed copy of its weight
+  (`engine.ta.packed`: float32 stays float32, only the summation order differs from MKL's);
 * intermediate chunks run the decoder only (no 262k-way vocabulary head); the head runs once
-  per step on the last position;
+  per step on the last position, in bf16 with the float32 logits recomputed for the tokens
+  that can reach the top-k (`ExactBf16Head`);
 * sampling is transformers' own: logits in float32, its temperature / top-k / top-p warpers,
   then `torch.multinomial`'s algorithm with its own random draws (`SparseMultinomial`: the
   exponentials only where the probability is not zero); every row draws each step, finished
@@ -28,10 +36,13 @@ message, worked examples, description) is the same in every request of an epoch.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from engine.errors import StopRun
+from engine.ta import packed
+from engine.ta.kvcache import growing_cache
 
 StopCheck = Callable[[], bool]
 
@@ -116,6 +127,7 @@ def _decoder(model: Any) -> Any | None:
     return decoder if decoder is not None and decoder is not base else None
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512-BF16 or AMX): a fixed fact of the
     machine, so the choice it drives never changes between two runs on it."""
@@ -142,21 +154,32 @@ class ExactBf16Head:
     uses the float32 head.
     """
 
-    CANDIDATES = 1024  # one top-k pass of this size per step; more only when the margin needs it
-    MAX_CANDIDATES = 4096
-    cut = True  # recompute only the candidates inside the margin (False: all of them)
+    MAX_CANDIDATES = 4096  # per row; a step with more inside the margin uses the float32 head
 
     def __init__(self, weight: Any) -> None:
         import torch
 
         self.w32 = weight.detach()
-        self.w16 = self.w32.to(torch.bfloat16)
+        w16 = self.w32.to(torch.bfloat16)
         self.max_norm = float(self.w32.norm(dim=1).max())
-        self.max_norm16 = float(self.w16.float().norm(dim=1).max())
-        self.max_rounding = float((self.w32 - self.w16.float()).norm(dim=1).max())
+        self.max_norm16 = float(w16.float().norm(dim=1).max())
+        self.max_rounding = float((self.w32 - w16.float()).norm(dim=1).max())
         self.accumulation = self.w32.shape[1] * 2.0 ** -24
+        # the bf16 product: oneDNN's packed inner product where available (same bf16 inputs,
+        # float32 accumulation, bf16 output: the bound above holds), else a plain matmul
+        self.w16 = self.w16_packed = None
+        if packed.available():
+            self.w16_packed = torch.ops.mkldnn._reorder_linear_weight(w16, 5)
+        else:
+            self.w16 = w16
         self.used = 0
         self.fallbacks = 0
+
+    def approx(self, h16: Any) -> Any:
+        """The bf16 logits (n, V) of bf16 hidden states."""
+        if self.w16_packed is not None:
+            return packed._op()(h16.contiguous(), self.w16_packed, None, "none", [], "")
+        return h16 @ self.w16.T
 
     def __call__(self, hidden: Any, k: int) -> Any:
         """float32 logits (n, V): exact for the candidates, -inf elsewhere."""
@@ -164,36 +187,28 @@ class ExactBf16Head:
 
         h32 = hidden.float()
         h16 = hidden.to(torch.bfloat16)
-        approx = h16 @ self.w16.T
+        approx = self.approx(h16)
         h16f = h16.float()
         norm16 = h16f.norm(dim=1)
         b_in = ((h32 - h16f).norm(dim=1) * self.max_norm + norm16 * self.max_rounding
                 + self.accumulation * norm16 * self.max_norm16)
         u = 2.0 ** -8
-        count = max(self.CANDIDATES, k + 1)
-        while True:
-            values, idx = approx.topk(min(count, approx.shape[1]), dim=1)
-            values = values.float()
-            size = torch.maximum(values[:, 0].abs(), values[:, k - 1].abs())
-            margin = (b_in + u * (size + 2 * b_in)) * 1.01
-            # every token outside the candidates is below the last candidate; enough when
-            # that is under (k-th largest) - 2 * margin for every row (one transfer)
-            if count >= approx.shape[1] or bool(((values[:, k - 1] - 2 * margin) > values[:, -1]).all()):
-                break
-            if count >= self.MAX_CANDIDATES:
-                self.fallbacks += 1
-                return h32 @ self.w32.T
-            count *= 4
+        k = max(1, min(int(k), approx.shape[1]))
+        values = approx.topk(k, dim=1).values.float()
+        size = torch.maximum(values[:, 0].abs(), values[:, k - 1].abs())
+        margin = (b_in + u * (size + 2 * b_in)) * 1.01
+        # only a token whose bf16 logit is within 2 * margin of the k-th largest can reach
+        # the float32 top-k; the rest are below the float32 k-th logit, so the top-k warper
+        # removes them anyway. nonzero() lists the candidates row by row in index order.
+        rows, cols = (approx >= (values[:, k - 1] - 2 * margin)[:, None]).nonzero(as_tuple=True)
+        if int(torch.bincount(rows, minlength=approx.shape[0]).max()) > self.MAX_CANDIDATES:
+            self.fallbacks += 1
+            return h32 @ self.w32.T
         self.used += 1
-        # only the candidates inside the margin can reach the float32 top-k: one below
-        # (k-th largest) - 2 * margin is below the float32 k-th logit, so the top-k warper
-        # would remove it anyway; keep the deepest such cut over the rows (values are sorted)
-        inside = int((values >= (values[:, k - 1] - 2 * margin)[:, None]).sum(dim=1).max())
-        if self.cut:
-            idx = idx[:, :max(inside, k)]
-        exact = torch.bmm(self.w32[idx], h32[:, :, None]).squeeze(2)
+        exact = (self.w32[cols] * h32[rows]).sum(dim=1)
         out = torch.full(approx.shape, float("-inf"), dtype=torch.float32, device=approx.device)
-        return out.scatter_(1, idx, exact)
+        out[rows, cols] = exact
+        return out
 
 
 def exact_head_for(model: Any, top_k: int, enabled: bool | None = None) -> "ExactBf16Head | None":
@@ -294,15 +309,45 @@ class GenerationResult:
 
 
 class PrefixKV:
-    """The KV cache at one chunk boundary of the previous prompt, for the next request."""
+    """KV caches at chunk boundaries of earlier prompts, for the next requests.
+
+    Two kinds are kept: the one at the end of the part every request of an epoch shares
+    (system message, worked examples, description; `stable`), and the deepest boundary the
+    last prompt shared with the one before it. A request whose sorted history changes early
+    then still starts from the stable part instead of from nothing. At most `SIZE` entries,
+    the least recently used dropped first.
+    """
+
+    SIZE = 3
 
     def __init__(self) -> None:
-        self.ids: tuple[int, ...] = ()
-        self.cache: Any = None
+        self.entries: dict[tuple[int, ...], Any] = {}  # prompt ids up to a boundary -> cache
         self.previous: tuple[int, ...] = ()
 
+    @property
+    def cache(self) -> Any:
+        """The most recently kept cache (None when nothing is kept)."""
+        return next(reversed(self.entries.values()), None)
+
     def clear(self) -> None:
-        self.ids, self.cache, self.previous = (), None, ()
+        self.entries, self.previous = {}, ()
+
+    def deepest(self, ids: Sequence[int]) -> tuple[int, Any]:
+        """(length, cache) of the deepest entry that is a proper prefix of `ids`, or (0, None)."""
+        best: tuple[int, ...] = ()
+        for key in self.entries:
+            if len(best) < len(key) < len(ids) and tuple(ids[:len(key)]) == key:
+                best = key
+        if not best:
+            return 0, None
+        self.entries[best] = self.entries.pop(best)  # most recently used last
+        return len(best), self.entries[best]
+
+    def keep(self, ids: tuple[int, ...], cache: Any) -> None:
+        self.entries.pop(ids, None)
+        self.entries[ids] = copy.deepcopy(cache)
+        while len(self.entries) > self.SIZE:
+            self.entries.pop(next(iter(self.entries)))
 
 
 def _shared(a: Sequence[int], b: Sequence[int]) -> int:
@@ -336,6 +381,9 @@ class FastGenerator:
         self.drop_finished = True
         # multinomial over the top-k survivors only, same draws and tokens (SparseMultinomial)
         self.sparse_sampling = True
+        # CPU matmuls through oneDNN-packed weights (engine.ta.packed); False: nn.Linear as is
+        self.pack_weights = True
+        self.packs = packed.PackedLinears()
 
     def _forward(self, module: Any, ids: Any, cache: Any, **extra: Any) -> Any:
         if self._kw is None:
@@ -348,7 +396,14 @@ class FastGenerator:
             self.model = model
             self._kw = None
             self._head = False
+            self.packs.keep_only(model)  # a LoRA switch keeps the base weights' packs
         self.prefix.clear()
+
+    def release(self) -> None:
+        """Drop the model and everything made from it (the TA was closed)."""
+        self.reset()
+        self.model, self._head = None, False
+        self.packs.clear()
 
     def _stop_table(self, vocab_size: int, device: Any) -> Any:
         if self._table is None or self._table.shape[0] != vocab_size:
@@ -356,13 +411,7 @@ class FastGenerator:
         return self._table.to(device)
 
     def _new_cache(self) -> Any:
-        from transformers import DynamicCache
-
-        config = getattr(self.model, "config", None)
-        try:
-            return DynamicCache(config=config)
-        except TypeError:  # pragma: no cover - older transformers
-            return DynamicCache()
+        return growing_cache(getattr(self.model, "config", None))
 
     def head(self, top_k: int) -> "ExactBf16Head | None":
         if self._head is False:
@@ -383,18 +432,16 @@ class FastGenerator:
         import torch
 
         total = len(ids)
-        start, cache = 0, None
         kept = self.prefix
-        if kept.cache is not None and 0 < len(kept.ids) < total and tuple(ids[:len(kept.ids)]) == kept.ids:
-            start, cache = len(kept.ids), copy.deepcopy(kept.cache)
-        depth = start  # how deep the kept prefix reaches into this prompt (0: unusable)
-        if cache is None:
-            cache = self._new_cache()
-        # the boundary to keep for the next request: the deepest chunk boundary this prompt
-        # shares with the previous one, or inside the part the caller says is stable (the
-        # first request has no previous one); always short of the last token, which needs logits
-        shared = max(_shared(ids, kept.previous), min(stable, total))
-        keep_at = (min(shared, total - 1) // self.chunk) * self.chunk
+        start, cache = kept.deepest(ids)
+        cache = copy.deepcopy(cache) if cache is not None else self._new_cache()
+        # boundaries to keep for the next requests: the end of the part the caller says is
+        # stable, and the deepest chunk boundary this prompt shares with the previous one;
+        # always short of the last token, which needs logits
+        last = total - 1
+        keep_at = {(min(b, last) // self.chunk) * self.chunk
+                   for b in (min(stable, total), _shared(ids, kept.previous))}
+        keep_at = {b for b in keep_at if b > start}
         decoder = _decoder(self.model)
         pos, logits = start, None
         while pos < total:
@@ -407,8 +454,8 @@ class FastGenerator:
             else:
                 logits = self._logits(piece, cache, decoder, k)
             pos = end
-            if pos == keep_at and keep_at > depth:
-                kept.ids, kept.cache = tuple(ids[:pos]), copy.deepcopy(cache)
+            if pos in keep_at:
+                kept.keep(tuple(ids[:pos]), cache)
         kept.previous = tuple(ids)
         return cache, logits, total - start
 
@@ -421,6 +468,12 @@ class FastGenerator:
         tokens the caller expects the next requests to share (only where the prefix cache is
         cut; what is computed never depends on it).
         """
+        with self.packs.patched(self.model if self.pack_weights else None):
+            return self._generate(prompt_ids, n, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, should_stop=should_stop, stable=stable)
+
+    def _generate(self, prompt_ids: list[int], n: int, *, max_new_tokens: int, temperature: float,
+                  top_k: int, top_p: float, should_stop: StopCheck | None, stable: int) -> GenerationResult:
         import time
 
         import torch

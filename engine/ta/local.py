@@ -653,8 +653,7 @@ class LocalTA(TeachingAssistant):
     def close(self) -> None:
         with self._lock:
             self.model = None
-            self.generator.reset()
-            self.generator.model = None
+            self.generator.release()
         gc.collect()
         try:
             import torch
