@@ -54,8 +54,9 @@ bench-all: bench
 	$(PY) -m bench.store $(BENCH_ARGS)
 	$(PY) -m bench.tui_latency
 
-## On a CUDA machine: smoke run with AMP, scoring/training/TUI benchmarks on the GPU, the
-## CUDA fixes of issue 21 exercised; results into BENCHMARKS.md (under 8 minutes on one GPU)
+## On a CUDA machine: smoke run with AMP, scoring/training/TA/TUI benchmarks on the GPU, the
+## CUDA fixes of issue 21 exercised; results into BENCHMARKS.md (under 8 minutes on one GPU
+## before the TA benchmark, which may take up to 7 more)
 gpu-check: setup
 	$(PY) -m bench.gpu_check $(BENCH_ARGS)
 

@@ -1,4 +1,5 @@
-"""`make gpu-check`: everything that needs a CUDA GPU, in one run (under 8 minutes on one GPU).
+"""`make gpu-check`: everything that needs a CUDA GPU, in one run (under 8 minutes on one GPU
+before the TA benchmark, which may take up to 7 more).
 
     python -m bench.gpu_check                 # on a machine with a CUDA device
     python -m bench.gpu_check --quick         # smaller benchmarks (about half the time)
@@ -7,9 +8,10 @@ Runs, on the first CUDA device (or --device cuda:N):
 
 1. the smoke preset end to end with AMP (`gpta run --preset smoke --device cuda`, the real
    offline defaults: MiniLM student, Gemma 3 270M TA with local LoRA);
-2. the scoring and training benchmarks with --device cuda (their own BENCHMARKS.md sections,
-   scoring-cuda and training-cuda: AMP tolerance rule, HF Trainer on the chosen device, peak
-   GPU memory per contender);
+2. the scoring, training and TA generation benchmarks with --device cuda (their own
+   BENCHMARKS.md sections, scoring-cuda, training-cuda and ta-cuda: AMP tolerance rule, HF
+   Trainer on the chosen device, peak GPU memory per contender; the local TA's fast path
+   against stock generate at the engine's default request shape, 5 x 48 new tokens);
 3. the TUI latency benchmark, the student training on the GPU;
 4. a check of every CUDA fix of issue 21 (in this process, small models): native-bf16 choice,
    fp16 resume of a checkpoint without scaler state, host syncs of scoring (classification,
@@ -489,7 +491,11 @@ def check_benchmarks(ctx: Context) -> None:
             ("scoring benchmark", [py, "-m", "bench.scoring", "--device", ctx.device, *repeats,
                                    "--eval-batch-size", "256", *md], 240),
             ("training benchmark", [py, "-m", "bench.training", "--device", ctx.device, *repeats,
-                                    *md], 300)):
+                                    *md], 300),
+            # the local TA (Gemma 3 270M; the first start dequantizes it) at the engine's
+            # default request shape, fast path against stock generate
+            ("TA generation benchmark", [py, "-m", "bench.ta", "--device", ctx.device, "--shapes",
+                                         "5x48", "--no-ttft", *md], 420)):
         code, out, seconds = run_command(ctx, label, argv, timeout)
         failed = [line for line in out.splitlines() if "| NO" in line or "NO:" in line]
         ctx.add(f"{label} --device {ctx.device}",
