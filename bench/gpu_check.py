@@ -8,10 +8,10 @@ Runs, on the first CUDA device (or --device cuda:N):
 
 1. the smoke preset end to end with AMP (`gpta run --preset smoke --device cuda`, the real
    offline defaults: MiniLM student, Gemma 3 270M TA with local LoRA);
-2. the scoring, training and TA generation benchmarks with --device cuda (their own
-   BENCHMARKS.md sections, scoring-cuda, training-cuda and ta-cuda: AMP tolerance rule, HF
-   Trainer on the chosen device, peak GPU memory per contender; the local TA's fast path
-   against stock generate at the engine's default request shape, 5 x 48 new tokens);
+2. the scoring and training benchmarks with --device cuda (their own BENCHMARKS.md sections,
+   scoring-cuda and training-cuda: AMP tolerance rule, HF Trainer on the chosen device, peak
+   GPU memory per contender), and the TA generation benchmark (section ta-cuda: the local
+   TA's fast path against stock generate at the engine's default request shape, 5 x 48);
 3. the TUI latency benchmark, the student training on the GPU;
 4. a check of every CUDA fix of issue 21 (in this process, small models): native-bf16 choice,
    fp16 resume of a checkpoint without scaler state, host syncs of scoring (classification,
