@@ -36,12 +36,12 @@ message, worked examples, description) is the same in every request of an epoch.
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from engine.errors import StopRun
 from engine.ta import packed
+from engine.ta.packed import cpu_has_bf16
 from engine.ta.kvcache import growing_cache
 
 StopCheck = Callable[[], bool]
@@ -125,17 +125,6 @@ def _decoder(model: Any) -> Any | None:
     except (AttributeError, NotImplementedError):
         return None
     return decoder if decoder is not None and decoder is not base else None
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512-BF16 or AMX): a fixed fact of the
-    machine, so the choice it drives never changes between two runs on it."""
-    try:
-        text = open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        return False
-    return any(flag in text.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 class ExactBf16Head:

@@ -23,9 +23,21 @@ base layer is routed, their own small layers too).
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Iterator
 
 _OK: bool | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512-BF16 or AMX): a fixed fact of the
+    machine, so the choice it drives never changes between two runs on it."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return False
+    return any(flag in text.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def _op() -> Any:
@@ -91,11 +103,8 @@ class PackedLinears:
         w = module.weight
         if w.device.type != "cpu" or w.dim() != 2 or w.dtype not in (torch.float32, torch.bfloat16):
             return False
-        if w.dtype == torch.bfloat16:  # packed bf16 only where the CPU multiplies it natively
-            from engine.ta.generate import cpu_has_bf16
-
-            if not cpu_has_bf16():
-                return False
+        if w.dtype == torch.bfloat16 and not cpu_has_bf16():  # packed bf16 only where native
+            return False
         b = module.bias
         return b is None or (b.dtype == w.dtype and b.device == w.device)
 
