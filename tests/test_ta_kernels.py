@@ -162,3 +162,22 @@ def _ids(ta, msgs):
     from engine.ta.local import encode_prompt
 
     return encode_prompt(ta.tokenizer, ta.render(msgs), ta.chat)
+
+
+def test_a_request_without_top_k_after_one_with_it_samples_the_full_distribution(tiny_causal_lm_dir):
+    """The exact-bf16 head is built by the first request with a top-k; a later request with
+    top_k = 0 (no top-k warper) must not go through it (it would keep only the tokens near the
+    largest logit): it samples what stock generate samples."""
+    def ta(top_k, fast=True):
+        t = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=8, top_k=top_k)
+        t.fast, t.generator.bf16_head = fast, True
+        with torch.no_grad():  # a peaked head, so that the margin leaves most tokens out
+            t.model.get_output_embeddings().weight.mul_(40)
+        return t
+
+    used = ta(50)
+    used.propose(messages(), n=3, temperature=1.0, seed=4)
+    assert used.generator._head and used.generator._head.used > 0
+    used.top_k = 0
+    got = used.propose(messages(), n=3, temperature=1.0, seed=5).texts
+    assert got == ta(0, fast=False).propose(messages(), n=3, temperature=1.0, seed=5).texts

@@ -422,7 +422,8 @@ class FastGenerator:
 
     def _logits(self, ids: Any, cache: Any, decoder: Any, k: int) -> Any:
         """float32 next-token logits of the last position after feeding `ids`."""
-        head = self._head if decoder is not None else None
+        # the head keeps only the tokens that can reach the top-k: none without a top-k
+        head = self._head if decoder is not None and k > 0 else None
         if head:
             hidden = self._forward(decoder, ids, cache).last_hidden_state[:, -1, :]
             return head(hidden, k)
