@@ -181,3 +181,31 @@ def test_a_request_without_top_k_after_one_with_it_samples_the_full_distribution
     used.top_k = 0
     got = used.propose(messages(), n=3, temperature=1.0, seed=5).texts
     assert got == ta(0, fast=False).propose(messages(), n=3, temperature=1.0, seed=5).texts
+
+
+def test_the_stable_prefix_outlives_histories_that_grow_by_appending():
+    """Requests whose histories only grow (each shares a deeper boundary with the one before)
+    must not push the stable part's cache out of the kept caches: a later request whose
+    history changes early still starts from it. The model is a stand-in whose "cache" is the
+    list of ids fed so far (what the prefix logic decides is the same for any model)."""
+    from engine.ta.generate import FastGenerator
+
+    class Listing(FastGenerator):
+        def _new_cache(self):
+            return []
+
+        def _forward(self, module, ids, cache, **extra):
+            cache.extend(ids[0].tolist())
+
+        def _logits(self, ids, cache, decoder, k):
+            cache.extend(ids[0].tolist())
+
+    gen = Listing(None, None, stops=(), eos_ids=set(), pad_token_id=0, chunk=32)
+    stable = list(range(1000, 1300))
+    hist = [list(range(2000 + 100 * i, 2040 + 100 * i)) for i in range(8)]
+    tail = list(range(5000, 5020))
+    for h in (hist[:1], hist[:2], hist[:3], hist[:4], hist[:5], [hist[7]] + hist[:5]):
+        ids = stable + sum(h, []) + tail
+        cache, _, ran = gen._prefill(ids, None, None, 50, len(stable))
+        assert cache == ids  # the kept caches hold exactly the prompt's prefix
+    assert ran == len(ids) - (len(stable) // 32) * 32  # the last one started from the stable part

@@ -317,7 +317,8 @@ class PrefixKV:
     (system message, worked examples, description; `stable`), and the deepest boundary the
     last prompt shared with the one before it. A request whose sorted history changes early
     then still starts from the stable part instead of from nothing. At most `SIZE` entries,
-    the least recently used dropped first.
+    the least recently used dropped first, except the last stable one (`pinned`): otherwise
+    a few requests whose histories grow by appending leave only deeper boundaries behind.
     """
 
     SIZE = 3
@@ -325,6 +326,7 @@ class PrefixKV:
     def __init__(self) -> None:
         self.entries: dict[tuple[int, ...], Any] = {}  # prompt ids up to a boundary -> cache
         self.previous: tuple[int, ...] = ()
+        self.pinned: tuple[int, ...] = ()  # the entry at the end of the stable part
 
     @property
     def cache(self) -> Any:
@@ -332,7 +334,7 @@ class PrefixKV:
         return next(reversed(self.entries.values()), None)
 
     def clear(self) -> None:
-        self.entries, self.previous = {}, ()
+        self.entries, self.previous, self.pinned = {}, (), ()
 
     def deepest(self, ids: Sequence[int]) -> tuple[int, Any]:
         """(length, cache) of the deepest entry that is a proper prefix of `ids`, or (0, None)."""
@@ -345,11 +347,13 @@ class PrefixKV:
         self.entries[best] = self.entries.pop(best)  # most recently used last
         return len(best), self.entries[best]
 
-    def keep(self, ids: tuple[int, ...], cache: Any) -> None:
+    def keep(self, ids: tuple[int, ...], cache: Any, stable: bool = False) -> None:
         self.entries.pop(ids, None)
         self.entries[ids] = copy.deepcopy(cache)
+        if stable:
+            self.pinned = ids
         while len(self.entries) > self.SIZE:
-            self.entries.pop(next(iter(self.entries)))
+            self.entries.pop(next(key for key in self.entries if key != self.pinned))
 
 
 def _shared(a: Sequence[int], b: Sequence[int]) -> int:
@@ -442,8 +446,8 @@ class FastGenerator:
         # stable, and the deepest chunk boundary this prompt shares with the previous one;
         # always short of the last token, which needs logits
         last = total - 1
-        keep_at = {(min(b, last) // self.chunk) * self.chunk
-                   for b in (min(stable, total), _shared(ids, kept.previous))}
+        stable_at = (min(stable, last) // self.chunk) * self.chunk
+        keep_at = {stable_at, (min(_shared(ids, kept.previous), last) // self.chunk) * self.chunk}
         keep_at = {b for b in keep_at if b > start}
         decoder = _decoder(self.model)
         pos, logits = start, None
@@ -458,7 +462,7 @@ class FastGenerator:
                 logits = self._logits(piece, cache, decoder, k)
             pos = end
             if pos in keep_at:
-                kept.keep(tuple(ids[:pos]), cache)
+                kept.keep(tuple(ids[:pos]), cache, stable=pos == stable_at)
         kept.previous = tuple(ids)
         return cache, logits, total - start
 
