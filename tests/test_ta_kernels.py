@@ -209,3 +209,33 @@ def test_the_stable_prefix_outlives_histories_that_grow_by_appending():
         cache, _, ran = gen._prefill(ids, None, None, 50, len(stable))
         assert cache == ids  # the kept caches hold exactly the prompt's prefix
     assert ran == len(ids) - (len(stable) // 32) * 32  # the last one started from the stable part
+
+
+def test_a_loan_that_starts_while_a_request_renders_its_prompt_is_refused(tiny_causal_lm_dir):
+    """`lend_base` can take the model between propose's first check and its lock (the prompt
+    is rendered in between): the request must then refuse, not run (and patch the linears of)
+    the model a fine-tune job is training."""
+    from engine.errors import TAUnavailable
+
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=4)
+    render = ta.render
+
+    def render_then_lend(msgs):
+        text = render(msgs)
+        ta.lent = True  # what lend_base does under the lock, here at the worst moment
+        return text
+
+    ta.render = render_then_lend
+    with pytest.raises(TAUnavailable):
+        ta.propose(messages(), n=2, temperature=1.0, seed=1)
+
+
+@needs_onednn
+def test_packed_forwards_are_restored_when_the_body_raises():
+    from engine.errors import StopRun
+
+    lin = torch.nn.Linear(8, 8)
+    with pytest.raises(StopRun), packed.PackedLinears().patched(lin) as routed:
+        assert routed == 1 and "forward" in lin.__dict__
+        raise StopRun()
+    assert "forward" not in lin.__dict__
