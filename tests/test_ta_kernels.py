@@ -162,3 +162,80 @@ def _ids(ta, msgs):
     from engine.ta.local import encode_prompt
 
     return encode_prompt(ta.tokenizer, ta.render(msgs), ta.chat)
+
+
+def test_a_request_without_top_k_after_one_with_it_samples_the_full_distribution(tiny_causal_lm_dir):
+    """The exact-bf16 head is built by the first request with a top-k; a later request with
+    top_k = 0 (no top-k warper) must not go through it (it would keep only the tokens near the
+    largest logit): it samples what stock generate samples."""
+    def ta(top_k, fast=True):
+        t = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=8, top_k=top_k)
+        t.fast, t.generator.bf16_head = fast, True
+        with torch.no_grad():  # a peaked head, so that the margin leaves most tokens out
+            t.model.get_output_embeddings().weight.mul_(40)
+        return t
+
+    used = ta(50)
+    used.propose(messages(), n=3, temperature=1.0, seed=4)
+    assert used.generator._head and used.generator._head.used > 0
+    used.top_k = 0
+    got = used.propose(messages(), n=3, temperature=1.0, seed=5).texts
+    assert got == ta(0, fast=False).propose(messages(), n=3, temperature=1.0, seed=5).texts
+
+
+def test_the_stable_prefix_outlives_histories_that_grow_by_appending():
+    """Requests whose histories only grow (each shares a deeper boundary with the one before)
+    must not push the stable part's cache out of the kept caches: a later request whose
+    history changes early still starts from it. The model is a stand-in whose "cache" is the
+    list of ids fed so far (what the prefix logic decides is the same for any model)."""
+    from engine.ta.generate import FastGenerator
+
+    class Listing(FastGenerator):
+        def _new_cache(self):
+            return []
+
+        def _forward(self, module, ids, cache, **extra):
+            cache.extend(ids[0].tolist())
+
+        def _logits(self, ids, cache, decoder, k):
+            cache.extend(ids[0].tolist())
+
+    gen = Listing(None, None, stops=(), eos_ids=set(), pad_token_id=0, chunk=32)
+    stable = list(range(1000, 1300))
+    hist = [list(range(2000 + 100 * i, 2040 + 100 * i)) for i in range(8)]
+    tail = list(range(5000, 5020))
+    for h in (hist[:1], hist[:2], hist[:3], hist[:4], hist[:5], [hist[7]] + hist[:5]):
+        ids = stable + sum(h, []) + tail
+        cache, _, ran = gen._prefill(ids, None, None, 50, len(stable))
+        assert cache == ids  # the kept caches hold exactly the prompt's prefix
+    assert ran == len(ids) - (len(stable) // 32) * 32  # the last one started from the stable part
+
+
+def test_a_loan_that_starts_while_a_request_renders_its_prompt_is_refused(tiny_causal_lm_dir):
+    """`lend_base` can take the model between propose's first check and its lock (the prompt
+    is rendered in between): the request must then refuse, not run (and patch the linears of)
+    the model a fine-tune job is training."""
+    from engine.errors import TAUnavailable
+
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=4)
+    render = ta.render
+
+    def render_then_lend(msgs):
+        text = render(msgs)
+        ta.lent = True  # what lend_base does under the lock, here at the worst moment
+        return text
+
+    ta.render = render_then_lend
+    with pytest.raises(TAUnavailable):
+        ta.propose(messages(), n=2, temperature=1.0, seed=1)
+
+
+@needs_onednn
+def test_packed_forwards_are_restored_when_the_body_raises():
+    from engine.errors import StopRun
+
+    lin = torch.nn.Linear(8, 8)
+    with pytest.raises(StopRun), packed.PackedLinears().patched(lin) as routed:
+        assert routed == 1 and "forward" in lin.__dict__
+        raise StopRun()
+    assert "forward" not in lin.__dict__

@@ -306,7 +306,8 @@ class PrefixKV:
     (system message, worked examples, description; `stable`), and the deepest boundary the
     last prompt shared with the one before it. A request whose sorted history changes early
     then still starts from the stable part instead of from nothing. At most `SIZE` entries,
-    the least recently used dropped first.
+    the least recently used dropped first, except the last stable one (`pinned`): otherwise
+    a few requests whose histories grow by appending leave only deeper boundaries behind.
     """
 
     SIZE = 3
@@ -314,6 +315,7 @@ class PrefixKV:
     def __init__(self) -> None:
         self.entries: dict[tuple[int, ...], Any] = {}  # prompt ids up to a boundary -> cache
         self.previous: tuple[int, ...] = ()
+        self.pinned: tuple[int, ...] = ()  # the entry at the end of the stable part
 
     @property
     def cache(self) -> Any:
@@ -321,7 +323,7 @@ class PrefixKV:
         return next(reversed(self.entries.values()), None)
 
     def clear(self) -> None:
-        self.entries, self.previous = {}, ()
+        self.entries, self.previous, self.pinned = {}, (), ()
 
     def deepest(self, ids: Sequence[int]) -> tuple[int, Any]:
         """(length, cache) of the deepest entry that is a proper prefix of `ids`, or (0, None)."""
@@ -334,11 +336,13 @@ class PrefixKV:
         self.entries[best] = self.entries.pop(best)  # most recently used last
         return len(best), self.entries[best]
 
-    def keep(self, ids: tuple[int, ...], cache: Any) -> None:
+    def keep(self, ids: tuple[int, ...], cache: Any, stable: bool = False) -> None:
         self.entries.pop(ids, None)
         self.entries[ids] = copy.deepcopy(cache)
+        if stable:
+            self.pinned = ids
         while len(self.entries) > self.SIZE:
-            self.entries.pop(next(iter(self.entries)))
+            self.entries.pop(next(key for key in self.entries if key != self.pinned))
 
 
 def _shared(a: Sequence[int], b: Sequence[int]) -> int:
@@ -411,7 +415,8 @@ class FastGenerator:
 
     def _logits(self, ids: Any, cache: Any, decoder: Any, k: int) -> Any:
         """float32 next-token logits of the last position after feeding `ids`."""
-        head = self._head if decoder is not None else None
+        # the head keeps only the tokens that can reach the top-k: none without a top-k
+        head = self._head if decoder is not None and k > 0 else None
         if head:
             hidden = self._forward(decoder, ids, cache).last_hidden_state[:, -1, :]
             return head(hidden, k)
@@ -430,8 +435,8 @@ class FastGenerator:
         # stable, and the deepest chunk boundary this prompt shares with the previous one;
         # always short of the last token, which needs logits
         last = total - 1
-        keep_at = {(min(b, last) // self.chunk) * self.chunk
-                   for b in (min(stable, total), _shared(ids, kept.previous))}
+        stable_at = (min(stable, last) // self.chunk) * self.chunk
+        keep_at = {stable_at, (min(_shared(ids, kept.previous), last) // self.chunk) * self.chunk}
         keep_at = {b for b in keep_at if b > start}
         decoder = _decoder(self.model)
         pos, logits = start, None
@@ -446,7 +451,7 @@ class FastGenerator:
                 logits = self._logits(piece, cache, decoder, k)
             pos = end
             if pos in keep_at:
-                kept.keep(tuple(ids[:pos]), cache)
+                kept.keep(tuple(ids[:pos]), cache, stable=pos == stable_at)
         kept.previous = tuple(ids)
         return cache, logits, total - start
 

@@ -529,16 +529,13 @@ class LocalTA(TeachingAssistant):
 
         if n < 1:
             raise UsageError(f"asked the TA for {n} prefixes", "ask for 1 or more")
-        if self.model is None:
-            raise TAUnavailable("the local TA was closed", "build a new LocalTA")
-        if self.lent:
-            raise TAUnavailable("the local TA's model is lent to a running fine-tune job",
-                                "wait for the job to end")
+        self._check_usable()
         started = time.perf_counter()
         prompt_ids = encode_prompt(self.tokenizer, self.render(messages), self.chat)
         prompt_len = len(prompt_ids)
         sample = temperature > 0
         with self._lock:
+            self._check_usable()  # again: a close or a loan may have come since the first check
             model = self.model
             device = next(model.parameters()).device
             fork_devices = [device.index or 0] if device.type == "cuda" else []
@@ -564,6 +561,13 @@ class LocalTA(TeachingAssistant):
                  "total_tokens": prompt_len + completion_tokens}
         return TAReply(texts=texts, usage=usage, latency_s=time.perf_counter() - started,
                        model=self.model_name)
+
+    def _check_usable(self) -> None:
+        if self.model is None:
+            raise TAUnavailable("the local TA was closed", "build a new LocalTA")
+        if self.lent:
+            raise TAUnavailable("the local TA's model is lent to a running fine-tune job",
+                                "wait for the job to end")
 
     def prompt_examples(self) -> list[str]:
         """The transcript's worked-example prefixes (a base model sees them; a chat model not)."""

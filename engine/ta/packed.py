@@ -2,9 +2,10 @@
 
 A decode step multiplies a handful of rows (the l completions of a request) by every weight
 matrix of the model. `nn.Linear` sends that to MKL's sgemm, which on this CPU runs such skinny
-products at 8-10 GB/s of weights. oneDNN's inner product with the weights reordered once into
-its blocked layout (`torch.ops.mkldnn._reorder_linear_weight`, the layout inductor's CPU
-"freezing" uses) runs the same products 2.5-4x faster at 1-32 rows (BENCHMARKS.md, `ta-cpu-r4`).
+products at 4-6 GB/s of weights (8 rows; BENCHMARKS.md, `ta-cpu-r4`). oneDNN's inner product
+with the weights reordered once into its blocked layout (`torch.ops.mkldnn._reorder_linear_weight`,
+the layout inductor's CPU "freezing" uses) runs Gemma 3 270M's decode-step body 1.7x faster at
+5 rows (69 -> 41 CPU ms, same section).
 
 The arithmetic stays the model's own: float32 weights give a float32 product (oneDNN's default
 fp32 math mode, no implicit bf16 or tf32), bf16 weights a bf16 one accumulated in float32. Only
