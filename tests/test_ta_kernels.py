@@ -239,3 +239,45 @@ def test_packed_forwards_are_restored_when_the_body_raises():
         assert routed == 1 and "forward" in lin.__dict__
         raise StopRun()
     assert "forward" not in lin.__dict__
+
+
+def test_packed_and_plain_linears_sample_the_same_texts(tiny_causal_lm_dir):
+    """The fast path with oneDNN-packed weights and with nn.Linear as is: the same texts for
+    the same seeds (float32 both; only the summation order differs)."""
+    ta = LocalTA(str(tiny_causal_lm_dir), max_new_tokens=10)
+    msgs = messages(history=[("Read the tweet.", 0.41), ("Is it happy?", 0.52)])
+    got = {}
+    for pack in (True, False):
+        ta.generator.pack_weights = pack
+        ta.generator.reset()
+        got[pack] = [ta.propose(msgs, n=4, temperature=t, seed=s).texts for t, s in ((1.0, 3), (0.7, 4))]
+    assert got[True] == got[False]
+    assert (len(ta.generator.packs._packs) > 0) == packed.available()
+
+
+@needs_onednn
+def test_a_linear_onednn_refuses_falls_back_to_nn_linear(monkeypatch):
+    torch.manual_seed(4)
+    lin = torch.nn.Linear(8, 6)
+    x = torch.randn(2, 8)
+    packs = packed.PackedLinears()
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("unsupported layout")
+
+    monkeypatch.setattr(packs, "packed", refuse)
+    with torch.no_grad(), packs.patched(lin):
+        out = lin(x)
+        assert id(lin) in packs.refused
+        again = lin(x)
+    want = torch.nn.functional.linear(x, lin.weight, lin.bias)
+    assert torch.equal(out, want) and torch.equal(again, want)
+
+
+@needs_onednn
+def test_a_trainable_bias_alone_takes_nn_linear():
+    lin = torch.nn.Linear(8, 6)
+    lin.weight.requires_grad_(False)
+    with packed.PackedLinears().patched(lin):
+        lin(torch.randn(2, 8)).sum().backward()
+    assert lin.bias.grad is not None

@@ -3,10 +3,10 @@
 transformers' `DynamicCache` concatenates every layer's keys and values with the new token's on
 every step: a copy of the whole cache per layer per step. At the TA's request shape (5 rows, a
 prompt of ~600 tokens, Gemma 3 270M's 18 layers) that copy is a few percent of a decode step
-on the CPU (body 73.4 -> 69.4 CPU ms per step without it; BENCHMARKS.md, `ta-cpu-r4`). Here each layer keeps a buffer with room to
-spare and writes the new states after the valid region; the tensors handed to attention are
-views of the buffer holding exactly the values (in the same order) the concatenation would
-return, so attention computes the same numbers. Sliding-window layers keep the last
+on the CPU (body 73.4 -> 69.4 CPU ms per step without it; BENCHMARKS.md, `ta-cpu-r4`). Here
+each layer keeps a buffer with room to spare and writes the new states after the valid region;
+the tensors handed to attention are views of the buffer holding exactly the values (in the
+same order) the concatenation would return, so attention computes the same numbers. Sliding-window layers keep the last
 `sliding_window - 1` tokens, as `DynamicSlidingWindowLayer` does, by moving the view's start.
 """
 
