@@ -10,6 +10,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from gpta_tui.clipboard import copy_text
 from gpta_tui.dashboard import DashboardState, WindowView, target_prefixes
 from gpta_tui.formatting import one_line, printable
 
@@ -79,8 +80,6 @@ class WindowsPanel(Horizontal):
         return self._windows[index] if index is not None and 0 <= index < len(self._windows) else None
 
     def action_copy_window(self) -> None:
-        from gpta_tui.screens.text_view import copy_text
-
         window = self.selected
         if window is None:
             self.notify("No dialogue window to copy yet.", severity="warning", timeout=2)
