@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from textual.app import App
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_tui_dashboard import PREFIXES, T0, canned_events  # noqa: E402
@@ -18,9 +19,11 @@ from gpta_tui.app import GptaApp  # noqa: E402
 from gpta_tui.dashboard import build_state  # noqa: E402
 from gpta_tui.screens.run import RunScreen  # noqa: E402
 from gpta_tui.screens.text_view import TextViewScreen  # noqa: E402
+from gpta_tui.widgets.history_panel import HistoryPanel  # noqa: E402
 from gpta_tui.widgets.history_table import HistoryTable  # noqa: E402
+from gpta_tui.widgets.messages import OpenTextView  # noqa: E402
 from gpta_tui.widgets.prefix_detail import PrefixDetail  # noqa: E402
-from gpta_tui.widgets.windows_panel import WindowsPanel  # noqa: E402
+from gpta_tui.widgets.windows_panel import WindowsPanel, window_text  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -102,6 +105,55 @@ async def test_dialogue_windows_open_in_full_and_copy():
         await pilot.pause()
         assert isinstance(app.screen, TextViewScreen)
         assert "e1·1" in app.screen.title_text and app.screen.text == app.clipboard
+
+
+class _Host(App):
+    """A bare app hosting one panel; it records the OpenTextView messages that reach it."""
+
+    def __init__(self, panel) -> None:
+        super().__init__()
+        self.panel, self.asked = panel, []
+
+    def compose(self):
+        yield self.panel
+
+    def on_open_text_view(self, message: OpenTextView) -> None:
+        self.asked.append(message)
+
+
+@pytest.mark.parametrize("which", ["history", "windows"])
+async def test_panels_ask_their_host_for_the_text_view_and_push_no_screen(which):
+    """Widgets never push screens (nor import them): Enter posts OpenTextView, which bubbles
+    up to the host; RunScreen turns it into the TextViewScreen the two tests above see."""
+    state = build_state(canned_events())
+    panel = HistoryPanel() if which == "history" else WindowsPanel()
+    app = _Host(panel)
+    async with app.run_test(size=(120, 36)) as pilot:
+        panel.update_from(state)
+        await pilot.pause()
+        if which == "history":
+            panel.table.focus()
+            await pilot.press("down")
+        else:
+            panel.query_one("#window-list").focus()
+            await pilot.press("home")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert len(app.screen_stack) == 1  # the panel pushed nothing itself
+        assert len(app.asked) == 1
+        asked = app.asked[0]
+        console = Console(width=400, record=True, file=io.StringIO())
+        console.print(asked.renderable)
+        body = " ".join(console.export_text().split())
+        if which == "history":
+            assert (asked.title, asked.plain_text, asked.copy_label) == (
+                "Prefix #2", PREFIXES[3], "the prefix")
+            assert PREFIXES[3] in body and "TA request #2" in body
+        else:
+            window = panel.windows[0]
+            assert (asked.title, asked.plain_text, asked.copy_label) == (
+                "Dialogue window e1·1", window_text(window), "window e1·1")
+            assert "epoch 1 · window 1" in body and "assistant: the next prefix" in body
 
 
 def header_text(state, width: int = 200) -> str:

@@ -24,8 +24,8 @@ from textual.widgets import Static
 
 from engine.errors import strip_control
 from engine.experiments import RunResult
+from gpta_tui.clipboard import copy_text
 from gpta_tui.formatting import literal, score
-from gpta_tui.screens.text_view import copy_text
 from gpta_tui.widgets.compare_chart import CompareChart, legend
 from gpta_tui.widgets.compare_facts import CompareFacts, render_facts
 from gpta_tui.widgets.key_footer import KeyFooter

@@ -24,12 +24,14 @@ from gpta_tui.run_control import RunController
 from sessions.status import resumable
 from gpta_tui.screens.confirm import ConfirmScreen
 from gpta_tui.screens.description import DescriptionScreen
+from gpta_tui.screens.text_view import TextViewScreen
 from gpta_tui.widgets.finetune_panel import FinetunePanel
 from gpta_tui.widgets.history_panel import HistoryPanel
 from gpta_tui.widgets.history_table import HistoryTable
 from gpta_tui.widgets.key_footer import KeyFooter
 from gpta_tui.widgets.log_pane import LogPane
 from gpta_tui.widgets.loss_chart import LossChart
+from gpta_tui.widgets.messages import OpenTextView
 from gpta_tui.widgets.run_header import RunHeader
 from gpta_tui.widgets.windows_panel import WindowsPanel
 
@@ -128,6 +130,12 @@ class RunScreen(Screen[None]):
 
     def on_run_screen_state_changed(self, message: StateChanged) -> None:
         self.sync(message.changed)
+
+    def on_open_text_view(self, message: OpenTextView) -> None:
+        """A panel asks for an item in full (a prefix, a dialogue window): the text view."""
+        message.stop()
+        self.app.push_screen(TextViewScreen(message.title, message.renderable,
+                                            message.plain_text, message.copy_label))
 
     def sync(self, changed: set[str], chart_now: bool = False) -> None:
         """Bring the widgets in line with the state; only touched sections redraw."""

@@ -9,7 +9,6 @@ highlighted session's facts and best prefix.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
@@ -22,8 +21,9 @@ from textual.widgets import DataTable, Input, Static
 from gpta_tui.widgets.key_footer import KeyFooter
 from gpta_tui.widgets.session_preview import SessionPreview
 
-from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, literal, one_line, score, when
-from sessions.status import SHOWN, resumable, shown
+from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, literal, one_line, when
+from gpta_tui.session_rows import SessionRow, figure, session_row
+from sessions.status import SHOWN
 
 COLUMNS = (("name", "name"), ("mode", "mode"), ("dataset", "dataset"), ("status", "status"),
            ("epoch", "epoch"), ("best val", "best"), ("test", "test"), ("updated", "updated"))
@@ -39,67 +39,6 @@ SORTS = (("newest first", lambda r: (_NEWEST(r),)),
                                  _NEWEST(r))),
          ("status", lambda r: (SHOWN.index(r.status) if r.status in SHOWN else len(SHOWN),
                                _NEWEST(r))))
-
-
-@dataclass(frozen=True)
-class SessionRow:
-    """What the table shows for one saved session."""
-
-    name: str
-    mode: str
-    dataset: str
-    status: str
-    epoch: str
-    best: str
-    updated: float | None
-    error: str = ""
-    test: str = "-"
-    student: str = ""
-    ta: str = ""
-    best_epoch: int = 0
-    best_prefix: str = ""
-    best_score: float | None = None
-    test_metrics: tuple = ()  # ((metric, value), ...) sorted
-
-    @property
-    def searchable(self) -> str:
-        """What the filter (/) matches, lower case."""
-        return " ".join((self.name, self.mode, self.dataset, self.status, self.student,
-                         self.ta)).lower()
-
-    @property
-    def resumable(self) -> bool:
-        return resumable(self.status)
-
-
-def figure(value: Any, metric: str) -> str:
-    return f"{metric} {score(float(value))}".strip() if isinstance(value, (int, float)) else "-"
-
-
-def session_row(item: Any, live: bool = False, test: dict | None = None) -> SessionRow:
-    """One `SessionStore.list()` entry (a SessionSummary) -> a table row. `live`: a process
-    holds the session; `test`: its stored test metrics."""
-    best = getattr(item, "best_metric", None)
-    metric = getattr(item, "metric", "") or ""
-    epoch, epochs = getattr(item, "epoch", 0), getattr(item, "epochs", 0)
-    status = shown(str(getattr(item, "status", "") or "-"), live)
-    return SessionRow(
-        name=str(item.name),
-        mode=str(getattr(item, "mode", "") or "-"),
-        dataset=str(getattr(item, "dataset", "") or "-"),
-        status=status,
-        epoch=f"{epoch}/{epochs}" if epochs else "-",
-        best=figure(best, metric),
-        updated=float(getattr(item, "updated", 0.0) or 0.0) or None,
-        error=str(getattr(item, "error", "") or ""),
-        test=figure((test or {}).get(metric), metric),
-        student=str(getattr(item, "student", "") or ""),
-        ta=str(getattr(item, "ta", "") or ""),
-        best_epoch=int(getattr(item, "best_epoch", 0) or 0),
-        best_prefix=str(getattr(item, "best_prefix", "") or ""),
-        best_score=float(best) if isinstance(best, (int, float)) else None,
-        test_metrics=tuple(sorted((test or {}).items())),
-    )
 
 
 class SessionsScreen(Screen[None]):

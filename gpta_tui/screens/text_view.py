@@ -7,18 +7,13 @@ enter or q closes; ? opens the help, as everywhere (Modal).
 from __future__ import annotations
 
 from rich.console import RenderableType
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Label, Static
 
+from gpta_tui.clipboard import copy_text
 from gpta_tui.screens.modal import Modal
-
-
-def copy_text(app: App, text: str, what: str) -> None:
-    """Copy `text` to the clipboard and say so in a toast."""
-    app.copy_to_clipboard(text)
-    app.notify(f"Copied {what} ({len(text)} characters) to the clipboard.", timeout=3)
 
 
 class TextViewScreen(Modal[None]):

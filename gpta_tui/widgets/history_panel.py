@@ -1,6 +1,7 @@
 """HistoryPanel: the prefix history table and, under it, the selected prefix in full.
 
-The detail follows the table's cursor; Enter opens the prefix view, `y` copies the prefix.
+The detail follows the table's cursor; Enter asks the hosting screen for the prefix view
+(posts `OpenTextView`), `y` copies the prefix.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from textual.widgets import DataTable
 
 from gpta_tui.dashboard import DashboardState
 from gpta_tui.widgets.history_table import LEGEND, HistoryTable
+from gpta_tui.widgets.messages import OpenTextView
 from gpta_tui.widgets.prefix_detail import PrefixDetail, render_prefix_view
 
 
@@ -59,13 +61,12 @@ class HistoryPanel(Vertical):
         self.open_selected()
 
     def open_selected(self) -> None:
-        from gpta_tui.screens.text_view import TextViewScreen
-
+        """Ask the hosting screen for the prefix view (OpenTextView)."""
         selected = self.table.selected_prefix
         if selected is None or self._state is None:
             return
         prefix, rank = selected
         info = self._state.prefix_details(prefix)
         title = f"Prefix #{rank}" if rank else "Training prefix (not scored yet this epoch)"
-        self.app.push_screen(TextViewScreen(title, render_prefix_view(info, self._state, rank),
-                                            prefix, "the prefix"))
+        self.post_message(OpenTextView(title, render_prefix_view(info, self._state, rank),
+                                       prefix, "the prefix"))

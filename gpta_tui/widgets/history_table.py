@@ -10,6 +10,7 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable
 
+from gpta_tui.clipboard import copy_text
 from gpta_tui.dashboard import DashboardState
 from gpta_tui.formatting import one_line
 
@@ -50,8 +51,6 @@ class HistoryTable(DataTable):
         return self.row_prefixes[row], self.row_ranks[row]
 
     def action_copy_prefix(self) -> None:
-        from gpta_tui.screens.text_view import copy_text
-
         selected = self.selected_prefix
         if selected is None:
             self.notify("No prefix to copy yet.", severity="warning", timeout=2)

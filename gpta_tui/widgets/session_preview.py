@@ -6,18 +6,14 @@ parsed as markup, without control characters.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.text import Text
 from textual.widgets import Static
 
 from gpta_tui.formatting import STATUS_ICON, STATUS_STYLE, one_line, printable, score, when
-
-if TYPE_CHECKING:
-    from gpta_tui.screens.sessions import SessionRow
+from gpta_tui.session_rows import SessionRow
 
 
-def preview_text(row: "SessionRow | None", now: float | None = None) -> Text:
+def preview_text(row: SessionRow | None, now: float | None = None) -> Text:
     """The facts of one session, one per line, then its best prefix in full."""
     text = Text()
     if row is None:
@@ -56,5 +52,5 @@ def preview_text(row: "SessionRow | None", now: float | None = None) -> Text:
 class SessionPreview(Static):
     """Follows the sessions table's cursor (see SessionsScreen.on_data_table_row_highlighted)."""
 
-    def show(self, row: "SessionRow | None", now: float | None = None) -> None:
+    def show(self, row: SessionRow | None, now: float | None = None) -> None:
         self.update(preview_text(row, now))

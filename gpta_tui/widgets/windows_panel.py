@@ -10,8 +10,10 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from gpta_tui.clipboard import copy_text
 from gpta_tui.dashboard import DashboardState, WindowView, target_prefixes
 from gpta_tui.formatting import one_line, printable
+from gpta_tui.widgets.messages import OpenTextView
 
 
 def render_window(window: WindowView) -> Group:
@@ -79,8 +81,6 @@ class WindowsPanel(Horizontal):
         return self._windows[index] if index is not None and 0 <= index < len(self._windows) else None
 
     def action_copy_window(self) -> None:
-        from gpta_tui.screens.text_view import copy_text
-
         window = self.selected
         if window is None:
             self.notify("No dialogue window to copy yet.", severity="warning", timeout=2)
@@ -88,12 +88,10 @@ class WindowsPanel(Horizontal):
         copy_text(self.app, window_text(window), f"window e{window.epoch}·{window.index}")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        from gpta_tui.screens.text_view import TextViewScreen
-
         event.stop()
         window = self.selected
         if window is not None:
-            self.app.push_screen(TextViewScreen(
+            self.post_message(OpenTextView(
                 f"Dialogue window e{window.epoch}·{window.index}", render_window(window),
                 window_text(window), f"window e{window.epoch}·{window.index}"))
 
