@@ -109,6 +109,11 @@ class GptaApp(App[None]):
 
         return read_sessions(names, self.home)
 
+    def sessions_stamp(self, names: list[str]) -> tuple:
+        """Changes whenever one of the sessions' summaries may have changed (a few stats)."""
+        store = self._store()
+        return tuple(store.stamp(name) for name in names)
+
     def session_names(self) -> set[str]:
         return set(self._store().names())
 

@@ -366,6 +366,19 @@ class SessionStore:
     def exists(self, name: str) -> bool:
         return (self.session_dir(name) / DB_FILE).is_file()
 
+    def stamp(self, name: str) -> tuple:
+        """(size, mtime) of the files a session's summary is read from (the database, the TA
+        calls, each epoch's history): a different stamp means the session changed. Cheap
+        (a few stat calls), for views that follow a running session; never raises."""
+        out = []
+        for file in (DB_FILE, TA_FILE, HISTORY_FILE):
+            try:
+                st = os.stat(self.session_dir(name) / file, follow_symlinks=False)
+                out.append((st.st_size, st.st_mtime_ns))
+            except (OSError, ValueError, GptaError):  # no such file, or a name that is not one
+                out.append(None)
+        return tuple(out)
+
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []

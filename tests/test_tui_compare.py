@@ -220,6 +220,33 @@ async def test_control_characters_in_a_session_file_never_reach_the_compare_view
         assert "\x1b" not in app.clipboard and "0;pwnedf1 0.5000" in app.clipboard
 
 
+async def test_the_compare_view_follows_a_session_that_changes(tmp_path):
+    """A session's files change (a running session's next epoch, its test figures at the
+    end): the view reads it again and shows the new figures; unchanged files cost no read."""
+    home = compare_home(tmp_path)
+    app = GptaApp(home, clock=lambda: NOW)
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await open_compare(pilot, ["sentiment-gpta", "sentiment-baseline"])
+        assert "accuracy 0.6917" in screen_text(screen.query_one(CompareFacts))
+        reads = screen.reads
+        screen.follow()  # nothing changed: no read
+        await pilot.pause()
+        assert screen.reads == reads
+
+        def later(record):  # more digits: the file's size changes too (mtimes can be coarse)
+            record["finished"]["test_metrics"]["accuracy"] = 0.73210001
+
+        edit_record(home, "sentiment-gpta", later)
+        screen.follow()
+        assert screen.reads == reads + 1
+        for _ in range(400):
+            if "accuracy 0.7321" in screen_text(screen.query_one(CompareFacts)):
+                break
+            await pilot.pause(0.025)
+        assert "accuracy 0.7321" in screen_text(screen.query_one(CompareFacts))
+        assert "accuracy 0.6917" not in screen_text(screen.query_one(CompareFacts))
+
+
 async def test_the_copied_curves_name_each_sessions_own_metric(tmp_path):
     """Sessions scored by different metrics: each copied validation line names its own."""
 

@@ -5,8 +5,9 @@ The validation curves overlaid (`CompareChart`), then the sessions in columns
 the no-prefix figure and gain, TA use and cost, best prefix in full. The sessions are read
 through the sessions layer (`GptaApp.compare_sessions` -> `sessions.compare.read_sessions`,
 the reading `gpta compare`'s report makes) in a thread worker, so a long session does not
-freeze the keys. Everything scrolls (80x24 up); `y` copies the comparison as plain text; esc
-goes back to the sessions.
+freeze the keys. It follows running sessions: every 2 s a few stat calls tell whether any
+session's files changed, and only then are they read again. Everything scrolls (80x24 up);
+`y` copies the comparison as plain text; esc goes back to the sessions.
 """
 
 from __future__ import annotations
@@ -55,12 +56,15 @@ class CompareScreen(Screen[None]):
         Binding("y", "copy", "Copy"),
     ]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]
+    FOLLOW_S = 2.0  # how often the view checks whether the sessions changed
 
     def __init__(self, names: list[str]) -> None:
         super().__init__()
         self.names = list(names)
         self.results: list[RunResult] = []
         self.statuses: list[str] = []
+        self.stamp: tuple | None = None  # the sessions' files as last read (None: reading)
+        self.reads = 0  # reads started; only the latest one's results are shown
 
     def compose(self) -> ComposeResult:
         with Vertical(id="compare-box"):
@@ -75,17 +79,30 @@ class CompareScreen(Screen[None]):
     def on_mount(self) -> None:
         self.query_one("#compare-scroll").focus()
         self.read()
+        self.set_interval(self.FOLLOW_S, self.follow)
+
+    def follow(self) -> None:
+        """Read the sessions again when their files changed (a running session's new epoch,
+        test figures at its end, a resume elsewhere): a few stat calls when nothing did."""
+        if self.stamp is not None and self.app.sessions_stamp(self.names) != self.stamp:
+            self.read()
+
+    def read(self) -> None:
+        self.reads += 1
+        self._read(self.reads)
 
     @work(thread=True, exclusive=True, group="compare-read", exit_on_error=False)
-    def read(self) -> None:
+    def _read(self, number: int) -> None:
         try:
+            self.stamp = self.app.sessions_stamp(self.names)  # before reading: never misses one
             results = self.app.compare_sessions(self.names)
             statuses = [shown(r.status, r.status == "paused"
                               and self.app.session_locked(r.run.session)) for r in results]
         except Exception as exc:  # noqa: BLE001 - shown, not fatal
             self.app.call_from_thread(self.failed, exc)
             return
-        self.app.call_from_thread(self.show, results, statuses)
+        if number == self.reads:  # a later read (the files changed again) shows its own
+            self.app.call_from_thread(self.show, results, statuses)
 
     def failed(self, exc: Exception) -> None:
         if not self.is_attached:
