@@ -210,3 +210,34 @@ def test_quitting_during_a_slow_ta_reply_leaves_at_once_saves_and_resumes(
     # the abandoned request was sent again on resume (then the rest of the epoch's requests)
     assert len(fake_openai.requests_to("chat/completions")) >= 2
     assert {s.name: s.status for s in SessionStore(home).list()}[name] == "finished"
+
+
+def test_compare_view_in_a_real_terminal(tmux_available, tmp_path):
+    """The sessions list of three saved sessions: space marks two, C opens the compare view
+    with their figures, y copies, esc goes back, q quits and gives the terminal back."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_tui_snapshots import compare_home
+
+    home = compare_home(tmp_path)
+    term = Tmux(command(home), size=(120, 32))
+    try:
+        term.wait_for("sentiment-stopped", timeout=120)
+        term.keys("o")  # by name: sentiment-baseline, sentiment-gpta, sentiment-stopped
+        term.keys("Up", "Up", "Up")  # the cursor stays on its session when sorting: to the top
+        term.keys("Space", "Down", "Space")  # the first two
+        marked = term.wait_for("marked (C: compare)", timeout=30)
+        assert "sentiment-baseline ✓" in marked and "sentiment-gpta ✓" in marked, marked
+        term.keys("C")
+        shown = term.wait_for("Compare · 2 sessions", timeout=60)
+        shown = term.wait_for("0.6917", timeout=60)  # the gpta session's test accuracy
+        assert "sentiment-baseline" in shown and "sentiment-gpta" in shown, shown
+        term.keys("y")
+        term.wait_for("Copied", timeout=30)
+        term.keys("Escape")
+        back = term.wait_for("sentiment-stopped", timeout=30)
+        assert "Compare · 2 sessions" not in back
+        term.keys("q")
+        after = term.wait_for("GPTA-TUI-EXIT=0", timeout=60)
+        assert "sentiment-stopped" not in after  # the alternate screen is gone
+    finally:
+        term.close()
