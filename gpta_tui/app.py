@@ -59,11 +59,13 @@ class GptaApp(App[None]):
                  preset: str | None = None, clock: Callable[[], float] = time.time,
                  drain_interval: float = DRAIN_INTERVAL_S, start: Screen | None = None,
                  run_config: RunConfig | None = None, prefs: Prefs | None = None,
-                 bell: bool = False) -> None:
+                 bell: bool = False, resume_overrides: dict | None = None) -> None:
         """`start`: show this screen instead of the sessions flow (demos, snapshots).
         `run_config`: start this run at once (scripts, benchmarks).
         `prefs`: what is remembered between launches (default: the user's gpta_tui.prefs file).
-        `bell`: ring the terminal bell when a run finishes or fails."""
+        `bell`: ring the terminal bell when a run finishes or fails.
+        `resume_overrides`: settings for resuming `resume` (sessions.runner.resume_session's
+        `overrides`, e.g. the TA endpoint with credentials that were never stored)."""
         super().__init__()
         self.prefs = prefs if prefs is not None else Prefs()
         self.ring_bell = bell
@@ -73,6 +75,7 @@ class GptaApp(App[None]):
         self.run_config = run_config
         self.home = Path(home).expanduser() if home else None
         self.resume_name = resume
+        self.resume_overrides = dict(resume_overrides or {})
         self.preset = preset
         self.clock = clock
         self.drain_interval = drain_interval
@@ -233,7 +236,11 @@ class GptaApp(App[None]):
         self.show_sessions()
         if resume and resumable(state.status) and not elsewhere:
             state.status, state.status_reason = "loading", "resuming: loading the models"
-            controller = RunController(self.home, name=name, resume=True, state=state)
+            # the command line's settings are for the session it named, once
+            overrides = self.resume_overrides if name == self.resume_name else {}
+            self.resume_overrides = {} if overrides else self.resume_overrides
+            controller = RunController(self.home, name=name, resume=True, state=state,
+                                       engine_kwargs={"overrides": overrides} if overrides else None)
             self._launch(controller)
             return
         if elsewhere:
@@ -447,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="preset for the new-session form (default: smoke, minutes on a CPU)")
     parser.add_argument("--bell", action="store_true",
                         help="ring the terminal bell when a run finishes or fails")
+    parser.add_argument("--ta-base-url", metavar="URL", default=None,
+                        help="with --resume: the OpenAI-compatible endpoint for this run; "
+                             "credentials in it (user:password@host) are used but never stored")
     return parser
 
 
@@ -483,13 +493,19 @@ def main(argv: list[str] | None = None) -> int:
     # The engine thread holds the GIL for long stretches of Python (tokenising, optimiser
     # bookkeeping); a shorter switch interval hands it to the UI thread sooner after a key.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    if args.ta_base_url is not None and not args.resume:
+        print("gpta-tui: error: --ta-base-url goes with --resume NAME. Fix: for a new run, "
+              "fill in the form's TA base URL field", file=sys.stderr)
+        return 2
     if args.resume:
         try:  # fail before taking over the terminal
             load_past(args.home, args.resume)
         except GptaError as exc:
             print(f"gpta-tui: error: {exc}", file=sys.stderr)
             return exc.exit_code
-    app = GptaApp(args.home, resume=args.resume, preset=args.preset, bell=args.bell)
+    overrides = {"ta": {"base_url": args.ta_base_url}} if args.ta_base_url else None
+    app = GptaApp(args.home, resume=args.resume, preset=args.preset, bell=args.bell,
+                  resume_overrides=overrides)
     try:
         app.run()
     finally:

@@ -508,3 +508,47 @@ async def test_x_stops_a_blocking_ta_request_and_the_dashboard_offers_resume(gpt
         assert app.run_screen is not screen and app.run_screen.state.name == "blocked-x"
         await run_ended(pilot, app, "the resumed run")
         assert app.controller.result.status == "finished"
+
+
+async def test_resume_with_a_ta_endpoint_from_the_command_line(gpta_home, tiny_bert_dir,
+                                                               sentiment_csv, fake_openai,
+                                                               monkeypatch):
+    """`gpta-tui --resume NAME --ta-base-url URL`: the endpoint (credentials in it are never
+    stored) reaches the resumed run; the stored one is not called again."""
+    from engine import events as ev
+    from engine.controls import Controls
+    from sessions.runner import run_session, start_session
+    from tests.fake_openai import FakeOpenAI
+
+    monkeypatch.setenv("OPENAI_API_KEY", fake_openai.api_key)
+    config = tiny_config(tiny_bert_dir, sentiment_csv, "moved", epochs=1,
+                         ta={"backend": "openai", "model": "gpt-4o-mini",
+                             "base_url": fake_openai.base_url, "retries": 0})
+    controls = Controls()
+
+    def stopper(event):
+        if isinstance(event, ev.TrainStep) and event.step == 2:
+            controls.stop()
+
+    handle, engine = start_session(config, gpta_home, listeners=[stopper], controls=controls)
+    assert (await asyncio.to_thread(run_session, handle, engine)).status == "stopped"
+    before = len(fake_openai.requests_to("/v1/chat/completions"))
+    moved = FakeOpenAI(api_key=fake_openai.api_key).start()
+    try:
+        app = GptaApp(gpta_home, resume="moved",
+                      resume_overrides={"ta": {"base_url": moved.base_url}})
+        async with app.run_test(size=SIZE) as pilot:
+            await run_ended(pilot, app, "the resumed run to finish")
+            assert app.controller.result.status == "finished"
+        assert moved.requests_to("/v1/chat/completions")  # the new endpoint answered
+        assert len(fake_openai.requests_to("/v1/chat/completions")) == before
+    finally:
+        moved.close()
+
+
+def test_ta_base_url_without_resume_is_one_clear_error(capsys):
+    from gpta_tui.app import main
+
+    assert main(["--ta-base-url", "http://example.invalid/v1"]) == 2
+    err = capsys.readouterr().err
+    assert "--ta-base-url goes with --resume NAME" in err and "Fix:" in err
