@@ -117,20 +117,22 @@ _DECODE = json.JSONDecoder().raw_decode
 
 def _whole_lines(text: bytes) -> list[dict] | None:
     """The records of complete lines that are each exactly one JSON object (no whitespace
-    around it): what the line-by-line reader returns for them, about 1.5x faster. None at
+    around it): what the line-by-line reader returns for them, about 1.3x faster. None at
     the first line that is anything else: the caller then reads line by line and names it.
-    Each object must end right before a newline, so no record can span lines."""
+    Each object must end exactly at the first newline after its start, so no record can
+    span lines (a newline is JSON whitespace: raw_decode takes `{\n"a": 1}` as one object)."""
     try:
         s = text.decode("utf-8")
         out, pos, n = [], 0, len(s)
         while pos < n:
+            newline = s.find("\n", pos)
             record, pos = _DECODE(s, pos)
-            if s[pos] != "\n" or type(record) is not dict:
+            if pos != newline or type(record) is not dict:
                 return None
             out.append(record)
             pos += 1
         return out
-    except (UnicodeDecodeError, ValueError, RecursionError, IndexError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None  # ValueError: also an integer of over 4,300 digits (Python's limit)
 
 

@@ -367,16 +367,24 @@ class SessionStore:
         return (self.session_dir(name) / DB_FILE).is_file()
 
     def stamp(self, name: str) -> tuple:
-        """(size, mtime) of the files a session's summary is read from (the database, the TA
-        calls, each epoch's history): a different stamp means the session changed. Cheap
-        (a few stat calls), for views that follow a running session; never raises."""
-        out = []
+        """What a session's summary depends on, cheaply (a few stat calls and a lock probe),
+        for views that follow a running session: (size, mtime, inode) of the database, the
+        TA calls and each epoch's history, and whether a process holds the session (a run
+        that dies changes no file, yet its "running" reads as interrupted once the lock is
+        gone). A different stamp means the session may have changed; never raises."""
+        out: list = []
         for file in (DB_FILE, TA_FILE, HISTORY_FILE):
             try:
                 st = os.stat(self.session_dir(name) / file, follow_symlinks=False)
-                out.append((st.st_size, st.st_mtime_ns))
+                # the inode too: the database is replaced whole (a new inode), and a rewrite
+                # of the same size within one tick of a coarse mtime clock looks the same
+                out.append((st.st_size, st.st_mtime_ns, st.st_ino))
             except (OSError, ValueError, GptaError):  # no such file, or a name that is not one
                 out.append(None)
+        try:  # only where the database is: a probe creates the lock file
+            out.append(out[0] is not None and self.is_locked(name))
+        except (OSError, ValueError, GptaError):
+            out.append(None)
         return tuple(out)
 
     def names(self) -> list[str]:

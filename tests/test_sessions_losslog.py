@@ -497,12 +497,66 @@ def test_numbers_too_large_for_a_float_are_left_out_and_export_draws_the_rest(gp
     (b' {"a":1}\n{"b":2}\r\n', [(1, {"a": 1}), (2, {"b": 2})], 0),
     (b'{"a":1}\n{"b":2}\n', [(1, {"a": 1}), (2, {"b": 2})], 0),
     (b'{"a":1}\n[1]\n{"b":2}\n', [(1, {"a": 1}), (3, {"b": 2})], 1),
+    # a newline is JSON whitespace: an object spread over lines between its tokens ends
+    # right before a newline too, but no line of it is an object on its own
+    (b'{}\n{\n"a": 1}\n{"k":2}\n', [(1, {}), (4, {"k": 2})], 2),
+    (b'{"a"\n:1}\n', [], 2),
+    (b'{"x":[1,\n2]}\n{"d":3}\n', [(3, {"d": 3})], 2),
 ])
 def test_the_whole_file_read_takes_only_what_the_line_reader_takes(tmp_path, raw, records, problems):
     from sessions import losslog
+    from sessions.storage import DatabaseUnreadable
 
     got, end, found = losslog.parse(raw, tmp_path / "x.jsonl")
     assert got == records and len(found) == problems and end == len(raw)
     lines = raw.split(b"\n")[:-1]
     if all(line.startswith(b"{") and line.endswith(b"}") for line in lines) and not problems:
         assert losslog._whole_lines(raw) == [r for _, r in records]
+    if problems:  # an import (strict) refuses the file, naming the first bad line
+        with pytest.raises(DatabaseUnreadable):
+            losslog.parse(raw, tmp_path / "x.jsonl", strict=True)
+
+
+def _line_by_line(raw: bytes, strict: bool):
+    """The reference: every complete line parsed on its own, as the slow path does."""
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw) and strict:
+        return "refused"
+    records, problems = [], 0
+    for number, line in enumerate(raw[:end].split(b"\n")[:-1], start=1):
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            record = None
+        if isinstance(record, dict):
+            records.append((number, record))
+        elif strict:
+            return "refused"
+        else:
+            problems += 1
+    return records, end, problems
+
+
+_FRAGMENTS = [b"{", b"}", b"[", b"]", b'"a"', b'"\\n"', b",", b":", b"1", b"\n", b" ", b"\r",
+              b"\t", b"NaN", b"1e999", b'"\\ud800"', b"\xef\xbb\xbf", b"\xff", b"\x00", b"{}",
+              b'{"a":1}', b"null"]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(values=st.lists(st.tuples(json_values, st.sampled_from([None, 0, 1])), max_size=4),
+       soup=st.lists(st.sampled_from(_FRAGMENTS), max_size=12))
+def test_parse_returns_what_a_line_by_line_reader_returns(values, soup):
+    """Any lines (JSON written with and without newlines inside it, and JSON-ish byte soup):
+    `parse` keeps, numbers and refuses exactly what a reader of one line at a time does."""
+    from sessions import losslog
+    from sessions.storage import DatabaseUnreadable
+
+    for raw in (b"".join(json.dumps(v, indent=indent).encode() + b"\n" for v, indent in values),
+                b"".join(soup)):
+        for strict in (False, True):
+            try:
+                records, end, problems = losslog.parse(raw, "x.jsonl", strict=strict)
+                got = records, end, len(problems)
+            except DatabaseUnreadable:
+                got = "refused"
+            assert repr(got) == repr(_line_by_line(raw, strict))  # repr: NaN != NaN

@@ -228,17 +228,15 @@ async def test_the_compare_view_follows_a_session_that_changes(tmp_path):
     async with app.run_test(size=(160, 48)) as pilot:
         screen = await open_compare(pilot, ["sentiment-gpta", "sentiment-baseline"])
         assert "accuracy 0.6917" in screen_text(screen.query_one(CompareFacts))
-        reads = screen.reads
         screen.follow()  # nothing changed: no read
-        await pilot.pause()
-        assert screen.reads == reads
+        assert not screen.reading
 
         def later(record):  # more digits: the file's size changes too (mtimes can be coarse)
             record["finished"]["test_metrics"]["accuracy"] = 0.73210001
 
         edit_record(home, "sentiment-gpta", later)
         screen.follow()
-        assert screen.reads == reads + 1
+        assert screen.reading
         for _ in range(400):
             if "accuracy 0.7321" in screen_text(screen.query_one(CompareFacts)):
                 break
@@ -246,6 +244,88 @@ async def test_the_compare_view_follows_a_session_that_changes(tmp_path):
         assert "accuracy 0.7321" in screen_text(screen.query_one(CompareFacts))
         assert "accuracy 0.6917" not in screen_text(screen.query_one(CompareFacts))
 
+
+async def until_read(screen, pilot) -> str:
+    """The compare facts once the read under way has shown (it runs in a thread worker)."""
+    for _ in range(400):
+        if not screen.reading:
+            break
+        await pilot.pause(0.025)
+    assert not screen.reading, "the read never ended"
+    return screen_text(screen.query_one(CompareFacts))
+
+
+async def test_the_compare_view_reads_one_at_a_time_while_sessions_keep_changing(tmp_path):
+    """Files that change again while a read is under way (a long session, a busy run): the
+    view starts no second read over it, which would drop the first one's results and, with
+    each read longer than the 2 s between checks, never show any; the read in flight shows,
+    and the next check reads again what changed meanwhile."""
+    import threading
+
+    home = compare_home(tmp_path)
+    app = GptaApp(home, clock=lambda: NOW)
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await open_compare(pilot, ["sentiment-gpta", "sentiment-baseline"])
+        read = app.compare_sessions
+        gate, inside = threading.Event(), []
+
+        def slow(names):  # a read that takes long: it waits for the test
+            inside.append(1)
+            assert gate.wait(30)
+            return read(names)
+
+        app.compare_sessions = slow
+
+        def accuracy(value):
+            def change(record):
+                record["finished"]["test_metrics"]["accuracy"] = value
+            return change
+
+        edit_record(home, "sentiment-gpta", accuracy(0.73210001))
+        screen.follow()  # a read starts and blocks in `slow`
+        for _ in range(400):
+            if inside:
+                break
+            await pilot.pause(0.025)
+        assert len(inside) == 1
+        edit_record(home, "sentiment-gpta", accuracy(0.7444))  # changed again meanwhile
+        screen.follow()
+        screen.follow()
+        await pilot.pause()
+        assert len(inside) == 1  # no second read over the first
+        gate.set()
+        # the read in flight shows what it read (either figure: it may have seen the edit)
+        text = await until_read(screen, pilot)
+        assert "accuracy 0.7321" in text or "accuracy 0.7444" in text
+        screen.follow()  # the next check reads the edit made while it was reading
+        assert "accuracy 0.7444" in await until_read(screen, pilot)
+        assert len(inside) == 2
+
+
+async def test_the_compare_view_sees_a_running_session_whose_process_died(tmp_path):
+    """A session stored as running is shown interrupted once no process holds its lock
+    (killed: no file changes, the lock goes with the process): the view reads it again."""
+    from sessions.store import SessionStore
+
+    home = compare_home(tmp_path)
+
+    def running(record):
+        record["status"] = "running"
+
+    edit_record(home, "sentiment-stopped", running)
+    lock = SessionStore(home)._lock("sentiment-stopped")
+    lock.acquire(timeout=0)  # the "process" running it
+    app = GptaApp(home, clock=lambda: NOW)
+    try:
+        async with app.run_test(size=(160, 48)) as pilot:
+            screen = await open_compare(pilot, ["sentiment-stopped", "sentiment-gpta"])
+            assert screen.statuses[0] == "running"
+            lock.release()  # the process died: the kernel drops its lock, no file changes
+            screen.follow()
+            await until_read(screen, pilot)
+            assert screen.statuses[0] == "interrupted"
+    finally:
+        lock.release()
 
 async def test_the_copied_curves_name_each_sessions_own_metric(tmp_path):
     """Sessions scored by different metrics: each copied validation line names its own."""

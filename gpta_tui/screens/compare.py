@@ -5,8 +5,8 @@ The validation curves overlaid (`CompareChart`), then the sessions in columns
 the no-prefix figure and gain, TA use and cost, best prefix in full. The sessions are read
 through the sessions layer (`GptaApp.compare_sessions` -> `sessions.compare.read_sessions`,
 the reading `gpta compare`'s report makes) in a thread worker, so a long session does not
-freeze the keys. It follows running sessions: every 2 s a few stat calls tell whether any
-session's files changed, and only then are they read again. Everything scrolls (80x24 up);
+freeze the keys. It follows running sessions: every 2 s a few stat calls and lock probes tell
+whether any session changed, and only then are they read again, one read at a time. Everything scrolls (80x24 up);
 `y` copies the comparison as plain text; esc goes back to the sessions.
 """
 
@@ -63,8 +63,8 @@ class CompareScreen(Screen[None]):
         self.names = list(names)
         self.results: list[RunResult] = []
         self.statuses: list[str] = []
-        self.stamp: tuple | None = None  # the sessions' files as last read (None: reading)
-        self.reads = 0  # reads started; only the latest one's results are shown
+        self.stamp: tuple | None = None  # the sessions' files as the last read found them
+        self.reading = False  # a read is under way (main thread only, as `stamp`)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="compare-box"):
@@ -83,34 +83,40 @@ class CompareScreen(Screen[None]):
 
     def follow(self) -> None:
         """Read the sessions again when their files changed (a running session's new epoch,
-        test figures at its end, a resume elsewhere): a few stat calls when nothing did."""
-        if self.stamp is not None and self.app.sessions_stamp(self.names) != self.stamp:
+        test figures at its end, a resume elsewhere, a run that died): a few stat calls when
+        nothing did. Never over a read under way: a second read would drop the first one's
+        results, and with reads longer than FOLLOW_S none would ever show; the next check
+        after it compares with the stamp it took."""
+        if not self.reading and self.app.sessions_stamp(self.names) != self.stamp:
             self.read()
 
     def read(self) -> None:
-        self.reads += 1
-        self._read(self.reads)
+        self.reading = True
+        self._read()
 
     @work(thread=True, exclusive=True, group="compare-read", exit_on_error=False)
-    def _read(self, number: int) -> None:
+    def _read(self) -> None:
+        stamp = None
         try:
-            self.stamp = self.app.sessions_stamp(self.names)  # before reading: never misses one
+            stamp = self.app.sessions_stamp(self.names)  # before reading: never misses one
             results = self.app.compare_sessions(self.names)
             statuses = [shown(r.status, r.status == "paused"
                               and self.app.session_locked(r.run.session)) for r in results]
         except Exception as exc:  # noqa: BLE001 - shown, not fatal
-            self.app.call_from_thread(self.failed, exc)
+            self.app.call_from_thread(self.failed, exc, stamp)
             return
-        if number == self.reads:  # a later read (the files changed again) shows its own
-            self.app.call_from_thread(self.show, results, statuses)
+        self.app.call_from_thread(self.show, results, statuses, stamp)
 
-    def failed(self, exc: Exception) -> None:
+    def failed(self, exc: Exception, stamp: tuple | None = None) -> None:
+        self.reading, self.stamp = False, stamp
         if not self.is_attached:
             return
         self.query_one("#compare-title", Static).update(
             literal(f"Compare: the sessions could not be read: {exc}", style="red"))
 
-    def show(self, results: list[RunResult], statuses: list[str]) -> None:
+    def show(self, results: list[RunResult], statuses: list[str],
+             stamp: tuple | None = None) -> None:
+        self.reading, self.stamp = False, stamp
         if not self.is_attached:  # esc pressed while reading
             return
         self.results, self.statuses = results, statuses
