@@ -13,6 +13,24 @@ import re
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8(text: str) -> bytes:
+    """`text` as UTF-8, any lone surrogate (a `\\ud800` JSON escape from a file or an
+    endpoint: a Python str no UTF-8 writer takes) written as U+FFFD."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return without_lone_surrogates(text).encode("utf-8")
+
+
+def without_lone_surrogates(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD (in a Python str every surrogate
+    code point is lone: JSON's escaped pairs decode to one character)."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
 def strip_control(text: object) -> str:
     """`text` as a string without control characters (tab and newline are kept)."""
     return _CONTROL.sub("", str(text))

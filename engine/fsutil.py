@@ -18,6 +18,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from engine.errors import utf8
+
 TMP_PREFIX = "."
 TMP_SUFFIX = ".tmp"
 
@@ -72,8 +74,9 @@ def write_bytes_atomic(path: Path | str, data: bytes, *, mkdir: bool = True) -> 
 
 
 def write_text_atomic(path: Path | str, text: str, *, mkdir: bool = True) -> None:
-    """`write_bytes_atomic` for UTF-8 text (newlines written as they are)."""
-    write_bytes_atomic(path, text.encode("utf-8"), mkdir=mkdir)
+    """`write_bytes_atomic` for UTF-8 text (newlines written as they are; a lone surrogate
+    as U+FFFD, `engine.errors.utf8`)."""
+    write_bytes_atomic(path, utf8(text), mkdir=mkdir)
 
 
 def stale_temp_files(path: Path | str) -> list[Path]:

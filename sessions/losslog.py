@@ -37,8 +37,9 @@ import stat
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from engine.errors import utf8
 from engine.fsutil import fsync_dir, write_text_atomic
-from sessions.storage import DatabaseUnreadable
+from sessions.storage import DatabaseUnreadable, valid_text
 
 LOSS_FILE = "loss.jsonl"
 TA_FILE = "ta_calls.jsonl"  # schema 4: TA requests and responses (sessions/store.py)
@@ -92,12 +93,15 @@ def parse(raw: bytes, path: Path | str, *, strict: bool = False
         raise DatabaseUnreadable(Path(path), "its last line is incomplete")
     fast = _whole_lines(raw[:end])
     if fast is not None:
-        return list(enumerate(fast, start=1)), end, []
+        try:
+            return list(enumerate(valid_text(raw[:end], fast), start=1)), end, []
+        except RecursionError:
+            pass  # the line reader names the line
     lines = raw[:end].split(b"\n")[:-1]
     records, problems = [], []
     for number, line in enumerate(lines, start=1):
         try:
-            record = json.loads(line.decode("utf-8"))
+            record = valid_text(line, json.loads(line.decode("utf-8")))
             problem = "" if isinstance(record, dict) else \
                 f"line {number} is a {type(record).__name__}, not a JSON object"
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -241,7 +245,7 @@ class AppendLog:
     def write(self, sync: bool) -> None:
         """Append the buffered lines; with `sync`, also fsync what was appended so far."""
         if self._pending:
-            data = "".join(self._pending).encode("utf-8")
+            data = utf8("".join(self._pending))
             fd = self._open()
             try:
                 view = memoryview(data)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from tinydb.storages import Storage
 
-from engine.errors import GptaError
+from engine.errors import GptaError, without_lone_surrogates
 from engine.fsutil import stale_temp_files, write_text_atomic
 
 __all__ = ["AtomicJSONStorage", "BufferedStorage", "DatabaseUnreadable", "atomic_write_text",
@@ -54,13 +55,37 @@ def read_json_file(path: Path) -> dict | None:
     return parse_json_object(raw, path)
 
 
+# A lone surrogate (U+D800-U+DFFF without its pair) can only come from a \uD8xx-\uDFxx
+# escape: valid JSON, a Python str, but text no UTF-8 writer can write (export, a rewrite)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def valid_text(raw: bytes, value: Any) -> Any:
+    """`value`, parsed from `raw`, with every lone surrogate replaced by U+FFFD (the
+    replacement character). Looks only when `raw` holds such an escape; RecursionError for
+    nesting deeper than Python's stack allows."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return value
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, str):
+            return without_lone_surrogates(v)
+        if isinstance(v, dict):
+            return {clean(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(value)
+
+
 def parse_json_object(raw: bytes, path: Path) -> dict:
     """The JSON object in the bytes `raw` of the file `path`; DatabaseUnreadable otherwise."""
     if not raw.strip():
         # An empty file is never written by AtomicJSONStorage; treat it as damage.
         raise DatabaseUnreadable(path, "the file is empty")
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = valid_text(raw, json.loads(raw.decode("utf-8")))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         # ValueError: JSONDecodeError, or an integer of over 4,300 digits (Python's limit);
         # RecursionError: arrays or objects nested too deep

@@ -342,3 +342,25 @@ def test_a_reply_echoing_the_api_key_is_redacted(fake_openai):
     finally:
         ta.close()
     assert key not in json.dumps(reply.texts) and "***" in reply.texts[0]
+
+
+def test_a_reply_with_a_lone_surrogate_runs_saves_and_exports(tiny_bert_dir, sentiment_csv,
+                                                             fake_openai, monkeypatch, tmp_path):
+    """An endpoint's JSON may escape a lone surrogate (`\\ud800`): valid JSON, a Python str,
+    but no UTF-8 writer takes it. The reply is cleaned where it enters (U+FFFD), so the run,
+    its TA log and its export go through."""
+    from sessions.export import export_session
+    from sessions.runner import run_session
+
+    monkeypatch.setenv("OPENAI_API_KEY", fake_openai.api_key)
+    fake_openai.set_chat_replies(['{"prefixes": ["Read \ud800 the tweet:", "Judge the mood:"]}'] * 40)
+    home = tmp_path / "home"
+    cfg = tiny_config(tiny_bert_dir, sentiment_csv, "surrogate",
+                      ta={"backend": "openai", "model": "gpt-4o-mini",
+                          "base_url": fake_openai.base_url, "retries": 0},
+                      finetune={"backend": "none"})
+    handle, engine = start_session(cfg, home)
+    assert run_session(handle, engine).status == "finished"
+    out = export_session(SessionStore(home).open("surrogate"), tmp_path / "out")
+    text = "".join(p.read_text(encoding="utf-8") for p in out.rglob("*.json*"))
+    assert "Read \ufffd the tweet" in text

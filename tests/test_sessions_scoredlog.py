@@ -279,3 +279,32 @@ def test_import_reads_session_json_as_the_logs_never_through_a_link(gpta_home, t
     assert not store.session_dir("imp").exists()
     (out / "session.json").write_bytes(target.read_bytes())
     assert store.open(import_session(store, out, name="imp")).status == "finished"
+
+
+@pytest.mark.parametrize("where", ["database", "ta log", "scored log"])
+def test_a_lone_surrogate_escape_is_read_as_the_replacement_character(gpta_home, tmp_path, where):
+    """`"\\ud800"` is valid JSON but text no UTF-8 writer can write: export (and a rewrite)
+    ended in a UnicodeEncodeError traceback. Read, it becomes U+FFFD; a valid pair stays."""
+    from sessions.losslog import TA_FILE
+
+    store = SessionStore()
+    session_dir = _finished(store, "src").dir
+    if where == "database":
+        path = session_dir / DB_FILE
+        data = json.loads(path.read_text())
+        data["session"]["1"]["best"]["prefix"] = "Read \ud800 this \U0001F600"
+        path.write_text(json.dumps(data))  # ensure_ascii: the \ud800 escape
+    else:
+        path = session_dir / (TA_FILE if where == "ta log" else SCORED_FILE)
+        lines = path.read_bytes().splitlines()
+        record = json.loads(lines[0])
+        key = next(k for k, v in record.items() if isinstance(v, str))
+        record[key] = "x\ud800y \U0001F600"
+        lines[0] = json.dumps(record).encode()  # ensure_ascii: escapes, pair as two escapes
+        path.write_bytes(b"\n".join(lines) + b"\n")
+    assert rb"\ud800" in path.read_bytes()
+    out = export_session(store.open("src"), tmp_path / "out")
+    text = "".join(p.read_text(encoding="utf-8") for p in out.rglob("*") if p.is_file()
+                   and p.suffix in (".json", ".jsonl", ".md", ".csv", ".toml"))
+    assert "\ufffd" in text and "\U0001F600" in text
+    assert import_session(store, out, name="imp") == "imp"  # and back in, strictly

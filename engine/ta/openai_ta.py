@@ -26,7 +26,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import openai
 
 from engine.config import strip_url_credentials
-from engine.errors import GptaError, StopRun, TAError, TAUnavailable, UsageError
+from engine.errors import (GptaError, StopRun, TAError, TAUnavailable, UsageError,
+                           without_lone_surrogates)
 from engine.retry import RetryPolicy, call_with_retry, parse_retry_after
 from engine.ta.base import StopCheck, TAReply, TeachingAssistant
 
@@ -378,7 +379,8 @@ class OpenAITA(TeachingAssistant):
         contents = [getattr(c.message, "content", None) for c in response.choices]
         # A reply that echoes the key (a proxy's debug output, a prompt-injected model) is
         # redacted before it is stored, shown or parsed.
-        texts = [self.endpoint.redact(c) for c in contents if isinstance(c, str) and c.strip()]
+        texts = [self.endpoint.redact(without_lone_surrogates(c)) for c in contents
+                 if isinstance(c, str) and c.strip()]
         return TAReply(texts=texts, usage=_usage(response), latency_s=latency,
                        model=str(getattr(response, "model", "") or self._model))
 
