@@ -47,6 +47,7 @@ from bench.common import (REPO_ROOT, Report, base_parser, machine_info, progress
 BASELINE_REV = "2022aa7"  # the last commit with loss points in the database (schema 2)
 OLD_READERS_REV = "4aa4e27"  # main before round 3 of issue 20 (the readers' old path)
 TUI_OPEN = "TUI: open it until chart and history show its past (pilot), wall"
+NEWER_TA_KEYS = ("system_template", "user_template", "history_item_template")  # issue 14
 
 
 def _wchar() -> int | None:
@@ -298,7 +299,10 @@ def commands(home: Path, name: str, root: Path = REPO_ROOT, repeats: int = 3
              ) -> dict[str, float]:
     """Wall seconds of `gpta show` and `gpta export` in a fresh process each (the median of
     `repeats`), run from the source tree `root` (this branch, or an older commit's tree)."""
-    env = {**os.environ, "GPTA_HOME": str(home), "PYTHONPATH": str(root)}
+    # the app's remembered theme and load times go to the benchmark's home, never the user's
+    # config (which a newer gpta-tui may have written in a form an older tree does not read)
+    env = {**os.environ, "GPTA_HOME": str(home), "PYTHONPATH": str(root),
+           "GPTA_CONFIG": str(home / f"tui-{root.name}.json")}
     out = {}
     tmp = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
@@ -337,7 +341,10 @@ def tui_open_in(root: Path, home: Path, name: str, repeats: int = 3) -> dict[str
     (this file's `tui_open` is loaded by path, so an older tree needs none of its own); the
     median of `repeats` opens in that process (the first one includes no import: the app
     is already up)."""
-    env = {**os.environ, "GPTA_HOME": str(home), "PYTHONPATH": str(root)}
+    # the app's remembered theme and load times go to the benchmark's home, never the user's
+    # config (which a newer gpta-tui may have written in a form an older tree does not read)
+    env = {**os.environ, "GPTA_HOME": str(home), "PYTHONPATH": str(root),
+           "GPTA_CONFIG": str(home / f"tui-{root.name}.json")}
     done = subprocess.run([sys.executable, "-c", _TUI_OPEN, str(Path(__file__).resolve()),
                            str(home), name, str(repeats)], env=env, cwd=root,
                           capture_output=True, text=True)
@@ -350,7 +357,8 @@ def tui_open_in(root: Path, home: Path, name: str, repeats: int = 3) -> dict[str
 def as_schema_4(folder: Path, to: Path) -> None:
     """A copy of a session as the schema-4 store (--old-rev) wrote it: the scored prefixes
     and histories of scored.jsonl / history.jsonl in the database's `scored` / `history`
-    tables (the code of --old-rev refuses a schema-5 session)."""
+    tables (the code of --old-rev refuses a schema-5 session), without the TA template keys
+    it does not know."""
     shutil.copytree(folder, to)
     data = json.loads((to / "session.json").read_text())
     logs = {}
@@ -361,6 +369,13 @@ def as_schema_4(folder: Path, to: Path) -> None:
     data["scored"] = {str(i): x for i, x in enumerate(logs["scored"], start=1)}
     data["history"] = {str(x["epoch"]): x for x in logs["history"]}
     data["meta"]["1"]["schema"] = 4
+    # settings added after --old-rev, at their defaults (its config check refuses unknown keys)
+    record = data["session"]["1"]
+    for config in (record.get("config"), (record.get("run_started") or {}).get("config")):
+        ta = (config or {}).get("ta") or {}
+        for key in NEWER_TA_KEYS:
+            if ta.get(key) == "":
+                del ta[key]
     (to / "session.json").write_text(json.dumps(data))
 
 
