@@ -84,7 +84,7 @@ def main() -> None:
 
     from engine.config import FinetuneConfig
     from engine.finetune.local_lora import _truncate
-    from engine.ta.generate import cpu_has_bf16
+    from engine.ta.packed import cpu_has_bf16
     from engine.ta.local import LocalTA, encode_training_example
 
     progress(f"loading {args.model}")

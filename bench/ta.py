@@ -217,7 +217,7 @@ def main() -> None:
     machine = machine_info(device)
     import torch
 
-    from engine.ta.generate import cpu_has_bf16
+    from engine.ta.packed import cpu_has_bf16
     from engine.ta.local import LocalTA
 
     progress(f"loading {args.model}")

@@ -237,8 +237,9 @@ class GptaApp(App[None]):
         if resume and resumable(state.status) and not elsewhere:
             state.status, state.status_reason = "loading", "resuming: loading the models"
             # the command line's settings are for the session it named, once
-            overrides = self.resume_overrides if name == self.resume_name else {}
-            self.resume_overrides = {} if overrides else self.resume_overrides
+            overrides = {}
+            if name == self.resume_name:
+                overrides, self.resume_overrides = self.resume_overrides, {}
             controller = RunController(self.home, name=name, resume=True, state=state,
                                        engine_kwargs={"overrides": overrides} if overrides else None)
             self._launch(controller)

@@ -180,7 +180,7 @@ def test_prefix_cache_does_not_change_what_is_sampled(tiny_causal_lm_dir):
     assert cold.last_timings["prefilled"] == b.usage["prompt_tokens"]
     assert a.texts == b.texts
     warm.use_model("")  # switching the model forgets the cached prefix
-    assert warm.generator.prefix.cache is None
+    assert warm.generator.prefix.entries == {}
 
 
 def test_seeded_sampling_is_reproducible(tiny_ta):

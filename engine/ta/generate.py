@@ -317,11 +317,6 @@ class PrefixKV:
         self.previous: tuple[int, ...] = ()
         self.pinned: tuple[int, ...] = ()  # the entry at the end of the stable part
 
-    @property
-    def cache(self) -> Any:
-        """The most recently kept cache (None when nothing is kept)."""
-        return next(reversed(self.entries.values()), None)
-
     def clear(self) -> None:
         self.entries, self.previous, self.pinned = {}, (), ()
 
